@@ -1,0 +1,36 @@
+//! Uprobes on Go's heap allocation entry points.
+//!
+//! User space attaches `go_alloc` right after each function's frame-pointer
+//! prologue (`PUSHQ BP; MOVQ SP, BP`), which both keeps the direct caller in the
+//! frame-pointer walk and skips the re-entry after `morestack` (that jumps back
+//! to the stack check, before the attach point).
+//!
+//! Go's register ABI puts the first argument, the size, in RAX. The attach
+//! cookie is a size floor: `runtime.mallocgc` in Go ≥ 1.27 hands sizes below
+//! the size-specialized tables' length to `mallocgc*SC*` functions, which carry
+//! their own probe, so those calls are skipped here to count each object once.
+
+use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::EbpfContext as _;
+use memtrace_common::{Counter, EventKind};
+
+use super::{bump, current_target, emit, user_stack_id};
+
+#[uprobe]
+pub fn go_alloc(ctx: ProbeContext) -> u32 {
+    let Some((tgid, tid)) = current_target() else {
+        return 0;
+    };
+    bump(Counter::AllocHits);
+    // SAFETY: `regs` points at the saved user registers for this hit.
+    let size = unsafe { (*ctx.regs).rax };
+    // SAFETY: helper without preconditions beyond a valid context.
+    let floor = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    // Zero-size requests return &zerobase and are not objects.
+    if size == 0 || size < floor {
+        return 0;
+    }
+    let stack_id = user_stack_id(&ctx);
+    emit(EventKind::Alloc, tgid, tid, stack_id, 0, size, 0);
+    0
+}
