@@ -1,0 +1,28 @@
+//! Command line: one module per subcommand, dispatched from [`Cli::execute`].
+
+pub mod record;
+
+use clap::{Parser, Subcommand};
+
+/// memtrace: find the Go code that makes memory grow, from outside the process.
+#[derive(Debug, Parser)]
+#[command(name = "memtrace", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Trace running Go processes (--pid) or a command (-- CMD ARGS) and write
+    /// flame graphs, folded stacks, pprof profiles and summary.json.
+    Record(record::RecordArgs),
+}
+
+impl Cli {
+    pub fn execute(self) -> anyhow::Result<()> {
+        match self.command {
+            Commands::Record(args) => record::run(args),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Facts about a Go binary that probing needs: is it Go, which version, where
+//! its allocation entry points are, and where to attach inside each of them.
+//! Pure: it reads an ELF image from bytes and never touches the kernel.
+
+use std::path::{Path, PathBuf};
+
+use iced_x86::{Code, Decoder, DecoderOptions, Register};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+use crate::error::TargetError;
+
+/// Where to put one allocation uprobe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbePoint {
+    pub symbol: String,
+    /// Virtual address of the attach instruction (after the prologue).
+    pub vaddr: u64,
+    /// Offset of that instruction in the file, as the kernel wants it.
+    pub file_offset: u64,
+    /// Passed as the BPF attach cookie: sizes below it are skipped.
+    pub size_floor: u64,
+}
+
+/// A parsed Go executable.
+#[derive(Clone, Debug)]
+pub struct GoBinary {
+    pub path: PathBuf,
+    /// e.g. `go1.21.13`, or `unknown` when the build info is unreadable.
+    pub go_version: String,
+    pub alloc_points: Vec<ProbePoint>,
+}
+
+const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
+const MALLOCGC: &str = "runtime.mallocgc";
+
+impl GoBinary {
+    /// Reads and analyses the file at `path`.
+    pub fn open(path: &Path) -> Result<Self, TargetError> {
+        let data = std::fs::read(path).map_err(|e| TargetError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(path, &data)
+    }
+
+    pub fn parse(path: &Path, data: &[u8]) -> Result<Self, TargetError> {
+        let not_go = || TargetError::NotGo(path.to_owned());
+        let file = object::File::parse(data).map_err(|_| not_go())?;
+        let is_go = [".go.buildinfo", ".gopclntab", ".note.go.buildid"]
+            .iter()
+            .any(|s| file.section_by_name(s).is_some());
+        if !is_go {
+            return Err(not_go());
+        }
+        let go_version = file
+            .section_by_name(".go.buildinfo")
+            .and_then(|s| s.data().ok())
+            .and_then(parse_buildinfo_version)
+            .unwrap_or_else(|| "unknown".to_string());
+        if file.symbol_by_name(MALLOCGC).is_none() && file.symbols().next().is_none() {
+            return Err(TargetError::Stripped(path.to_owned()));
+        }
+        let alloc_points = alloc_points(path, &file)?;
+        Ok(Self {
+            path: path.to_owned(),
+            go_version,
+            alloc_points,
+        })
+    }
+}
+
+/// Go's allocation entry points in this binary: `runtime.mallocgc` and, from
+/// Go 1.27 on, the size-specialized `runtime.mallocgc{Tiny,SmallNoScan,
+/// SmallScanNoHeader}SC<n>` that the compiler calls directly.
+pub fn is_specialized_allocator(name: &str) -> bool {
+    ["runtime.mallocgcTinySC", "runtime.mallocgcSmallNoScanSC", "runtime.mallocgcSmallScanNoHeaderSC"]
+        .iter()
+        .any(|p| {
+            name.strip_prefix(p)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+fn alloc_points(path: &Path, file: &object::File<'_>) -> Result<Vec<ProbePoint>, TargetError> {
+    let mallocgc = file
+        .symbol_by_name(MALLOCGC)
+        .ok_or_else(|| TargetError::MissingSymbol {
+            path: path.to_owned(),
+            symbol: MALLOCGC.into(),
+        })?;
+    // mallocgc forwards sizes below len(mallocNoScanTable) to the specialized
+    // functions (Go ≥ 1.27); those are counted by their own probes.
+    let floor = file
+        .symbol_by_name("runtime.mallocNoScanTable")
+        .map(|s| s.size() / 8)
+        .unwrap_or(0);
+    let mut syms = vec![(mallocgc, floor)];
+    syms.extend(
+        file.symbols()
+            .filter(|s| s.name().is_ok_and(is_specialized_allocator))
+            .map(|s| (s, 0)),
+    );
+    syms.iter()
+        .map(|(sym, size_floor)| {
+            let name = sym.name().unwrap_or_default().to_string();
+            let prologue_err = || TargetError::Prologue {
+                path: path.to_owned(),
+                symbol: name.clone(),
+            };
+            let section = sym
+                .section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+                .ok_or_else(prologue_err)?;
+            let (sec_off, _) = section.file_range().ok_or_else(prologue_err)?;
+            let code = section.data().map_err(|_| prologue_err())?;
+            let start = sym.address().checked_sub(section.address()).ok_or_else(prologue_err)?;
+            let code = code.get(start as usize..).ok_or_else(prologue_err)?;
+            let skip = after_frame_setup(&code[..code.len().min(64)], sym.address())
+                .ok_or_else(prologue_err)?;
+            let vaddr = sym.address() + skip;
+            Ok(ProbePoint {
+                file_offset: vaddr - section.address() + sec_off,
+                vaddr,
+                symbol: name,
+                size_floor: *size_floor,
+            })
+        })
+        .collect()
+}
+
+/// Offset, from the function start, of the first instruction after Go's
+/// frame setup (`PUSHQ BP; MOVQ SP, BP`). A probe there sees the caller in the
+/// frame-pointer chain and fires once even when `morestack` restarts the
+/// function (that re-runs the stack check, which comes before).
+pub fn after_frame_setup(code: &[u8], ip: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut saw_push = false;
+    for _ in 0..8 {
+        if !decoder.can_decode() {
+            return None;
+        }
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        match insn.code() {
+            Code::Push_r64 if insn.op0_register() == Register::RBP => saw_push = true,
+            Code::Mov_rm64_r64 | Code::Mov_r64_rm64
+                if saw_push
+                    && insn.op0_register() == Register::RBP
+                    && insn.op1_register() == Register::RSP =>
+            {
+                return Some(insn.next_ip() - ip);
+            }
+            _ => saw_push = false,
+        }
+    }
+    None
+}
+
+/// Reads the Go version from `.go.buildinfo` (Go ≥ 1.18 inline format: a
+/// 32-byte header, then varint-length-prefixed version and module strings).
+pub fn parse_buildinfo_version(data: &[u8]) -> Option<String> {
+    if !data.starts_with(BUILDINFO_MAGIC) || data.len() < 32 {
+        return None;
+    }
+    let flags = data[15];
+    if flags & 0x2 == 0 {
+        return None; // pre-1.18 pointer format
+    }
+    let (len, n) = read_uvarint(&data[32..])?;
+    let start = 32 + n;
+    let bytes = data.get(start..start.checked_add(len as usize)?)?;
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+fn read_uvarint(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut x = 0u64;
+    for (i, b) in buf.iter().take(10).enumerate() {
+        x |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((x, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_go_frame_setup() {
+        // cmp 0x10(%r14),%rsp; jbe rel32; push %rbp; mov %rsp,%rbp; sub $0x20,%rsp
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x96, 0x01, 0x00, 0x00, 0x55, 0x48, 0x89, 0xe5,
+            0x48, 0x83, 0xec, 0x20,
+        ];
+        assert_eq!(after_frame_setup(&code, 0x4785e0), Some(14));
+    }
+
+    #[test]
+    fn large_frame_prologue() {
+        // lea -0x98(%rsp),%r12; cmp 0x10(%r14),%r12; jbe; push %rbp; mov %rsp,%rbp
+        let code = [
+            0x4c, 0x8d, 0xa4, 0x24, 0x68, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86,
+            0x00, 0x01, 0x00, 0x00, 0x55, 0x48, 0x89, 0xe5, 0x90,
+        ];
+        assert_eq!(after_frame_setup(&code, 0x1000), Some(22));
+    }
+
+    #[test]
+    fn no_frame_setup() {
+        // ret; and a push that is not followed by the frame move.
+        assert_eq!(after_frame_setup(&[0xc3], 0), None);
+        assert_eq!(after_frame_setup(&[0x55, 0x90, 0x48, 0x89, 0xe5], 0), None);
+    }
+
+    #[test]
+    fn specialized_allocator_names() {
+        assert!(is_specialized_allocator("runtime.mallocgcTinySC2"));
+        assert!(is_specialized_allocator("runtime.mallocgcSmallNoScanSC17"));
+        assert!(is_specialized_allocator("runtime.mallocgcSmallScanNoHeaderSC1"));
+        assert!(!is_specialized_allocator("runtime.mallocgcSmallNoScanSlowPath"));
+        assert!(!is_specialized_allocator("runtime.mallocgcSmallNoscan"));
+        assert!(!is_specialized_allocator("runtime.mallocgcTinySC"));
+        assert!(!is_specialized_allocator("main.mallocgcTinySC2"));
+    }
+
+    #[test]
+    fn buildinfo_version() {
+        let mut data = BUILDINFO_MAGIC.to_vec();
+        data.push(8); // pointer size
+        data.push(0x2); // inline strings
+        data.resize(32, 0);
+        data.push(9);
+        data.extend_from_slice(b"go1.21.13");
+        data.push(0);
+        assert_eq!(parse_buildinfo_version(&data).as_deref(), Some("go1.21.13"));
+        data[15] = 0;
+        assert_eq!(parse_buildinfo_version(&data), None);
+        assert_eq!(parse_buildinfo_version(b"nope"), None);
+    }
+
+    #[test]
+    fn rejects_non_elf() {
+        let e = GoBinary::parse(Path::new("/x"), b"#!/bin/sh\necho hi\n").unwrap_err();
+        assert!(matches!(e, TargetError::NotGo(_)));
+    }
+}

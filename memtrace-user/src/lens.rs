@@ -1,0 +1,89 @@
+//! The lenses a user can ask for, and which of them this build implements.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lens {
+    Rss,
+    Mmap,
+    Alloc,
+    AllocExact,
+    Heap,
+    Goroutines,
+}
+
+impl Lens {
+    pub const ALL: [Lens; 6] = [
+        Lens::Rss,
+        Lens::Mmap,
+        Lens::Alloc,
+        Lens::AllocExact,
+        Lens::Heap,
+        Lens::Goroutines,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lens::Rss => "rss",
+            Lens::Mmap => "mmap",
+            Lens::Alloc => "alloc",
+            Lens::AllocExact => "alloc-exact",
+            Lens::Heap => "heap",
+            Lens::Goroutines => "goroutines",
+        }
+    }
+
+    pub fn implemented(self) -> bool {
+        matches!(self, Lens::Mmap | Lens::AllocExact)
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Lens::Goroutines => "goroutines",
+            _ => "bytes",
+        }
+    }
+}
+
+impl fmt::Display for Lens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown or not-yet-available lens name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LensError {
+    #[error("unknown lens `{0}`: choose from rss, mmap, alloc, alloc-exact, heap, goroutines")]
+    Unknown(String),
+    #[error("lens `{0}` is not available in this version of memtrace: use --lens mmap or --lens alloc-exact")]
+    NotYet(Lens),
+}
+
+impl FromStr for Lens {
+    type Err = LensError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lens = Lens::ALL
+            .into_iter()
+            .find(|l| l.name() == s.trim())
+            .ok_or_else(|| LensError::Unknown(s.to_string()))?;
+        if !lens.implemented() {
+            return Err(LensError::NotYet(lens));
+        }
+        Ok(lens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names() {
+        assert_eq!("alloc-exact".parse::<Lens>(), Ok(Lens::AllocExact));
+        assert_eq!("mmap".parse::<Lens>(), Ok(Lens::Mmap));
+        assert_eq!("heap".parse::<Lens>(), Err(LensError::NotYet(Lens::Heap)));
+        assert!(matches!("bogus".parse::<Lens>(), Err(LensError::Unknown(_))));
+    }
+}

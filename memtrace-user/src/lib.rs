@@ -1,0 +1,17 @@
+//! memtrace's user space. The pure parts (decode, aggregate, goruntime,
+//! procfs parsers, symbolize, render) are unit-tested on their own; `loader`
+//! and `cli::record` are the only code that talks to the kernel.
+
+pub mod aggregate;
+pub mod cli;
+pub mod decode;
+pub mod error;
+pub mod goruntime;
+pub mod launch;
+pub mod lens;
+pub mod loader;
+pub mod preflight;
+pub mod procfs;
+pub mod render;
+pub mod report;
+pub mod symbolize;

@@ -1,0 +1,194 @@
+//! The thin layer that talks to the kernel: load the eBPF object, attach
+//! probes, manage the target set, and read maps. Everything it returns is
+//! plain data for the pure modules.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use memtrace_common::{COUNTER_COUNT, TargetConfig};
+
+use crate::goruntime::GoBinary;
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+
+/// Failures while loading or attaching.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The kernel refused the object.
+    #[error("cannot load memtrace's eBPF programs: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A map or program the object must have is missing (build mismatch).
+    #[error("the eBPF object has no {0}: rebuild memtrace")]
+    Missing(&'static str),
+    /// Program load/attach failed.
+    #[error("cannot attach {what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("BPF map {what}: {source}")]
+    Map {
+        what: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// A loaded eBPF object and what is attached.
+pub struct Tracer {
+    ebpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    targets: BpfHashMap<MapData, u32, TargetConfig>,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    syscalls_attached: bool,
+    alloc_attached: HashSet<(PathBuf, u32)>,
+    /// Number of uprobe attachments made.
+    pub uprobes: usize,
+}
+
+impl Tracer {
+    pub fn load() -> Result<Self, LoadError> {
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(LoadError::Load)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("eBPF logger not initialised: {e}");
+                None
+            }
+        };
+        let map = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(LoadError::Missing(name))
+        };
+        let targets = BpfHashMap::try_from(map(&mut ebpf, "TARGETS")?)
+            .map_err(|source| LoadError::Map { what: "TARGETS", source })?;
+        let stacks = StackTraceMap::try_from(map(&mut ebpf, "STACKS")?)
+            .map_err(|source| LoadError::Map { what: "STACKS", source })?;
+        let counters = PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?)
+            .map_err(|source| LoadError::Map { what: "COUNTERS", source })?;
+        Ok(Self {
+            ebpf,
+            logger,
+            targets,
+            stacks,
+            counters,
+            syscalls_attached: false,
+            alloc_attached: HashSet::new(),
+            uprobes: 0,
+        })
+    }
+
+    /// The ring buffer, handed to the reader once.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let m = self.ebpf.take_map("EVENTS").ok_or(LoadError::Missing("EVENTS"))?;
+        RingBuf::try_from(m).map_err(|source| LoadError::Map { what: "EVENTS", source })
+    }
+
+    /// Makes `pid` a target: from now on the kernel side reports it.
+    pub fn add_target(&mut self, pid: u32) -> Result<(), LoadError> {
+        self.targets
+            .insert(pid, TargetConfig::default(), 0)
+            .map_err(|source| LoadError::Map { what: "TARGETS", source })
+    }
+
+    /// Stops reporting every target (before the final drain).
+    pub fn clear_targets(&mut self) {
+        let pids: Vec<u32> = self.targets.keys().filter_map(Result::ok).collect();
+        for pid in pids {
+            let _ = self.targets.remove(&pid);
+        }
+    }
+
+    /// Attaches the allocation probe to every allocator entry of `bin` for
+    /// `pid`. `attach_path` is the path the kernel resolves to the inode.
+    pub fn attach_alloc(&mut self, bin: &GoBinary, attach_path: &Path, pid: u32) -> Result<(), LoadError> {
+        if !self.alloc_attached.insert((bin.path.clone(), pid)) {
+            return Ok(());
+        }
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut("go_alloc")
+            .ok_or(LoadError::Missing("go_alloc"))?
+            .try_into()
+            .map_err(|source| LoadError::Program { what: "go_alloc".into(), source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| LoadError::Program { what: "go_alloc".into(), source })?;
+        }
+        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        for p in &bin.alloc_points {
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
+                cookie: Some(p.size_floor),
+            };
+            prog.attach(point, attach_path, scope).map_err(|source| LoadError::Program {
+                what: format!("uprobe {}+{:#x} in {}", p.symbol, p.vaddr, attach_path.display()),
+                source,
+            })?;
+            self.uprobes += 1;
+        }
+        Ok(())
+    }
+
+    /// Attaches the mmap/munmap tracepoints (once; they filter by target).
+    pub fn attach_syscalls(&mut self) -> Result<(), LoadError> {
+        if self.syscalls_attached {
+            return Ok(());
+        }
+        for (prog, name) in [
+            ("mmap_enter", "sys_enter_mmap"),
+            ("mmap_exit", "sys_exit_mmap"),
+            ("munmap_enter", "sys_enter_munmap"),
+        ] {
+            let tp: &mut TracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or(LoadError::Missing("tracepoint program"))?
+                .try_into()
+                .map_err(|source| LoadError::Program { what: prog.into(), source })?;
+            tp.load()
+                .map_err(|source| LoadError::Program { what: prog.into(), source })?;
+            tp.attach("syscalls", name)
+                .map_err(|source| LoadError::Program { what: format!("syscalls:{name}"), source })?;
+        }
+        self.syscalls_attached = true;
+        Ok(())
+    }
+
+    /// User stack for a stack id, leaf first.
+    pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        self.stacks
+            .get(&id, 0)
+            .ok()
+            .map(|st| st.frames().iter().map(|f| f.ip).collect())
+    }
+
+    /// The kernel-side counters, summed over CPUs, indexed by [`memtrace_common::Counter`].
+    pub fn counters(&self) -> [u64; COUNTER_COUNT as usize] {
+        let mut out = [0; COUNTER_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(v) = self.counters.get(&(i as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Forwards pending eBPF log records to the `log` crate.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+}

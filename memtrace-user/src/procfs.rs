@@ -1,0 +1,178 @@
+//! Reading what `/proc` says about a target. Parsers are pure (they take the
+//! file's text) so they are unit-tested without a live process.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::TargetError;
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    pub path: Option<PathBuf>,
+}
+
+impl MapEntry {
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.start..self.end).contains(&addr)
+    }
+}
+
+/// Parses the text of `/proc/PID/maps`. Malformed lines are skipped.
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut it = line.split_ascii_whitespace();
+            let (range, perms, offset) = (it.next()?, it.next()?, it.next()?);
+            let (_dev, _inode) = (it.next()?, it.next()?);
+            let rest: Vec<&str> = it.collect();
+            let (start, end) = range.split_once('-')?;
+            let path = rest.join(" ");
+            Some(MapEntry {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+                perms: perms.to_string(),
+                offset: u64::from_str_radix(offset, 16).ok()?,
+                path: path.starts_with('/').then(|| PathBuf::from(path)),
+            })
+        })
+        .collect()
+}
+
+/// Memory figures from `/proc/PID/status`, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemStatus {
+    pub vm_rss: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub rss_shmem: u64,
+}
+
+/// Parses the memory lines of `/proc/PID/status`.
+pub fn parse_status(text: &str) -> MemStatus {
+    let mut s = MemStatus::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let kib = value
+            .split_ascii_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        match key {
+            "VmRSS" => s.vm_rss = kib * 1024,
+            "RssAnon" => s.rss_anon = kib * 1024,
+            "RssFile" => s.rss_file = kib * 1024,
+            "RssShmem" => s.rss_shmem = kib * 1024,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Parses the `CapEff:` line of `/proc/self/status`.
+pub fn parse_cap_eff(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+pub fn proc_dir(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}"))
+}
+
+/// Fails with [`TargetError::NoSuchPid`] unless the process exists.
+pub fn check_pid(pid: u32) -> Result<(), TargetError> {
+    if pid == 0 || !proc_dir(pid).join("status").exists() {
+        return Err(TargetError::NoSuchPid(pid));
+    }
+    Ok(())
+}
+
+/// The path of the target's executable as the host sees it. `/proc/PID/exe`
+/// resolves through mount namespaces, and is kept open by the kernel even when
+/// the file was deleted.
+pub fn exe_path(pid: u32) -> Result<PathBuf, TargetError> {
+    std::fs::read_link(proc_dir(pid).join("exe")).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            TargetError::NoSuchPid(pid)
+        } else {
+            TargetError::Exe { pid, source }
+        }
+    })
+}
+
+pub fn read_maps(pid: u32) -> std::io::Result<Vec<MapEntry>> {
+    Ok(parse_maps(&std::fs::read_to_string(
+        proc_dir(pid).join("maps"),
+    )?))
+}
+
+pub fn read_status(pid: u32) -> Option<MemStatus> {
+    std::fs::read_to_string(proc_dir(pid).join("status"))
+        .ok()
+        .map(|t| parse_status(&t))
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; its state is Z.
+    match std::fs::read_to_string(proc_dir(pid).join("stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let text = "\
+00400000-0047f000 r-xp 00000000 fe:01 1234                               /tmp/app
+0047f000-004ff000 r--p 0007f000 fe:01 1234                               /tmp/app (deleted)
+c000000000-c000400000 rw-p 00000000 00:00 0 
+7ffd1000-7ffd2000 r-xp 00000000 00:00 0                                  [vdso]
+garbage
+";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].start, 0x400000);
+        assert_eq!(m[0].end, 0x47f000);
+        assert_eq!(m[0].perms, "r-xp");
+        assert_eq!(m[0].path.as_deref(), Some(Path::new("/tmp/app")));
+        assert_eq!(m[1].offset, 0x7f000);
+        assert_eq!(m[1].path.as_deref(), Some(Path::new("/tmp/app (deleted)")));
+        assert_eq!(m[2].path, None);
+        assert_eq!(m[3].path, None);
+        assert!(m[0].contains(0x400000) && !m[0].contains(0x47f000));
+    }
+
+    #[test]
+    fn parses_status_memory() {
+        let text = "Name:\tapp\nVmRSS:\t    2048 kB\nRssAnon:\t    1024 kB\nRssFile:\t  1000 kB\nRssShmem:\t 24 kB\n";
+        let s = parse_status(text);
+        assert_eq!(s.vm_rss, 2048 * 1024);
+        assert_eq!(s.rss_anon, 1024 * 1024);
+        assert_eq!(s.rss_file, 1000 * 1024);
+        assert_eq!(s.rss_shmem, 24 * 1024);
+    }
+
+    #[test]
+    fn parses_cap_eff() {
+        assert_eq!(parse_cap_eff("CapInh:\t0\nCapEff:\t000001ffffffffff\n"), 0x1ff_ffff_ffff);
+        assert_eq!(parse_cap_eff("nothing"), 0);
+    }
+}

@@ -1,0 +1,41 @@
+//! Brendan Gregg's folded format: `root;...;leaf VALUE` per line.
+
+use super::Profile;
+
+/// Frame names may not contain the separators of the format.
+pub fn clean(frame: &str) -> String {
+    frame.replace(';', ":").replace(['\n', '\r'], " ")
+}
+
+pub fn render(p: &Profile) -> String {
+    let mut out = String::new();
+    for s in &p.samples {
+        let frames: Vec<String> = s.frames.iter().map(|f| clean(f)).collect();
+        let line = if frames.is_empty() {
+            "[no frames]".to_string()
+        } else {
+            frames.join(";")
+        };
+        out.push_str(&format!("{line} {}\n", s.value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Profile, sample};
+    use super::*;
+
+    #[test]
+    fn renders_lines() {
+        let p = Profile::new(
+            "alloc-exact",
+            "bytes",
+            true,
+            [sample(&["main.main", "main.(*T).add;x"], 64, 1), sample(&[], 1, 1)],
+            1.0,
+            "t".into(),
+        );
+        assert_eq!(render(&p), "main.main;main.(*T).add:x 64\n[no frames] 1\n");
+    }
+}

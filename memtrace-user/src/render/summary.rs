@@ -1,0 +1,122 @@
+//! `summary.json`: the machine-readable result of a recording.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Profile;
+
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopEntry {
+    pub stack: Vec<String>,
+    pub value: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct SizePercentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LensSummary {
+    pub unit: &'static str,
+    pub total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<u64>,
+    pub stacks: usize,
+    pub top: Vec<TopEntry>,
+    /// Lens-specific extras (e.g. size percentiles, unmapped bytes).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Counters {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Events whose stack could not be captured (kept under "[stack unavailable]").
+    pub stack_errors: u64,
+    /// mmap exits without a matching enter.
+    pub mmap_unpaired: u64,
+    /// Allocation probe hits (before the size filter).
+    pub alloc_probe_hits: u64,
+    /// Frames no symbol could be found for.
+    pub unresolved_frames: u64,
+    /// Records user space failed to decode.
+    pub decode_errors: u64,
+    /// Events delivered to user space.
+    pub events: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub targets: Vec<Target>,
+    pub lenses: BTreeMap<String, LensSummary>,
+    pub dropped_events: u64,
+    pub duration_secs: f64,
+    pub counters: Counters,
+    pub ended_by: String,
+}
+
+/// How many stacks `top` lists.
+pub const TOP_N: usize = 20;
+
+pub fn lens_summary(p: &Profile, extra: BTreeMap<String, serde_json::Value>) -> LensSummary {
+    LensSummary {
+        unit: p.unit,
+        total: p.total(),
+        objects: p.has_objects.then(|| p.objects()),
+        stacks: p.samples.len(),
+        top: p
+            .samples
+            .iter()
+            .take(TOP_N)
+            .map(|s| TopEntry {
+                stack: s.frames.clone(),
+                value: s.value,
+                objects: p.has_objects.then_some(s.objects),
+            })
+            .collect(),
+        extra,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Profile, sample};
+    use super::*;
+
+    #[test]
+    fn json_shape() {
+        let p = Profile::new("alloc-exact", "bytes", true, [sample(&["main.main", "main.leak"], 640, 10)], 1.0, "t".into());
+        let mut lenses = BTreeMap::new();
+        lenses.insert("alloc-exact".to_string(), lens_summary(&p, BTreeMap::from([("x".to_string(), serde_json::json!(1))])));
+        let s = Summary {
+            targets: vec![Target { pid: 1, exe: "/a".into(), go_version: "go1.21.13".into() }],
+            lenses,
+            dropped_events: 0,
+            duration_secs: 1.5,
+            counters: Counters::default(),
+            ended_by: "duration".into(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["lenses"]["alloc-exact"]["total"], 640);
+        assert_eq!(v["lenses"]["alloc-exact"]["objects"], 10);
+        assert_eq!(v["lenses"]["alloc-exact"]["top"][0]["stack"][1], "main.leak");
+        assert_eq!(v["lenses"]["alloc-exact"]["x"], 1);
+        assert_eq!(v["targets"][0]["go_version"], "go1.21.13");
+    }
+}

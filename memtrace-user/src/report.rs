@@ -1,0 +1,139 @@
+//! Turns aggregated (process, stack id) cells into symbolized profiles and
+//! writes them out. Pure apart from the final file writes: stacks come in
+//! through a closure, so tests need no kernel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::aggregate::{Cell, StackKey};
+use crate::lens::Lens;
+use crate::render::{self, Profile, Sample, summary::Summary};
+use crate::symbolize::{Image, STACK_UNAVAILABLE, Symbolizer, hide_runtime_leaf};
+
+/// Symbolizes every stack of one lens and merges identical frame lists.
+pub fn build_profile(
+    lens: Lens,
+    cells: &HashMap<StackKey, Cell>,
+    images: &HashMap<u32, (String, Image)>,
+    stack_of: &dyn Fn(u32) -> Option<Vec<u64>>,
+    sym: &mut Symbolizer,
+    duration_secs: f64,
+    target: String,
+) -> Profile {
+    let multi = images.len() > 1;
+    let samples: Vec<Sample> = cells
+        .iter()
+        .map(|(&(pid, stack_id), cell)| {
+            let mut frames = match (u32::try_from(stack_id).ok().and_then(stack_of), images.get(&pid)) {
+                (Some(ips), Some((_, image))) if !ips.is_empty() => sym.stack(image, &ips),
+                _ => vec![STACK_UNAVAILABLE.to_string()],
+            };
+            if matches!(lens, Lens::AllocExact | Lens::Alloc | Lens::Heap) {
+                hide_runtime_leaf(&mut frames);
+            }
+            if multi {
+                let name = images.get(&pid).map_or("?", |(n, _)| n.as_str());
+                frames.insert(0, format!("{name} (pid {pid})"));
+            }
+            Sample {
+                frames,
+                value: cell.bytes,
+                objects: cell.objects,
+            }
+        })
+        .collect();
+    let has_objects = matches!(lens, Lens::AllocExact | Lens::Alloc);
+    Profile::new(lens.name(), lens.unit(), has_objects, samples, duration_secs, target)
+}
+
+/// Paths written for one lens.
+pub struct Written {
+    pub svg: PathBuf,
+    pub folded: PathBuf,
+    pub pprof: PathBuf,
+}
+
+/// Writes `LENS.svg`, `LENS.folded` and `LENS.pb.gz` into `out`.
+pub fn write_profile(out: &Path, p: &Profile) -> anyhow::Result<Written> {
+    use anyhow::Context as _;
+    let w = Written {
+        svg: out.join(format!("{}.svg", p.lens)),
+        folded: out.join(format!("{}.folded", p.lens)),
+        pprof: out.join(format!("{}.pb.gz", p.lens)),
+    };
+    let svg = render::svg::render(p)?;
+    write_file(&w.svg, &svg).with_context(|| format!("writing {}", w.svg.display()))?;
+    write_file(&w.folded, render::folded::render(p).as_bytes())
+        .with_context(|| format!("writing {}", w.folded.display()))?;
+    write_file(&w.pprof, &render::pprof::render(p)?)
+        .with_context(|| format!("writing {}", w.pprof.display()))?;
+    Ok(w)
+}
+
+pub fn write_summary(out: &Path, s: &Summary) -> anyhow::Result<PathBuf> {
+    let path = out.join("summary.json");
+    let mut json = serde_json::to_vec_pretty(s)?;
+    json.push(b'\n');
+    write_file(&path, &json)?;
+    Ok(path)
+}
+
+/// Writes through a temporary file so a reader never sees half a report.
+fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+/// A short terminal rendering of a stack: the leaf-most frames, leaf last.
+pub fn short_stack(frames: &[String], n: usize) -> String {
+    let start = frames.len().saturating_sub(n);
+    let mut s = frames[start..].join(" > ");
+    if start > 0 {
+        s.insert_str(0, "… > ");
+    }
+    s
+}
+
+/// Human-readable byte count.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
+}
+
+/// Extras for a lens's summary entry.
+pub type Extras = BTreeMap<String, serde_json::Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_stacks_keep_their_bytes() {
+        let cells = HashMap::from([((1, -14), Cell { bytes: 100, objects: 1 })]);
+        let images = HashMap::from([(1, ("app".to_string(), Image { exe: "/app".into(), maps: None }))]);
+        let mut sym = Symbolizer::default();
+        let p = build_profile(Lens::Mmap, &cells, &images, &|_| None, &mut sym, 1.0, "t".into());
+        assert_eq!(p.samples.len(), 1);
+        assert_eq!(p.samples[0].frames, vec![STACK_UNAVAILABLE.to_string()]);
+        assert_eq!(p.total(), 100);
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        let f: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(short_stack(&f, 2), "… > b > c");
+        assert_eq!(short_stack(&f, 5), "a > b > c");
+    }
+}

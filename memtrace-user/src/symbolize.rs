@@ -1,0 +1,201 @@
+//! Instruction pointers to Go function names, inlined frames included.
+//!
+//! Addresses are normalized against the process's mappings captured while it
+//! ran (so names resolve after it exits) and resolved with blazesym from the
+//! ELF file (symbol table plus DWARF for inlining). Results are cached per
+//! (file, offset), so many processes of one binary cost one lookup per frame.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze, source::Elf, source::Source};
+
+use crate::procfs::MapEntry;
+
+/// Frame shown for a stack the kernel could not capture.
+pub const STACK_UNAVAILABLE: &str = "[stack unavailable]";
+
+/// What is known about one process's address space.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub exe: PathBuf,
+    /// Mappings from `/proc/PID/maps`; `None` until read after exec. Without
+    /// them, addresses are taken as the executable's own virtual addresses,
+    /// which is right for Go's default non-PIE builds.
+    pub maps: Option<Vec<MapEntry>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Where {
+    File(PathBuf, u64),
+    Virt(PathBuf, u64),
+    Anon,
+}
+
+/// A caching symbolizer.
+pub struct Symbolizer {
+    blaze: Blaze,
+    cache: HashMap<Where, Vec<String>>,
+    /// Frames that resolved to no name.
+    pub unresolved: u64,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self {
+            blaze: Blaze::builder()
+                .enable_inlined_fns(true)
+                .enable_code_info(true)
+                .build(),
+            cache: HashMap::new(),
+            unresolved: 0,
+        }
+    }
+}
+
+impl Symbolizer {
+    /// Names for a kernel stack (leaf first), returned root first with inlined
+    /// frames expanded in call order.
+    pub fn stack(&mut self, image: &Image, ips: &[u64]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, &ip) in ips.iter().enumerate() {
+            // Non-leaf entries are return addresses: look up the call itself.
+            let pc = if i == 0 { ip } else { ip.saturating_sub(1) };
+            let names = self.frame(image, pc);
+            out.extend(names.into_iter().rev());
+        }
+        out.reverse();
+        out
+    }
+
+    /// Names at one pc, outermost first.
+    fn frame(&mut self, image: &Image, pc: u64) -> Vec<String> {
+        let at = locate(image, pc);
+        if let Some(hit) = self.cache.get(&at) {
+            return hit.clone();
+        }
+        let names = match &at {
+            Where::Anon => vec![format!("[anon] {pc:#x}")],
+            Where::File(path, off) => self.lookup(path, Input::FileOffset(&[*off][..]), *off),
+            Where::Virt(path, addr) => self.lookup(path, Input::VirtOffset(&[*addr][..]), *addr),
+        };
+        self.cache.insert(at, names.clone());
+        names
+    }
+
+    fn lookup(&mut self, path: &Path, input: Input<&[u64]>, addr: u64) -> Vec<String> {
+        let src = Source::Elf(Elf::new(path));
+        let result = self.blaze.symbolize(&src, input);
+        match result.as_deref() {
+            Ok([Symbolized::Sym(sym)]) => std::iter::once(sym.name.to_string())
+                .chain(sym.inlined.iter().map(|f| f.name.to_string()))
+                .collect(),
+            _ => {
+                self.unresolved += 1;
+                let base = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy();
+                vec![format!("{base}+{addr:#x}")]
+            }
+        }
+    }
+}
+
+fn locate(image: &Image, pc: u64) -> Where {
+    match &image.maps {
+        None => Where::Virt(image.exe.clone(), pc),
+        Some(maps) => match maps.iter().find(|m| m.contains(pc)) {
+            Some(MapEntry {
+                path: Some(path),
+                start,
+                offset,
+                ..
+            }) => Where::File(strip_deleted(path), pc - start + offset),
+            _ => Where::Anon,
+        },
+    }
+}
+
+/// `/proc/PID/maps` marks unlinked files with a " (deleted)" suffix.
+fn strip_deleted(path: &Path) -> PathBuf {
+    let s = path.to_string_lossy();
+    PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
+}
+
+/// Trims the Go allocator's own frames from the leaf end of an allocation
+/// stack (root first), as `go tool pprof` does for heap profiles, so the top
+/// of the flame graph is the code that asked for memory. A stack made only of
+/// runtime frames is kept whole.
+pub fn hide_runtime_leaf(frames: &mut Vec<String>) {
+    let keep = frames
+        .iter()
+        .rposition(|f| !f.starts_with("runtime."))
+        .map(|i| i + 1);
+    if let Some(n) = keep {
+        frames.truncate(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_in_file_mappings() {
+        let image = Image {
+            exe: "/bin/app".into(),
+            maps: Some(vec![
+                MapEntry {
+                    start: 0x1000,
+                    end: 0x3000,
+                    perms: "r-xp".into(),
+                    offset: 0x400,
+                    path: Some("/bin/app (deleted)".into()),
+                },
+                MapEntry {
+                    start: 0x9000,
+                    end: 0xa000,
+                    perms: "rw-p".into(),
+                    offset: 0,
+                    path: None,
+                },
+            ]),
+        };
+        assert_eq!(locate(&image, 0x1010), Where::File("/bin/app".into(), 0x410));
+        assert_eq!(locate(&image, 0x9010), Where::Anon);
+        assert_eq!(locate(&image, 0x5), Where::Anon);
+        let early = Image {
+            maps: None,
+            ..image
+        };
+        assert_eq!(locate(&early, 0x401000), Where::Virt("/bin/app".into(), 0x401000));
+    }
+
+    #[test]
+    fn hides_allocator_frames() {
+        let mut f: Vec<String> = ["runtime.main", "main.main", "main.leak", "runtime.newobject", "runtime.mallocgc"]
+            .map(String::from)
+            .to_vec();
+        hide_runtime_leaf(&mut f);
+        assert_eq!(f, ["runtime.main", "main.main", "main.leak"]);
+        let mut only_rt: Vec<String> = ["runtime.mstart", "runtime.malg", "runtime.mallocgc"].map(String::from).to_vec();
+        hide_runtime_leaf(&mut only_rt);
+        assert_eq!(only_rt.len(), 3);
+    }
+
+    #[test]
+    fn symbolizes_this_test_binary() {
+        // A real ELF with a symbol table: this test executable.
+        let exe = std::env::current_exe().unwrap();
+        let maps = crate::procfs::read_maps(std::process::id()).unwrap();
+        let image = Image { exe, maps: Some(maps) };
+        let mut s = Symbolizer::default();
+        let pc = marker_fn as usize as u64;
+        let names = s.stack(&image, &[pc]);
+        assert!(names.iter().any(|n| n.contains("marker_fn")), "{names:?}");
+        assert_eq!(s.unresolved, 0);
+    }
+
+    #[inline(never)]
+    fn marker_fn() -> u32 {
+        std::hint::black_box(7)
+    }
+}
