@@ -1,6 +1,6 @@
 //! Builds `memtrace-ebpf` for the BPF target (nightly + bpf-linker, through
 //! aya-build) and leaves the object in OUT_DIR for `include_bytes_aligned!`.
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {

@@ -180,8 +180,20 @@ mod tests {
         a.add((1, 5), 64);
         a.add((1, 5), 64);
         a.add((1, 6), 1000);
-        assert_eq!(a.by_stack[&(1, 5)], Cell { bytes: 128, objects: 2 });
-        assert_eq!(a.totals(), Cell { bytes: 1128, objects: 3 });
+        assert_eq!(
+            a.by_stack[&(1, 5)],
+            Cell {
+                bytes: 128,
+                objects: 2
+            }
+        );
+        assert_eq!(
+            a.totals(),
+            Cell {
+                bytes: 1128,
+                objects: 3
+            }
+        );
         assert_eq!(a.sizes.len(), 3);
         assert!(a.sizes.value_at_quantile(0.99) >= 999);
     }

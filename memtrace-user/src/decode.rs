@@ -1,6 +1,6 @@
 //! Ring-buffer records to typed events.
 
-use memtrace_common::{EVENT_SIZE, Event, EventKind};
+use memtrace_common::{Event, EventKind, EVENT_SIZE};
 
 /// A decoded ring-buffer record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

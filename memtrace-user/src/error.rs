@@ -26,9 +26,7 @@ pub enum EnvError {
     )]
     NoBtf(PathBuf),
     /// A tracepoint memtrace relies on is absent.
-    #[error(
-        "tracepoint {0} is missing: memtrace needs a kernel with CONFIG_FTRACE_SYSCALLS=y"
-    )]
+    #[error("tracepoint {0} is missing: memtrace needs a kernel with CONFIG_FTRACE_SYSCALLS=y")]
     NoTracepoint(String),
 }
 

@@ -73,12 +73,16 @@ impl GoBinary {
 /// Go 1.27 on, the size-specialized `runtime.mallocgc{Tiny,SmallNoScan,
 /// SmallScanNoHeader}SC<n>` that the compiler calls directly.
 pub fn is_specialized_allocator(name: &str) -> bool {
-    ["runtime.mallocgcTinySC", "runtime.mallocgcSmallNoScanSC", "runtime.mallocgcSmallScanNoHeaderSC"]
-        .iter()
-        .any(|p| {
-            name.strip_prefix(p)
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
+    [
+        "runtime.mallocgcTinySC",
+        "runtime.mallocgcSmallNoScanSC",
+        "runtime.mallocgcSmallScanNoHeaderSC",
+    ]
+    .iter()
+    .any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 fn alloc_points(path: &Path, file: &object::File<'_>) -> Result<Vec<ProbePoint>, TargetError> {
@@ -113,7 +117,10 @@ fn alloc_points(path: &Path, file: &object::File<'_>) -> Result<Vec<ProbePoint>,
                 .ok_or_else(prologue_err)?;
             let (sec_off, _) = section.file_range().ok_or_else(prologue_err)?;
             let code = section.data().map_err(|_| prologue_err())?;
-            let start = sym.address().checked_sub(section.address()).ok_or_else(prologue_err)?;
+            let start = sym
+                .address()
+                .checked_sub(section.address())
+                .ok_or_else(prologue_err)?;
             let code = code.get(start as usize..).ok_or_else(prologue_err)?;
             let skip = after_frame_setup(&code[..code.len().min(64)], sym.address())
                 .ok_or_else(prologue_err)?;
@@ -220,8 +227,12 @@ mod tests {
     fn specialized_allocator_names() {
         assert!(is_specialized_allocator("runtime.mallocgcTinySC2"));
         assert!(is_specialized_allocator("runtime.mallocgcSmallNoScanSC17"));
-        assert!(is_specialized_allocator("runtime.mallocgcSmallScanNoHeaderSC1"));
-        assert!(!is_specialized_allocator("runtime.mallocgcSmallNoScanSlowPath"));
+        assert!(is_specialized_allocator(
+            "runtime.mallocgcSmallScanNoHeaderSC1"
+        ));
+        assert!(!is_specialized_allocator(
+            "runtime.mallocgcSmallNoScanSlowPath"
+        ));
         assert!(!is_specialized_allocator("runtime.mallocgcSmallNoscan"));
         assert!(!is_specialized_allocator("runtime.mallocgcTinySC"));
         assert!(!is_specialized_allocator("main.mallocgcTinySC2"));

@@ -16,13 +16,17 @@ pub struct Gated {
 /// Finds `cmd` the way `execvp` would.
 pub fn resolve(cmd: &str) -> Result<PathBuf, TargetError> {
     let is_exec = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+        std::fs::metadata(p).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
     };
     let found = if cmd.contains('/') {
         Some(PathBuf::from(cmd)).filter(|p| is_exec(p))
     } else {
         std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths).map(|d| d.join(cmd)).find(|p| is_exec(p))
+            std::env::split_paths(&paths)
+                .map(|d| d.join(cmd))
+                .find(|p| is_exec(p))
         })
     };
     let path = found.ok_or_else(|| TargetError::CommandNotFound(cmd.to_string()))?;
@@ -39,7 +43,8 @@ pub fn spawn_gated(path: &Path, args: &[String]) -> Result<Gated, TargetError> {
         path: path.to_owned(),
         reason,
     };
-    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| err(e.to_string()))?;
+    let cpath =
+        CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| err(e.to_string()))?;
     let cargs: Vec<CString> = args
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -84,7 +89,13 @@ impl Gated {
     pub fn release(self) {
         let b = [1u8];
         // SAFETY: writing one byte from a valid buffer to our pipe.
-        unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&self.gate), b.as_ptr().cast(), 1) };
+        unsafe {
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&self.gate),
+                b.as_ptr().cast(),
+                1,
+            )
+        };
     }
 }
 
@@ -113,8 +124,14 @@ mod tests {
     #[test]
     fn resolves_on_path_and_rejects_missing() {
         assert!(resolve("sh").unwrap().is_absolute());
-        assert!(matches!(resolve("no-such-command-xyz"), Err(TargetError::CommandNotFound(_))));
-        assert!(matches!(resolve("./no/such"), Err(TargetError::CommandNotFound(_))));
+        assert!(matches!(
+            resolve("no-such-command-xyz"),
+            Err(TargetError::CommandNotFound(_))
+        ));
+        assert!(matches!(
+            resolve("./no/such"),
+            Err(TargetError::CommandNotFound(_))
+        ));
     }
 
     #[test]

@@ -84,6 +84,9 @@ mod tests {
         assert_eq!("alloc-exact".parse::<Lens>(), Ok(Lens::AllocExact));
         assert_eq!("mmap".parse::<Lens>(), Ok(Lens::Mmap));
         assert_eq!("heap".parse::<Lens>(), Err(LensError::NotYet(Lens::Heap)));
-        assert!(matches!("bogus".parse::<Lens>(), Err(LensError::Unknown(_))));
+        assert!(matches!(
+            "bogus".parse::<Lens>(),
+            Err(LensError::Unknown(_))
+        ));
     }
 }

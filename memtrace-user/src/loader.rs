@@ -7,14 +7,14 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        TracePoint, UProbe,
     },
+    Ebpf, EbpfLoader,
 };
-use memtrace_common::{COUNTER_COUNT, TargetConfig};
+use memtrace_common::{TargetConfig, COUNTER_COUNT};
 
 use crate::goruntime::GoBinary;
 
@@ -60,7 +60,9 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn load() -> Result<Self, LoadError> {
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(LoadError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(LoadError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -71,12 +73,23 @@ impl Tracer {
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(LoadError::Missing(name))
         };
-        let targets = BpfHashMap::try_from(map(&mut ebpf, "TARGETS")?)
-            .map_err(|source| LoadError::Map { what: "TARGETS", source })?;
-        let stacks = StackTraceMap::try_from(map(&mut ebpf, "STACKS")?)
-            .map_err(|source| LoadError::Map { what: "STACKS", source })?;
-        let counters = PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?)
-            .map_err(|source| LoadError::Map { what: "COUNTERS", source })?;
+        let targets =
+            BpfHashMap::try_from(map(&mut ebpf, "TARGETS")?).map_err(|source| LoadError::Map {
+                what: "TARGETS",
+                source,
+            })?;
+        let stacks = StackTraceMap::try_from(map(&mut ebpf, "STACKS")?).map_err(|source| {
+            LoadError::Map {
+                what: "STACKS",
+                source,
+            }
+        })?;
+        let counters = PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?).map_err(|source| {
+            LoadError::Map {
+                what: "COUNTERS",
+                source,
+            }
+        })?;
         Ok(Self {
             ebpf,
             logger,
@@ -91,15 +104,24 @@ impl Tracer {
 
     /// The ring buffer, handed to the reader once.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let m = self.ebpf.take_map("EVENTS").ok_or(LoadError::Missing("EVENTS"))?;
-        RingBuf::try_from(m).map_err(|source| LoadError::Map { what: "EVENTS", source })
+        let m = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(LoadError::Missing("EVENTS"))?;
+        RingBuf::try_from(m).map_err(|source| LoadError::Map {
+            what: "EVENTS",
+            source,
+        })
     }
 
     /// Makes `pid` a target: from now on the kernel side reports it.
     pub fn add_target(&mut self, pid: u32) -> Result<(), LoadError> {
         self.targets
             .insert(pid, TargetConfig::default(), 0)
-            .map_err(|source| LoadError::Map { what: "TARGETS", source })
+            .map_err(|source| LoadError::Map {
+                what: "TARGETS",
+                source,
+            })
     }
 
     /// Stops reporting every target (before the final drain).
@@ -112,7 +134,12 @@ impl Tracer {
 
     /// Attaches the allocation probe to every allocator entry of `bin` for
     /// `pid`. `attach_path` is the path the kernel resolves to the inode.
-    pub fn attach_alloc(&mut self, bin: &GoBinary, attach_path: &Path, pid: u32) -> Result<(), LoadError> {
+    pub fn attach_alloc(
+        &mut self,
+        bin: &GoBinary,
+        attach_path: &Path,
+        pid: u32,
+    ) -> Result<(), LoadError> {
         if !self.alloc_attached.insert((bin.path.clone(), pid)) {
             return Ok(());
         }
@@ -121,10 +148,15 @@ impl Tracer {
             .program_mut("go_alloc")
             .ok_or(LoadError::Missing("go_alloc"))?
             .try_into()
-            .map_err(|source| LoadError::Program { what: "go_alloc".into(), source })?;
+            .map_err(|source| LoadError::Program {
+                what: "go_alloc".into(),
+                source,
+            })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| LoadError::Program { what: "go_alloc".into(), source })?;
+            prog.load().map_err(|source| LoadError::Program {
+                what: "go_alloc".into(),
+                source,
+            })?;
         }
         let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         for p in &bin.alloc_points {
@@ -132,10 +164,16 @@ impl Tracer {
                 location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
                 cookie: Some(p.size_floor),
             };
-            prog.attach(point, attach_path, scope).map_err(|source| LoadError::Program {
-                what: format!("uprobe {}+{:#x} in {}", p.symbol, p.vaddr, attach_path.display()),
-                source,
-            })?;
+            prog.attach(point, attach_path, scope)
+                .map_err(|source| LoadError::Program {
+                    what: format!(
+                        "uprobe {}+{:#x} in {}",
+                        p.symbol,
+                        p.vaddr,
+                        attach_path.display()
+                    ),
+                    source,
+                })?;
             self.uprobes += 1;
         }
         Ok(())
@@ -156,11 +194,19 @@ impl Tracer {
                 .program_mut(prog)
                 .ok_or(LoadError::Missing("tracepoint program"))?
                 .try_into()
-                .map_err(|source| LoadError::Program { what: prog.into(), source })?;
-            tp.load()
-                .map_err(|source| LoadError::Program { what: prog.into(), source })?;
+                .map_err(|source| LoadError::Program {
+                    what: prog.into(),
+                    source,
+                })?;
+            tp.load().map_err(|source| LoadError::Program {
+                what: prog.into(),
+                source,
+            })?;
             tp.attach("syscalls", name)
-                .map_err(|source| LoadError::Program { what: format!("syscalls:{name}"), source })?;
+                .map_err(|source| LoadError::Program {
+                    what: format!("syscalls:{name}"),
+                    source,
+                })?;
         }
         self.syscalls_attached = true;
         Ok(())

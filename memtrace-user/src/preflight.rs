@@ -59,7 +59,10 @@ fn mount_tracefs() {
     if rc == 0 {
         log::info!("mounted tracefs at {DEFAULT_TRACEFS}");
     } else {
-        log::debug!("mounting tracefs failed: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "mounting tracefs failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -71,7 +74,9 @@ mod tests {
     fn capability_sets() {
         let bit = |c: u32| 1u64 << c;
         assert!(caps_sufficient(bit(CAP_SYS_ADMIN) | bit(CAP_SYS_PTRACE)));
-        assert!(caps_sufficient(bit(CAP_BPF) | bit(CAP_PERFMON) | bit(CAP_SYS_PTRACE)));
+        assert!(caps_sufficient(
+            bit(CAP_BPF) | bit(CAP_PERFMON) | bit(CAP_SYS_PTRACE)
+        ));
         assert!(!caps_sufficient(bit(CAP_BPF) | bit(CAP_SYS_PTRACE)));
         assert!(!caps_sufficient(bit(CAP_SYS_ADMIN)));
         assert!(!caps_sufficient(0));

@@ -172,7 +172,10 @@ garbage
 
     #[test]
     fn parses_cap_eff() {
-        assert_eq!(parse_cap_eff("CapInh:\t0\nCapEff:\t000001ffffffffff\n"), 0x1ff_ffff_ffff);
+        assert_eq!(
+            parse_cap_eff("CapInh:\t0\nCapEff:\t000001ffffffffff\n"),
+            0x1ff_ffff_ffff
+        );
         assert_eq!(parse_cap_eff("nothing"), 0);
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::aggregate::{Cell, StackKey};
 use crate::lens::Lens;
-use crate::render::{self, Profile, Sample, summary::Summary};
-use crate::symbolize::{Image, STACK_UNAVAILABLE, Symbolizer, hide_runtime_leaf};
+use crate::render::{self, summary::Summary, Profile, Sample};
+use crate::symbolize::{hide_runtime_leaf, Image, Symbolizer, STACK_UNAVAILABLE};
 
 /// Symbolizes every stack of one lens and merges identical frame lists.
 pub fn build_profile(
@@ -25,7 +25,10 @@ pub fn build_profile(
     let samples: Vec<Sample> = cells
         .iter()
         .map(|(&(pid, stack_id), cell)| {
-            let mut frames = match (u32::try_from(stack_id).ok().and_then(stack_of), images.get(&pid)) {
+            let mut frames = match (
+                u32::try_from(stack_id).ok().and_then(stack_of),
+                images.get(&pid),
+            ) {
                 (Some(ips), Some((_, image))) if !ips.is_empty() => sym.stack(image, &ips),
                 _ => vec![STACK_UNAVAILABLE.to_string()],
             };
@@ -44,7 +47,14 @@ pub fn build_profile(
         })
         .collect();
     let has_objects = matches!(lens, Lens::AllocExact | Lens::Alloc);
-    Profile::new(lens.name(), lens.unit(), has_objects, samples, duration_secs, target)
+    Profile::new(
+        lens.name(),
+        lens.unit(),
+        has_objects,
+        samples,
+        duration_secs,
+        target,
+    )
 }
 
 /// Paths written for one lens.
@@ -107,7 +117,11 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 /// Extras for a lens's summary entry.
@@ -119,10 +133,33 @@ mod tests {
 
     #[test]
     fn missing_stacks_keep_their_bytes() {
-        let cells = HashMap::from([((1, -14), Cell { bytes: 100, objects: 1 })]);
-        let images = HashMap::from([(1, ("app".to_string(), Image { exe: "/app".into(), maps: None }))]);
+        let cells = HashMap::from([(
+            (1, -14),
+            Cell {
+                bytes: 100,
+                objects: 1,
+            },
+        )]);
+        let images = HashMap::from([(
+            1,
+            (
+                "app".to_string(),
+                Image {
+                    exe: "/app".into(),
+                    maps: None,
+                },
+            ),
+        )]);
         let mut sym = Symbolizer::default();
-        let p = build_profile(Lens::Mmap, &cells, &images, &|_| None, &mut sym, 1.0, "t".into());
+        let p = build_profile(
+            Lens::Mmap,
+            &cells,
+            &images,
+            &|_| None,
+            &mut sym,
+            1.0,
+            "t".into(),
+        );
         assert_eq!(p.samples.len(), 1);
         assert_eq!(p.samples[0].frames, vec![STACK_UNAVAILABLE.to_string()]);
         assert_eq!(p.total(), 100);

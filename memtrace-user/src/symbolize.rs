@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze, source::Elf, source::Source};
+use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer as Blaze};
 
 use crate::procfs::MapEntry;
 
@@ -92,7 +92,10 @@ impl Symbolizer {
                 .collect(),
             _ => {
                 self.unresolved += 1;
-                let base = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy();
+                let base = path
+                    .file_name()
+                    .unwrap_or(path.as_os_str())
+                    .to_string_lossy();
                 vec![format!("{base}+{addr:#x}")]
             }
         }
@@ -159,24 +162,38 @@ mod tests {
                 },
             ]),
         };
-        assert_eq!(locate(&image, 0x1010), Where::File("/bin/app".into(), 0x410));
+        assert_eq!(
+            locate(&image, 0x1010),
+            Where::File("/bin/app".into(), 0x410)
+        );
         assert_eq!(locate(&image, 0x9010), Where::Anon);
         assert_eq!(locate(&image, 0x5), Where::Anon);
         let early = Image {
             maps: None,
             ..image
         };
-        assert_eq!(locate(&early, 0x401000), Where::Virt("/bin/app".into(), 0x401000));
+        assert_eq!(
+            locate(&early, 0x401000),
+            Where::Virt("/bin/app".into(), 0x401000)
+        );
     }
 
     #[test]
     fn hides_allocator_frames() {
-        let mut f: Vec<String> = ["runtime.main", "main.main", "main.leak", "runtime.newobject", "runtime.mallocgc"]
-            .map(String::from)
-            .to_vec();
+        let mut f: Vec<String> = [
+            "runtime.main",
+            "main.main",
+            "main.leak",
+            "runtime.newobject",
+            "runtime.mallocgc",
+        ]
+        .map(String::from)
+        .to_vec();
         hide_runtime_leaf(&mut f);
         assert_eq!(f, ["runtime.main", "main.main", "main.leak"]);
-        let mut only_rt: Vec<String> = ["runtime.mstart", "runtime.malg", "runtime.mallocgc"].map(String::from).to_vec();
+        let mut only_rt: Vec<String> = ["runtime.mstart", "runtime.malg", "runtime.mallocgc"]
+            .map(String::from)
+            .to_vec();
         hide_runtime_leaf(&mut only_rt);
         assert_eq!(only_rt.len(), 3);
     }
@@ -186,9 +203,12 @@ mod tests {
         // A real ELF with a symbol table: this test executable.
         let exe = std::env::current_exe().unwrap();
         let maps = crate::procfs::read_maps(std::process::id()).unwrap();
-        let image = Image { exe, maps: Some(maps) };
+        let image = Image {
+            exe,
+            maps: Some(maps),
+        };
         let mut s = Symbolizer::default();
-        let pc = marker_fn as usize as u64;
+        let pc = marker_fn as *const () as usize as u64;
         let names = s.stack(&image, &[pc]);
         assert!(names.iter().any(|n| n.contains("marker_fn")), "{names:?}");
         assert_eq!(s.unresolved, 0);

@@ -1,1 +1,189 @@
+//! Helpers for memtrace's end-to-end tests. They run as root against real Go
+//! fixtures built by `cargo xtask test`, which passes their locations through
+//! the environment. A missing variable is a set-up error, never a skip.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn env_path(var: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{var} is not set: run the end-to-end tests with `cargo xtask test`")
+    })
+}
+
+pub fn memtrace() -> PathBuf {
+    env_path("MEMTRACE_BIN")
+}
+
+/// Go versions to test, e.g. `["1.21.13", "1.27.3"]`.
+pub fn go_versions() -> Vec<String> {
+    let v = std::env::var("MEMTRACE_GO_VERSIONS")
+        .unwrap_or_else(|_| panic!("MEMTRACE_GO_VERSIONS is not set: run `cargo xtask test`"));
+    v.split(',').map(str::to_string).collect()
+}
+
+pub fn fixture(version: &str, name: &str) -> PathBuf {
+    let p = env_path("MEMTRACE_FIXTURES")
+        .join(format!("go{version}"))
+        .join(name);
+    assert!(
+        p.exists(),
+        "fixture {} is missing: run `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+/// A fresh, empty output directory for one test.
+pub fn out_dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("memtrace-e2e-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs memtrace to completion with a generous timeout.
+pub fn run_memtrace(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(memtrace());
+    cmd.args(args).envs(envs.iter().copied());
+    wait_output(cmd, Duration::from_secs(120))
+}
+
+pub fn wait_output(mut cmd: Command, timeout: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("collecting output"),
+        Err(_) => {
+            // SAFETY: signalling a child we started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+    }
+}
+
+pub fn summary(out: &Path) -> serde_json::Value {
+    let p = out.join("summary.json");
+    let text =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The lens's `top` entries as (frames, value).
+pub fn top(summary: &serde_json::Value, lens: &str) -> Vec<(Vec<String>, u64)> {
+    summary["lenses"][lens]["top"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no lens {lens} in {summary}"))
+        .iter()
+        .map(|e| {
+            let frames = e["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap().to_string())
+                .collect();
+            (frames, e["value"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Parses `key=value` pairs the fixtures print.
+pub fn fixture_value(stdout: &str, key: &str) -> u64 {
+    stdout
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("fixture printed no {key}= in {stdout:?}"))
+}
+
+/// Names of loaded BPF programs (from bpftool).
+pub fn bpf_program_names() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The names memtrace gives its programs.
+pub const MEMTRACE_PROGRAMS: &[&str] = &["go_alloc", "mmap_enter", "mmap_exit", "munmap_enter"];
+
+/// A background process killed on drop.
+pub struct Bg(pub Child);
+
+impl Bg {
+    pub fn spawn(path: &Path, args: &[&str]) -> Self {
+        let child = Command::new(path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+        Self(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.0.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `f` holds or the timeout passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Asserts memtrace failed with exactly one non-empty stderr line containing `needle`.
+pub fn assert_one_line_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "expected failure, stderr: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
+    assert_eq!(lines.len(), 1, "want one error line, got: {stderr}");
+    assert!(lines[0].starts_with("memtrace: error: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "error line {:?} should mention {needle:?}",
+        lines[0]
+    );
+}

@@ -1,1 +1,178 @@
-fn main(){}
+//! Project automation: `cargo xtask bootstrap | fixtures | demo | test`.
+//!
+//! Every command first runs the bootstrap, which installs what a fresh Debian
+//! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
+
+mod bootstrap;
+mod fixtures;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchains and system packages the build and tests need.
+    Bootstrap,
+    /// Build the Go test fixtures for the tested Go versions.
+    Fixtures {
+        /// Every Go version in the matrix, not only the CI set.
+        #[arg(long)]
+        all_go: bool,
+    },
+    /// Build everything, run the leaking demo service, trace it for ~10 s and
+    /// write flame graphs to ./memtrace-out/.
+    Demo {
+        /// Seconds to trace.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
+    /// Lint, then run every unit and end-to-end test (as root).
+    Test {
+        /// Run the end-to-end tests against every Go version in the matrix.
+        #[arg(long)]
+        all_go: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::Bootstrap => bootstrap::install(&root),
+        Cmd::Fixtures { all_go } => {
+            let env = bootstrap::run_env(&root)?;
+            fixtures::build(&root, &env, &fixtures::versions(all_go))?;
+            Ok(())
+        }
+        Cmd::Demo { secs } => demo(&root, secs),
+        Cmd::Test { all_go } => test(&root, all_go),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, streaming its output, and fails on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn build_memtrace(root: &Path) -> anyhow::Result<PathBuf> {
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "-p", "memtrace-user"]))?;
+    Ok(root.join("target/release/memtrace"))
+}
+
+fn demo(root: &Path, secs: u64) -> anyhow::Result<()> {
+    let env = bootstrap::run_env(root)?;
+    let memtrace = build_memtrace(root)?;
+    let go = fixtures::newest();
+    let built = fixtures::build(root, &env, &[go])?;
+    let demo_bin = built.dir.join("demo");
+    eprintln!("xtask: starting the demo service {}", demo_bin.display());
+    let mut child = Command::new(&demo_bin)
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", demo_bin.display()))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = root.join("memtrace-out");
+    let result = run(Command::new(&memtrace).args([
+        "record",
+        "--pid",
+        &child.id().to_string(),
+        "--lens",
+        "mmap,alloc-exact",
+        "--duration",
+        &secs.to_string(),
+        "--out",
+        &out.to_string_lossy(),
+    ]));
+    let _ = child.kill();
+    let _ = child.wait();
+    result?;
+    eprintln!("xtask: flame graphs are in {}", out.display());
+    Ok(())
+}
+
+fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
+    let env = bootstrap::run_env(root)?;
+    run(cargo()
+        .current_dir(root)
+        .args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().current_dir(root).args([
+        "clippy",
+        "-p",
+        "memtrace-common",
+        "-p",
+        "memtrace-user",
+        "-p",
+        "xtask",
+        "-p",
+        "memtrace-tests",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let memtrace = build_memtrace(root)?;
+    let versions = fixtures::versions(all_go);
+    let built = fixtures::build(root, &env, &versions)?;
+    run(cargo().current_dir(root).args([
+        "test",
+        "-p",
+        "memtrace-common",
+        "-p",
+        "memtrace-user",
+        "-p",
+        "xtask",
+    ]))?;
+    run(cargo()
+        .current_dir(root)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "memtrace-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .env("MEMTRACE_BIN", &memtrace)
+        .env("MEMTRACE_FIXTURES", &built.root)
+        .env("MEMTRACE_GO_VERSIONS", versions.join(","))
+        .env("MEMTRACE_GO", &built.go_for_tools))?;
+    Ok(())
+}

@@ -10,8 +10,8 @@
 //! the size-specialized tables' length to `mallocgc*SC*` functions, which carry
 //! their own probe, so those calls are skipped here to count each object once.
 
-use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
 use aya_ebpf::EbpfContext as _;
+use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
 use memtrace_common::{Counter, EventKind};
 
 use super::{bump, current_target, emit, user_stack_id};

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use memtrace_common::{
-    COUNTER_COUNT, Counter, Event, EventKind, MAX_TARGETS, RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
-    STACK_MAP_ENTRIES, TargetConfig,
+    Counter, Event, EventKind, TargetConfig, COUNTER_COUNT, MAX_TARGETS, RINGBUF_BYTES,
+    RINGBUF_WAKE_BYTES, STACK_MAP_ENTRIES,
 };
 
 #[map]
@@ -56,7 +56,11 @@ pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
         Ok(id) => id as i32,
         Err(e) => {
             bump(Counter::StackErrors);
-            if e < 0 { e } else { -1 }
+            if e < 0 {
+                e
+            } else {
+                -1
+            }
         }
     }
 }

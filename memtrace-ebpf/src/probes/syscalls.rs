@@ -4,7 +4,11 @@
 //! (where the user registers are those of the calling code), so enter and exit
 //! are paired per thread in `MMAP_INFLIGHT`.
 
-use aya_ebpf::{macros::{map, tracepoint}, maps::HashMap, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
 use memtrace_common::{Counter, EventKind};
 
 use super::{bump, current_target, emit, user_stack_id};
@@ -90,6 +94,14 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let stack_id = user_stack_id(&ctx);
-    emit(EventKind::Munmap, tgid, tid, stack_id, arg(&ctx, 0), arg(&ctx, 1), 0);
+    emit(
+        EventKind::Munmap,
+        tgid,
+        tid,
+        stack_id,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        0,
+    );
     0
 }

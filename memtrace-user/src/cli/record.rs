@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use aya::maps::{MapData, RingBuf};
 use memtrace_common::Counter;
 use tokio::io::unix::AsyncFd;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{signal, SignalKind};
 
-use crate::aggregate::{AllocAgg, Aggregator, MmapAgg};
+use crate::aggregate::{Aggregator, AllocAgg, MmapAgg};
 use crate::decode::decode;
 use crate::goruntime::GoBinary;
 use crate::launch;
@@ -71,7 +71,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
 
     let mut tracepoints = Vec::new();
     if want_mmap {
-        tracepoints.extend(["syscalls/sys_enter_mmap", "syscalls/sys_exit_mmap", "syscalls/sys_enter_munmap"]);
+        tracepoints.extend([
+            "syscalls/sys_enter_mmap",
+            "syscalls/sys_exit_mmap",
+            "syscalls/sys_enter_munmap",
+        ]);
     }
     preflight::check(&tracepoints)?;
 
@@ -93,7 +97,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                 pid,
                 exe: exe.clone(),
                 go_version: bin.go_version.clone(),
-                image: Image { exe: exe.clone(), maps },
+                image: Image {
+                    exe: exe.clone(),
+                    maps,
+                },
                 launched: false,
                 exited: None,
             });
@@ -107,7 +114,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             pid: g.pid,
             exe: path.clone(),
             go_version: bin.go_version.clone(),
-            image: Image { exe: path.clone(), maps: None },
+            image: Image {
+                exe: path.clone(),
+                maps: None,
+            },
             launched: true,
             exited: None,
         });
@@ -141,8 +151,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         }
     };
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create output directory {}: choose another with --out", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| {
+        format!(
+            "cannot create output directory {}: choose another with --out",
+            args.out.display()
+        )
+    })?;
 
     let lens_names: Vec<&str> = lenses.iter().map(|l| l.name()).collect();
     for t in &targets {
@@ -152,7 +166,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             t.exe.display(),
             t.go_version,
             lens_names.join(","),
-            if want_alloc { " (alloc-exact probes every allocation: expect a large slowdown)" } else { "" }
+            if want_alloc {
+                " (alloc-exact probes every allocation: expect a large slowdown)"
+            } else {
+                ""
+            }
         );
     }
     if want_alloc {
@@ -195,7 +213,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let images: HashMap<u32, (String, Image)> = targets
         .iter()
         .map(|t| {
-            let name = t.exe.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let name = t
+                .exe
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             (t.pid, (name, t.image.clone()))
         })
         .collect();
@@ -233,12 +254,23 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                 let m = agg.mmap.as_ref().expect("mmap lens enabled");
                 (
                     m.by_stack(),
-                    BTreeMap::from([("unmapped_bytes".to_string(), serde_json::json!(m.unmapped_bytes))]),
+                    BTreeMap::from([(
+                        "unmapped_bytes".to_string(),
+                        serde_json::json!(m.unmapped_bytes),
+                    )]),
                 )
             }
             _ => unreachable!("only implemented lenses parse"),
         };
-        let p = report::build_profile(*lens, &cells, &images, &stack_of, &mut sym, duration_secs, target_desc.clone());
+        let p = report::build_profile(
+            *lens,
+            &cells,
+            &images,
+            &stack_of,
+            &mut sym,
+            duration_secs,
+            target_desc.clone(),
+        );
         let w = report::write_profile(&args.out, &p)?;
         lens_summaries.insert(lens.name().to_string(), summary::lens_summary(&p, extra));
         written.push((p, w));
@@ -283,30 +315,62 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         }
     }
     for (p, w) in &written {
-        println!("{} lens: total {} in {} stacks", p.lens, fmt_value(p.unit, p.total()), p.samples.len());
+        println!(
+            "{} lens: total {} in {} stacks",
+            p.lens,
+            fmt_value(p.unit, p.total()),
+            p.samples.len()
+        );
         for (i, s) in p.samples.iter().take(3).enumerate() {
-            println!("  #{} {:>12}  {}", i + 1, fmt_value(p.unit, s.value), report::short_stack(&s.frames, 4));
+            println!(
+                "  #{} {:>12}  {}",
+                i + 1,
+                fmt_value(p.unit, s.value),
+                report::short_stack(&s.frames, 4)
+            );
         }
-        println!("  wrote {}, {}, {}", w.svg.display(), w.folded.display(), w.pprof.display());
+        println!(
+            "  wrote {}, {}, {}",
+            w.svg.display(),
+            w.folded.display(),
+            w.pprof.display()
+        );
     }
     println!("wrote {}", summary_path.display());
     Ok(())
 }
 
 fn fmt_value(unit: &str, v: u64) -> String {
-    if unit == "bytes" { report::human_bytes(v) } else { format!("{v} {unit}") }
+    if unit == "bytes" {
+        report::human_bytes(v)
+    } else {
+        format!("{v} {unit}")
+    }
 }
 
 /// Error messages should name the path the user knows, not /proc/PID/exe.
-fn relabel(e: crate::error::TargetError, via: &std::path::Path, exe: &std::path::Path) -> crate::error::TargetError {
+fn relabel(
+    e: crate::error::TargetError,
+    via: &std::path::Path,
+    exe: &std::path::Path,
+) -> crate::error::TargetError {
     use crate::error::TargetError as E;
     let fix = |p: PathBuf| if p == via { exe.to_owned() } else { p };
     match e {
         E::NotGo(p) => E::NotGo(fix(p)),
         E::Stripped(p) => E::Stripped(fix(p)),
-        E::MissingSymbol { path, symbol } => E::MissingSymbol { path: fix(path), symbol },
-        E::Prologue { path, symbol } => E::Prologue { path: fix(path), symbol },
-        E::Read { path, reason } => E::Read { path: fix(path), reason },
+        E::MissingSymbol { path, symbol } => E::MissingSymbol {
+            path: fix(path),
+            symbol,
+        },
+        E::Prologue { path, symbol } => E::Prologue {
+            path: fix(path),
+            symbol,
+        },
+        E::Read { path, reason } => E::Read {
+            path: fix(path),
+            reason,
+        },
         other => other,
     }
 }
@@ -321,7 +385,8 @@ async fn stream(
     decode_errors: &mut u64,
 ) -> anyhow::Result<String> {
     // SAFETY: the ring buffer's fd stays open for as long as AsyncFd owns it.
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("watching the ring buffer: {}", e.into_parts().1))?;
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("watching the ring buffer: {}", e.into_parts().1))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -333,7 +398,10 @@ async fn stream(
                 Ok(d) => {
                     // A launched target's maps are only meaningful after exec,
                     // i.e. once it produces events.
-                    if let Some(t) = targets.iter_mut().find(|t| t.pid == d.ev.tgid && t.image.maps.is_none()) {
+                    if let Some(t) = targets
+                        .iter_mut()
+                        .find(|t| t.pid == d.ev.tgid && t.image.maps.is_none())
+                    {
                         t.image.maps = procfs::read_maps(t.pid).ok();
                     }
                     agg.apply(&d);

@@ -23,7 +23,7 @@ pub fn render(p: &Profile) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Profile, sample};
+    use super::super::{sample, Profile};
     use super::*;
 
     #[test]
@@ -32,7 +32,10 @@ mod tests {
             "alloc-exact",
             "bytes",
             true,
-            [sample(&["main.main", "main.(*T).add;x"], 64, 1), sample(&[], 1, 1)],
+            [
+                sample(&["main.main", "main.(*T).add;x"], 64, 1),
+                sample(&[], 1, 1),
+            ],
             1.0,
             "t".into(),
         );

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 
-use flate2::{Compression, write::GzEncoder};
+use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use super::Profile;
@@ -175,7 +175,7 @@ pub fn render(p: &Profile) -> std::io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Profile, sample};
+    use super::super::{sample, Profile};
     use super::*;
 
     #[test]
@@ -184,7 +184,10 @@ mod tests {
             "alloc-exact",
             "bytes",
             true,
-            [sample(&["main.main", "main.leak"], 640, 10), sample(&["main.main"], 64, 1)],
+            [
+                sample(&["main.main", "main.leak"], 640, 10),
+                sample(&["main.main"], 64, 1),
+            ],
             1.0,
             "t".into(),
         );

@@ -96,16 +96,33 @@ pub fn lens_summary(p: &Profile, extra: BTreeMap<String, serde_json::Value>) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Profile, sample};
+    use super::super::{sample, Profile};
     use super::*;
 
     #[test]
     fn json_shape() {
-        let p = Profile::new("alloc-exact", "bytes", true, [sample(&["main.main", "main.leak"], 640, 10)], 1.0, "t".into());
+        let p = Profile::new(
+            "alloc-exact",
+            "bytes",
+            true,
+            [sample(&["main.main", "main.leak"], 640, 10)],
+            1.0,
+            "t".into(),
+        );
         let mut lenses = BTreeMap::new();
-        lenses.insert("alloc-exact".to_string(), lens_summary(&p, BTreeMap::from([("x".to_string(), serde_json::json!(1))])));
+        lenses.insert(
+            "alloc-exact".to_string(),
+            lens_summary(
+                &p,
+                BTreeMap::from([("x".to_string(), serde_json::json!(1))]),
+            ),
+        );
         let s = Summary {
-            targets: vec![Target { pid: 1, exe: "/a".into(), go_version: "go1.21.13".into() }],
+            targets: vec![Target {
+                pid: 1,
+                exe: "/a".into(),
+                go_version: "go1.21.13".into(),
+            }],
             lenses,
             dropped_events: 0,
             duration_secs: 1.5,
@@ -115,7 +132,10 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["lenses"]["alloc-exact"]["total"], 640);
         assert_eq!(v["lenses"]["alloc-exact"]["objects"], 10);
-        assert_eq!(v["lenses"]["alloc-exact"]["top"][0]["stack"][1], "main.leak");
+        assert_eq!(
+            v["lenses"]["alloc-exact"]["top"][0]["stack"][1],
+            "main.leak"
+        );
         assert_eq!(v["lenses"]["alloc-exact"]["x"], 1);
         assert_eq!(v["targets"][0]["go_version"], "go1.21.13");
     }

@@ -2,7 +2,7 @@
 
 use inferno::flamegraph::{self, Options};
 
-use super::{Profile, folded};
+use super::{folded, Profile};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot render flame graph: {0}")]
@@ -25,7 +25,10 @@ pub fn render(p: &Profile) -> Result<Vec<u8>, SvgError> {
 }
 
 fn empty_svg(title: &str) -> String {
-    let esc = title.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = title
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
     format!(
         "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"1200\" height=\"80\" \
          xmlns=\"http://www.w3.org/2000/svg\"><text x=\"600\" y=\"24\" text-anchor=\"middle\" \
@@ -36,7 +39,7 @@ fn empty_svg(title: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Profile, sample};
+    use super::super::{sample, Profile};
     use super::*;
 
     #[test]

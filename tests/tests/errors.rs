@@ -1,0 +1,103 @@
+//! Every bad input ends with one actionable line and exit code 1.
+
+use memtrace_tests::*;
+
+fn newest() -> String {
+    go_versions().pop().unwrap()
+}
+
+#[test]
+fn missing_pid() {
+    let o = run_memtrace(&["record", "--pid", "999999999", "--duration", "1"], &[]);
+    assert_one_line_error(&o, "no process with pid 999999999");
+}
+
+#[test]
+fn non_go_binary_launched() {
+    let o = run_memtrace(&["record", "--", "/bin/true"], &[]);
+    assert_one_line_error(&o, "/bin/true is not a Go binary");
+}
+
+#[test]
+fn non_go_process_attached() {
+    let mut bg = Bg::spawn(std::path::Path::new("/bin/sleep"), &["30"]);
+    let o = run_memtrace(
+        &["record", "--pid", &bg.pid().to_string(), "--duration", "1"],
+        &[],
+    );
+    assert_one_line_error(&o, "is not a Go binary");
+    assert!(bg.alive());
+}
+
+#[test]
+fn command_not_found() {
+    let o = run_memtrace(&["record", "--", "/no/such/program"], &[]);
+    assert_one_line_error(&o, "command not found: /no/such/program");
+}
+
+#[test]
+fn stripped_go_binary() {
+    let bin = fixture(&newest(), "allocs-stripped");
+    let o = run_memtrace(
+        &[
+            "record",
+            "--lens",
+            "alloc-exact",
+            "--",
+            bin.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, "stripped Go binary");
+}
+
+#[test]
+fn missing_privileges_names_the_capabilities() {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--",
+    ])
+    .arg(memtrace())
+    .args(["record", "--pid", "1", "--duration", "1"]);
+    let o = wait_output(cmd, std::time::Duration::from_secs(30));
+    assert_one_line_error(&o, "missing privileges");
+    let line = String::from_utf8_lossy(&o.stderr);
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"] {
+        assert!(line.contains(cap), "{line}");
+    }
+}
+
+#[test]
+fn missing_tracefs() {
+    let o = run_memtrace(
+        &["record", "--pid", "1", "--duration", "1"],
+        &[("MEMTRACE_TRACEFS", "/nonexistent/tracefs")],
+    );
+    assert_one_line_error(&o, "tracefs is not available at /nonexistent/tracefs");
+}
+
+#[test]
+fn missing_btf() {
+    let o = run_memtrace(
+        &["record", "--pid", "1", "--duration", "1"],
+        &[("MEMTRACE_BTF", "/nonexistent/vmlinux")],
+    );
+    assert_one_line_error(&o, "kernel BTF is missing");
+}
+
+#[test]
+fn neither_pid_nor_command() {
+    let o = run_memtrace(&["record", "--duration", "1"], &[]);
+    assert_one_line_error(&o, "give either --pid PID");
+}
+
+#[test]
+fn lens_not_available_yet() {
+    let o = run_memtrace(&["record", "--lens", "heap", "--pid", "1"], &[]);
+    assert_ne!(o.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("lens `heap` is not available"), "{stderr}");
+}

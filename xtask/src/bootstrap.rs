@@ -1,0 +1,131 @@
+//! Idempotent machine set-up, following ../shared/TOOLCHAIN.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _};
+
+use crate::run as sh;
+
+/// Where installed toolchains live, shared by every clone on the machine.
+pub struct Env {
+    pub cache: PathBuf,
+}
+
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "bpftool",
+    "bpftrace",
+    "golang-1.19-go",
+    "util-linux",
+];
+
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MEMTRACE_CACHE") {
+        return d.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/memtrace")
+}
+
+pub fn install(root: &Path) -> anyhow::Result<()> {
+    run_env(root).map(|_| ())
+}
+
+pub fn run_env(_root: &Path) -> anyhow::Result<Env> {
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    apt()?;
+    nightly()?;
+    bpf_linker()?;
+    tracefs()?;
+    crate::fixtures::install_go(&cache)?;
+    Ok(Env { cache })
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn apt() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    sh(Command::new("apt-get").args(["update", "-qq"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nightly() -> anyhow::Result<()> {
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+        });
+    if has_src {
+        return Ok(());
+    }
+    eprintln!("xtask: installing nightly rust-src (the eBPF crate needs -Z build-std=core)");
+    if !quiet(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if quiet(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing bpf-linker 0.13 against LLVM 22 (about 90 s)");
+    sh(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+fn tracefs() -> anyhow::Result<()> {
+    let dir = Path::new("/sys/kernel/tracing");
+    if dir.join("events").is_dir() {
+        return Ok(());
+    }
+    sh(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))?;
+    if !dir.join("events").is_dir() {
+        bail!("tracefs mounted but {}/events is missing", dir.display());
+    }
+    Ok(())
+}
