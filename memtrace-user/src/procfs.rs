@@ -107,10 +107,12 @@ pub fn exe_path(pid: u32) -> Result<PathBuf, TargetError> {
     })
 }
 
-pub fn read_maps(pid: u32) -> std::io::Result<Vec<MapEntry>> {
-    Ok(parse_maps(&std::fs::read_to_string(
-        proc_dir(pid).join("maps"),
-    )?))
+/// The process's mappings, or `None` when they cannot be read or are empty:
+/// an exiting process shows an empty `maps` file, which must never replace
+/// the mappings read while it ran.
+pub fn read_maps(pid: u32) -> Option<Vec<MapEntry>> {
+    let text = std::fs::read_to_string(proc_dir(pid).join("maps")).ok()?;
+    Some(parse_maps(&text)).filter(|m| !m.is_empty())
 }
 
 pub fn read_status(pid: u32) -> Option<MemStatus> {

@@ -29,7 +29,7 @@ pub struct Image {
 enum Where {
     File(PathBuf, u64),
     Virt(PathBuf, u64),
-    Anon,
+    Anon(u64),
 }
 
 /// A caching symbolizer.
@@ -75,7 +75,7 @@ impl Symbolizer {
             return hit.clone();
         }
         let names = match &at {
-            Where::Anon => vec![format!("[anon] {pc:#x}")],
+            Where::Anon(pc) => vec![format!("[anon] {pc:#x}")],
             Where::File(path, off) => self.lookup(path, Input::FileOffset(&[*off][..]), *off),
             Where::Virt(path, addr) => self.lookup(path, Input::VirtOffset(&[*addr][..]), *addr),
         };
@@ -112,7 +112,7 @@ fn locate(image: &Image, pc: u64) -> Where {
                 offset,
                 ..
             }) => Where::File(strip_deleted(path), pc - start + offset),
-            _ => Where::Anon,
+            _ => Where::Anon(pc),
         },
     }
 }
@@ -166,8 +166,8 @@ mod tests {
             locate(&image, 0x1010),
             Where::File("/bin/app".into(), 0x410)
         );
-        assert_eq!(locate(&image, 0x9010), Where::Anon);
-        assert_eq!(locate(&image, 0x5), Where::Anon);
+        assert_eq!(locate(&image, 0x9010), Where::Anon(0x9010));
+        assert_eq!(locate(&image, 0x5), Where::Anon(0x5));
         let early = Image {
             maps: None,
             ..image
@@ -202,7 +202,7 @@ mod tests {
     fn symbolizes_this_test_binary() {
         // A real ELF with a symbol table: this test executable.
         let exe = std::env::current_exe().unwrap();
-        let maps = crate::procfs::read_maps(std::process::id()).unwrap();
+        let maps = crate::procfs::read_maps(std::process::id());
         let image = Image {
             exe,
             maps: Some(maps),

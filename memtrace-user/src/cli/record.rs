@@ -92,7 +92,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             let via = procfs::proc_dir(pid).join("exe");
             let mut bin = GoBinary::open(&via).map_err(|e| relabel(e, &via, &exe))?;
             bin.path = exe.clone();
-            let maps = procfs::read_maps(pid).ok();
+            let maps = procfs::read_maps(pid);
             targets.push(Target {
                 pid,
                 exe: exe.clone(),
@@ -402,7 +402,7 @@ async fn stream(
                         .iter_mut()
                         .find(|t| t.pid == d.ev.tgid && t.image.maps.is_none())
                     {
-                        t.image.maps = procfs::read_maps(t.pid).ok();
+                        t.image.maps = procfs::read_maps(t.pid);
                     }
                     agg.apply(&d);
                 }
@@ -429,8 +429,10 @@ async fn stream(
                     } else if !procfs::is_alive(t.pid) {
                         t.exited = Some(0);
                     }
-                    if t.exited.is_none() {
-                        if let Some(m) = procfs::read_maps(t.pid).ok().filter(|_| t.image.maps.is_some()) {
+                    // Keep mappings current (new shared objects, PIE), but only
+                    // once they were first read after exec.
+                    if t.exited.is_none() && t.image.maps.is_some() {
+                        if let Some(m) = procfs::read_maps(t.pid) {
                             t.image.maps = Some(m);
                         }
                     }
