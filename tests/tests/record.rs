@@ -11,6 +11,8 @@ use memtrace_tests::*;
 const OBJECTS: u64 = 50_000;
 const RECORD_BYTES: u64 = 64;
 const MAPS_MIB: u64 = 100;
+const POINTS: u64 = 20_000;
+const POINT_BYTES: u64 = 32;
 
 fn leaf(frames: &[String]) -> &str {
     frames.last().map_or("", String::as_str)
@@ -62,6 +64,8 @@ fn launch_alloc_exact_and_mmap_match_the_program() {
                 &OBJECTS.to_string(),
                 "-maps",
                 &MAPS_MIB.to_string(),
+                "-inlined",
+                &POINTS.to_string(),
             ],
             &[],
         );
