@@ -3,6 +3,7 @@
 //! Every command first runs the bootstrap, which installs what a fresh Debian
 //! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
 
+mod bench;
 mod bootstrap;
 mod fixtures;
 
@@ -37,6 +38,8 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         secs: u64,
     },
+    /// Measure each lens's slowdown on an allocation-heavy Go fixture.
+    Bench,
     /// Lint, then run every unit and end-to-end test (as root).
     Test {
         /// Run the end-to-end tests against every Go version in the matrix.
@@ -57,6 +60,14 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Demo { secs } => demo(&root, secs),
         Cmd::Test { all_go } => test(&root, all_go),
+        Cmd::Bench => {
+            let env = bootstrap::run_env(&root)?;
+            let memtrace = build_memtrace(&root)?;
+            let built = fixtures::build(&root, &env, &[fixtures::newest()])?;
+            let out = root.join("target/bench-out");
+            std::fs::create_dir_all(&out)?;
+            bench::run(&memtrace, &built.dir.join("allocs"), &out)
+        }
     }
 }
 
