@@ -98,12 +98,35 @@ fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// A short terminal rendering of a stack: the leaf-most frames, leaf last.
+/// Frames of the Go runtime and syscall plumbing, which rarely explain who
+/// asked for memory.
+fn is_plumbing(frame: &str) -> bool {
+    [
+        "runtime.",
+        "syscall.",
+        "internal/",
+        "golang.org/x/sys/unix.",
+    ]
+    .iter()
+    .any(|p| frame.starts_with(p))
+}
+
+/// A short terminal rendering of a stack: up to `n` frames ending at the
+/// deepest frame of the program's own code, then how many plumbing frames
+/// follow it.
 pub fn short_stack(frames: &[String], n: usize) -> String {
-    let start = frames.len().saturating_sub(n);
-    let mut s = frames[start..].join(" > ");
+    let end = frames
+        .iter()
+        .rposition(|f| !is_plumbing(f))
+        .map_or(frames.len(), |i| i + 1);
+    let start = end.saturating_sub(n);
+    let mut s = frames[start..end].join(" > ");
     if start > 0 {
         s.insert_str(0, "… > ");
+    }
+    let rest = frames.len() - end;
+    if rest > 0 {
+        s.push_str(&format!(" > … ({rest} runtime frames)"));
     }
     s
 }
@@ -172,5 +195,20 @@ mod tests {
         let f: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         assert_eq!(short_stack(&f, 2), "… > b > c");
         assert_eq!(short_stack(&f, 5), "a > b > c");
+        let m: Vec<String> = [
+            "runtime.main",
+            "main.main",
+            "main.grow",
+            "syscall.Mmap",
+            "runtime.sysMmap",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            short_stack(&m, 2),
+            "… > main.main > main.grow > … (2 runtime frames)"
+        );
+        let rt: Vec<String> = ["runtime.a", "runtime.b"].map(String::from).to_vec();
+        assert_eq!(short_stack(&rt, 1), "… > runtime.b");
     }
 }

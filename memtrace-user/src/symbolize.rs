@@ -203,10 +203,8 @@ mod tests {
         // A real ELF with a symbol table: this test executable.
         let exe = std::env::current_exe().unwrap();
         let maps = crate::procfs::read_maps(std::process::id());
-        let image = Image {
-            exe,
-            maps: Some(maps),
-        };
+        assert!(maps.is_some());
+        let image = Image { exe, maps };
         let mut s = Symbolizer::default();
         let pc = marker_fn as *const () as usize as u64;
         let names = s.stack(&image, &[pc]);
