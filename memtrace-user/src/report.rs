@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::aggregate::{Cell, StackKey};
 use crate::lens::Lens;
 use crate::render::{self, summary::Summary, Profile, Sample};
-use crate::symbolize::{hide_runtime_leaf, Image, Symbolizer, STACK_UNAVAILABLE};
+use crate::symbolize::{hide_allocator_leaf, Image, Symbolizer, STACK_UNAVAILABLE};
 
 /// Symbolizes every stack of one lens and merges identical frame lists.
 pub fn build_profile(
@@ -33,7 +33,7 @@ pub fn build_profile(
                 _ => vec![STACK_UNAVAILABLE.to_string()],
             };
             if matches!(lens, Lens::AllocExact | Lens::Alloc | Lens::Heap) {
-                hide_runtime_leaf(&mut frames);
+                hide_allocator_leaf(&mut frames);
             }
             if multi {
                 let name = images.get(&pid).map_or("?", |(n, _)| n.as_str());

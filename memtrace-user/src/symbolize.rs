@@ -123,17 +123,41 @@ fn strip_deleted(path: &Path) -> PathBuf {
     PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
 }
 
-/// Trims the Go allocator's own frames from the leaf end of an allocation
-/// stack (root first), as `go tool pprof` does for heap profiles, so the top
-/// of the flame graph is the code that asked for memory. A stack made only of
-/// runtime frames is kept whole.
-pub fn hide_runtime_leaf(frames: &mut Vec<String>) {
-    let keep = frames
-        .iter()
-        .rposition(|f| !f.starts_with("runtime."))
-        .map(|i| i + 1);
-    if let Some(n) = keep {
-        frames.truncate(n);
+/// Whether `frame` is one of Go's heap allocation entry points (or the
+/// wrappers the compiler calls them through).
+pub fn is_allocator_frame(frame: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "runtime.newobject",
+        "runtime.newarray",
+        "runtime.makeslice",
+        "runtime.makeslicecopy",
+        "runtime.growslice",
+        "runtime.makemap",
+        "runtime.makemap_small",
+        "runtime.makechan",
+        "runtime.rawstring",
+        "runtime.rawstringtmp",
+        "runtime.rawbyteslice",
+        "runtime.rawruneslice",
+        "runtime.slicebytetostring",
+        "runtime.stringtoslicebyte",
+        "runtime.stringtoslicerune",
+        "runtime.slicerunetostring",
+        "runtime.intstring",
+        "internal/runtime/maps.newarray",
+    ];
+    const PREFIX: &[&str] = &["runtime.mallocgc", "runtime.convT", "runtime.concatstring"];
+    EXACT.contains(&frame) || PREFIX.iter().any(|p| frame.starts_with(p))
+}
+
+/// Trims the allocator's entry frames from the leaf end of an allocation
+/// stack (root first), so the top of the flame graph is the code that asked
+/// for memory. Only the entry chain goes: an allocation the runtime makes
+/// while serving another (say, starting GC workers inside `mallocgc`) keeps
+/// its runtime frames, so it is never charged to the outer caller.
+pub fn hide_allocator_leaf(frames: &mut Vec<String>) {
+    while frames.len() > 1 && frames.last().is_some_and(|f| is_allocator_frame(f)) {
+        frames.pop();
     }
 }
 
@@ -178,24 +202,46 @@ mod tests {
         );
     }
 
+    fn v(f: &[&str]) -> Vec<String> {
+        f.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn hides_allocator_frames() {
-        let mut f: Vec<String> = [
+        let mut f = v(&[
             "runtime.main",
             "main.main",
             "main.leak",
             "runtime.newobject",
             "runtime.mallocgc",
-        ]
-        .map(String::from)
-        .to_vec();
-        hide_runtime_leaf(&mut f);
-        assert_eq!(f, ["runtime.main", "main.main", "main.leak"]);
-        let mut only_rt: Vec<String> = ["runtime.mstart", "runtime.malg", "runtime.mallocgc"]
-            .map(String::from)
-            .to_vec();
-        hide_runtime_leaf(&mut only_rt);
-        assert_eq!(only_rt.len(), 3);
+        ]);
+        hide_allocator_leaf(&mut f);
+        assert_eq!(f, v(&["runtime.main", "main.main", "main.leak"]));
+        let mut sc = v(&["main.main", "runtime.mallocgcSmallNoScanSC2"]);
+        hide_allocator_leaf(&mut sc);
+        assert_eq!(sc, v(&["main.main"]));
+        // A nested runtime allocation keeps the runtime frames that made it.
+        let mut nested = v(&[
+            "main.leak",
+            "runtime.mallocgc",
+            "runtime.gcStart",
+            "runtime.malg",
+            "runtime.newobject",
+            "runtime.mallocgc",
+        ]);
+        hide_allocator_leaf(&mut nested);
+        assert_eq!(
+            nested,
+            v(&[
+                "main.leak",
+                "runtime.mallocgc",
+                "runtime.gcStart",
+                "runtime.malg"
+            ])
+        );
+        let mut only = v(&["runtime.mallocgc"]);
+        hide_allocator_leaf(&mut only);
+        assert_eq!(only, v(&["runtime.mallocgc"]));
     }
 
     #[test]

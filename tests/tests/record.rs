@@ -113,6 +113,15 @@ fn launch_alloc_exact_and_mmap_match_the_program() {
             "go{v}: caller frame lost: {frames:?}"
         );
 
+        // An allocation inside an inlined constructor names it, under its caller.
+        let inl = top(&s, "alloc-exact")
+            .into_iter()
+            .find(|(f, _)| leaf(f) == "main.newPoint")
+            .unwrap_or_else(|| panic!("go{v}: no stack ends in the inlined main.newPoint: {s}"));
+        let n = inl.0.len();
+        assert_eq!(inl.0[n - 2], "main.allocateInlined", "go{v}: {:?}", inl.0);
+        assert_eq!(inl.1, POINTS * POINT_BYTES, "go{v}: {:?}", inl);
+
         // mmap: at least N MiB attributed to the mapping function, on top.
         let mmap_top = top(&s, "mmap");
         assert!(
