@@ -109,7 +109,6 @@ fn bpf_linker() -> anyhow::Result<()> {
                 "bpf-linker",
                 "--version",
                 "0.13.0",
-                "--locked",
                 "--no-default-features",
                 "--features",
                 "llvm-22",
