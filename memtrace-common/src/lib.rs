@@ -13,6 +13,15 @@ pub enum EventKind {
     Mmap = 2,
     /// A `munmap` of `size` bytes at `addr`.
     Munmap = 3,
+    /// A page fault at page `addr` (user mode, or kernel mode on a user
+    /// address, e.g. `read()` into a fresh buffer).
+    Fault = 4,
+    /// `madvise(addr, size, aux)`.
+    Madvise = 5,
+    /// A successful `mremap`: `size` bytes at `addr` became `aux2` bytes at `aux`.
+    Mremap = 6,
+    /// A `brk` call: `addr` requested, `aux` the break after it.
+    Brk = 7,
 }
 
 impl EventKind {
@@ -21,6 +30,10 @@ impl EventKind {
             1 => Some(Self::Alloc),
             2 => Some(Self::Mmap),
             3 => Some(Self::Munmap),
+            4 => Some(Self::Fault),
+            5 => Some(Self::Madvise),
+            6 => Some(Self::Mremap),
+            7 => Some(Self::Brk),
             _ => None,
         }
     }
@@ -41,11 +54,14 @@ pub struct Event {
     pub ts_ns: u64,
     pub addr: u64,
     pub size: u64,
-    /// Kind-specific extra word. `Mmap`: `prot | flags << 32`.
+    /// Kind-specific extra word. `Mmap`: `prot | flags << 32`; `Madvise`:
+    /// the advice; `Mremap`: the new address; `Brk`: the resulting break.
     pub aux: u64,
+    /// Second extra word. `Mremap`: the new length.
+    pub aux2: u64,
 }
 
-pub const EVENT_SIZE: usize = 48;
+pub const EVENT_SIZE: usize = 56;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 
 /// Per-target settings kept in the `TARGETS` map, keyed by tgid. Presence in
@@ -68,9 +84,11 @@ pub enum Counter {
     MmapUnpaired = 2,
     /// Allocation probe hits, including the ones filtered out by size.
     AllocHits = 3,
+    /// Syscall exits (mremap, brk) without a matching enter.
+    SyscallUnpaired = 4,
 }
 
-pub const COUNTER_COUNT: u32 = 4;
+pub const COUNTER_COUNT: u32 = 5;
 
 /// Largest number of distinct user stacks kept for one recording.
 pub const STACK_MAP_ENTRIES: u32 = 32 * 1024;
@@ -96,7 +114,15 @@ mod tests {
 
     #[test]
     fn kind_round_trips() {
-        for k in [EventKind::Alloc, EventKind::Mmap, EventKind::Munmap] {
+        for k in [
+            EventKind::Alloc,
+            EventKind::Mmap,
+            EventKind::Munmap,
+            EventKind::Fault,
+            EventKind::Madvise,
+            EventKind::Mremap,
+            EventKind::Brk,
+        ] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);

@@ -51,6 +51,7 @@ mod tests {
             addr: 0x7000,
             size: 4096,
             aux: 3,
+            aux2: 9,
         };
         let d = decode(&encode(&ev)).unwrap();
         assert_eq!(d.kind, EventKind::Mmap);

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use iced_x86::{Code, Decoder, DecoderOptions, Register};
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::error::TargetError;
 
@@ -28,6 +28,12 @@ pub struct GoBinary {
     /// e.g. `go1.21.13`, or `unknown` when the build info is unreadable.
     pub go_version: String,
     pub alloc_points: Vec<ProbePoint>,
+    /// Link-time address of `runtime.allgs` (for goroutine stack sizes).
+    pub allgs: Option<u64>,
+    /// Whether the binary is position independent (ET_DYN).
+    pub pie: bool,
+    /// Lowest PT_LOAD virtual address, page aligned (for PIE load bias).
+    pub first_load: u64,
 }
 
 const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
@@ -61,11 +67,29 @@ impl GoBinary {
             return Err(TargetError::Stripped(path.to_owned()));
         }
         let alloc_points = alloc_points(path, &file)?;
+        let first_load = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
         Ok(Self {
             path: path.to_owned(),
             go_version,
             alloc_points,
+            allgs: file.symbol_by_name("runtime.allgs").map(|s| s.address()),
+            pie: file.kind() == object::ObjectKind::Dynamic,
+            first_load,
         })
+    }
+
+    /// Translates a link-time address to the running process's, given the
+    /// executable's mappings (PIE binaries load at a random base).
+    pub fn runtime_addr(&self, vaddr: u64, exe_maps: &[crate::procfs::MapEntry]) -> Option<u64> {
+        if !self.pie {
+            return Some(vaddr);
+        }
+        let base = exe_maps
+            .iter()
+            .filter(|m| m.offset == 0)
+            .map(|m| m.start)
+            .min()?;
+        Some(vaddr - self.first_load + base)
     }
 }
 

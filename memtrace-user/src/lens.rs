@@ -35,7 +35,33 @@ impl Lens {
     }
 
     pub fn implemented(self) -> bool {
-        matches!(self, Lens::Mmap | Lens::AllocExact)
+        matches!(self, Lens::Rss | Lens::Mmap | Lens::AllocExact)
+    }
+
+    /// Tracepoints the lens needs: `(program, category, event)`.
+    pub fn tracepoints(self) -> &'static [(&'static str, &'static str, &'static str)] {
+        const MMAP: &[(&str, &str, &str)] = &[
+            ("mmap_enter", "syscalls", "sys_enter_mmap"),
+            ("mmap_exit", "syscalls", "sys_exit_mmap"),
+            ("munmap_enter", "syscalls", "sys_enter_munmap"),
+        ];
+        const RSS: &[(&str, &str, &str)] = &[
+            ("fault_user", "exceptions", "page_fault_user"),
+            ("fault_kernel", "exceptions", "page_fault_kernel"),
+            ("mmap_enter", "syscalls", "sys_enter_mmap"),
+            ("mmap_exit", "syscalls", "sys_exit_mmap"),
+            ("munmap_enter", "syscalls", "sys_enter_munmap"),
+            ("madvise_enter", "syscalls", "sys_enter_madvise"),
+            ("mremap_enter", "syscalls", "sys_enter_mremap"),
+            ("mremap_exit", "syscalls", "sys_exit_mremap"),
+            ("brk_enter", "syscalls", "sys_enter_brk"),
+            ("brk_exit", "syscalls", "sys_exit_brk"),
+        ];
+        match self {
+            Lens::Mmap => MMAP,
+            Lens::Rss => RSS,
+            _ => &[],
+        }
     }
 
     pub fn unit(self) -> &'static str {
@@ -57,7 +83,7 @@ impl fmt::Display for Lens {
 pub enum LensError {
     #[error("unknown lens `{0}`: choose from rss, mmap, alloc, alloc-exact, heap, goroutines")]
     Unknown(String),
-    #[error("lens `{0}` is not available in this version of memtrace: use --lens mmap or --lens alloc-exact")]
+    #[error("lens `{0}` is not available in this version of memtrace: use --lens rss, mmap or alloc-exact")]
     NotYet(Lens),
 }
 
@@ -83,6 +109,7 @@ mod tests {
     fn parses_names() {
         assert_eq!("alloc-exact".parse::<Lens>(), Ok(Lens::AllocExact));
         assert_eq!("mmap".parse::<Lens>(), Ok(Lens::Mmap));
+        assert_eq!("rss".parse::<Lens>(), Ok(Lens::Rss));
         assert_eq!("heap".parse::<Lens>(), Err(LensError::NotYet(Lens::Heap)));
         assert!(matches!(
             "bogus".parse::<Lens>(),

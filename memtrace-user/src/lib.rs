@@ -3,6 +3,7 @@
 //! and `cli::record` are the only code that talks to the kernel.
 
 pub mod aggregate;
+pub mod breakdown;
 pub mod cli;
 pub mod decode;
 pub mod error;

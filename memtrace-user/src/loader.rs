@@ -52,7 +52,7 @@ pub struct Tracer {
     targets: BpfHashMap<MapData, u32, TargetConfig>,
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    syscalls_attached: bool,
+    tracepoints: HashSet<&'static str>,
     alloc_attached: HashSet<(PathBuf, u32)>,
     /// Number of uprobe attachments made.
     pub uprobes: usize,
@@ -96,7 +96,7 @@ impl Tracer {
             targets,
             stacks,
             counters,
-            syscalls_attached: false,
+            tracepoints: HashSet::new(),
             alloc_attached: HashSet::new(),
             uprobes: 0,
         })
@@ -179,20 +179,20 @@ impl Tracer {
         Ok(())
     }
 
-    /// Attaches the mmap/munmap tracepoints (once; they filter by target).
-    pub fn attach_syscalls(&mut self) -> Result<(), LoadError> {
-        if self.syscalls_attached {
-            return Ok(());
-        }
-        for (prog, name) in [
-            ("mmap_enter", "sys_enter_mmap"),
-            ("mmap_exit", "sys_exit_mmap"),
-            ("munmap_enter", "sys_enter_munmap"),
-        ] {
+    /// Attaches tracepoint programs, each once; they filter by target.
+    /// `(program, category, event)`.
+    pub fn attach_tracepoints(
+        &mut self,
+        tps: &[(&'static str, &str, &str)],
+    ) -> Result<(), LoadError> {
+        for &(prog, category, name) in tps {
+            if !self.tracepoints.insert(prog) {
+                continue;
+            }
             let tp: &mut TracePoint = self
                 .ebpf
                 .program_mut(prog)
-                .ok_or(LoadError::Missing("tracepoint program"))?
+                .ok_or(LoadError::Missing(prog))?
                 .try_into()
                 .map_err(|source| LoadError::Program {
                     what: prog.into(),
@@ -202,13 +202,12 @@ impl Tracer {
                 what: prog.into(),
                 source,
             })?;
-            tp.attach("syscalls", name)
+            tp.attach(category, name)
                 .map_err(|source| LoadError::Program {
-                    what: format!("syscalls:{name}"),
+                    what: format!("{category}:{name}"),
                     source,
                 })?;
         }
-        self.syscalls_attached = true;
         Ok(())
     }
 

@@ -12,9 +12,9 @@
 
 use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
-use memtrace_common::{Counter, EventKind};
+use memtrace_common::{Counter, Event, EventKind};
 
-use super::{bump, current_target, emit, user_stack_id};
+use super::{bump, current_target, emit, event, user_stack_id};
 
 #[uprobe]
 pub fn go_alloc(ctx: ProbeContext) -> u32 {
@@ -31,6 +31,9 @@ pub fn go_alloc(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let stack_id = user_stack_id(&ctx);
-    emit(EventKind::Alloc, tgid, tid, stack_id, 0, size, 0);
+    emit(Event {
+        size,
+        ..event(EventKind::Alloc, tgid, tid, stack_id)
+    });
     0
 }

@@ -1,6 +1,7 @@
 //! Maps and helpers shared by every probe family.
 
 pub mod alloc;
+pub mod faults;
 pub mod syscalls;
 
 use aya_ebpf::{
@@ -65,26 +66,33 @@ pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
     }
 }
 
+/// An event with only its header filled; callers set the body fields.
+#[inline(always)]
+pub fn event(kind: EventKind, tgid: u32, tid: u32, stack_id: i32) -> Event {
+    Event {
+        kind: kind as u32,
+        tgid,
+        tid,
+        stack_id,
+        ts_ns: 0,
+        addr: 0,
+        size: 0,
+        aux: 0,
+        aux2: 0,
+    }
+}
+
 /// Sends one event. The reader is only woken once a batch has piled up: a
 /// wakeup per event would cost ~6 µs each on the hot path.
 #[inline(always)]
-pub fn emit(kind: EventKind, tgid: u32, tid: u32, stack_id: i32, addr: u64, size: u64, aux: u64) {
+pub fn emit(mut ev: Event) {
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RINGBUF_WAKE_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     } as u64;
-    let ev = Event {
-        kind: kind as u32,
-        tgid,
-        tid,
-        stack_id,
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        addr,
-        size,
-        aux,
-    };
+    // SAFETY: helper without preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     if EVENTS.output::<Event>(&ev, flags).is_err() {
         bump(Counter::RingbufDrops);
     }

@@ -11,7 +11,8 @@ use memtrace_common::Counter;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::aggregate::{Aggregator, AllocAgg, MmapAgg};
+use crate::aggregate::{Aggregator, AllocAgg, MmapAgg, RssAgg, Thp};
+use crate::breakdown::{self, Breakdown};
 use crate::decode::decode;
 use crate::goruntime::GoBinary;
 use crate::launch;
@@ -20,6 +21,7 @@ use crate::loader::Tracer;
 use crate::preflight;
 use crate::procfs;
 use crate::render::summary::{self, Counters, SizePercentiles, Summary};
+use crate::render::{self, timeline::Point};
 use crate::report::{self, Extras};
 use crate::symbolize::{Image, Symbolizer};
 
@@ -31,7 +33,7 @@ pub struct RecordArgs {
     /// Lenses to record, comma-separated: mmap, alloc-exact (alloc-exact
     /// probes every heap allocation: a debugging mode that slows the target
     /// many times over).
-    #[arg(long, value_delimiter = ',', default_value = "mmap")]
+    #[arg(long, value_delimiter = ',', default_value = "rss")]
     pub lens: Vec<Lens>,
     /// Stop after this many seconds (default: until Ctrl-C, SIGTERM, or every
     /// target exits).
@@ -48,10 +50,85 @@ pub struct RecordArgs {
 struct Target {
     pid: u32,
     exe: PathBuf,
-    go_version: String,
+    bin: GoBinary,
     image: Image,
     launched: bool,
     exited: Option<i32>,
+    vmrss_start: Option<u64>,
+    timeline: Vec<Point>,
+}
+
+impl Target {
+    fn new(pid: u32, exe: PathBuf, bin: GoBinary, launched: bool) -> Self {
+        let maps = if launched {
+            None
+        } else {
+            procfs::read_maps(pid)
+        };
+        Self {
+            pid,
+            image: Image {
+                exe: exe.clone(),
+                maps,
+            },
+            exe,
+            bin,
+            launched,
+            exited: None,
+            // A launched program's window starts at exec, with nothing resident.
+            vmrss_start: if launched {
+                Some(0)
+            } else {
+                procfs::read_status(pid).map(|s| s.vm_rss)
+            },
+            timeline: Vec::new(),
+        }
+    }
+
+    fn sample(&mut self, t: f64) {
+        if let Some(s) = procfs::read_status(self.pid).filter(|s| s.vm_rss > 0) {
+            self.timeline.push(Point {
+                t,
+                vm_rss: s.vm_rss,
+                rss_anon: s.rss_anon,
+                rss_file: s.rss_file,
+                rss_shmem: s.rss_shmem,
+            });
+        }
+    }
+
+    /// Anonymous private writable mappings, for THP `always` accounting.
+    fn anon_vmas(&self) -> Vec<(u64, u64)> {
+        self.image
+            .maps
+            .iter()
+            .flatten()
+            .filter(|m| m.path.is_none() && m.perms.starts_with("rw") && m.perms.ends_with('p'))
+            .map(|m| (m.start, m.end))
+            .collect()
+    }
+
+    fn breakdown(&self) -> Option<Breakdown> {
+        if self.exited.is_some() {
+            return None;
+        }
+        let smaps = std::fs::read_to_string(procfs::proc_dir(self.pid).join("smaps")).ok()?;
+        let exe_maps: Vec<_> = self
+            .image
+            .maps
+            .iter()
+            .flatten()
+            .filter(|m| m.path.as_deref() == Some(self.exe.as_path()))
+            .cloned()
+            .collect();
+        let stacks = self
+            .bin
+            .allgs
+            .and_then(|a| self.bin.runtime_addr(a, &exe_maps))
+            .and_then(|a| breakdown::goroutine_stack_bytes(self.pid, a).ok())
+            .unwrap_or(0);
+        Some(breakdown::from_smaps(&smaps, stacks))
+    }
 }
 
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
@@ -68,20 +145,23 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     lenses.dedup();
     let want_alloc = lenses.contains(&Lens::AllocExact);
     let want_mmap = lenses.contains(&Lens::Mmap);
+    let want_rss = lenses.contains(&Lens::Rss);
 
-    let mut tracepoints = Vec::new();
-    if want_mmap {
-        tracepoints.extend([
-            "syscalls/sys_enter_mmap",
-            "syscalls/sys_exit_mmap",
-            "syscalls/sys_enter_munmap",
-        ]);
-    }
-    preflight::check(&tracepoints)?;
+    let mut tracepoints: Vec<(&'static str, &str, &str)> = lenses
+        .iter()
+        .flat_map(|l| l.tracepoints().iter().copied())
+        .collect();
+    tracepoints.sort();
+    tracepoints.dedup();
+    let tp_paths: Vec<String> = tracepoints
+        .iter()
+        .map(|(_, c, n)| format!("{c}/{n}"))
+        .collect();
+    preflight::check(&tp_paths.iter().map(String::as_str).collect::<Vec<_>>())?;
 
     // Resolve and vet every target before touching the kernel.
-    let mut targets = Vec::new();
-    let mut bins = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
+    let mut attach_paths = Vec::new();
     let mut gate = None;
     if args.command.is_empty() {
         for &pid in &args.pids {
@@ -92,48 +172,25 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             let via = procfs::proc_dir(pid).join("exe");
             let mut bin = GoBinary::open(&via).map_err(|e| relabel(e, &via, &exe))?;
             bin.path = exe.clone();
-            let maps = procfs::read_maps(pid);
-            targets.push(Target {
-                pid,
-                exe: exe.clone(),
-                go_version: bin.go_version.clone(),
-                image: Image {
-                    exe: exe.clone(),
-                    maps,
-                },
-                launched: false,
-                exited: None,
-            });
-            bins.push((bin, via, pid));
+            targets.push(Target::new(pid, exe, bin, false));
+            attach_paths.push(via);
         }
     } else {
         let path = launch::resolve(&args.command[0])?;
         let bin = GoBinary::open(&path)?;
         let g = launch::spawn_gated(&path, &args.command)?;
-        targets.push(Target {
-            pid: g.pid,
-            exe: path.clone(),
-            go_version: bin.go_version.clone(),
-            image: Image {
-                exe: path.clone(),
-                maps: None,
-            },
-            launched: true,
-            exited: None,
-        });
-        bins.push((bin, path, g.pid));
+        targets.push(Target::new(g.pid, path.clone(), bin, true));
+        attach_paths.push(path);
         gate = Some(g);
     }
 
     let setup = || -> anyhow::Result<(Tracer, RingBuf<MapData>)> {
         let mut tracer = Tracer::load()?;
-        if want_mmap {
-            tracer.attach_syscalls()?;
-        }
-        for (bin, attach_path, pid) in &bins {
-            tracer.add_target(*pid)?;
+        tracer.attach_tracepoints(&tracepoints)?;
+        for (t, attach_path) in targets.iter().zip(&attach_paths) {
+            tracer.add_target(t.pid)?;
             if want_alloc {
-                tracer.attach_alloc(bin, attach_path, *pid)?;
+                tracer.attach_alloc(&t.bin, attach_path, t.pid)?;
             }
         }
         let ring = tracer.take_ring()?;
@@ -164,7 +221,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             "memtrace: tracing pid {} ({}, {}) with lens {}{}",
             t.pid,
             t.exe.display(),
-            t.go_version,
+            t.bin.go_version,
             lens_names.join(","),
             if want_alloc {
                 " (alloc-exact probes every allocation: expect a large slowdown)"
@@ -187,6 +244,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let mut agg = Aggregator {
         alloc: want_alloc.then(AllocAgg::default),
         mmap: want_mmap.then(MmapAgg::default),
+        rss: want_rss.then(|| {
+            RssAgg::new(Thp::parse(
+                &std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                    .unwrap_or_default(),
+            ))
+        }),
         events: 0,
     };
     let started = Instant::now();
@@ -208,6 +271,15 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     ))?;
     let duration_secs = started.elapsed().as_secs_f64();
     let counters = tracer.counters();
+    let mut vmrss_end = HashMap::new();
+    let mut breakdowns = HashMap::new();
+    for t in targets.iter_mut() {
+        if t.exited.is_none() {
+            t.sample(duration_secs);
+        }
+        vmrss_end.insert(t.pid, t.timeline.last().map(|p| p.vm_rss));
+        breakdowns.insert(t.pid, t.breakdown());
+    }
 
     // Report.
     let images: HashMap<u32, (String, Image)> = targets
@@ -260,6 +332,33 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                     )]),
                 )
             }
+            Lens::Rss => {
+                let r = agg.rss.as_ref().expect("rss lens enabled");
+                let start: u64 = targets.iter().filter_map(|t| t.vmrss_start).sum();
+                let end: u64 = vmrss_end.values().flatten().sum();
+                let untracked: u64 = r.untracked.values().map(|c| c.bytes).sum();
+                let j = |k: &str, v: serde_json::Value| (k.to_string(), v);
+                (
+                    r.by_stack(),
+                    BTreeMap::from([
+                        j("released_bytes", serde_json::json!(r.released_bytes)),
+                        j(
+                            "release_requested_bytes",
+                            serde_json::json!(r.release_requested_bytes),
+                        ),
+                        j("lazy_free_bytes", serde_json::json!(r.lazy_free_bytes)),
+                        j("repeat_faults", serde_json::json!(r.repeat_faults)),
+                        j("untracked_bytes", serde_json::json!(untracked)),
+                        j(
+                            "thp",
+                            serde_json::json!(format!("{:?}", r.thp).to_lowercase()),
+                        ),
+                        j("vmrss_start", serde_json::json!(start)),
+                        j("vmrss_end", serde_json::json!(end)),
+                        j("vmrss_growth", serde_json::json!(end as i64 - start as i64)),
+                    ]),
+                )
+            }
             _ => unreachable!("only implemented lenses parse"),
         };
         let p = report::build_profile(
@@ -282,7 +381,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             .map(|t| summary::Target {
                 pid: t.pid,
                 exe: t.exe.display().to_string(),
-                go_version: t.go_version.clone(),
+                go_version: t.bin.go_version.clone(),
+                vmrss_start: t.vmrss_start,
+                vmrss_end: vmrss_end[&t.pid],
+                timeline: t.timeline.clone(),
+                breakdown: breakdowns[&t.pid],
             })
             .collect(),
         lenses: lens_summaries,
@@ -292,6 +395,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             ringbuf_drops: dropped,
             stack_errors: counters[Counter::StackErrors as usize],
             mmap_unpaired: counters[Counter::MmapUnpaired as usize],
+            syscall_unpaired: counters[Counter::SyscallUnpaired as usize],
             alloc_probe_hits: counters[Counter::AllocHits as usize],
             unresolved_frames: sym.unresolved,
             decode_errors,
@@ -300,6 +404,21 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         ended_by: ended_by.clone(),
     };
     let summary_path = report::write_summary(&args.out, &summary)?;
+    let mut timelines = Vec::new();
+    if want_rss {
+        for t in &targets {
+            let name = if targets.len() == 1 {
+                "timeline.svg".to_string()
+            } else {
+                format!("timeline-{}.svg", t.pid)
+            };
+            let path = args.out.join(name);
+            let title = format!("RSS of {} (pid {})", images[&t.pid].0, t.pid);
+            std::fs::write(&path, render::timeline::render(&title, &t.timeline))
+                .with_context(|| format!("writing {}", path.display()))?;
+            timelines.push(path);
+        }
+    }
     drop(tracer); // detaches every probe
 
     eprintln!(
@@ -335,6 +454,32 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             w.folded.display(),
             w.pprof.display()
         );
+    }
+    for t in &targets {
+        if let (Some(s), Some(e)) = (t.vmrss_start, vmrss_end[&t.pid]) {
+            println!(
+                "pid {}: VmRSS {} -> {} ({}{})",
+                t.pid,
+                report::human_bytes(s),
+                report::human_bytes(e),
+                if e >= s { "+" } else { "-" },
+                report::human_bytes(e.abs_diff(s))
+            );
+        }
+        if let Some(b) = breakdowns[&t.pid] {
+            println!(
+                "pid {}: resident now: Go heap {}, goroutine stacks {}, off-heap anonymous {}, file-backed {}, other {}",
+                t.pid,
+                report::human_bytes(b.go_heap),
+                report::human_bytes(b.goroutine_stacks),
+                report::human_bytes(b.off_heap_anon),
+                report::human_bytes(b.file_backed),
+                report::human_bytes(b.other)
+            );
+        }
+    }
+    for p in &timelines {
+        println!("wrote {}", p.display());
     }
     println!("wrote {}", summary_path.display());
     Ok(())
@@ -392,6 +537,10 @@ async fn stream(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let start = tokio::time::Instant::now();
     let mut last_progress = start;
+    let mut last_sample = start;
+    for t in targets.iter_mut().filter(|t| !t.launched) {
+        t.sample(0.0);
+    }
     let mut drain = |ring: &mut RingBuf<MapData>, agg: &mut Aggregator, targets: &mut [Target]| {
         while let Some(item) = ring.next() {
             match decode(&item) {
@@ -434,6 +583,16 @@ async fn stream(
                     if t.exited.is_none() && t.image.maps.is_some() {
                         if let Some(m) = procfs::read_maps(t.pid) {
                             t.image.maps = Some(m);
+                        }
+                    }
+                }
+                if last_sample.elapsed() >= Duration::from_secs(1) {
+                    last_sample = tokio::time::Instant::now();
+                    let t_now = start.elapsed().as_secs_f64();
+                    for t in targets.iter_mut().filter(|t| t.exited.is_none()) {
+                        t.sample(t_now);
+                        if let Some(r) = agg.rss.as_mut().filter(|r| r.thp == Thp::Always) {
+                            r.set_anon_vmas(t.pid, t.anon_vmas());
                         }
                     }
                 }

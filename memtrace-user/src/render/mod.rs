@@ -5,6 +5,7 @@ pub mod folded;
 pub mod pprof;
 pub mod summary;
 pub mod svg;
+pub mod timeline;
 
 /// One merged stack.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,6 +11,18 @@ pub struct Target {
     pub pid: u32,
     pub exe: String,
     pub go_version: String,
+    /// `/proc/PID/status` at the window's start and end (launch mode: the
+    /// window starts at exec, with nothing resident).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmrss_start: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmrss_end: Option<u64>,
+    /// VmRSS, RssAnon, RssFile, RssShmem sampled every second.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<crate::render::timeline::Point>,
+    /// Where resident memory sits at the end (absent if the target exited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<crate::breakdown::Breakdown>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,6 +63,8 @@ pub struct Counters {
     pub stack_errors: u64,
     /// mmap exits without a matching enter.
     pub mmap_unpaired: u64,
+    /// mremap/brk exits without a matching enter.
+    pub syscall_unpaired: u64,
     /// Allocation probe hits (before the size filter).
     pub alloc_probe_hits: u64,
     /// Frames no symbol could be found for.
@@ -122,6 +136,10 @@ mod tests {
                 pid: 1,
                 exe: "/a".into(),
                 go_version: "go1.21.13".into(),
+                vmrss_start: Some(1),
+                vmrss_end: None,
+                timeline: vec![],
+                breakdown: None,
             }],
             lenses,
             dropped_events: 0,
@@ -138,5 +156,7 @@ mod tests {
         );
         assert_eq!(v["lenses"]["alloc-exact"]["x"], 1);
         assert_eq!(v["targets"][0]["go_version"], "go1.21.13");
+        assert_eq!(v["targets"][0]["vmrss_start"], 1);
+        assert!(v["targets"][0].get("breakdown").is_none());
     }
 }

@@ -1,0 +1,115 @@
+//! `timeline.svg`: a small line chart of RSS over the window.
+
+use std::fmt::Write as _;
+
+/// One `/proc/PID/status` sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Point {
+    /// Seconds since the window started.
+    pub t: f64,
+    pub vm_rss: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub rss_shmem: u64,
+}
+
+const W: f64 = 800.0;
+const H: f64 = 300.0;
+const PAD: f64 = 50.0;
+
+/// Renders one chart per series set; `title` names the target.
+pub fn render(title: &str, points: &[Point]) -> String {
+    let tmax = points.iter().map(|p| p.t).fold(1.0, f64::max);
+    let vmax = points.iter().map(|p| p.vm_rss).max().unwrap_or(0).max(1) as f64;
+    let x = |t: f64| PAD + (W - 2.0 * PAD) * t / tmax;
+    let y = |v: u64| H - PAD - (H - 2.0 * PAD) * v as f64 / vmax;
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"{W}\" height=\"{H}\" \
+         xmlns=\"http://www.w3.org/2000/svg\" font-family=\"Verdana\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n\
+         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n\
+         <line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#000\"/>\n\
+         <line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{}\" stroke=\"#000\"/>\n\
+         <text x=\"{PAD}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tmax:.1} s</text>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.1} MiB</text>\n",
+        W / 2.0,
+        esc(title),
+        H - PAD,
+        W - PAD,
+        H - PAD,
+        H - PAD,
+        H - PAD + 16.0,
+        W - PAD,
+        H - PAD + 16.0,
+        PAD - 4.0,
+        PAD + 4.0,
+        vmax / 1048576.0,
+    );
+    let series: [(&str, &str, fn(&Point) -> u64); 4] = [
+        ("VmRSS", "#d62728", |p| p.vm_rss),
+        ("RssAnon", "#1f77b4", |p| p.rss_anon),
+        ("RssFile", "#2ca02c", |p| p.rss_file),
+        ("RssShmem", "#9467bd", |p| p.rss_shmem),
+    ];
+    for (i, (name, colour, get)) in series.iter().enumerate() {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.t), y(get(p))))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"><title>{name}</title></polyline>",
+            pts.join(" ")
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{name}</text>",
+            W - PAD - 36.0,
+            PAD + 16.0 * i as f64
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_every_series() {
+        let pts = [
+            Point {
+                t: 0.0,
+                vm_rss: 10 << 20,
+                rss_anon: 8 << 20,
+                rss_file: 2 << 20,
+                rss_shmem: 0,
+            },
+            Point {
+                t: 1.0,
+                vm_rss: 20 << 20,
+                rss_anon: 18 << 20,
+                rss_file: 2 << 20,
+                rss_shmem: 0,
+            },
+        ];
+        let svg = render("app (pid 1)", &pts);
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains("app (pid 1)") && svg.contains("20.0 MiB"));
+        // The last VmRSS point is at the top of the plot area.
+        assert!(svg.contains(&format!("{:.1},{:.1}", W - PAD, PAD)));
+    }
+
+    #[test]
+    fn empty_is_valid() {
+        assert!(render("t", &[]).contains("</svg>"));
+    }
+}
