@@ -109,7 +109,7 @@ fn arena_flags(maps: &[Mapping]) -> Vec<bool> {
         while j + 1 < maps.len() && maps[j + 1].anon_private && maps[j + 1].start == maps[j].end {
             j += 1;
         }
-        if maps[i].start % ARENA == 0 && maps[j].end % ARENA == 0 {
+        if maps[i].start.is_multiple_of(ARENA) && maps[j].end.is_multiple_of(ARENA) {
             flags[i..=j].iter_mut().for_each(|f| *f = true);
         }
         i = j + 1;

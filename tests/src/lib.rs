@@ -125,7 +125,58 @@ pub fn bpf_program_names() -> Vec<String> {
 }
 
 /// The names memtrace gives its programs.
-pub const MEMTRACE_PROGRAMS: &[&str] = &["go_alloc", "mmap_enter", "mmap_exit", "munmap_enter"];
+pub const MEMTRACE_PROGRAMS: &[&str] = &[
+    "go_alloc",
+    "fault_user",
+    "fault_kernel",
+    "mmap_enter",
+    "mmap_exit",
+    "munmap_enter",
+    "madvise_enter",
+    "mremap_enter",
+    "mremap_exit",
+    "brk_enter",
+    "brk_exit",
+];
+
+/// Asserts that none of memtrace's BPF programs is loaded.
+pub fn assert_no_memtrace_programs() {
+    let names = bpf_program_names();
+    for p in MEMTRACE_PROGRAMS {
+        assert!(
+            !names.iter().any(|n| n == p),
+            "BPF program {p} still loaded after memtrace exited: {names:?}"
+        );
+    }
+}
+
+/// Collects a background process's stdout lines.
+pub fn collect_stdout(bg: &mut Bg) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead as _;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stdout = bg.0.stdout.take().expect("stdout is piped");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    lines
+}
+
+/// The highest `heartbeat=N` a fixture printed.
+pub fn last_heartbeat(lines: &std::sync::Mutex<Vec<String>>) -> u64 {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.strip_prefix("heartbeat=").and_then(|v| v.parse().ok()))
+        .max()
+        .unwrap_or(0)
+}
 
 /// A background process killed on drop.
 pub struct Bg(pub Child);

@@ -1,9 +1,7 @@
 //! End-to-end: `memtrace record` against real Go programs, as root, with the
 //! real kernel. Each test covers every Go version in MEMTRACE_GO_VERSIONS.
 
-use std::io::{BufRead as _, BufReader};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use memtrace_tests::*;
@@ -16,16 +14,6 @@ const POINT_BYTES: u64 = 32;
 
 fn leaf(frames: &[String]) -> &str {
     frames.last().map_or("", String::as_str)
-}
-
-fn assert_no_memtrace_programs() {
-    let names = bpf_program_names();
-    for p in MEMTRACE_PROGRAMS {
-        assert!(
-            !names.iter().any(|n| n == p),
-            "BPF program {p} still loaded after memtrace exited: {names:?}"
-        );
-    }
 }
 
 fn pprof_top(go: &std::path::Path, profile: &std::path::Path) -> String {
@@ -171,29 +159,6 @@ fn launch_alloc_exact_and_mmap_match_the_program() {
 
         assert_no_memtrace_programs();
     }
-}
-
-/// Collects a background fixture's stdout lines.
-fn collect_stdout(bg: &mut Bg) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stdout = bg.0.stdout.take().unwrap();
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(l);
-        }
-    });
-    lines
-}
-
-fn last_heartbeat(lines: &Mutex<Vec<String>>) -> u64 {
-    lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.strip_prefix("heartbeat=").and_then(|v| v.parse().ok()))
-        .max()
-        .unwrap_or(0)
 }
 
 /// Attach mode: an already-running process is traced for a window, keeps

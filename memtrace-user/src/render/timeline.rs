@@ -13,6 +13,9 @@ pub struct Point {
     pub rss_shmem: u64,
 }
 
+/// A line: its name, colour and how to read it from a point.
+type Series = (&'static str, &'static str, fn(&Point) -> u64);
+
 const W: f64 = 800.0;
 const H: f64 = 300.0;
 const PAD: f64 = 50.0;
@@ -52,7 +55,7 @@ pub fn render(title: &str, points: &[Point]) -> String {
         PAD + 4.0,
         vmax / 1048576.0,
     );
-    let series: [(&str, &str, fn(&Point) -> u64); 4] = [
+    let series: [Series; 4] = [
         ("VmRSS", "#d62728", |p| p.vm_rss),
         ("RssAnon", "#1f77b4", |p| p.rss_anon),
         ("RssFile", "#2ca02c", |p| p.rss_file),
