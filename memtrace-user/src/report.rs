@@ -30,7 +30,7 @@ pub fn build_profile(
                 images.get(&pid),
             ) {
                 (Some(ips), Some((_, image))) if !ips.is_empty() => sym.stack(image, &ips),
-                _ => vec![STACK_UNAVAILABLE.to_string()],
+                _ => vec![format!("{STACK_UNAVAILABLE}: {}", stack_error(stack_id))],
             };
             if matches!(lens, Lens::AllocExact | Lens::Alloc | Lens::Heap) {
                 hide_allocator_leaf(&mut frames);
@@ -55,6 +55,17 @@ pub fn build_profile(
         duration_secs,
         target,
     )
+}
+
+/// Why the kernel gave no stack, from `bpf_get_stackid`'s error.
+pub fn stack_error(stack_id: i32) -> &'static str {
+    match -stack_id {
+        17 => "stack-map hash collision",
+        12 => "stack map full",
+        14 => "user stack unreadable",
+        _ if stack_id >= 0 => "stack evicted",
+        _ => "capture failed",
+    }
 }
 
 /// Paths written for one lens.
@@ -184,7 +195,10 @@ mod tests {
             "t".into(),
         );
         assert_eq!(p.samples.len(), 1);
-        assert_eq!(p.samples[0].frames, vec![STACK_UNAVAILABLE.to_string()]);
+        assert_eq!(
+            p.samples[0].frames,
+            vec![format!("{STACK_UNAVAILABLE}: user stack unreadable")]
+        );
         assert_eq!(p.total(), 100);
     }
 
