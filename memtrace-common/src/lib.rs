@@ -1,6 +1,9 @@
 //! Types shared by the kernel side (`memtrace-ebpf`) and user space
 //! (`memtrace-user`). Everything here is `#[repr(C)]` and `Copy` so both sides
 //! read the same bytes; the layout is pinned by `const` size assertions.
+//!
+//! A ring-buffer record is an [`Event`] followed, when `stack > 0`, by that
+//! many user-stack frames (u64 instruction pointers, leaf first).
 #![no_std]
 
 /// What an [`Event`] reports.
@@ -9,60 +12,80 @@
 pub enum EventKind {
     /// A Go heap allocation: `size` bytes, one object.
     Alloc = 1,
-    /// A successful `mmap`: `size` bytes mapped at `addr`.
-    Mmap = 2,
+    /// `mmap` entered: `size` bytes, `aux` = `prot | flags << 32`.
+    MmapEnter = 2,
+    /// `mmap` returned `addr` (errors are not reported).
+    MmapExit = 3,
     /// A `munmap` of `size` bytes at `addr`.
-    Munmap = 3,
+    Munmap = 4,
     /// A page fault at page `addr` (user mode, or kernel mode on a user
     /// address, e.g. `read()` into a fresh buffer).
-    Fault = 4,
+    Fault = 5,
     /// `madvise(addr, size, aux)`.
-    Madvise = 5,
-    /// A successful `mremap`: `size` bytes at `addr` became `aux2` bytes at `aux`.
-    Mremap = 6,
-    /// A `brk` call: `addr` requested, `aux` the break after it.
-    Brk = 7,
+    Madvise = 6,
+    /// `mremap` entered: `size` bytes at `addr` to become `aux2` bytes.
+    MremapEnter = 7,
+    /// `mremap` returned `addr`.
+    MremapExit = 8,
+    /// `brk` entered.
+    BrkEnter = 9,
+    /// `brk` returned the break `addr`.
+    BrkExit = 10,
 }
 
 impl EventKind {
     pub const fn from_u32(v: u32) -> Option<Self> {
-        match v {
-            1 => Some(Self::Alloc),
-            2 => Some(Self::Mmap),
-            3 => Some(Self::Munmap),
-            4 => Some(Self::Fault),
-            5 => Some(Self::Madvise),
-            6 => Some(Self::Mremap),
-            7 => Some(Self::Brk),
-            _ => None,
-        }
+        Some(match v {
+            1 => Self::Alloc,
+            2 => Self::MmapEnter,
+            3 => Self::MmapExit,
+            4 => Self::Munmap,
+            5 => Self::Fault,
+            6 => Self::Madvise,
+            7 => Self::MremapEnter,
+            8 => Self::MremapExit,
+            9 => Self::BrkEnter,
+            10 => Self::BrkExit,
+            _ => return None,
+        })
     }
 }
 
-/// One record in the `EVENTS` ring buffer.
+/// `Event::stack`: the event carries no stack (syscall exits).
+pub const STACK_NONE: i32 = -100_000;
+/// `Event::stack`: same stack as this thread's previous event that carried
+/// frames (the kernel matched the top of the stack and skipped the walk).
+pub const STACK_SAME: i32 = 0;
+
+/// One record header in the `EVENTS` ring buffer.
 ///
-/// `stack_id` indexes the `STACKS` stack-trace map; a negative value is the
-/// (negated) errno of `bpf_get_stackid`, and user space reports such events
-/// under an explicit "[stack unavailable]" frame instead of dropping them.
+/// `stack` > 0 is the number of frames that follow; [`STACK_SAME`] and
+/// [`STACK_NONE`] are described above; any other negative value is the
+/// negated errno of `bpf_get_stack`, which user space shows as a named
+/// "[stack unavailable]" frame instead of dropping the event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
-    pub stack_id: i32,
+    pub stack: i32,
     pub ts_ns: u64,
     pub addr: u64,
     pub size: u64,
-    /// Kind-specific extra word. `Mmap`: `prot | flags << 32`; `Madvise`:
-    /// the advice; `Mremap`: the new address; `Brk`: the resulting break.
+    /// Kind-specific extra word (see [`EventKind`]).
     pub aux: u64,
-    /// Second extra word. `Mremap`: the new length.
+    /// Second extra word (see [`EventKind`]).
     pub aux2: u64,
 }
 
 pub const EVENT_SIZE: usize = 56;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+
+/// Deepest user stack captured, in frames.
+pub const MAX_FRAMES: usize = 127;
+/// Largest record: a header and a full stack.
+pub const MAX_RECORD: usize = EVENT_SIZE + 8 * MAX_FRAMES;
 
 /// Per-target settings kept in the `TARGETS` map, keyed by tgid. Presence in
 /// the map is what makes a process a target.
@@ -78,20 +101,20 @@ pub struct TargetConfig {
 pub enum Counter {
     /// Events lost because the ring buffer was full.
     RingbufDrops = 0,
-    /// Events whose stack could not be stored (map full, hash collision, fault).
+    /// Stacks that could not be captured.
     StackErrors = 1,
-    /// `mmap` exits seen without a matching enter (missed pairing).
-    MmapUnpaired = 2,
+    /// Stack walks skipped because the top of the stack matched the thread's
+    /// previous one.
+    StackReuses = 2,
     /// Allocation probe hits, including the ones filtered out by size.
     AllocHits = 3,
-    /// Syscall exits (mremap, brk) without a matching enter.
-    SyscallUnpaired = 4,
 }
 
-pub const COUNTER_COUNT: u32 = 5;
+pub const COUNTER_COUNT: u32 = 4;
 
-/// Largest number of distinct user stacks kept for one recording.
-pub const STACK_MAP_ENTRIES: u32 = 32 * 1024;
+/// A thread's stack is walked again after this many reuses, bounding how
+/// long a fingerprint match can stand in for a walk.
+pub const REWALK_EVERY: u64 = 256;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
 /// Once this many bytes wait in the ring buffer, producers wake the reader;
@@ -114,17 +137,10 @@ mod tests {
 
     #[test]
     fn kind_round_trips() {
-        for k in [
-            EventKind::Alloc,
-            EventKind::Mmap,
-            EventKind::Munmap,
-            EventKind::Fault,
-            EventKind::Madvise,
-            EventKind::Mremap,
-            EventKind::Brk,
-        ] {
-            assert_eq!(EventKind::from_u32(k as u32), Some(k));
+        for v in 1..=10 {
+            assert_eq!(EventKind::from_u32(v).map(|k| k as u32), Some(v));
         }
         assert_eq!(EventKind::from_u32(0), None);
+        assert_eq!(EventKind::from_u32(11), None);
     }
 }

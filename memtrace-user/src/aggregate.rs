@@ -3,10 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::decode::{Op, Resolved};
 use hdrhistogram::Histogram;
-use memtrace_common::EventKind;
-
-use crate::decode::Decoded;
 
 /// A stack as the kernel recorded it: the process and its stack-map id
 /// (negative ids are errors, kept so their bytes stay visible).
@@ -415,49 +413,54 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn apply(&mut self, d: &Decoded) {
+    pub fn apply(&mut self, r: &Resolved) {
         self.events += 1;
-        let key = (d.ev.tgid, d.ev.stack_id);
-        match d.kind {
-            EventKind::Alloc => {
+        let (key, pid) = (r.key, r.key.0);
+        match r.op {
+            Op::Alloc { size } => {
                 if let Some(a) = self.alloc.as_mut() {
-                    a.add(key, d.ev.size);
+                    a.add(key, size);
                 }
             }
-            EventKind::Mmap => {
+            Op::Mmap { addr, len, prot } => {
                 if let Some(m) = self.mmap.as_mut() {
-                    m.map(key, d.ev.addr, d.ev.size, d.ev.aux & 0xffff_ffff);
+                    m.map(key, addr, len, prot);
                 }
-                if let Some(r) = self.rss.as_mut() {
-                    r.mmap(d.ev.tgid, d.ev.addr, d.ev.size);
+                if let Some(rss) = self.rss.as_mut() {
+                    rss.mmap(pid, addr, len);
                 }
             }
-            EventKind::Munmap => {
+            Op::Munmap { addr, len } => {
                 if let Some(m) = self.mmap.as_mut() {
-                    m.unmap(d.ev.tgid, d.ev.addr, d.ev.size);
+                    m.unmap(pid, addr, len);
                 }
-                if let Some(r) = self.rss.as_mut() {
-                    r.munmap(d.ev.tgid, d.ev.addr, d.ev.size);
-                }
-            }
-            EventKind::Fault => {
-                if let Some(r) = self.rss.as_mut() {
-                    r.fault(key, d.ev.addr);
+                if let Some(rss) = self.rss.as_mut() {
+                    rss.munmap(pid, addr, len);
                 }
             }
-            EventKind::Madvise => {
-                if let Some(r) = self.rss.as_mut() {
-                    r.madvise(d.ev.tgid, d.ev.addr, d.ev.size, d.ev.aux);
+            Op::Fault { addr } => {
+                if let Some(rss) = self.rss.as_mut() {
+                    rss.fault(key, addr);
                 }
             }
-            EventKind::Mremap => {
-                if let Some(r) = self.rss.as_mut() {
-                    r.mremap(d.ev.tgid, d.ev.addr, d.ev.size, d.ev.aux, d.ev.aux2);
+            Op::Madvise { addr, len, advice } => {
+                if let Some(rss) = self.rss.as_mut() {
+                    rss.madvise(pid, addr, len, advice);
                 }
             }
-            EventKind::Brk => {
-                if let Some(r) = self.rss.as_mut() {
-                    r.brk(d.ev.tgid, d.ev.aux);
+            Op::Mremap {
+                old,
+                old_len,
+                new,
+                new_len,
+            } => {
+                if let Some(rss) = self.rss.as_mut() {
+                    rss.mremap(pid, old, old_len, new, new_len);
+                }
+            }
+            Op::Brk { result } => {
+                if let Some(rss) = self.rss.as_mut() {
+                    rss.brk(pid, result);
                 }
             }
         }

@@ -7,10 +7,10 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        TracePoint, UProbe,
+        Program, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -50,7 +50,6 @@ pub struct Tracer {
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     targets: BpfHashMap<MapData, u32, TargetConfig>,
-    stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     tracepoints: HashSet<&'static str>,
     alloc_attached: HashSet<(PathBuf, u32)>,
@@ -78,12 +77,6 @@ impl Tracer {
                 what: "TARGETS",
                 source,
             })?;
-        let stacks = StackTraceMap::try_from(map(&mut ebpf, "STACKS")?).map_err(|source| {
-            LoadError::Map {
-                what: "STACKS",
-                source,
-            }
-        })?;
         let counters = PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?).map_err(|source| {
             LoadError::Map {
                 what: "COUNTERS",
@@ -94,7 +87,6 @@ impl Tracer {
             ebpf,
             logger,
             targets,
-            stacks,
             counters,
             tracepoints: HashSet::new(),
             alloc_attached: HashSet::new(),
@@ -179,8 +171,8 @@ impl Tracer {
         Ok(())
     }
 
-    /// Attaches tracepoint programs, each once; they filter by target.
-    /// `(program, category, event)`.
+    /// Attaches tracepoint programs (classic or raw, as the object declares
+    /// them), each once; they filter by target. `(program, category, event)`.
     pub fn attach_tracepoints(
         &mut self,
         tps: &[(&'static str, &str, &str)],
@@ -189,34 +181,27 @@ impl Tracer {
             if !self.tracepoints.insert(prog) {
                 continue;
             }
-            let tp: &mut TracePoint = self
+            let err = |source| LoadError::Program {
+                what: format!("{category}:{name} ({prog})"),
+                source,
+            };
+            match self
                 .ebpf
                 .program_mut(prog)
                 .ok_or(LoadError::Missing(prog))?
-                .try_into()
-                .map_err(|source| LoadError::Program {
-                    what: prog.into(),
-                    source,
-                })?;
-            tp.load().map_err(|source| LoadError::Program {
-                what: prog.into(),
-                source,
-            })?;
-            tp.attach(category, name)
-                .map_err(|source| LoadError::Program {
-                    what: format!("{category}:{name}"),
-                    source,
-                })?;
+            {
+                Program::TracePoint(tp) => {
+                    tp.load().map_err(err)?;
+                    tp.attach(category, name).map_err(err)?;
+                }
+                Program::RawTracePoint(tp) => {
+                    tp.load().map_err(err)?;
+                    tp.attach(name).map_err(err)?;
+                }
+                _ => return Err(LoadError::Missing(prog)),
+            }
         }
         Ok(())
-    }
-
-    /// User stack for a stack id, leaf first.
-    pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
-        self.stacks
-            .get(&id, 0)
-            .ok()
-            .map(|st| st.frames().iter().map(|f| f.ip).collect())
     }
 
     /// The kernel-side counters, summed over CPUs, indexed by [`memtrace_common::Counter`].

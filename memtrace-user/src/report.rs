@@ -63,6 +63,7 @@ pub fn stack_error(stack_id: i32) -> &'static str {
         17 => "stack-map hash collision",
         12 => "stack map full",
         14 => "user stack unreadable",
+        99_999 => "lost with a dropped event",
         _ if stack_id >= 0 => "stack evicted",
         _ => "capture failed",
     }

@@ -139,15 +139,28 @@ pub const MEMTRACE_PROGRAMS: &[&str] = &[
     "brk_exit",
 ];
 
-/// Asserts that none of memtrace's BPF programs is loaded.
+/// Asserts that none of memtrace's BPF programs is loaded. The kernel frees
+/// a program after an RCU grace period once its last reference is gone, so
+/// this allows a few seconds before failing.
 pub fn assert_no_memtrace_programs() {
-    let names = bpf_program_names();
-    for p in MEMTRACE_PROGRAMS {
-        assert!(
-            !names.iter().any(|n| n == p),
-            "BPF program {p} still loaded after memtrace exited: {names:?}"
-        );
+    let leftover = || -> Vec<String> {
+        let names = bpf_program_names();
+        MEMTRACE_PROGRAMS
+            .iter()
+            .filter(|p| names.iter().any(|n| n == *p))
+            .map(|p| p.to_string())
+            .collect()
+    };
+    let mut left = leftover();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = leftover();
     }
+    assert!(
+        left.is_empty(),
+        "BPF programs still loaded after memtrace exited: {left:?}"
+    );
 }
 
 /// Collects a background process's stdout lines.

@@ -14,7 +14,7 @@ use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
 use memtrace_common::{Counter, Event, EventKind};
 
-use super::{bump, current_target, emit, event, user_stack_id};
+use super::{bump, current_target, emit_with_stack, event, fingerprint};
 
 #[uprobe]
 pub fn go_alloc(ctx: ProbeContext) -> u32 {
@@ -23,17 +23,17 @@ pub fn go_alloc(ctx: ProbeContext) -> u32 {
     };
     bump(Counter::AllocHits);
     // SAFETY: `regs` points at the saved user registers for this hit.
-    let size = unsafe { (*ctx.regs).rax };
+    let (size, ip, bp) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rip, (*ctx.regs).rbp) };
     // SAFETY: helper without preconditions beyond a valid context.
     let floor = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // Zero-size requests return &zerobase and are not objects.
     if size == 0 || size < floor {
         return 0;
     }
-    let stack_id = user_stack_id(&ctx);
-    emit(Event {
+    let ev = Event {
         size,
-        ..event(EventKind::Alloc, tgid, tid, stack_id)
-    });
+        ..event(EventKind::Alloc, tgid, tid)
+    };
+    emit_with_stack(&ctx, ev, fingerprint(ip, bp));
     0
 }

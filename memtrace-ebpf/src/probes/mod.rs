@@ -1,4 +1,12 @@
-//! Maps and helpers shared by every probe family.
+//! Maps and the emit path shared by every probe family.
+//!
+//! Stacks travel inline, after the event header, so there is no stack map to
+//! fill up or collide in. Walking a stack is the dominant cost of an event,
+//! so each thread remembers a fingerprint of its last walked stack (pc, frame
+//! pointer and three return addresses); when the next event matches it, the
+//! walk is skipped and the event says `STACK_SAME`. A walk is forced every
+//! `REWALK_EVERY` reuses, and whenever a record with frames could not be
+//! delivered, so user space and the kernel never disagree on "same".
 
 pub mod alloc;
 pub mod faults;
@@ -6,27 +14,45 @@ pub mod syscalls;
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::tracing::StackIdContext,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    EbpfContext,
 };
 use memtrace_common::{
-    Counter, Event, EventKind, TargetConfig, COUNTER_COUNT, MAX_TARGETS, RINGBUF_BYTES,
-    RINGBUF_WAKE_BYTES, STACK_MAP_ENTRIES,
+    Counter, Event, EventKind, TargetConfig, COUNTER_COUNT, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS,
+    REWALK_EVERY, RINGBUF_BYTES, RINGBUF_WAKE_BYTES, STACK_SAME,
 };
 
 #[map]
 pub static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
-
-#[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// A record under construction: header, then frames.
+#[repr(C)]
+pub struct Record {
+    ev: Event,
+    ips: [u64; MAX_FRAMES],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
+
+/// Top of a thread's last walked stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Fingerprint {
+    words: [u64; 5],
+    uses: u64,
+}
+
+#[map]
+static LAST_STACK: LruHashMap<u32, Fingerprint> = LruHashMap::with_max_entries(16 * 1024, 0);
 
 /// The current thread's (tgid, tid) if its process is a target.
 #[inline(always)]
@@ -49,31 +75,14 @@ pub fn bump(counter: Counter) {
     }
 }
 
-/// Walks the user stack (frame pointers) into `STACKS`; a failure is counted
-/// and returned as a negative id so user space can show it.
-#[inline(always)]
-pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(e) => {
-            bump(Counter::StackErrors);
-            if e < 0 {
-                e
-            } else {
-                -1
-            }
-        }
-    }
-}
-
 /// An event with only its header filled; callers set the body fields.
 #[inline(always)]
-pub fn event(kind: EventKind, tgid: u32, tid: u32, stack_id: i32) -> Event {
+pub fn event(kind: EventKind, tgid: u32, tid: u32) -> Event {
     Event {
         kind: kind as u32,
         tgid,
         tid,
-        stack_id,
+        stack: memtrace_common::STACK_NONE,
         ts_ns: 0,
         addr: 0,
         size: 0,
@@ -82,18 +91,106 @@ pub fn event(kind: EventKind, tgid: u32, tid: u32, stack_id: i32) -> Event {
     }
 }
 
-/// Sends one event. The reader is only woken once a batch has piled up: a
-/// wakeup per event would cost ~6 µs each on the hot path.
 #[inline(always)]
-pub fn emit(mut ev: Event) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RINGBUF_WAKE_BYTES {
+fn wake_flags() -> u64 {
+    (if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RINGBUF_WAKE_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    } as u64;
+    }) as u64
+}
+
+/// Sends a header-only record. The reader is only woken once a batch has
+/// piled up: a wakeup per event would cost ~6 µs each on the hot path.
+#[inline(always)]
+pub fn emit(mut ev: Event) -> bool {
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if EVENTS.output::<Event>(&ev, flags).is_err() {
+    if EVENTS.output::<Event>(&ev, wake_flags()).is_err() {
         bump(Counter::RingbufDrops);
+        return false;
+    }
+    true
+}
+
+/// The top of the user stack from its registers: pc, frame pointer, and the
+/// next three return addresses along the frame-pointer chain.
+#[inline(always)]
+pub fn fingerprint(ip: u64, bp: u64) -> Option<[u64; 5]> {
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    let f1: [u64; 2] = unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }.ok()?;
+    let f2: [u64; 2] = unsafe { bpf_probe_read_user(f1[0] as *const [u64; 2]) }.ok()?;
+    let f3: [u64; 2] = unsafe { bpf_probe_read_user(f2[0] as *const [u64; 2]) }.ok()?;
+    Some([ip, bp, f1[1], f2[1], f3[1]])
+}
+
+/// Sends `ev` with the current user stack: `STACK_SAME` when `fp` matches
+/// the thread's last walked stack, else the walked frames inline.
+#[inline(always)]
+pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<[u64; 5]>) {
+    let tid = ev.tid;
+    if let Some(words) = fp {
+        if let Some(last) = LAST_STACK.get_ptr_mut(&tid) {
+            // SAFETY: map value pointer, valid for this program run.
+            let last = unsafe { &mut *last };
+            if last.words == words && last.uses < REWALK_EVERY {
+                last.uses += 1;
+                ev.stack = STACK_SAME;
+                bump(Counter::StackReuses);
+                if !emit(ev) {
+                    let _ = LAST_STACK.remove(&tid);
+                }
+                return;
+            }
+        }
+    }
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let rec = unsafe { &mut *rec };
+    // SAFETY: the buffer is MAX_FRAMES u64s long.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            rec.ips.as_mut_ptr().cast(),
+            (MAX_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if n <= 0 {
+        bump(Counter::StackErrors);
+        ev.stack = if n < 0 {
+            n as i32
+        } else {
+            -61 /* ENODATA */
+        };
+        let _ = LAST_STACK.remove(&tid);
+        emit(ev);
+        return;
+    }
+    let frames = ((n as usize) / 8).min(MAX_FRAMES);
+    ev.stack = frames as i32;
+    // SAFETY: helper without preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    rec.ev = ev;
+    let len = EVENT_SIZE + frames * 8;
+    if len > core::mem::size_of::<Record>() {
+        return;
+    }
+    // SAFETY: `len` bytes of `rec` are initialised (header plus `frames`).
+    let bytes = unsafe { core::slice::from_raw_parts((rec as *const Record).cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(bytes, wake_flags()).is_err() {
+        bump(Counter::RingbufDrops);
+        let _ = LAST_STACK.remove(&tid);
+        return;
+    }
+    match fp {
+        Some(words) => {
+            let _ = LAST_STACK.insert(&tid, &Fingerprint { words, uses: 0 }, 0);
+        }
+        None => {
+            let _ = LAST_STACK.remove(&tid);
+        }
     }
 }

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::aggregate::{Aggregator, AllocAgg, MmapAgg, RssAgg, Thp};
 use crate::breakdown::{self, Breakdown};
-use crate::decode::decode;
+use crate::decode::Resolver;
 use crate::goruntime::GoBinary;
 use crate::launch;
 use crate::lens::Lens;
@@ -260,14 +260,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let mut decode_errors = 0u64;
+    let mut resolver = Resolver::default();
     let ended_by = rt.block_on(stream(
         &mut tracer,
         ring,
         &mut agg,
         &mut targets,
         args.duration.map(Duration::from_secs_f64),
-        &mut decode_errors,
+        &mut resolver,
     ))?;
     let duration_secs = started.elapsed().as_secs_f64();
     let counters = tracer.counters();
@@ -297,7 +297,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         .map(|t| format!("{} (pid {})", images[&t.pid].0, t.pid))
         .collect::<Vec<_>>()
         .join(", ");
-    let stack_of = |id: u32| tracer.stack(id);
+    let stack_of = |id: u32| resolver.frames(id as i32).map(<[u64]>::to_vec);
     let mut sym = Symbolizer::default();
     let mut lens_summaries = BTreeMap::new();
     let mut written = Vec::new();
@@ -394,11 +394,13 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         counters: Counters {
             ringbuf_drops: dropped,
             stack_errors: counters[Counter::StackErrors as usize],
-            mmap_unpaired: counters[Counter::MmapUnpaired as usize],
-            syscall_unpaired: counters[Counter::SyscallUnpaired as usize],
+            stack_reuses: counters[Counter::StackReuses as usize],
+            lost_stacks: resolver.lost_stacks,
+            distinct_stacks: resolver.stack_count() as u64,
+            syscall_unpaired: resolver.unpaired,
             alloc_probe_hits: counters[Counter::AllocHits as usize],
             unresolved_frames: sym.unresolved,
-            decode_errors,
+            decode_errors: resolver.decode_errors,
             events: agg.events,
         },
         ended_by: ended_by.clone(),
@@ -527,7 +529,7 @@ async fn stream(
     agg: &mut Aggregator,
     targets: &mut [Target],
     duration: Option<Duration>,
-    decode_errors: &mut u64,
+    resolver: &mut Resolver,
 ) -> anyhow::Result<String> {
     // SAFETY: the ring buffer's fd stays open for as long as AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -543,20 +545,21 @@ async fn stream(
     }
     let mut drain = |ring: &mut RingBuf<MapData>, agg: &mut Aggregator, targets: &mut [Target]| {
         while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(d) => {
+            match resolver.feed(&item) {
+                Ok(None) => {}
+                Ok(Some(r)) => {
                     // A launched target's maps are only meaningful after exec,
                     // i.e. once it produces events.
                     if let Some(t) = targets
                         .iter_mut()
-                        .find(|t| t.pid == d.ev.tgid && t.image.maps.is_none())
+                        .find(|t| t.pid == r.key.0 && t.image.maps.is_none())
                     {
                         t.image.maps = procfs::read_maps(t.pid);
                     }
-                    agg.apply(&d);
+                    agg.apply(&r);
                 }
                 Err(e) => {
-                    *decode_errors += 1;
+                    resolver.decode_errors += 1;
                     log::warn!("{e}");
                 }
             }

@@ -61,9 +61,13 @@ pub struct Counters {
     pub ringbuf_drops: u64,
     /// Events whose stack could not be captured (kept under "[stack unavailable]").
     pub stack_errors: u64,
-    /// mmap exits without a matching enter.
-    pub mmap_unpaired: u64,
-    /// mremap/brk exits without a matching enter.
+    /// Stack walks the kernel skipped because the thread's stack top matched.
+    pub stack_reuses: u64,
+    /// "Same stack" events whose earlier stack was lost (kept, named).
+    pub lost_stacks: u64,
+    /// Distinct stacks seen.
+    pub distinct_stacks: u64,
+    /// mmap/mremap/brk exits without their enter.
     pub syscall_unpaired: u64,
     /// Allocation probe hits (before the size filter).
     pub alloc_probe_hits: u64,
