@@ -53,13 +53,14 @@ impl EventKind {
 
 /// `Event::stack`: the event carries no stack (syscall exits).
 pub const STACK_NONE: i32 = -100_000;
-/// `Event::stack`: same stack as this thread's previous event that carried
-/// frames (the kernel matched the top of the stack and skipped the walk).
-pub const STACK_SAME: i32 = 0;
+/// `Event::stack`: the stack is the one an earlier record defined under
+/// `stack_ref` (the kernel matched the top of the stack and skipped the walk).
+pub const STACK_REF: i32 = 0;
 
 /// One record header in the `EVENTS` ring buffer.
 ///
-/// `stack` > 0 is the number of frames that follow; [`STACK_SAME`] and
+/// `stack` > 0 is the number of frames that follow (and, if `stack_ref` is
+/// not 0, defines that reference for later records); [`STACK_REF`] and
 /// [`STACK_NONE`] are described above; any other negative value is the
 /// negated errno of `bpf_get_stack`, which user space shows as a named
 /// "[stack unavailable]" frame instead of dropping the event.
@@ -77,9 +78,11 @@ pub struct Event {
     pub aux: u64,
     /// Second extra word (see [`EventKind`]).
     pub aux2: u64,
+    /// Stack reference defined or used by this record (0: none).
+    pub stack_ref: u64,
 }
 
-pub const EVENT_SIZE: usize = 56;
+pub const EVENT_SIZE: usize = 64;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 
 /// Deepest user stack captured, in frames.
@@ -103,8 +106,7 @@ pub enum Counter {
     RingbufDrops = 0,
     /// Stacks that could not be captured.
     StackErrors = 1,
-    /// Stack walks skipped because the top of the stack matched the thread's
-    /// previous one.
+    /// Stack walks skipped because the top of the stack matched a known one.
     StackReuses = 2,
     /// Allocation probe hits, including the ones filtered out by size.
     AllocHits = 3,
@@ -112,8 +114,8 @@ pub enum Counter {
 
 pub const COUNTER_COUNT: u32 = 4;
 
-/// A thread's stack is walked again after this many reuses, bounding how
-/// long a fingerprint match can stand in for a walk.
+/// A known stack is walked again after this many reuses, bounding how long
+/// a fingerprint match can stand in for a walk.
 pub const REWALK_EVERY: u64 = 256;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RINGBUF_BYTES: u32 = 16 * 1024 * 1024;

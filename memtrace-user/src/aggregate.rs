@@ -277,10 +277,10 @@ impl RssAgg {
         self.procs.entry(pid).or_default().anon_vmas = vmas;
     }
 
-    fn thp_block(&self, p: &RssProc, page: u64) -> Option<(u64, u64)> {
+    fn thp_block(thp: Thp, p: &RssProc, page: u64) -> Option<(u64, u64)> {
         let b = page & !(HUGE - 1);
         let fits = |(s, e): (u64, u64)| s <= b && b + HUGE <= e;
-        let eligible = match self.thp {
+        let eligible = match thp {
             Thp::Never => false,
             Thp::Madvise => p.hugepage.iter().map(|(s, e, _)| (s, e)).any(fits),
             Thp::Always => p.anon_vmas.iter().copied().any(fits),
@@ -296,9 +296,7 @@ impl RssAgg {
             self.repeat_faults += 1;
             return;
         }
-        let p = &self.procs[&key.0];
-        let (s, e) = self.thp_block(p, page).unwrap_or((page, page + PAGE));
-        let p = self.procs.get_mut(&key.0).expect("entry made above");
+        let (s, e) = Self::thp_block(self.thp, p, page).unwrap_or((page, page + PAGE));
         if p.resident.len() >= MAX_RESIDENT_RANGES {
             let c = self.untracked.entry(key).or_default();
             c.bytes += e - s;
@@ -438,9 +436,13 @@ impl Aggregator {
                     rss.munmap(pid, addr, len);
                 }
             }
-            Op::Fault { addr } => {
+            Op::Fault { addr, len } => {
                 if let Some(rss) = self.rss.as_mut() {
-                    rss.fault(key, addr);
+                    let mut page = addr;
+                    while page < addr + len.max(1) {
+                        rss.fault(key, page);
+                        page += PAGE;
+                    }
                 }
             }
             Op::Madvise { addr, len, advice } => {

@@ -2,18 +2,18 @@
 //!
 //! A record is an [`Event`] header plus, when `stack > 0`, that many frames.
 //! The [`Resolver`] interns stacks (so a stack is stored once, whatever the
-//! number of events), resolves `STACK_SAME` to the thread's previous stack,
+//! number of events), resolves stack references to the stacks that defined them,
 //! and pairs syscall enters (which carry the stack and arguments) with their
 //! exits (which carry the result).
 
 use std::collections::HashMap;
 
-use memtrace_common::{Event, EventKind, EVENT_SIZE, STACK_NONE, STACK_SAME};
+use memtrace_common::{Event, EventKind, EVENT_SIZE, STACK_NONE, STACK_REF};
 
 use crate::aggregate::StackKey;
 
-/// Stack id for an event that said "same as before" when user space had no
-/// earlier stack for the thread (the record with frames was lost).
+/// Stack id for an event whose stack reference was never defined (its
+/// defining record was lost).
 pub const STACK_LOST: i32 = -99_999;
 
 /// What happened, with its arguments.
@@ -31,8 +31,10 @@ pub enum Op {
         addr: u64,
         len: u64,
     },
+    /// Pages `[addr, addr + len)` faulted in (a run of contiguous faults).
     Fault {
         addr: u64,
+        len: u64,
     },
     Madvise {
         addr: u64,
@@ -99,12 +101,12 @@ pub fn decode(bytes: &[u8]) -> Result<(EventKind, Event, Vec<u64>), DecodeError>
 pub struct Resolver {
     ids: HashMap<(u32, Vec<u64>), i32>,
     stacks: Vec<Vec<u64>>,
-    last: HashMap<u32, i32>,
+    refs: HashMap<u64, i32>,
     pending: HashMap<u32, (StackKey, EventKind, Event)>,
     /// Syscall exits without their enter (tracing began mid-call, or the
     /// enter was dropped).
     pub unpaired: u64,
-    /// Events whose stack was "same as before" with no earlier stack known.
+    /// Events whose stack reference was unknown.
     pub lost_stacks: u64,
     /// Records that failed to decode (counted by the reader).
     pub decode_errors: u64,
@@ -136,10 +138,12 @@ impl Resolver {
                         self.stacks.push(f.clone());
                         next
                     });
-                self.last.insert(ev.tid, id);
+                if ev.stack_ref != 0 {
+                    self.refs.insert(ev.stack_ref, id);
+                }
                 id
             }
-            STACK_SAME => self.last.get(&ev.tid).copied().unwrap_or_else(|| {
+            STACK_REF => self.refs.get(&ev.stack_ref).copied().unwrap_or_else(|| {
                 self.lost_stacks += 1;
                 STACK_LOST
             }),
@@ -151,6 +155,12 @@ impl Resolver {
     /// Decodes one record; syscall enters yield nothing until their exit.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Resolved>, DecodeError> {
         let (kind, ev, frames) = decode(bytes)?;
+        Ok(self.feed_event(kind, ev, frames))
+    }
+
+    /// Like [`Resolver::feed`], for a header already decoded (e.g. a fault
+    /// run read from the kernel's per-CPU pending slot).
+    pub fn feed_event(&mut self, kind: EventKind, ev: Event, frames: Vec<u64>) -> Option<Resolved> {
         let key = if ev.stack == STACK_NONE {
             (ev.tgid, STACK_NONE)
         } else {
@@ -162,7 +172,10 @@ impl Resolver {
                 addr: ev.addr,
                 len: ev.size,
             },
-            EventKind::Fault => Op::Fault { addr: ev.addr },
+            EventKind::Fault => Op::Fault {
+                addr: ev.addr,
+                len: ev.size,
+            },
             EventKind::Madvise => Op::Madvise {
                 addr: ev.addr,
                 len: ev.size,
@@ -170,7 +183,7 @@ impl Resolver {
             },
             EventKind::MmapEnter | EventKind::MremapEnter | EventKind::BrkEnter => {
                 self.pending.insert(ev.tid, (key, kind, ev));
-                return Ok(None);
+                return None;
             }
             EventKind::MmapExit | EventKind::MremapExit | EventKind::BrkExit => {
                 let enter = match kind {
@@ -182,7 +195,7 @@ impl Resolver {
                     self.pending.remove(&ev.tid).filter(|(_, k, _)| *k == enter)
                 else {
                     self.unpaired += 1;
-                    return Ok(None);
+                    return None;
                 };
                 let op = match kind {
                     EventKind::MmapExit => Op::Mmap {
@@ -198,10 +211,10 @@ impl Resolver {
                     },
                     _ => Op::Brk { result: ev.addr },
                 };
-                return Ok(Some(Resolved { key, op }));
+                return Some(Resolved { key, op });
             }
         };
-        Ok(Some(Resolved { key, op }))
+        Some(Resolved { key, op })
     }
 }
 
@@ -232,6 +245,7 @@ mod tests {
             size: 0,
             aux: 0,
             aux2: 0,
+            stack_ref: 0,
         }
     }
 
@@ -273,6 +287,7 @@ mod tests {
             .feed(&encode(
                 &Event {
                     size: 64,
+                    stack_ref: 77,
                     ..ev(EventKind::Alloc, 1, 2)
                 },
                 &[10, 20],
@@ -283,7 +298,8 @@ mod tests {
             .feed(&encode(
                 &Event {
                     size: 64,
-                    ..ev(EventKind::Alloc, 1, STACK_SAME)
+                    stack_ref: 77,
+                    ..ev(EventKind::Alloc, 9, STACK_REF)
                 },
                 &[],
             ))
@@ -303,9 +319,15 @@ mod tests {
         assert_eq!(a.key, c.key, "identical stacks intern to one id");
         assert_eq!(r.frames(a.key.1), Some(&[10u64, 20][..]));
         assert_eq!(r.stack_count(), 1);
-        // A thread without a known stack: explicit "lost", never dropped.
+        // An unknown reference: explicit "lost", never dropped.
         let d = r
-            .feed(&encode(&ev(EventKind::Alloc, 3, STACK_SAME), &[]))
+            .feed(&encode(
+                &Event {
+                    stack_ref: 78,
+                    ..ev(EventKind::Alloc, 3, STACK_REF)
+                },
+                &[],
+            ))
             .unwrap()
             .unwrap();
         assert_eq!(d.key, (7, STACK_LOST));

@@ -2,11 +2,12 @@
 //!
 //! Stacks travel inline, after the event header, so there is no stack map to
 //! fill up or collide in. Walking a stack is the dominant cost of an event,
-//! so each thread remembers a fingerprint of its last walked stack (pc, frame
-//! pointer and three return addresses); when the next event matches it, the
-//! walk is skipped and the event says `STACK_SAME`. A walk is forced every
-//! `REWALK_EVERY` reuses, and whenever a record with frames could not be
-//! delivered, so user space and the kernel never disagree on "same".
+//! so walked stacks are remembered by a fingerprint of their top (pc, frame
+//! pointer and three return addresses) in `STACK_IDS`, under a reference the
+//! record with the frames defines. A later event whose fingerprint matches
+//! sends only that reference. The entry is inserted after its defining
+//! record is committed, so a reference never reaches user space before its
+//! definition. A stack is walked again every `REWALK_EVERY` reuses.
 
 pub mod alloc;
 pub mod faults;
@@ -14,14 +15,17 @@ pub mod syscalls;
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user,
+    },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     EbpfContext,
 };
 use memtrace_common::{
     Counter, Event, EventKind, TargetConfig, COUNTER_COUNT, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS,
-    REWALK_EVERY, RINGBUF_BYTES, RINGBUF_WAKE_BYTES, STACK_SAME,
+    REWALK_EVERY, RINGBUF_BYTES, RINGBUF_WAKE_BYTES, STACK_REF,
 };
 
 #[map]
@@ -43,16 +47,20 @@ pub struct Record {
 #[map]
 static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
-/// Top of a thread's last walked stack.
+/// A remembered stack: its reference and how often it stood in for a walk.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Fingerprint {
-    words: [u64; 5],
+pub struct StackRef {
+    id: u64,
     uses: u64,
 }
 
 #[map]
-static LAST_STACK: LruHashMap<u32, Fingerprint> = LruHashMap::with_max_entries(16 * 1024, 0);
+static STACK_IDS: HashMap<[u64; 5], StackRef> = HashMap::with_max_entries(64 * 1024, 0);
+
+/// Per-CPU counter for new references (the CPU number goes in the top bits).
+#[map]
+static NEXT_REF: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The current thread's (tgid, tid) if its process is a target.
 #[inline(always)]
@@ -88,6 +96,7 @@ pub fn event(kind: EventKind, tgid: u32, tid: u32) -> Event {
         size: 0,
         aux: 0,
         aux2: 0,
+        stack_ref: 0,
     }
 }
 
@@ -124,22 +133,21 @@ pub fn fingerprint(ip: u64, bp: u64) -> Option<[u64; 5]> {
     Some([ip, bp, f1[1], f2[1], f3[1]])
 }
 
-/// Sends `ev` with the current user stack: `STACK_SAME` when `fp` matches
-/// the thread's last walked stack, else the walked frames inline.
+/// Sends `ev` with the current user stack: a reference when `fp` matches a
+/// remembered stack, else the walked frames inline (defining a reference
+/// when there is a fingerprint to remember it by).
 #[inline(always)]
 pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<[u64; 5]>) {
-    let tid = ev.tid;
-    if let Some(words) = fp {
-        if let Some(last) = LAST_STACK.get_ptr_mut(&tid) {
+    if let Some(words) = fp.as_ref() {
+        if let Some(known) = STACK_IDS.get_ptr_mut(words) {
             // SAFETY: map value pointer, valid for this program run.
-            let last = unsafe { &mut *last };
-            if last.words == words && last.uses < REWALK_EVERY {
-                last.uses += 1;
-                ev.stack = STACK_SAME;
+            let known = unsafe { &mut *known };
+            if known.uses < REWALK_EVERY {
+                known.uses += 1;
+                ev.stack = STACK_REF;
+                ev.stack_ref = known.id;
                 bump(Counter::StackReuses);
-                if !emit(ev) {
-                    let _ = LAST_STACK.remove(&tid);
-                }
+                emit(ev);
                 return;
             }
         }
@@ -165,12 +173,23 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<[u64; 
         } else {
             -61 /* ENODATA */
         };
-        let _ = LAST_STACK.remove(&tid);
         emit(ev);
         return;
     }
     let frames = ((n as usize) / 8).min(MAX_FRAMES);
     ev.stack = frames as i32;
+    if fp.is_some() {
+        if let Some(next) = NEXT_REF.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            let count = unsafe {
+                *next += 1;
+                *next
+            };
+            // SAFETY: helper without preconditions.
+            let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+            ev.stack_ref = ((cpu + 1) << 48) | (count & 0xffff_ffff_ffff);
+        }
+    }
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     rec.ev = ev;
@@ -182,15 +201,13 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<[u64; 
     let bytes = unsafe { core::slice::from_raw_parts((rec as *const Record).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, wake_flags()).is_err() {
         bump(Counter::RingbufDrops);
-        let _ = LAST_STACK.remove(&tid);
         return;
     }
-    match fp {
-        Some(words) => {
-            let _ = LAST_STACK.insert(&tid, &Fingerprint { words, uses: 0 }, 0);
-        }
-        None => {
-            let _ = LAST_STACK.remove(&tid);
-        }
+    if let (Some(words), true) = (fp.as_ref(), ev.stack_ref != 0) {
+        let known = StackRef {
+            id: ev.stack_ref,
+            uses: 0,
+        };
+        let _ = STACK_IDS.insert(words, &known, 0);
     }
 }
