@@ -159,6 +159,23 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The eBPF crate only builds for the BPF target, so it has its own run.
+    run(Command::new("rustup")
+        .current_dir(root.join("memtrace-ebpf"))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     let memtrace = build_memtrace(root)?;
     let versions = fixtures::versions(all_go);
     let built = fixtures::build(root, &env, &versions)?;

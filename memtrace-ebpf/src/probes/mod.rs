@@ -68,7 +68,7 @@ pub fn current_target() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     // SAFETY: the value is only tested for presence.
-    if unsafe { TARGETS.get(&tgid) }.is_some() {
+    if unsafe { TARGETS.get(tgid) }.is_some() {
         Some((tgid, id as u32))
     } else {
         None
@@ -208,6 +208,6 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<[u64; 
             id: ev.stack_ref,
             uses: 0,
         };
-        let _ = STACK_IDS.insert(words, &known, 0);
+        let _ = STACK_IDS.insert(words, known, 0);
     }
 }
