@@ -132,10 +132,6 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-pub fn exists(path: &Path) -> bool {
-    path.exists()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,17 +105,22 @@ pub fn fixture_value(stdout: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("fixture printed no {key}= in {stdout:?}"))
 }
 
-/// Names of loaded BPF programs (from bpftool).
-pub fn bpf_program_names() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
+/// Runs a helper command to completion and asserts it succeeded.
+pub fn output_ok(cmd: &mut Command) -> Output {
+    let out = cmd
         .output()
-        .expect("running bpftool");
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "bpftool failed: {}",
+        "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Names of loaded BPF programs (from bpftool).
+pub fn bpf_program_names() -> Vec<String> {
+    let out = output_ok(Command::new("bpftool").args(["-j", "prog", "show"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     v.as_array()
         .unwrap()

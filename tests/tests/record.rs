@@ -17,17 +17,12 @@ fn leaf(frames: &[String]) -> &str {
 }
 
 fn pprof_top(go: &std::path::Path, profile: &std::path::Path) -> String {
-    let out = Command::new(go)
-        .args(["tool", "pprof", "-top"])
-        .arg(profile)
-        .env("GOTOOLCHAIN", "local")
-        .env("PPROF_TMPDIR", std::env::temp_dir())
-        .output()
-        .expect("running go tool pprof");
-    assert!(
-        out.status.success(),
-        "go tool pprof failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new(go)
+            .args(["tool", "pprof", "-top"])
+            .arg(profile)
+            .env("GOTOOLCHAIN", "local")
+            .env("PPROF_TMPDIR", std::env::temp_dir()),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

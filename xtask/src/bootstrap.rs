@@ -79,12 +79,15 @@ fn nightly() -> anyhow::Result<()> {
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
         .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+            let out = String::from_utf8_lossy(&o.stdout);
+            o.status.success() && out.contains("rust-src") && out.contains("clippy")
         });
     if has_src {
         return Ok(());
     }
-    eprintln!("xtask: installing nightly rust-src (the eBPF crate needs -Z build-std=core)");
+    eprintln!(
+        "xtask: installing nightly rust-src and clippy (the eBPF crate needs -Z build-std=core)"
+    );
     if !quiet(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
         sh(Command::new("rustup").args([
             "toolchain",
@@ -94,7 +97,14 @@ fn nightly() -> anyhow::Result<()> {
             "minimal",
         ]))?;
     }
-    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    sh(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "clippy",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

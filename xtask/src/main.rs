@@ -139,26 +139,32 @@ fn demo(root: &Path, secs: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Crates built for the host; the end-to-end tests come last.
+const HOST_CRATES: &[&str] = &[
+    "memtrace-common",
+    "memtrace-user",
+    "xtask",
+    "memtrace-tests",
+];
+
+/// `-p NAME` for each crate.
+fn packages(names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .flat_map(|n| ["-p".to_string(), n.to_string()])
+        .collect()
+}
+
 fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
     let env = bootstrap::run_env(root)?;
     run(cargo()
         .current_dir(root)
         .args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().current_dir(root).args([
-        "clippy",
-        "-p",
-        "memtrace-common",
-        "-p",
-        "memtrace-user",
-        "-p",
-        "xtask",
-        "-p",
-        "memtrace-tests",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(cargo()
+        .current_dir(root)
+        .arg("clippy")
+        .args(packages(HOST_CRATES))
+        .args(["--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate only builds for the BPF target, so it has its own run.
     run(Command::new("rustup")
         .current_dir(root.join("memtrace-ebpf"))
@@ -179,15 +185,11 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
     let memtrace = build_memtrace(root)?;
     let versions = fixtures::versions(all_go);
     let built = fixtures::build(root, &env, &versions)?;
-    run(cargo().current_dir(root).args([
-        "test",
-        "-p",
-        "memtrace-common",
-        "-p",
-        "memtrace-user",
-        "-p",
-        "xtask",
-    ]))?;
+    // Unit tests; the end-to-end crate runs next, with its environment.
+    run(cargo()
+        .current_dir(root)
+        .arg("test")
+        .args(packages(&HOST_CRATES[..3])))?;
     run(cargo()
         .current_dir(root)
         .args([
