@@ -1,7 +1,7 @@
 //! Reading what `/proc` says about a target. Parsers are pure (they take the
 //! file's text) so they are unit-tested without a live process.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::TargetError;
 
@@ -135,6 +135,7 @@ pub fn is_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_maps_lines() {
