@@ -126,7 +126,7 @@ fn demo(root: &Path, secs: u64) -> anyhow::Result<()> {
         "--pid",
         &child.id().to_string(),
         "--lens",
-        "mmap,alloc-exact",
+        "rss,mmap,alloc-exact",
         "--duration",
         &secs.to_string(),
         "--out",
