@@ -11,6 +11,7 @@ pub mod goruntime;
 pub mod launch;
 pub mod lens;
 pub mod loader;
+pub mod memprof;
 pub mod preflight;
 pub mod procfs;
 pub mod render;
