@@ -127,17 +127,20 @@ impl Resolver {
         self.stacks.len()
     }
 
+    /// Interns a stack from elsewhere (frames leaf first, the first one an
+    /// exact pc) and returns its id.
+    pub fn intern(&mut self, tgid: u32, frames: Vec<u64>) -> i32 {
+        let next = self.stacks.len() as i32 + 1;
+        *self.ids.entry((tgid, frames)).or_insert_with_key(|(_, f)| {
+            self.stacks.push(f.clone());
+            next
+        })
+    }
+
     fn key(&mut self, ev: &Event, frames: Vec<u64>) -> StackKey {
         let id = match ev.stack {
             n if n > 0 => {
-                let next = self.stacks.len() as i32 + 1;
-                let id = *self
-                    .ids
-                    .entry((ev.tgid, frames))
-                    .or_insert_with_key(|(_, f)| {
-                        self.stacks.push(f.clone());
-                        next
-                    });
+                let id = self.intern(ev.tgid, frames);
                 if ev.stack_ref != 0 {
                     self.refs.insert(ev.stack_ref, id);
                 }

@@ -30,6 +30,10 @@ pub struct GoBinary {
     pub alloc_points: Vec<ProbePoint>,
     /// Link-time address of `runtime.allgs` (for goroutine stack sizes).
     pub allgs: Option<u64>,
+    /// Link-time addresses of `runtime.MemProfileRate` and
+    /// `runtime.mbuckets` (the alloc and heap lenses).
+    pub mem_profile_rate: Option<u64>,
+    pub mbuckets: Option<u64>,
     /// Whether the binary is position independent (ET_DYN).
     pub pie: bool,
     /// Lowest PT_LOAD virtual address, page aligned (for PIE load bias).
@@ -73,6 +77,10 @@ impl GoBinary {
             go_version,
             alloc_points,
             allgs: file.symbol_by_name("runtime.allgs").map(|s| s.address()),
+            mem_profile_rate: file
+                .symbol_by_name("runtime.MemProfileRate")
+                .map(|s| s.address()),
+            mbuckets: file.symbol_by_name("runtime.mbuckets").map(|s| s.address()),
             pie: file.kind() == object::ObjectKind::Dynamic,
             first_load,
         })

@@ -35,7 +35,10 @@ impl Lens {
     }
 
     pub fn implemented(self) -> bool {
-        matches!(self, Lens::Rss | Lens::Mmap | Lens::AllocExact)
+        matches!(
+            self,
+            Lens::Rss | Lens::Mmap | Lens::Alloc | Lens::AllocExact | Lens::Heap
+        )
     }
 
     /// Tracepoints the lens needs: `(program, category, event)`.
@@ -83,7 +86,7 @@ impl fmt::Display for Lens {
 pub enum LensError {
     #[error("unknown lens `{0}`: choose from rss, mmap, alloc, alloc-exact, heap, goroutines")]
     Unknown(String),
-    #[error("lens `{0}` is not available in this version of memtrace: use --lens rss, mmap or alloc-exact")]
+    #[error("lens `{0}` is not available in this version of memtrace: use --lens rss, mmap, alloc, alloc-exact or heap")]
     NotYet(Lens),
 }
 
@@ -110,7 +113,11 @@ mod tests {
         assert_eq!("alloc-exact".parse::<Lens>(), Ok(Lens::AllocExact));
         assert_eq!("mmap".parse::<Lens>(), Ok(Lens::Mmap));
         assert_eq!("rss".parse::<Lens>(), Ok(Lens::Rss));
-        assert_eq!("heap".parse::<Lens>(), Err(LensError::NotYet(Lens::Heap)));
+        assert_eq!("heap".parse::<Lens>(), Ok(Lens::Heap));
+        assert_eq!(
+            "goroutines".parse::<Lens>(),
+            Err(LensError::NotYet(Lens::Goroutines))
+        );
         assert!(matches!(
             "bogus".parse::<Lens>(),
             Err(LensError::Unknown(_))

@@ -75,11 +75,16 @@ fn word(read: &ReadMem<'_>, addr: u64) -> std::io::Result<u64> {
 }
 
 fn words(b: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+    b.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
 }
 
 /// Walks the bucket list starting at `*mbuckets`.
-pub fn read_buckets(read: &ReadMem<'_>, mbuckets: u64, cycle_words: usize) -> std::io::Result<Vec<Bucket>> {
+pub fn read_buckets(
+    read: &ReadMem<'_>,
+    mbuckets: u64,
+    cycle_words: usize,
+) -> std::io::Result<Vec<Bucket>> {
     let mut out = Vec::new();
     let mut b = word(read, mbuckets)?;
     while b != 0 && out.len() < MAX_BUCKETS {
@@ -88,7 +93,9 @@ pub fn read_buckets(read: &ReadMem<'_>, mbuckets: u64, cycle_words: usize) -> st
         let h: Vec<u64> = words(&hdr).collect();
         let (allnext, typ, size, nstk) = (h[1], h[2], h[4], h[5]);
         if typ != MEM_PROFILE || nstk > MAX_STACK {
-            return Err(std::io::Error::other(format!("unexpected memory-profile bucket at {b:#x}")));
+            return Err(std::io::Error::other(format!(
+                "unexpected memory-profile bucket at {b:#x}"
+            )));
         }
         let mut rest = vec![0u8; (nstk as usize + 4 * cycle_words) * 8];
         read(b + 48, &mut rest)?;
@@ -98,14 +105,28 @@ pub fn read_buckets(read: &ReadMem<'_>, mbuckets: u64, cycle_words: usize) -> st
             .chunks_exact(cycle_words)
             .map(|c| {
                 let (allocs, frees) = (c[0], c[1]);
-                let (alloc_bytes, free_bytes) =
-                    if cycle_words >= 4 { (c[2], c[3]) } else { (allocs * size, frees * size) };
-                Cycle { allocs, frees, alloc_bytes, free_bytes }
+                let (alloc_bytes, free_bytes) = if cycle_words >= 4 {
+                    (c[2], c[3])
+                } else {
+                    (allocs * size, frees * size)
+                };
+                Cycle {
+                    allocs,
+                    frees,
+                    alloc_bytes,
+                    free_bytes,
+                }
             })
             .collect();
         let mut total = Cycle::default();
         cycles.iter().for_each(|c| total.add(c));
-        out.push(Bucket { addr: b, stack, size, active: cycles[0], total });
+        out.push(Bucket {
+            addr: b,
+            stack,
+            size,
+            active: cycles[0],
+            total,
+        });
         b = allnext;
     }
     Ok(out)
@@ -122,11 +143,18 @@ pub fn scale(count: u64, bytes: u64, rate: u64) -> (u64, u64) {
     }
     let avg = bytes as f64 / count as f64;
     let s = 1.0 / (1.0 - (-avg / rate as f64).exp());
-    ((count as f64 * s).round() as u64, (bytes as f64 * s).round() as u64)
+    (
+        (count as f64 * s).round() as u64,
+        (bytes as f64 * s).round() as u64,
+    )
 }
 
 /// Estimated allocations per bucket between two snapshots: (objects, bytes).
-pub fn alloc_delta<'a>(start: &[Bucket], end: &'a [Bucket], rate: u64) -> Vec<(&'a [u64], u64, u64)> {
+pub fn alloc_delta<'a>(
+    start: &[Bucket],
+    end: &'a [Bucket],
+    rate: u64,
+) -> Vec<(&'a [u64], u64, u64)> {
     let before: HashMap<u64, &Cycle> = start.iter().map(|b| (b.addr, &b.total)).collect();
     end.iter()
         .filter_map(|b| {
@@ -140,12 +168,15 @@ pub fn alloc_delta<'a>(start: &[Bucket], end: &'a [Bucket], rate: u64) -> Vec<(&
         .collect()
 }
 
-/// Estimated live heap per bucket as of the last GC: (objects, bytes).
+/// Estimated live heap per bucket: (objects, bytes). Like pprof, it counts
+/// allocations as of the last completed GC; unlike pprof, it also subtracts
+/// the frees the sweeper recorded since, so garbage of the last cycle that is
+/// already freed does not show as live.
 pub fn inuse(end: &[Bucket], rate: u64) -> Vec<(&'_ [u64], u64, u64)> {
     end.iter()
         .filter_map(|b| {
-            let n = b.active.allocs.saturating_sub(b.active.frees);
-            let bytes = b.active.alloc_bytes.saturating_sub(b.active.free_bytes);
+            let n = b.active.allocs.saturating_sub(b.total.frees);
+            let bytes = b.active.alloc_bytes.saturating_sub(b.total.free_bytes);
             let (n, bytes) = scale(n, bytes, rate);
             (bytes > 0).then_some((b.stack.as_slice(), bytes, n))
         })
@@ -156,8 +187,12 @@ pub fn inuse(end: &[Bucket], rate: u64) -> Vec<(&'_ [u64], u64, u64)> {
 mod tests {
     use super::*;
 
+    /// A fake bucket: stack, object size, and (allocs, frees) of the active
+    /// and three future cycles.
+    type FakeBucket = (Vec<u64>, u64, [[u64; 2]; 4]);
+
     /// Lays out buckets as the runtime does, at fake addresses.
-    fn memory(buckets: &[(Vec<u64>, u64, [[u64; 2]; 4])], cycle_words: usize) -> (HashMap<u64, Vec<u8>>, u64) {
+    fn memory(buckets: &[FakeBucket], cycle_words: usize) -> (HashMap<u64, Vec<u8>>, u64) {
         let mut mem = HashMap::new();
         let base = 0x10_0000u64;
         let mut addrs = Vec::new();
@@ -209,7 +244,11 @@ mod tests {
         for cw in [2, 4] {
             let (mem, head) = memory(
                 &[
-                    (vec![0x401000, 0x402000], 64, [[10, 4], [1, 0], [2, 1], [0, 0]]),
+                    (
+                        vec![0x401000, 0x402000],
+                        64,
+                        [[10, 4], [1, 0], [2, 1], [0, 0]],
+                    ),
                     (vec![0x403000], 1024, [[3, 0], [0, 0], [0, 0], [5, 0]]),
                 ],
                 cw,
@@ -218,12 +257,21 @@ mod tests {
             let b = read_buckets(&r, head, cw).unwrap();
             assert_eq!(b.len(), 2);
             assert_eq!(b[0].stack, vec![0x401000, 0x402000]);
-            assert_eq!(b[0].active, Cycle { allocs: 10, frees: 4, alloc_bytes: 640, free_bytes: 256 });
+            assert_eq!(
+                b[0].active,
+                Cycle {
+                    allocs: 10,
+                    frees: 4,
+                    alloc_bytes: 640,
+                    free_bytes: 256
+                }
+            );
             assert_eq!(b[0].total.allocs, 13);
             assert_eq!(b[1].total.alloc_bytes, 8 * 1024);
             // rate 1 = every allocation sampled: no scaling.
+            // Published: 10 allocs; frees so far: 4 + 0 + 1 + 0.
             let live = inuse(&b, 1);
-            assert_eq!(live[0], (&[0x401000u64, 0x402000][..], 6 * 64, 6));
+            assert_eq!(live[0], (&[0x401000u64, 0x402000][..], 5 * 64, 5));
             let grown = alloc_delta(&b[..1], &b, 1);
             assert_eq!(grown.len(), 1, "unchanged buckets are left out");
             assert_eq!(grown[0], (&[0x403000u64][..], 8 * 1024, 8));

@@ -96,8 +96,11 @@ fn neither_pid_nor_command() {
 
 #[test]
 fn lens_not_available_yet() {
-    let o = run_memtrace(&["record", "--lens", "heap", "--pid", "1"], &[]);
+    let o = run_memtrace(&["record", "--lens", "goroutines", "--pid", "1"], &[]);
     assert_ne!(o.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("lens `heap` is not available"), "{stderr}");
+    assert!(
+        stderr.contains("lens `goroutines` is not available"),
+        "{stderr}"
+    );
 }

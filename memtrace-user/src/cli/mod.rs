@@ -1,6 +1,7 @@
 //! Command line: one module per subcommand, dispatched from [`Cli::execute`].
 
 pub mod record;
+mod runtime_profile;
 
 use clap::{Parser, Subcommand};
 

@@ -11,6 +11,7 @@ use memtrace_common::Counter;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::runtime_profile::RuntimeProfile;
 use crate::aggregate::{Aggregator, AllocAgg, MmapAgg, RssAgg, Thp};
 use crate::breakdown::{self, Breakdown};
 use crate::decode::Resolver;
@@ -18,6 +19,7 @@ use crate::goruntime::GoBinary;
 use crate::launch;
 use crate::lens::Lens;
 use crate::loader::Tracer;
+use crate::memprof;
 use crate::preflight;
 use crate::procfs;
 use crate::render::summary::{self, Counters, SizePercentiles, Summary};
@@ -42,6 +44,12 @@ pub struct RecordArgs {
     /// Directory for the report.
     #[arg(long, default_value = "./memtrace-out")]
     pub out: PathBuf,
+    /// alloc/heap lenses: the sampling rate (bytes per sample, on average)
+    /// memtrace sets for the window when the target's runtime.MemProfileRate
+    /// is 0, as it is in programs that do not link pprof. A nonzero rate in
+    /// the target is used as it is.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub memprofile_rate: u64,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -56,6 +64,8 @@ struct Target {
     exited: Option<i32>,
     vmrss_start: Option<u64>,
     timeline: Vec<Point>,
+    /// The runtime's memory profile (alloc and heap lenses).
+    profile: Option<RuntimeProfile>,
 }
 
 impl Target {
@@ -82,7 +92,38 @@ impl Target {
                 procfs::read_status(pid).map(|s| s.vm_rss)
             },
             timeline: Vec::new(),
+            profile: None,
         }
+    }
+
+    /// The executable's mappings, once the process runs it.
+    fn exe_maps(&self) -> Vec<crate::procfs::MapEntry> {
+        self.image
+            .maps
+            .iter()
+            .flatten()
+            .filter(|m| m.path.as_deref() == Some(self.exe.as_path()))
+            .cloned()
+            .collect()
+    }
+
+    /// Starts the runtime memory profile once the process runs the binary.
+    fn start_profile(&mut self) -> anyhow::Result<()> {
+        if self.profile.as_ref().is_none_or(|p| p.started()) {
+            return Ok(());
+        }
+        if procfs::exe_path(self.pid).ok().as_deref() != Some(self.exe.as_path()) {
+            return Ok(()); // not exec'd yet
+        }
+        if self.image.maps.is_none() {
+            self.image.maps = procfs::read_maps(self.pid);
+        }
+        let exe_maps = self.exe_maps();
+        let (pid, bin) = (self.pid, &self.bin);
+        let p = self.profile.as_mut().expect("checked above");
+        p.start(bin, &exe_maps).with_context(|| {
+            format!("reading the Go memory profile of pid {pid} (alloc/heap lenses)")
+        })
     }
 
     fn sample(&mut self, t: f64) {
@@ -113,14 +154,7 @@ impl Target {
             return None;
         }
         let smaps = std::fs::read_to_string(procfs::proc_dir(self.pid).join("smaps")).ok()?;
-        let exe_maps: Vec<_> = self
-            .image
-            .maps
-            .iter()
-            .flatten()
-            .filter(|m| m.path.as_deref() == Some(self.exe.as_path()))
-            .cloned()
-            .collect();
+        let exe_maps = self.exe_maps();
         let stacks = self
             .bin
             .allgs
@@ -146,6 +180,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let want_alloc = lenses.contains(&Lens::AllocExact);
     let want_mmap = lenses.contains(&Lens::Mmap);
     let want_rss = lenses.contains(&Lens::Rss);
+    let want_profile = lenses.contains(&Lens::Alloc) || lenses.contains(&Lens::Heap);
 
     let mut tracepoints: Vec<(&'static str, &str, &str)> = lenses
         .iter()
@@ -252,6 +287,15 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         }),
         events: 0,
     };
+    if want_profile {
+        for t in targets.iter_mut() {
+            t.profile = Some(RuntimeProfile::new(t.pid, &t.bin, args.memprofile_rate)?);
+            // Attached targets start now; launched ones once they exec.
+            if !t.launched {
+                t.start_profile()?;
+            }
+        }
+    }
     let started = Instant::now();
     if let Some(g) = gate {
         g.release();
@@ -273,9 +317,44 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let counters = tracer.counters();
     let mut vmrss_end = HashMap::new();
     let mut breakdowns = HashMap::new();
+    let mut profile_cells: HashMap<
+        Lens,
+        HashMap<crate::aggregate::StackKey, crate::aggregate::Cell>,
+    > = HashMap::new();
+    let mut profile_rates = Vec::new();
     for t in targets.iter_mut() {
         if t.exited.is_none() {
             t.sample(duration_secs);
+        }
+        if let Some(p) = t.profile.as_mut() {
+            p.finish();
+            profile_rates.push(p.rate);
+            if let (Some(start), Some(end)) = (&p.start, &p.last) {
+                let by_lens = [
+                    (Lens::Alloc, memprof::alloc_delta(start, end, p.rate)),
+                    (Lens::Heap, memprof::inuse(end, p.rate)),
+                ];
+                for (lens, rows) in by_lens {
+                    let cells = profile_cells.entry(lens).or_default();
+                    for (stack, bytes, objects) in rows {
+                        // Bucket stacks hold return addresses: make the
+                        // first one point into the call, like a pc.
+                        let mut frames = stack.to_vec();
+                        if let Some(f) = frames.first_mut() {
+                            *f = f.saturating_sub(1);
+                        }
+                        let id = resolver.intern(t.pid, frames);
+                        let c = cells.entry((t.pid, id)).or_default();
+                        c.bytes += bytes;
+                        c.objects += objects;
+                    }
+                }
+            } else {
+                eprintln!(
+                    "memtrace: warning: pid {}: no memory-profile snapshot at the end of the window; the alloc and heap lenses are empty for it",
+                    t.pid
+                );
+            }
         }
         vmrss_end.insert(t.pid, t.timeline.last().map(|p| p.vm_rss));
         breakdowns.insert(t.pid, t.breakdown());
@@ -359,7 +438,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                     ]),
                 )
             }
-            _ => unreachable!("only implemented lenses parse"),
+            Lens::Alloc | Lens::Heap => (
+                profile_cells.remove(lens).unwrap_or_default(),
+                BTreeMap::from([(
+                    "sample_rate_bytes".to_string(),
+                    serde_json::json!(profile_rates.first().copied().unwrap_or(0)),
+                )]),
+            ),
+            Lens::Goroutines => unreachable!("only implemented lenses parse"),
         };
         let p = report::build_profile(
             *lens,
@@ -594,6 +680,12 @@ async fn stream(
                     let t_now = start.elapsed().as_secs_f64();
                     for t in targets.iter_mut().filter(|t| t.exited.is_none()) {
                         t.sample(t_now);
+                        if let Err(e) = t.start_profile() {
+                            log::warn!("{e:#}");
+                        }
+                        if let Some(p) = t.profile.as_mut() {
+                            p.tick();
+                        }
                         if let Some(r) = agg.rss.as_mut().filter(|r| r.thp == Thp::Always) {
                             r.set_anon_vmas(t.pid, t.anon_vmas());
                         }
