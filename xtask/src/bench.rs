@@ -1,15 +1,25 @@
 //! `cargo xtask bench`: slowdown of each lens on an allocation-heavy Go
-//! fixture, against the untraced run, measured in one go. Runs interleave
-//! (untraced, lens A, lens B, …) so machine noise hits every variant alike;
-//! the table shows medians. The fixture times its own allocation phase, so
-//! memtrace's start-up and report writing are not counted.
+//! fixture, against the untraced run and against bpftrace doing the same
+//! probe, measured in one go. Runs interleave (untraced, lens A, lens B, …)
+//! so machine noise hits every variant alike; the table shows medians. The
+//! fixture times its own allocation phase, so memtrace's start-up and report
+//! writing are not counted. For memtrace rows it also samples memtrace's own
+//! CPU time and peak RSS from /proc while it runs.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
 const RUNS: usize = 5;
+const BIG: u64 = 1_000_000;
+/// Every-allocation probing costs ~10 µs per hit: a smaller run keeps the
+/// bench short; ratios are per allocation, so they compare.
+const SMALL: u64 = 100_000;
+/// The fixture sleeps this long before allocating, so that lenses that start
+/// sampling after exec (alloc, heap) are on when the loop runs.
+const WAIT: &str = "1500ms";
 
 /// How a variant runs the fixture.
 enum Runner {
@@ -25,6 +35,11 @@ struct Variant {
     runner: Runner,
     objects: u64,
     times: Vec<f64>,
+    /// memtrace's own CPU seconds per second of its run.
+    cpu: Vec<f64>,
+    peak_rss_kib: Vec<u64>,
+    /// (events per second, dropped events) from summary.json.
+    events: Vec<(f64, u64)>,
 }
 
 fn alloc_ns(stdout: &str) -> anyhow::Result<f64> {
@@ -36,21 +51,75 @@ fn alloc_ns(stdout: &str) -> anyhow::Result<f64> {
 }
 
 fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
 }
 
+/// Own CPU ticks (utime + stime) of a live process.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Runs memtrace to completion, sampling its own CPU and peak RSS.
+fn run_sampled(cmd: &mut Command) -> anyhow::Result<(std::process::Output, f64, u64)> {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let pid = child.id();
+    let (mut ticks, mut hwm) = (0, 0);
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stdout }, &mut s);
+        s
+    });
+    while child.try_wait()?.is_none() {
+        ticks = cpu_ticks(pid).unwrap_or(ticks);
+        hwm = peak_rss_kib(pid).unwrap_or(hwm);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let out = child.wait_with_output()?;
+    let stdout = reader.join().unwrap_or_default();
+    // USER_HZ, the unit of /proc/PID/stat times, is 100 on Linux.
+    let hz = 100.0;
+    let cpu = ticks as f64 / hz / wall;
+    Ok((
+        std::process::Output {
+            stdout: stdout.into_bytes(),
+            ..out
+        },
+        cpu,
+        hwm,
+    ))
+}
+
 pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
-    const BIG: u64 = 1_000_000;
-    // Every-allocation probing costs ~10 µs per hit: a smaller run for it
-    // keeps the bench short; ratios are per allocation, so they compare.
-    const SMALL: u64 = 100_000;
+    let bpftrace_alloc = "uprobe:{bin}:runtime.mallocgc, uprobe:{bin}:runtime.mallocgcTinySC*, \
+         uprobe:{bin}:runtime.mallocgcSmallNoScanSC*, uprobe:{bin}:runtime.mallocgcSmallScanNoHeaderSC* \
+         /pid == cpid/ { @[ustack] = count(); }";
     let v = |name, runner, objects| Variant {
         name,
         runner,
         objects,
         times: vec![],
+        cpu: vec![],
+        peak_rss_kib: vec![],
+        events: vec![],
     };
     let mut variants = vec![
         v("untraced", Runner::Untraced, BIG),
@@ -63,6 +132,8 @@ pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
             BIG,
         ),
         v("memtrace mmap", Runner::Memtrace("mmap"), BIG),
+        v("memtrace alloc", Runner::Memtrace("alloc"), BIG),
+        v("memtrace heap", Runner::Memtrace("heap"), BIG),
         v("untraced (small)", Runner::Untraced, SMALL),
         v(
             "memtrace alloc-exact (small)",
@@ -70,10 +141,8 @@ pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
             SMALL,
         ),
         v(
-            "bpftrace mallocgc+ustack (small)",
-            Runner::Bpftrace(
-                "uprobe:{bin}:runtime.mallocgc /pid == cpid/ { @[ustack] = count(); }",
-            ),
+            "bpftrace allocators+ustack (small)",
+            Runner::Bpftrace(bpftrace_alloc),
             SMALL,
         ),
     ];
@@ -81,16 +150,38 @@ pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
         eprintln!("xtask: bench round {}/{RUNS}", round + 1);
         for v in &mut variants {
             let objects = v.objects.to_string();
-            let fixture_args = ["-objects", objects.as_str(), "-maps", "0", "-inlined", "0"];
+            let fixture_args = [
+                "-objects",
+                objects.as_str(),
+                "-maps",
+                "0",
+                "-inlined",
+                "0",
+                "-wait",
+                WAIT,
+            ];
             let output = match v.runner {
                 Runner::Untraced => Command::new(fixture).args(fixture_args).output()?,
-                Runner::Memtrace(lens) => Command::new(memtrace)
-                    .args(["record", "--lens", lens, "--out"])
-                    .arg(out.join(lens))
-                    .arg("--")
-                    .arg(fixture)
-                    .args(fixture_args)
-                    .output()?,
+                Runner::Memtrace(lens) => {
+                    let dir = out.join(lens);
+                    let (o, cpu, hwm) = run_sampled(
+                        Command::new(memtrace)
+                            .args(["record", "--lens", lens, "--out"])
+                            .arg(&dir)
+                            .arg("--")
+                            .arg(fixture)
+                            .args(fixture_args),
+                    )?;
+                    v.cpu.push(cpu);
+                    v.peak_rss_kib.push(hwm);
+                    let summary: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+                    let events = summary["counters"]["events"].as_f64().unwrap_or(0.0);
+                    let secs = summary["duration_secs"].as_f64().unwrap_or(1.0);
+                    let drops = summary["dropped_events"].as_u64().unwrap_or(0);
+                    v.events.push((events / secs, drops));
+                    o
+                }
                 Runner::Bpftrace(prog) => Command::new("bpftrace")
                     .arg("-e")
                     .arg(prog.replace("{bin}", &fixture.to_string_lossy()))
@@ -122,8 +213,8 @@ pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
         "\nallocation-heavy fixture (64-byte objects kept live), median of {RUNS} interleaved runs"
     );
     println!(
-        "{:<34} {:>10} {:>14} {:>10}",
-        "variant", "objects", "alloc phase", "slowdown"
+        "{:<36} {:>9} {:>12} {:>9} {:>10} {:>10} {:>11} {:>7}",
+        "variant", "objects", "alloc phase", "slowdown", "own CPU", "peak RSS", "events/s", "drops"
     );
     for v in &variants {
         let m = median(&v.times);
@@ -132,13 +223,36 @@ pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
         } else {
             base_small
         };
+        let (cpu, rss) = if v.cpu.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let rss = median(&v.peak_rss_kib.iter().map(|k| *k as f64).collect::<Vec<_>>());
+            (
+                format!("{:.2} core", median(&v.cpu)),
+                format!("{:.0} MiB", rss / 1024.0),
+            )
+        };
+        let (eps, drops) = if v.events.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let eps = median(&v.events.iter().map(|e| e.0).collect::<Vec<_>>());
+            (
+                format!("{eps:.0}"),
+                v.events.iter().map(|e| e.1).sum::<u64>().to_string(),
+            )
+        };
         println!(
-            "{:<34} {:>10} {:>11.1} ms {:>9.2}x",
+            "{:<36} {:>9} {:>9.1} ms {:>8.2}x {:>10} {:>10} {:>11} {:>7}",
             v.name,
             v.objects,
             m / 1e6,
-            m / b
+            m / b,
+            cpu,
+            rss,
+            eps,
+            drops
         );
     }
+    println!("(own CPU and peak RSS are memtrace's, over its whole run including start-up and the report)");
     Ok(())
 }
