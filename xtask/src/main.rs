@@ -186,23 +186,71 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
     let versions = fixtures::versions(all_go);
     let built = fixtures::build(root, &env, &versions)?;
     // Unit tests; the end-to-end crate runs next, with its environment.
-    run(cargo()
-        .current_dir(root)
-        .arg("test")
-        .args(packages(&HOST_CRATES[..3])))?;
-    run(cargo()
-        .current_dir(root)
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "memtrace-tests",
-            "--",
-            "--test-threads=1",
-        ])
-        .env("MEMTRACE_BIN", &memtrace)
-        .env("MEMTRACE_FIXTURES", &built.root)
-        .env("MEMTRACE_GO_VERSIONS", versions.join(","))
-        .env("MEMTRACE_GO", &built.go_for_tools))?;
+    let mut tally = Tally::default();
+    tally.run(
+        cargo()
+            .current_dir(root)
+            .arg("test")
+            .args(packages(&HOST_CRATES[..3])),
+    )?;
+    tally.run(
+        cargo()
+            .current_dir(root)
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "memtrace-tests",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("MEMTRACE_BIN", &memtrace)
+            .env("MEMTRACE_FIXTURES", &built.root)
+            .env("MEMTRACE_GO_VERSIONS", versions.join(","))
+            .env("MEMTRACE_GO", &built.go_for_tools),
+    )?;
+    println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// Sums cargo test's per-binary "test result:" lines while passing the
+/// output through, so the run closes with one total.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn run(&mut self, cmd: &mut Command) -> anyhow::Result<()> {
+        use std::io::BufRead as _;
+        eprintln!("xtask: $ {}", show(cmd));
+        let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |key: &str| {
+                    rest.split(';')
+                        .find_map(|p| {
+                            p.trim()
+                                .strip_suffix(key)?
+                                .split_whitespace()
+                                .last()?
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .unwrap_or(0)
+                };
+                self.passed += count("passed");
+                self.failed += count("failed");
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{} failed with {status}", show(cmd));
+        }
+        Ok(())
+    }
 }
