@@ -168,12 +168,14 @@ fn alloc_points(path: &Path, file: &object::File<'_>) -> Result<Vec<ProbePoint>,
 }
 
 /// Offset, from the function start, of the first instruction after Go's
-/// frame setup (`PUSHQ BP; MOVQ SP, BP`). A probe there sees the caller in the
-/// frame-pointer chain and fires once even when `morestack` restarts the
-/// function (that re-runs the stack check, which comes before).
+/// frame setup: `PUSHQ BP; MOVQ SP, BP` (Go ≥ 1.21), or `SUBQ $n, SP;
+/// MOVQ BP, n-8(SP); LEAQ n-8(SP), BP` (older). A probe there sees the caller
+/// in the frame-pointer chain and fires once even when `morestack` restarts
+/// the function (that re-runs the stack check, which comes before).
 pub fn after_frame_setup(code: &[u8], ip: u64) -> Option<u64> {
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    let mut saw_push = false;
+    // The instruction before: `push rbp`, or the displacement of `mov [rsp+d], rbp`.
+    let mut saved_bp: Option<Option<u64>> = None;
     for _ in 0..8 {
         if !decoder.can_decode() {
             return None;
@@ -182,17 +184,33 @@ pub fn after_frame_setup(code: &[u8], ip: u64) -> Option<u64> {
         if insn.is_invalid() {
             return None;
         }
-        match insn.code() {
-            Code::Push_r64 if insn.op0_register() == Register::RBP => saw_push = true,
-            Code::Mov_rm64_r64 | Code::Mov_r64_rm64
-                if saw_push
+        let done = match insn.code() {
+            Code::Mov_rm64_r64 | Code::Mov_r64_rm64 => {
+                saved_bp == Some(None)
                     && insn.op0_register() == Register::RBP
-                    && insn.op1_register() == Register::RSP =>
-            {
-                return Some(insn.next_ip() - ip);
+                    && insn.op1_register() == Register::RSP
             }
-            _ => saw_push = false,
+            Code::Lea_r64_m => {
+                insn.op0_register() == Register::RBP
+                    && insn.memory_base() == Register::RSP
+                    && saved_bp == Some(Some(insn.memory_displacement64()))
+            }
+            _ => false,
+        };
+        if done {
+            return Some(insn.next_ip() - ip);
         }
+        saved_bp = match insn.code() {
+            Code::Push_r64 if insn.op0_register() == Register::RBP => Some(None),
+            Code::Mov_rm64_r64
+                if insn.op0_register() == Register::None
+                    && insn.memory_base() == Register::RSP
+                    && insn.op1_register() == Register::RBP =>
+            {
+                Some(Some(insn.memory_displacement64()))
+            }
+            _ => None,
+        };
     }
     None
 }
@@ -246,6 +264,20 @@ mod tests {
             0x00, 0x01, 0x00, 0x00, 0x55, 0x48, 0x89, 0xe5, 0x90,
         ];
         assert_eq!(after_frame_setup(&code, 0x1000), Some(22));
+    }
+
+    #[test]
+    fn go_1_19_frame_setup() {
+        // cmp 0x10(%r14),%rsp; jbe; sub $0x70,%rsp; mov %rbp,0x68(%rsp); lea 0x68(%rsp),%rbp
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0xbe, 0x08, 0x00, 0x00, 0x48, 0x83, 0xec, 0x70,
+            0x48, 0x89, 0x6c, 0x24, 0x68, 0x48, 0x8d, 0x6c, 0x24, 0x68, 0x83,
+        ];
+        assert_eq!(after_frame_setup(&code, 0x40bd80), Some(24));
+        // A lea of another slot is not the frame setup.
+        let mut other = code;
+        other[23] = 0x60;
+        assert_eq!(after_frame_setup(&other, 0x40bd80), None);
     }
 
     #[test]
