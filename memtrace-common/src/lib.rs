@@ -31,6 +31,13 @@ pub enum EventKind {
     BrkEnter = 9,
     /// `brk` returned the break `addr`.
     BrkExit = 10,
+    /// `runtime.newproc1` entered (the `go` statement's stack), `aux` = the
+    /// new goroutine's start PC.
+    GoCreate = 11,
+    /// `runtime.newproc1` returned the new goroutine `addr` (its `*g`).
+    GoCreated = 12,
+    /// `runtime.goexit0` for the goroutine `addr` (its `*g`).
+    GoExit = 13,
 }
 
 impl EventKind {
@@ -46,6 +53,9 @@ impl EventKind {
             8 => Self::MremapExit,
             9 => Self::BrkEnter,
             10 => Self::BrkExit,
+            11 => Self::GoCreate,
+            12 => Self::GoCreated,
+            13 => Self::GoExit,
             _ => return None,
         })
     }
@@ -139,10 +149,10 @@ mod tests {
 
     #[test]
     fn kind_round_trips() {
-        for v in 1..=10 {
+        for v in 1..=13 {
             assert_eq!(EventKind::from_u32(v).map(|k| k as u32), Some(v));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(11), None);
+        assert_eq!(EventKind::from_u32(14), None);
     }
 }

@@ -401,12 +401,64 @@ impl RssAgg {
     }
 }
 
+/// `goroutines`: live goroutines by creation stack (the `go` statement's,
+/// with the start function as leaf). Created and exited counts per stack.
+#[derive(Default)]
+pub struct GoroutineAgg {
+    live: HashMap<(u32, u64), StackKey>,
+    pub created: HashMap<StackKey, u64>,
+    pub exited: HashMap<StackKey, u64>,
+    /// Exits of goroutines neither seen created nor listed at attach.
+    pub unknown_exits: u64,
+}
+
+impl GoroutineAgg {
+    pub fn create(&mut self, key: StackKey, g: u64) {
+        self.live.insert((key.0, g), key);
+        *self.created.entry(key).or_default() += 1;
+    }
+
+    /// A goroutine that existed before tracing began.
+    pub fn existing(&mut self, key: StackKey, g: u64) {
+        self.live.entry((key.0, g)).or_insert(key);
+    }
+
+    pub fn exit(&mut self, pid: u32, g: u64) {
+        match self.live.remove(&(pid, g)) {
+            Some(k) => *self.exited.entry(k).or_default() += 1,
+            None => self.unknown_exits += 1,
+        }
+    }
+
+    pub fn live_count(&self, pid: u32) -> usize {
+        self.live.keys().filter(|(p, _)| *p == pid).count()
+    }
+
+    /// Live goroutines (`bytes` holds the count) by creation stack.
+    pub fn by_stack(&self) -> HashMap<StackKey, Cell> {
+        let mut out: HashMap<StackKey, Cell> = HashMap::new();
+        for k in self.live.values() {
+            out.entry(*k).or_default().bytes += 1;
+        }
+        out
+    }
+
+    /// Live goroutine pointers of a process.
+    pub fn live_of(&self, pid: u32) -> impl Iterator<Item = (u64, StackKey)> + '_ {
+        self.live
+            .iter()
+            .filter(move |((p, _), _)| *p == pid)
+            .map(|((_, g), k)| (*g, *k))
+    }
+}
+
 /// All lenses of one recording. Only the requested ones receive events.
 #[derive(Default)]
 pub struct Aggregator {
     pub alloc: Option<AllocAgg>,
     pub mmap: Option<MmapAgg>,
     pub rss: Option<RssAgg>,
+    pub goroutines: Option<GoroutineAgg>,
     pub events: u64,
 }
 
@@ -463,6 +515,16 @@ impl Aggregator {
             Op::Brk { result } => {
                 if let Some(rss) = self.rss.as_mut() {
                     rss.brk(pid, result);
+                }
+            }
+            Op::GoCreate { g, .. } => {
+                if let Some(gs) = self.goroutines.as_mut() {
+                    gs.create(key, g);
+                }
+            }
+            Op::GoExit { g } => {
+                if let Some(gs) = self.goroutines.as_mut() {
+                    gs.exit(pid, g);
                 }
             }
         }
@@ -617,6 +679,27 @@ mod tests {
         r.fault((1, 1), 0x7000);
         r.mmap(1, 0x7000, PAGE);
         assert!(r.by_stack().is_empty());
+    }
+
+    #[test]
+    fn goroutines_live_created_exited() {
+        let mut g = GoroutineAgg::default();
+        g.existing((1, 9), 0xa0);
+        for i in 0..5 {
+            g.create((1, 2), 0x100 + i);
+        }
+        g.create((1, 3), 0x200);
+        g.exit(1, 0x200);
+        g.exit(1, 0x100);
+        g.exit(1, 0xa0);
+        g.exit(1, 0xdead);
+        let live = g.by_stack();
+        assert_eq!(live[&(1, 2)].bytes, 4);
+        assert!(!live.contains_key(&(1, 3)) && !live.contains_key(&(1, 9)));
+        assert_eq!(g.created[&(1, 2)], 5);
+        assert_eq!(g.exited[&(1, 3)], 1);
+        assert_eq!(g.unknown_exits, 1);
+        assert_eq!(g.live_count(1), 4);
     }
 
     #[test]

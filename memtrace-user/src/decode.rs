@@ -50,6 +50,15 @@ pub enum Op {
     Brk {
         result: u64,
     },
+    /// A goroutine `g` was created, starting at `start_pc`.
+    GoCreate {
+        g: u64,
+        start_pc: u64,
+    },
+    /// The goroutine `g` exited.
+    GoExit {
+        g: u64,
+    },
 }
 
 /// An operation attributed to a process and stack.
@@ -137,6 +146,13 @@ impl Resolver {
         })
     }
 
+    /// The stack `key` with `pc` pushed as a new leaf frame.
+    pub fn with_leaf(&mut self, key: StackKey, pc: u64) -> StackKey {
+        let mut frames = vec![pc];
+        frames.extend(self.frames(key.1).unwrap_or_default());
+        (key.0, self.intern(key.0, frames))
+    }
+
     fn key(&mut self, ev: &Event, frames: Vec<u64>) -> StackKey {
         let id = match ev.stack {
             n if n > 0 => {
@@ -184,14 +200,22 @@ impl Resolver {
                 len: ev.size,
                 advice: ev.aux,
             },
-            EventKind::MmapEnter | EventKind::MremapEnter | EventKind::BrkEnter => {
+            EventKind::GoExit => Op::GoExit { g: ev.addr },
+            EventKind::MmapEnter
+            | EventKind::MremapEnter
+            | EventKind::BrkEnter
+            | EventKind::GoCreate => {
                 self.pending.insert(ev.tid, (key, kind, ev));
                 return None;
             }
-            EventKind::MmapExit | EventKind::MremapExit | EventKind::BrkExit => {
+            EventKind::MmapExit
+            | EventKind::MremapExit
+            | EventKind::BrkExit
+            | EventKind::GoCreated => {
                 let enter = match kind {
                     EventKind::MmapExit => EventKind::MmapEnter,
                     EventKind::MremapExit => EventKind::MremapEnter,
+                    EventKind::GoCreated => EventKind::GoCreate,
                     _ => EventKind::BrkEnter,
                 };
                 let Some((key, _, e)) =
@@ -212,6 +236,17 @@ impl Resolver {
                         new: ev.addr,
                         new_len: e.aux2,
                     },
+                    EventKind::GoCreated => {
+                        // The start function is the goroutine's leaf frame.
+                        let key = self.with_leaf(key, e.aux);
+                        return Some(Resolved {
+                            key,
+                            op: Op::GoCreate {
+                                g: ev.addr,
+                                start_pc: e.aux,
+                            },
+                        });
+                    }
                     _ => Op::Brk { result: ev.addr },
                 };
                 return Some(Resolved { key, op });

@@ -28,6 +28,10 @@ pub struct GoBinary {
     /// e.g. `go1.21.13`, or `unknown` when the build info is unreadable.
     pub go_version: String,
     pub alloc_points: Vec<ProbePoint>,
+    /// `runtime.g` field offsets, from DWARF (absent when stripped).
+    pub g_layout: Option<crate::gtypes::GLayout>,
+    /// Probe points of the goroutines lens, or why there are none.
+    pub goroutines: Result<GoroutinePoints, String>,
     /// Link-time address of `runtime.allgs` (for goroutine stack sizes).
     pub allgs: Option<u64>,
     /// Link-time addresses of `runtime.MemProfileRate` and
@@ -76,6 +80,8 @@ impl GoBinary {
             path: path.to_owned(),
             go_version,
             alloc_points,
+            goroutines: goroutine_points(path, &file).map_err(|e| e.to_string()),
+            g_layout: crate::gtypes::g_layout(data),
             allgs: file.symbol_by_name("runtime.allgs").map(|s| s.address()),
             mem_profile_rate: file
                 .symbol_by_name("runtime.MemProfileRate")
@@ -138,33 +144,134 @@ fn alloc_points(path: &Path, file: &object::File<'_>) -> Result<Vec<ProbePoint>,
     );
     syms.iter()
         .map(|(sym, size_floor)| {
-            let name = sym.name().unwrap_or_default().to_string();
-            let prologue_err = || TargetError::Prologue {
-                path: path.to_owned(),
-                symbol: name.clone(),
-            };
-            let section = sym
-                .section_index()
-                .and_then(|i| file.section_by_index(i).ok())
-                .ok_or_else(prologue_err)?;
-            let (sec_off, _) = section.file_range().ok_or_else(prologue_err)?;
-            let code = section.data().map_err(|_| prologue_err())?;
-            let start = sym
-                .address()
-                .checked_sub(section.address())
-                .ok_or_else(prologue_err)?;
-            let code = code.get(start as usize..).ok_or_else(prologue_err)?;
-            let skip = after_frame_setup(&code[..code.len().min(64)], sym.address())
-                .ok_or_else(prologue_err)?;
-            let vaddr = sym.address() + skip;
-            Ok(ProbePoint {
-                file_offset: vaddr - section.address() + sec_off,
-                vaddr,
-                symbol: name,
-                size_floor: *size_floor,
-            })
+            let mut p = after_prologue(path, file, sym)?;
+            p.size_floor = *size_floor;
+            Ok(p)
         })
         .collect()
+}
+
+/// The code of a function symbol, its section's address and file offset.
+fn function_code<'d>(
+    path: &Path,
+    file: &object::File<'d>,
+    sym: &object::Symbol<'d, '_>,
+) -> Result<(&'d [u8], u64, u64), TargetError> {
+    let name = sym.name().unwrap_or_default().to_string();
+    let err = || TargetError::Prologue {
+        path: path.to_owned(),
+        symbol: name.clone(),
+    };
+    let section = sym
+        .section_index()
+        .and_then(|i| file.section_by_index(i).ok())
+        .ok_or_else(err)?;
+    let (sec_off, _) = section.file_range().ok_or_else(err)?;
+    let data = section.data().map_err(|_| err())?;
+    let start = sym
+        .address()
+        .checked_sub(section.address())
+        .ok_or_else(err)? as usize;
+    let len = if sym.size() > 0 {
+        sym.size() as usize
+    } else {
+        64
+    };
+    let code = data
+        .get(start..(start + len).min(data.len()))
+        .ok_or_else(err)?;
+    Ok((code, section.address(), sec_off))
+}
+
+/// A probe point right after `sym`'s frame setup.
+fn after_prologue(
+    path: &Path,
+    file: &object::File<'_>,
+    sym: &object::Symbol<'_, '_>,
+) -> Result<ProbePoint, TargetError> {
+    let name = sym.name().unwrap_or_default().to_string();
+    let (code, sec_addr, sec_off) = function_code(path, file, sym)?;
+    let skip = after_frame_setup(&code[..code.len().min(64)], sym.address()).ok_or_else(|| {
+        TargetError::Prologue {
+            path: path.to_owned(),
+            symbol: name.clone(),
+        }
+    })?;
+    let vaddr = sym.address() + skip;
+    Ok(ProbePoint {
+        file_offset: vaddr - sec_addr + sec_off,
+        vaddr,
+        symbol: name,
+        size_floor: 0,
+    })
+}
+
+/// Probe points on every RET instruction of `sym` (to read a return value
+/// without a uretprobe, which Go's moving stacks do not survive).
+fn ret_points(
+    path: &Path,
+    file: &object::File<'_>,
+    sym: &object::Symbol<'_, '_>,
+) -> Result<Vec<ProbePoint>, TargetError> {
+    let name = sym.name().unwrap_or_default().to_string();
+    let (code, sec_addr, sec_off) = function_code(path, file, sym)?;
+    let points: Vec<ProbePoint> = ret_offsets(code, sym.address())
+        .into_iter()
+        .map(|off| {
+            let vaddr = sym.address() + off;
+            ProbePoint {
+                file_offset: vaddr - sec_addr + sec_off,
+                vaddr,
+                symbol: format!("{name} (ret)"),
+                size_floor: 0,
+            }
+        })
+        .collect();
+    if points.is_empty() {
+        return Err(TargetError::Prologue {
+            path: path.to_owned(),
+            symbol: name,
+        });
+    }
+    Ok(points)
+}
+
+/// Offsets of the RET instructions in a function's code.
+pub fn ret_offsets(code: &[u8], ip: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.code() == Code::Retnq {
+            out.push(insn.ip() - ip);
+        }
+    }
+    out
+}
+
+/// Where the goroutines lens probes: after `runtime.newproc1`'s prologue and
+/// on its RETs, and after `runtime.goexit0`'s prologue.
+#[derive(Clone, Debug)]
+pub struct GoroutinePoints {
+    pub newproc: ProbePoint,
+    pub newproc_rets: Vec<ProbePoint>,
+    pub goexit: ProbePoint,
+}
+
+fn goroutine_points(path: &Path, file: &object::File<'_>) -> Result<GoroutinePoints, TargetError> {
+    let sym = |name: &str| {
+        file.symbol_by_name(name)
+            .ok_or_else(|| TargetError::MissingSymbol {
+                path: path.to_owned(),
+                symbol: name.to_string(),
+            })
+    };
+    let newproc1 = sym("runtime.newproc1")?;
+    Ok(GoroutinePoints {
+        newproc: after_prologue(path, file, &newproc1)?,
+        newproc_rets: ret_points(path, file, &newproc1)?,
+        goexit: after_prologue(path, file, &sym("runtime.goexit0")?)?,
+    })
 }
 
 /// Offset, from the function start, of the first instruction after Go's
@@ -278,6 +385,14 @@ mod tests {
         let mut other = code;
         other[23] = 0x60;
         assert_eq!(after_frame_setup(&other, 0x40bd80), None);
+    }
+
+    #[test]
+    fn finds_ret_instructions() {
+        // push %rbp; mov %rsp,%rbp; pop %rbp; ret; int3
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3, 0xcc];
+        assert_eq!(ret_offsets(&code, 0x1000), vec![5]);
+        assert!(ret_offsets(&[0x90, 0x90], 0).is_empty());
     }
 
     #[test]

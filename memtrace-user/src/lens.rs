@@ -34,13 +34,6 @@ impl Lens {
         }
     }
 
-    pub fn implemented(self) -> bool {
-        matches!(
-            self,
-            Lens::Rss | Lens::Mmap | Lens::Alloc | Lens::AllocExact | Lens::Heap
-        )
-    }
-
     /// Tracepoints the lens needs: `(program, category, event)`.
     pub fn tracepoints(self) -> &'static [(&'static str, &'static str, &'static str)] {
         const MMAP: &[(&str, &str, &str)] = &[
@@ -86,8 +79,6 @@ impl fmt::Display for Lens {
 pub enum LensError {
     #[error("unknown lens `{0}`: choose from rss, mmap, alloc, alloc-exact, heap, goroutines")]
     Unknown(String),
-    #[error("lens `{0}` is not available in this version of memtrace: use --lens rss, mmap, alloc, alloc-exact or heap")]
-    NotYet(Lens),
 }
 
 impl FromStr for Lens {
@@ -97,9 +88,6 @@ impl FromStr for Lens {
             .into_iter()
             .find(|l| l.name() == s.trim())
             .ok_or_else(|| LensError::Unknown(s.to_string()))?;
-        if !lens.implemented() {
-            return Err(LensError::NotYet(lens));
-        }
         Ok(lens)
     }
 }
@@ -114,10 +102,7 @@ mod tests {
         assert_eq!("mmap".parse::<Lens>(), Ok(Lens::Mmap));
         assert_eq!("rss".parse::<Lens>(), Ok(Lens::Rss));
         assert_eq!("heap".parse::<Lens>(), Ok(Lens::Heap));
-        assert_eq!(
-            "goroutines".parse::<Lens>(),
-            Err(LensError::NotYet(Lens::Goroutines))
-        );
+        assert_eq!("goroutines".parse::<Lens>(), Ok(Lens::Goroutines));
         assert!(matches!(
             "bogus".parse::<Lens>(),
             Err(LensError::Unknown(_))

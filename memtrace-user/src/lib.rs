@@ -8,6 +8,7 @@ pub mod cli;
 pub mod decode;
 pub mod error;
 pub mod goruntime;
+pub mod gtypes;
 pub mod launch;
 pub mod lens;
 pub mod loader;

@@ -171,6 +171,56 @@ impl Tracer {
         Ok(())
     }
 
+    /// Attaches the goroutines lens's probes to `bin` for `pid`.
+    pub fn attach_goroutines(
+        &mut self,
+        points: &crate::goruntime::GoroutinePoints,
+        attach_path: &Path,
+        pid: u32,
+    ) -> Result<(), LoadError> {
+        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let sets: [(&'static str, Vec<&crate::goruntime::ProbePoint>); 3] = [
+            ("go_newproc", vec![&points.newproc]),
+            ("go_newproc_ret", points.newproc_rets.iter().collect()),
+            ("go_exit", vec![&points.goexit]),
+        ];
+        for (name, pts) in sets {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Missing(name))?
+                .try_into()
+                .map_err(|source| LoadError::Program {
+                    what: name.into(),
+                    source,
+                })?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|source| LoadError::Program {
+                    what: name.into(),
+                    source,
+                })?;
+            }
+            for p in pts {
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
+                    cookie: None,
+                };
+                prog.attach(point, attach_path, scope)
+                    .map_err(|source| LoadError::Program {
+                        what: format!(
+                            "uprobe {}+{:#x} in {}",
+                            p.symbol,
+                            p.vaddr,
+                            attach_path.display()
+                        ),
+                        source,
+                    })?;
+                self.uprobes += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches tracepoint programs (classic or raw, as the object declares
     /// them), each once; they filter by target. `(program, category, event)`.
     pub fn attach_tracepoints(

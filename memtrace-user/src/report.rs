@@ -35,6 +35,9 @@ pub fn build_profile(
             if matches!(lens, Lens::AllocExact | Lens::Alloc | Lens::Heap) {
                 hide_allocator_leaf(&mut frames);
             }
+            if lens == Lens::Goroutines {
+                hide_newproc_frames(&mut frames);
+            }
             if multi {
                 let name = images.get(&pid).map_or("?", |(n, _)| n.as_str());
                 frames.insert(0, format!("{name} (pid {pid})"));
@@ -55,6 +58,25 @@ pub fn build_profile(
         duration_secs,
         target,
     )
+}
+
+/// In a goroutine's creation stack (root first, the start function last),
+/// drops the runtime's `go`-statement plumbing between the creator and the
+/// start function.
+pub fn hide_newproc_frames(frames: &mut Vec<String>) {
+    let Some(start) = frames.pop() else { return };
+    while frames.last().is_some_and(|f| {
+        matches!(
+            f.as_str(),
+            "runtime.newproc1"
+                | "runtime.newproc.func1"
+                | "runtime.systemstack"
+                | "runtime.newproc"
+        )
+    }) {
+        frames.pop();
+    }
+    frames.push(start);
 }
 
 /// Why the kernel gave no stack, from `bpf_get_stackid`'s error.
@@ -201,6 +223,23 @@ mod tests {
             vec![format!("{STACK_UNAVAILABLE}: user stack unreadable")]
         );
         assert_eq!(p.total(), 100);
+    }
+
+    #[test]
+    fn goroutine_stacks_lose_newproc_plumbing() {
+        let mut f: Vec<String> = [
+            "main.main",
+            "main.handle",
+            "runtime.newproc",
+            "runtime.systemstack",
+            "runtime.newproc.func1",
+            "runtime.newproc1",
+            "main.worker",
+        ]
+        .map(String::from)
+        .to_vec();
+        hide_newproc_frames(&mut f);
+        assert_eq!(f, ["main.main", "main.handle", "main.worker"]);
     }
 
     #[test]

@@ -12,6 +12,10 @@ use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbol
 
 use crate::procfs::MapEntry;
 
+/// A pseudo return address at the root of the stacks of goroutines that
+/// existed before tracing (only their creator's pc is known).
+pub const EXISTING_GOROUTINE: u64 = u64::MAX;
+
 /// Frame shown for a stack the kernel could not capture.
 pub const STACK_UNAVAILABLE: &str = "[stack unavailable]";
 
@@ -70,6 +74,9 @@ impl Symbolizer {
 
     /// Names at one pc, outermost first.
     fn frame(&mut self, image: &Image, pc: u64) -> Vec<String> {
+        if pc >= EXISTING_GOROUTINE - 1 {
+            return vec!["[created before tracing]".to_string()];
+        }
         let at = locate(image, pc);
         if let Some(hit) = self.cache.get(&at) {
             return hit.clone();

@@ -142,6 +142,9 @@ pub const MEMTRACE_PROGRAMS: &[&str] = &[
     "mremap_exit",
     "brk_enter",
     "brk_exit",
+    "go_newproc",
+    "go_newproc_ret",
+    "go_exit",
 ];
 
 /// Asserts that none of memtrace's BPF programs is loaded. The kernel frees
@@ -191,7 +194,13 @@ pub fn last_heartbeat(lines: &std::sync::Mutex<Vec<String>>) -> u64 {
         .lock()
         .unwrap()
         .iter()
-        .filter_map(|l| l.strip_prefix("heartbeat=").and_then(|v| v.parse().ok()))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .strip_prefix("heartbeat=")?
+                .parse()
+                .ok()
+        })
         .max()
         .unwrap_or(0)
 }

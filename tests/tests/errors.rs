@@ -95,12 +95,9 @@ fn neither_pid_nor_command() {
 }
 
 #[test]
-fn lens_not_available_yet() {
-    let o = run_memtrace(&["record", "--lens", "goroutines", "--pid", "1"], &[]);
-    assert_ne!(o.status.code(), Some(0));
+fn unknown_lens() {
+    let o = run_memtrace(&["record", "--lens", "bogus", "--pid", "1"], &[]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        stderr.contains("lens `goroutines` is not available"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unknown lens `bogus`"), "{stderr}");
 }

@@ -1,5 +1,6 @@
 //! Command line: one module per subcommand, dispatched from [`Cli::execute`].
 
+mod goroutines;
 pub mod record;
 mod runtime_profile;
 

@@ -11,8 +11,9 @@ use memtrace_common::Counter;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::goroutines;
 use super::runtime_profile::RuntimeProfile;
-use crate::aggregate::{Aggregator, AllocAgg, MmapAgg, RssAgg, Thp};
+use crate::aggregate::{Aggregator, AllocAgg, GoroutineAgg, MmapAgg, RssAgg, Thp};
 use crate::breakdown::{self, Breakdown};
 use crate::decode::Resolver;
 use crate::goruntime::GoBinary;
@@ -64,6 +65,8 @@ struct Target {
     exited: Option<i32>,
     vmrss_start: Option<u64>,
     timeline: Vec<Point>,
+    /// Live goroutines, sampled every second (goroutines lens).
+    live_goroutines: Vec<(f64, usize)>,
     /// The runtime's memory profile (alloc and heap lenses).
     profile: Option<RuntimeProfile>,
 }
@@ -92,6 +95,7 @@ impl Target {
                 procfs::read_status(pid).map(|s| s.vm_rss)
             },
             timeline: Vec::new(),
+            live_goroutines: Vec::new(),
             profile: None,
         }
     }
@@ -181,6 +185,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let want_mmap = lenses.contains(&Lens::Mmap);
     let want_rss = lenses.contains(&Lens::Rss);
     let want_profile = lenses.contains(&Lens::Alloc) || lenses.contains(&Lens::Heap);
+    let want_goroutines = lenses.contains(&Lens::Goroutines);
 
     let mut tracepoints: Vec<(&'static str, &str, &str)> = lenses
         .iter()
@@ -226,6 +231,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             tracer.add_target(t.pid)?;
             if want_alloc {
                 tracer.attach_alloc(&t.bin, attach_path, t.pid)?;
+            }
+            if want_goroutines {
+                let points = t
+                    .bin
+                    .goroutines
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                tracer.attach_goroutines(points, attach_path, t.pid)?;
             }
         }
         let ring = tracer.take_ring()?;
@@ -285,8 +298,21 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                     .unwrap_or_default(),
             ))
         }),
+        goroutines: want_goroutines.then(GoroutineAgg::default),
         events: 0,
     };
+    let mut resolver = Resolver::default();
+    if let Some(gs) = agg.goroutines.as_mut() {
+        // Probes are in place, so a goroutine made from now on is seen
+        // created; list the ones already there.
+        for t in targets.iter().filter(|t| !t.launched) {
+            let n = goroutines::add_existing(t.pid, &t.bin, &t.exe_maps(), &mut resolver, gs)
+                .with_context(|| format!("listing the goroutines of pid {}", t.pid))?;
+            if t.bin.g_layout.is_none() {
+                eprintln!("memtrace: warning: pid {}: no DWARF for runtime.g; {n} existing goroutines are counted without their state", t.pid);
+            }
+        }
+    }
     if want_profile {
         for t in targets.iter_mut() {
             t.profile = Some(RuntimeProfile::new(t.pid, &t.bin, args.memprofile_rate)?);
@@ -304,7 +330,6 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let mut resolver = Resolver::default();
     let ended_by = rt.block_on(stream(
         &mut tracer,
         ring,
@@ -445,7 +470,73 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                     serde_json::json!(profile_rates.first().copied().unwrap_or(0)),
                 )]),
             ),
-            Lens::Goroutines => unreachable!("only implemented lenses parse"),
+            Lens::Goroutines => {
+                let gs = agg.goroutines.as_ref().expect("goroutines lens enabled");
+                let j = |k: &str, v: serde_json::Value| (k.to_string(), v);
+                let mut stack_bytes: HashMap<crate::aggregate::StackKey, u64> = HashMap::new();
+                for t in targets.iter().filter(|t| t.exited.is_none()) {
+                    for (g, key) in gs.live_of(t.pid) {
+                        *stack_bytes.entry(key).or_default() +=
+                            goroutines::stack_bytes(t.pid, g).unwrap_or(0);
+                    }
+                }
+                let site_profile =
+                    |cells: HashMap<crate::aggregate::StackKey, crate::aggregate::Cell>,
+                     sym: &mut Symbolizer| {
+                        report::build_profile(
+                            *lens,
+                            &cells,
+                            &images,
+                            &stack_of,
+                            sym,
+                            duration_secs,
+                            String::new(),
+                        )
+                    };
+                let as_cells = |m: &HashMap<crate::aggregate::StackKey, u64>| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                *k,
+                                crate::aggregate::Cell {
+                                    bytes: *v,
+                                    objects: 0,
+                                },
+                            )
+                        })
+                        .collect::<HashMap<_, _>>()
+                };
+                let created = site_profile(as_cells(&gs.created), &mut sym);
+                let exited = site_profile(as_cells(&gs.exited), &mut sym);
+                let bytes = site_profile(as_cells(&stack_bytes), &mut sym);
+                let mut sites: BTreeMap<Vec<String>, [u64; 3]> = BTreeMap::new();
+                for (i, p) in [&created, &exited, &bytes].into_iter().enumerate() {
+                    for s in &p.samples {
+                        sites.entry(s.frames.clone()).or_default()[i] += s.value;
+                    }
+                }
+                let sites: Vec<serde_json::Value> = sites
+                    .into_iter()
+                    .map(|(stack, [c, e, b])| serde_json::json!({"stack": stack, "created": c, "exited": e, "stack_bytes": b}))
+                    .collect();
+                let timeline: Vec<serde_json::Value> = targets
+                    .iter()
+                    .map(|t| serde_json::json!({"pid": t.pid, "live": t.live_goroutines.iter().map(|(s, n)| serde_json::json!({"t": s, "live": n})).collect::<Vec<_>>()}))
+                    .collect();
+                (
+                    gs.by_stack(),
+                    BTreeMap::from([
+                        j(
+                            "created",
+                            serde_json::json!(gs.created.values().sum::<u64>()),
+                        ),
+                        j("exited", serde_json::json!(gs.exited.values().sum::<u64>())),
+                        j("unknown_exits", serde_json::json!(gs.unknown_exits)),
+                        j("sites", serde_json::json!(sites)),
+                        j("live_over_time", serde_json::json!(timeline)),
+                    ]),
+                )
+            }
         };
         let p = report::build_profile(
             *lens,
@@ -685,6 +776,9 @@ async fn stream(
                         }
                         if let Some(p) = t.profile.as_mut() {
                             p.tick();
+                        }
+                        if let Some(gs) = agg.goroutines.as_ref() {
+                            t.live_goroutines.push((t_now, gs.live_count(t.pid)));
                         }
                         if let Some(r) = agg.rss.as_mut().filter(|r| r.thp == Thp::Always) {
                             r.set_anon_vmas(t.pid, t.anon_vmas());

@@ -1,0 +1,117 @@
+//! End-to-end tests of the goroutines lens.
+
+use std::time::Duration;
+
+use memtrace_tests::*;
+
+fn goroutine_count(lines: &std::sync::Mutex<Vec<String>>) -> Option<u64> {
+    lines.lock().unwrap().iter().rev().find_map(|l| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("goroutines=")?.parse().ok())
+    })
+}
+
+/// Goroutines blocked forever in one function, finishing ones in another:
+/// the leaking creation site tops the lens, its live total matches
+/// runtime.NumGoroutine() within 5%, and the finishing ones net to ~0.
+#[test]
+fn leaked_goroutines_are_found_by_creation_site() {
+    for v in go_versions() {
+        // The leak stops after 30 beats (~3 s), inside the window, so the
+        // count is steady when the window ends.
+        let mut bg = Bg::spawn(&fixture(&v, "goroutines"), &["-beats", "30"]);
+        let lines = collect_stdout(&mut bg);
+        assert!(
+            wait_until(Duration::from_secs(10), || last_heartbeat(&lines) >= 5),
+            "go{v}: fixture never started"
+        );
+        let out = out_dir(&format!("goroutines-{v}"));
+        let o = run_memtrace(
+            &[
+                "record",
+                "--pid",
+                &bg.pid().to_string(),
+                "--lens",
+                "goroutines",
+                "--duration",
+                "5",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(
+            o.status.success(),
+            "go{v}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            last_heartbeat(&lines) > 32,
+            "go{v}: the leak should have stopped inside the window"
+        );
+        let s = summary(&out);
+        let lens = &s["lenses"]["goroutines"];
+        assert_eq!(lens["unit"], "goroutines");
+        let t = top(&s, "goroutines");
+        assert_eq!(
+            t[0].0.last().map(String::as_str),
+            Some("main.waitForever"),
+            "go{v}: {:?}",
+            t[0]
+        );
+        assert!(
+            t[0].0.iter().any(|f| f == "main.handleRequest"),
+            "go{v}: creation stack lost: {:?}",
+            t[0]
+        );
+        // Live total against the program's own count.
+        let total = lens["total"].as_u64().unwrap() as f64;
+        let own = goroutine_count(&lines).expect("fixture prints its goroutine count") as f64;
+        let ratio = total / own;
+        assert!(
+            (0.95..=1.05).contains(&ratio),
+            "go{v}: lens {total} vs NumGoroutine {own}"
+        );
+        // Goroutines that existed before tracing are counted too.
+        assert!(
+            t.iter().any(|(f, _)| f[0] == "[created before tracing]"),
+            "go{v}: {t:?}"
+        );
+        // Finishing goroutines: many created, all exited, ~none live.
+        let sites = lens["sites"].as_array().unwrap();
+        let (mut created, mut exited) = (0, 0);
+        for site in sites.iter().filter(|s| {
+            s["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "main.spawnWorkers")
+        }) {
+            created += site["created"].as_u64().unwrap();
+            exited += site["exited"].as_u64().unwrap();
+        }
+        let live_workers: u64 = t
+            .iter()
+            .filter(|(f, _)| f.iter().any(|x| x == "main.spawnWorkers"))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            created >= 500,
+            "go{v}: only {created} finishing goroutines seen created"
+        );
+        assert!(
+            exited * 100 >= created * 95,
+            "go{v}: {exited} of {created} exited"
+        );
+        assert!(
+            live_workers * 20 <= created,
+            "go{v}: {live_workers} finishing goroutines still live"
+        );
+        assert!(
+            lens["live_over_time"][0]["live"].as_array().unwrap().len() >= 3,
+            "go{v}"
+        );
+        assert!(bg.alive(), "go{v}: target died");
+        assert_no_memtrace_programs();
+    }
+}
