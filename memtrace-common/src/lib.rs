@@ -38,6 +38,13 @@ pub enum EventKind {
     GoCreated = 12,
     /// `runtime.goexit0` for the goroutine `addr` (its `*g`).
     GoExit = 13,
+    /// A GC cycle's mark termination: `addr` = heap live bytes, `size` = the
+    /// cycle's heap goal (0 when the runtime's layout is unknown).
+    GcCycle = 14,
+    /// The world is being stopped.
+    StwStop = 15,
+    /// The world is being restarted.
+    StwStart = 16,
 }
 
 impl EventKind {
@@ -56,6 +63,9 @@ impl EventKind {
             11 => Self::GoCreate,
             12 => Self::GoCreated,
             13 => Self::GoExit,
+            14 => Self::GcCycle,
+            15 => Self::StwStop,
+            16 => Self::StwStart,
             _ => return None,
         })
     }
@@ -105,7 +115,10 @@ pub const MAX_RECORD: usize = EVENT_SIZE + 8 * MAX_FRAMES;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetConfig {
-    pub flags: u64,
+    /// Runtime addresses of `gcController.heapLive` and
+    /// `gcController.gcPercentHeapGoal` (0: unknown).
+    pub heap_live: u64,
+    pub heap_goal: u64,
 }
 
 /// Index into the `COUNTERS` per-CPU array.
@@ -149,10 +162,10 @@ mod tests {
 
     #[test]
     fn kind_round_trips() {
-        for v in 1..=13 {
+        for v in 1..=16 {
             assert_eq!(EventKind::from_u32(v).map(|k| k as u32), Some(v));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(14), None);
+        assert_eq!(EventKind::from_u32(17), None);
     }
 }

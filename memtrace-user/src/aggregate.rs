@@ -10,6 +10,13 @@ use hdrhistogram::Histogram;
 /// (negative ids are errors, kept so their bytes stay visible).
 pub type StackKey = (u32, i32);
 
+/// A histogram for values from 1 to 2^40 (bytes or nanoseconds) at three
+/// significant digits. Fixed bounds: an auto-resizing one would clamp
+/// `saturating_record` to its initial range.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 1 << 40, 3).expect("valid bounds")
+}
+
 /// Value summed per stack.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cell {
@@ -27,7 +34,7 @@ impl Default for AllocAgg {
     fn default() -> Self {
         Self {
             by_stack: HashMap::new(),
-            sizes: Histogram::new(3).expect("3 significant digits is valid"),
+            sizes: histogram(),
         }
     }
 }
@@ -452,6 +459,44 @@ impl GoroutineAgg {
     }
 }
 
+/// One GC cycle as seen at mark termination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GcCycle {
+    pub pid: u32,
+    /// Monotonic nanoseconds (as `bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    pub heap_live: u64,
+    pub heap_goal: u64,
+}
+
+/// The GC view: cycles and stop-the-world pauses.
+pub struct GcAgg {
+    pub cycles: Vec<GcCycle>,
+    /// Stop-the-world pause durations, nanoseconds.
+    pub pauses: Histogram<u64>,
+    stopped: HashMap<u32, u64>,
+}
+
+impl Default for GcAgg {
+    fn default() -> Self {
+        Self {
+            cycles: Vec::new(),
+            pauses: histogram(),
+            stopped: HashMap::new(),
+        }
+    }
+}
+
+impl GcAgg {
+    pub fn stw(&mut self, pid: u32, stop: bool, ts: u64) {
+        if stop {
+            self.stopped.insert(pid, ts);
+        } else if let Some(t0) = self.stopped.remove(&pid) {
+            self.pauses.saturating_record(ts.saturating_sub(t0).max(1));
+        }
+    }
+}
+
 /// All lenses of one recording. Only the requested ones receive events.
 #[derive(Default)]
 pub struct Aggregator {
@@ -459,6 +504,7 @@ pub struct Aggregator {
     pub mmap: Option<MmapAgg>,
     pub rss: Option<RssAgg>,
     pub goroutines: Option<GoroutineAgg>,
+    pub gc: GcAgg,
     pub events: u64,
 }
 
@@ -527,6 +573,17 @@ impl Aggregator {
                     gs.exit(pid, g);
                 }
             }
+            Op::GcCycle {
+                heap_live,
+                heap_goal,
+                ts,
+            } => self.gc.cycles.push(GcCycle {
+                pid,
+                ts_ns: ts,
+                heap_live,
+                heap_goal,
+            }),
+            Op::Stw { stop, ts } => self.gc.stw(pid, stop, ts),
         }
     }
 }
@@ -559,6 +616,8 @@ mod tests {
         );
         assert_eq!(a.sizes.len(), 3);
         assert!(a.sizes.value_at_quantile(0.99) >= 999);
+        a.add((1, 7), 64 << 20);
+        assert!(a.sizes.max() >= 64 << 20, "large sizes are not clamped");
     }
 
     #[test]
@@ -700,6 +759,18 @@ mod tests {
         assert_eq!(g.exited[&(1, 3)], 1);
         assert_eq!(g.unknown_exits, 1);
         assert_eq!(g.live_count(1), 4);
+    }
+
+    #[test]
+    fn gc_pauses_pair_per_process() {
+        let mut g = GcAgg::default();
+        g.stw(1, true, 1_000);
+        g.stw(2, true, 1_500);
+        g.stw(1, false, 51_000);
+        g.stw(2, false, 2_500);
+        g.stw(1, false, 9_000_000); // restart without a stop: ignored
+        assert_eq!(g.pauses.len(), 2);
+        assert!(g.pauses.max() >= 49_990 && g.pauses.min() <= 1_001);
     }
 
     #[test]

@@ -59,6 +59,17 @@ pub enum Op {
     GoExit {
         g: u64,
     },
+    /// A GC cycle ended its mark phase (`ts`: monotonic ns).
+    GcCycle {
+        heap_live: u64,
+        heap_goal: u64,
+        ts: u64,
+    },
+    /// The world stopped (`stop`) or restarted.
+    Stw {
+        stop: bool,
+        ts: u64,
+    },
 }
 
 /// An operation attributed to a process and stack.
@@ -201,6 +212,15 @@ impl Resolver {
                 advice: ev.aux,
             },
             EventKind::GoExit => Op::GoExit { g: ev.addr },
+            EventKind::GcCycle => Op::GcCycle {
+                heap_live: ev.addr,
+                heap_goal: ev.size,
+                ts: ev.ts_ns,
+            },
+            EventKind::StwStop | EventKind::StwStart => Op::Stw {
+                stop: kind == EventKind::StwStop,
+                ts: ev.ts_ns,
+            },
             EventKind::MmapEnter
             | EventKind::MremapEnter
             | EventKind::BrkEnter

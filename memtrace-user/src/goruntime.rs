@@ -28,6 +28,8 @@ pub struct GoBinary {
     /// e.g. `go1.21.13`, or `unknown` when the build info is unreadable.
     pub go_version: String,
     pub alloc_points: Vec<ProbePoint>,
+    /// Probe points of the GC view, or why there are none.
+    pub gc: Result<GcPoints, String>,
     /// `runtime.g` field offsets, from DWARF (absent when stripped).
     pub g_layout: Option<crate::gtypes::GLayout>,
     /// Probe points of the goroutines lens, or why there are none.
@@ -82,6 +84,7 @@ impl GoBinary {
             alloc_points,
             goroutines: goroutine_points(path, &file).map_err(|e| e.to_string()),
             g_layout: crate::gtypes::g_layout(data),
+            gc: gc_points(path, &file, data).map_err(|e| e.to_string()),
             allgs: file.symbol_by_name("runtime.allgs").map(|s| s.address()),
             mem_profile_rate: file
                 .symbol_by_name("runtime.MemProfileRate")
@@ -256,6 +259,41 @@ pub struct GoroutinePoints {
     pub newproc: ProbePoint,
     pub newproc_rets: Vec<ProbePoint>,
     pub goexit: ProbePoint,
+}
+
+/// Where the GC view probes, and the link-time addresses of the heap size
+/// and goal in `runtime.gcController` (from DWARF).
+#[derive(Clone, Debug)]
+pub struct GcPoints {
+    pub mark_termination: ProbePoint,
+    pub stw_stop: ProbePoint,
+    pub stw_start: ProbePoint,
+    pub heap_live: Option<u64>,
+    pub heap_goal: Option<u64>,
+}
+
+fn gc_points(path: &Path, file: &object::File<'_>, data: &[u8]) -> Result<GcPoints, TargetError> {
+    let at = |name: &str| {
+        let sym = file
+            .symbol_by_name(name)
+            .ok_or_else(|| TargetError::MissingSymbol {
+                path: path.to_owned(),
+                symbol: name.to_string(),
+            })?;
+        after_prologue(path, file, &sym)
+    };
+    let controller = file
+        .symbol_by_name("runtime.gcController")
+        .map(|s| s.address());
+    let fields = crate::gtypes::struct_members(data, "runtime.gcControllerState");
+    let field = |name: &str| Some(controller? + *fields.as_ref()?.get(name)?);
+    Ok(GcPoints {
+        mark_termination: at("runtime.gcMarkTermination")?,
+        stw_stop: at("runtime.stopTheWorldWithSema")?,
+        stw_start: at("runtime.startTheWorldWithSema")?,
+        heap_live: field("heapLive"),
+        heap_goal: field("gcPercentHeapGoal"),
+    })
 }
 
 fn goroutine_points(path: &Path, file: &object::File<'_>) -> Result<GoroutinePoints, TargetError> {

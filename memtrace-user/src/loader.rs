@@ -107,9 +107,9 @@ impl Tracer {
     }
 
     /// Makes `pid` a target: from now on the kernel side reports it.
-    pub fn add_target(&mut self, pid: u32) -> Result<(), LoadError> {
+    pub fn add_target(&mut self, pid: u32, config: TargetConfig) -> Result<(), LoadError> {
         self.targets
-            .insert(pid, TargetConfig::default(), 0)
+            .insert(pid, config, 0)
             .map_err(|source| LoadError::Map {
                 what: "TARGETS",
                 source,
@@ -135,23 +135,35 @@ impl Tracer {
         if !self.alloc_attached.insert((bin.path.clone(), pid)) {
             return Ok(());
         }
+        let points: Vec<_> = bin.alloc_points.iter().collect();
+        self.attach_uprobes("go_alloc", &points, attach_path, pid)
+    }
+
+    /// Attaches uprobes of program `name` at `points` for `pid`.
+    fn attach_uprobes(
+        &mut self,
+        name: &'static str,
+        points: &[&crate::goruntime::ProbePoint],
+        attach_path: &Path,
+        pid: u32,
+    ) -> Result<(), LoadError> {
+        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let prog: &mut UProbe = self
             .ebpf
-            .program_mut("go_alloc")
-            .ok_or(LoadError::Missing("go_alloc"))?
+            .program_mut(name)
+            .ok_or(LoadError::Missing(name))?
             .try_into()
             .map_err(|source| LoadError::Program {
-                what: "go_alloc".into(),
+                what: name.into(),
                 source,
             })?;
         if prog.fd().is_err() {
             prog.load().map_err(|source| LoadError::Program {
-                what: "go_alloc".into(),
+                what: name.into(),
                 source,
             })?;
         }
-        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        for p in &bin.alloc_points {
+        for p in points {
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
                 cookie: Some(p.size_floor),
@@ -171,6 +183,18 @@ impl Tracer {
         Ok(())
     }
 
+    /// Attaches the GC view's probes.
+    pub fn attach_gc(
+        &mut self,
+        points: &crate::goruntime::GcPoints,
+        attach_path: &Path,
+        pid: u32,
+    ) -> Result<(), LoadError> {
+        self.attach_uprobes("go_gc_cycle", &[&points.mark_termination], attach_path, pid)?;
+        self.attach_uprobes("go_stw_stop", &[&points.stw_stop], attach_path, pid)?;
+        self.attach_uprobes("go_stw_start", &[&points.stw_start], attach_path, pid)
+    }
+
     /// Attaches the goroutines lens's probes to `bin` for `pid`.
     pub fn attach_goroutines(
         &mut self,
@@ -178,47 +202,10 @@ impl Tracer {
         attach_path: &Path,
         pid: u32,
     ) -> Result<(), LoadError> {
-        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let sets: [(&'static str, Vec<&crate::goruntime::ProbePoint>); 3] = [
-            ("go_newproc", vec![&points.newproc]),
-            ("go_newproc_ret", points.newproc_rets.iter().collect()),
-            ("go_exit", vec![&points.goexit]),
-        ];
-        for (name, pts) in sets {
-            let prog: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoadError::Missing(name))?
-                .try_into()
-                .map_err(|source| LoadError::Program {
-                    what: name.into(),
-                    source,
-                })?;
-            if prog.fd().is_err() {
-                prog.load().map_err(|source| LoadError::Program {
-                    what: name.into(),
-                    source,
-                })?;
-            }
-            for p in pts {
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
-                    cookie: None,
-                };
-                prog.attach(point, attach_path, scope)
-                    .map_err(|source| LoadError::Program {
-                        what: format!(
-                            "uprobe {}+{:#x} in {}",
-                            p.symbol,
-                            p.vaddr,
-                            attach_path.display()
-                        ),
-                        source,
-                    })?;
-                self.uprobes += 1;
-            }
-        }
-        Ok(())
+        let rets: Vec<_> = points.newproc_rets.iter().collect();
+        self.attach_uprobes("go_newproc", &[&points.newproc], attach_path, pid)?;
+        self.attach_uprobes("go_newproc_ret", &rets, attach_path, pid)?;
+        self.attach_uprobes("go_exit", &[&points.goexit], attach_path, pid)
     }
 
     /// Attaches tracepoint programs (classic or raw, as the object declares

@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod faults;
+pub mod gc;
 pub mod goroutines;
 pub mod syscalls;
 

@@ -228,7 +228,21 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         let mut tracer = Tracer::load()?;
         tracer.attach_tracepoints(&tracepoints)?;
         for (t, attach_path) in targets.iter().zip(&attach_paths) {
-            tracer.add_target(t.pid)?;
+            let mut config = memtrace_common::TargetConfig::default();
+            match &t.bin.gc {
+                Ok(points) => {
+                    let exe_maps = t.exe_maps();
+                    let addr = |a: Option<u64>| {
+                        a.and_then(|a| t.bin.runtime_addr(a, &exe_maps))
+                            .unwrap_or(0)
+                    };
+                    config.heap_live = addr(points.heap_live);
+                    config.heap_goal = addr(points.heap_goal);
+                    tracer.attach_gc(points, attach_path, t.pid)?;
+                }
+                Err(e) => eprintln!("memtrace: warning: pid {}: no GC view: {e}", t.pid),
+            }
+            tracer.add_target(t.pid, config)?;
             if want_alloc {
                 tracer.attach_alloc(&t.bin, attach_path, t.pid)?;
             }
@@ -299,6 +313,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             ))
         }),
         goroutines: want_goroutines.then(GoroutineAgg::default),
+        gc: Default::default(),
         events: 0,
     };
     let mut resolver = Resolver::default();
@@ -323,6 +338,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         }
     }
     let started = Instant::now();
+    let window_start_ns = monotonic_ns();
     if let Some(g) = gate {
         g.release();
     }
@@ -581,6 +597,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             events: agg.events,
         },
         ended_by: ended_by.clone(),
+        gc: summary::gc_view(&agg.gc, window_start_ns),
     };
     let summary_path = report::write_summary(&args.out, &summary)?;
     let mut timelines = Vec::new();
@@ -657,11 +674,46 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let gc = &agg.gc;
+    if !gc.cycles.is_empty() || !gc.pauses.is_empty() {
+        let us = |ns: u64| format!("{:.0} µs", ns as f64 / 1e3);
+        let last = gc
+            .cycles
+            .last()
+            .filter(|c| c.heap_goal > 0)
+            .map(|c| {
+                format!(
+                    "; last cycle: heap {}, goal {}",
+                    report::human_bytes(c.heap_live),
+                    report::human_bytes(c.heap_goal)
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "GC: {} cycles; stop-the-world pauses p50 {}, p99 {}, max {} ({} pauses){last}",
+            gc.cycles.len(),
+            us(gc.pauses.value_at_quantile(0.5)),
+            us(gc.pauses.value_at_quantile(0.99)),
+            us(gc.pauses.max()),
+            gc.pauses.len()
+        );
+    }
     for p in &timelines {
         println!("wrote {}", p.display());
     }
     println!("wrote {}", summary_path.display());
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn fmt_value(unit: &str, v: u64) -> String {

@@ -87,6 +87,30 @@ pub struct Summary {
     pub duration_secs: f64,
     pub counters: Counters,
     pub ended_by: String,
+    /// GC cycles and stop-the-world pauses (see [`gc_view`]).
+    pub gc: serde_json::Value,
+}
+
+/// The GC view for summary.json.
+pub fn gc_view(gc: &crate::aggregate::GcAgg, start_ns: u64) -> serde_json::Value {
+    let h = &gc.pauses;
+    let q = |x: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(x)
+        }
+    };
+    serde_json::json!({
+        "cycles": gc.cycles.len(),
+        "pauses": {"count": h.len(), "p50_ns": q(0.5), "p99_ns": q(0.99), "max_ns": if h.is_empty() { 0 } else { h.max() }},
+        "cycle_detail": gc.cycles.iter().map(|c| serde_json::json!({
+            "pid": c.pid,
+            "t": c.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
+            "heap_live": c.heap_live,
+            "heap_goal": c.heap_goal,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// How many stacks `top` lists.
@@ -150,6 +174,7 @@ mod tests {
             duration_secs: 1.5,
             counters: Counters::default(),
             ended_by: "duration".into(),
+            gc: gc_view(&crate::aggregate::GcAgg::default(), 0),
         };
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["lenses"]["alloc-exact"]["total"], 640);
