@@ -20,6 +20,8 @@ const SMALL: u64 = 100_000;
 /// The fixture sleeps this long before allocating, so that lenses that start
 /// sampling after exec (alloc, heap) are on when the loop runs.
 const WAIT: &str = "1500ms";
+/// Goroutines started and joined by the goroutine-churn fixture.
+const SPAWN: u64 = 100_000;
 
 /// How a variant runs the fixture.
 enum Runner {
@@ -33,6 +35,8 @@ enum Runner {
 struct Variant {
     name: &'static str,
     runner: Runner,
+    /// Which fixture: the allocation loop, or goroutine churn.
+    goroutines: bool,
     objects: u64,
     times: Vec<f64>,
     /// memtrace's own CPU seconds per second of its run.
@@ -108,13 +112,16 @@ fn run_sampled(cmd: &mut Command) -> anyhow::Result<(std::process::Output, f64, 
     ))
 }
 
-pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
+pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
+    let allocs = fixtures.join("allocs");
+    let spawner = fixtures.join("goroutines");
     let bpftrace_alloc = "uprobe:{bin}:runtime.mallocgc, uprobe:{bin}:runtime.mallocgcTinySC*, \
          uprobe:{bin}:runtime.mallocgcSmallNoScanSC*, uprobe:{bin}:runtime.mallocgcSmallScanNoHeaderSC* \
          /pid == cpid/ { @[ustack] = count(); }";
     let v = |name, runner, objects| Variant {
         name,
         runner,
+        goroutines: false,
         objects,
         times: vec![],
         cpu: vec![],
@@ -146,22 +153,43 @@ pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
             SMALL,
         ),
     ];
+    // Goroutine churn: start and join SPAWN goroutines.
+    let bpftrace_go = "uprobe:{bin}:runtime.newproc1 /pid == cpid/ { @[ustack] = count(); } \
+         uprobe:{bin}:runtime.goexit0 /pid == cpid/ { @exits = count(); }";
+    for (name, runner) in [
+        ("untraced (goroutines)", Runner::Untraced),
+        ("memtrace goroutines", Runner::Memtrace("goroutines")),
+        (
+            "bpftrace newproc1+goexit0 (goroutines)",
+            Runner::Bpftrace(bpftrace_go),
+        ),
+    ] {
+        variants.push(Variant {
+            goroutines: true,
+            ..v(name, runner, SPAWN)
+        });
+    }
     for round in 0..RUNS {
         eprintln!("xtask: bench round {}/{RUNS}", round + 1);
         for v in &mut variants {
             let objects = v.objects.to_string();
-            let fixture_args = [
-                "-objects",
-                objects.as_str(),
-                "-maps",
-                "0",
-                "-inlined",
-                "0",
-                "-wait",
-                WAIT,
-            ];
+            let (fixture, fixture_args): (&Path, Vec<&str>) = if v.goroutines {
+                (&spawner, vec!["-spawn", objects.as_str()])
+            } else {
+                let a = [
+                    "-objects",
+                    objects.as_str(),
+                    "-maps",
+                    "0",
+                    "-inlined",
+                    "0",
+                    "-wait",
+                    WAIT,
+                ];
+                (&allocs, a.to_vec())
+            };
             let output = match v.runner {
-                Runner::Untraced => Command::new(fixture).args(fixture_args).output()?,
+                Runner::Untraced => Command::new(fixture).args(&fixture_args).output()?,
                 Runner::Memtrace(lens) => {
                     let dir = out.join(lens);
                     let (o, cpu, hwm) = run_sampled(
@@ -170,7 +198,7 @@ pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
                             .arg(&dir)
                             .arg("--")
                             .arg(fixture)
-                            .args(fixture_args),
+                            .args(&fixture_args),
                     )?;
                     v.cpu.push(cpu);
                     v.peak_rss_kib.push(hwm);
@@ -201,28 +229,28 @@ pub fn run(memtrace: &Path, fixture: &Path, out: &Path) -> anyhow::Result<()> {
                 .push(alloc_ns(&String::from_utf8_lossy(&output.stdout))?);
         }
     }
-    let base = |objects: u64| {
+    let base = |objects: u64, goroutines: bool| {
         variants
             .iter()
-            .find(|v| matches!(v.runner, Runner::Untraced) && v.objects == objects)
+            .find(|v| {
+                matches!(v.runner, Runner::Untraced)
+                    && v.objects == objects
+                    && v.goroutines == goroutines
+            })
             .map(|v| median(&v.times))
-            .expect("an untraced variant per size")
+            .expect("an untraced variant per workload")
     };
-    let (base_big, base_small) = (base(BIG), base(SMALL));
     println!(
-        "\nallocation-heavy fixture (64-byte objects kept live), median of {RUNS} interleaved runs"
+        "\nallocation-heavy fixture (64-byte objects kept live), and goroutine churn (rows marked \
+         `goroutines`: `objects` is goroutines started and joined); median of {RUNS} interleaved runs"
     );
     println!(
         "{:<36} {:>9} {:>12} {:>9} {:>10} {:>10} {:>11} {:>7}",
-        "variant", "objects", "alloc phase", "slowdown", "own CPU", "peak RSS", "events/s", "drops"
+        "variant", "objects", "timed phase", "slowdown", "own CPU", "peak RSS", "events/s", "drops"
     );
     for v in &variants {
         let m = median(&v.times);
-        let b = if v.objects == BIG {
-            base_big
-        } else {
-            base_small
-        };
+        let b = base(v.objects, v.goroutines);
         let (cpu, rss) = if v.cpu.is_empty() {
             ("-".to_string(), "-".to_string())
         } else {

@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             let built = fixtures::build(&root, &env, &[fixtures::newest()])?;
             let out = root.join("target/bench-out");
             std::fs::create_dir_all(&out)?;
-            bench::run(&memtrace, &built.dir.join("allocs"), &out)
+            bench::run(&memtrace, &built.dir, &out)
         }
     }
 }
