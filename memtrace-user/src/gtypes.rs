@@ -28,6 +28,11 @@ pub fn struct_members(data: &[u8], type_name: &str) -> Option<HashMap<String, u6
     };
     let sections = gimli::DwarfSections::load(load).ok()?;
     let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
+    let name_of = |unit: &gimli::Unit<_>, e: &gimli::DebuggingInformationEntry<_>| {
+        e.attr_value(gimli::DW_AT_name)
+            .and_then(|v| dwarf.attr_string(unit, v).ok())
+            .map(|s| s.to_string_lossy().into_owned())
+    };
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
         let Ok(unit) = dwarf.unit(header) else {
@@ -41,11 +46,7 @@ pub fn struct_members(data: &[u8], type_name: &str) -> Option<HashMap<String, u6
             if e.tag() != gimli::DW_TAG_structure_type {
                 continue;
             }
-            let name = e
-                .attr_value(gimli::DW_AT_name)
-                .and_then(|v| dwarf.attr_string(&unit, v).ok())
-                .map(|s| s.to_string_lossy().into_owned());
-            if name.as_deref() != Some(type_name) {
+            if name_of(&unit, e).as_deref() != Some(type_name) {
                 continue;
             }
             let mut out = HashMap::new();
@@ -55,10 +56,7 @@ pub fn struct_members(data: &[u8], type_name: &str) -> Option<HashMap<String, u6
                 if m.tag() != gimli::DW_TAG_member {
                     continue;
                 }
-                let mname = m
-                    .attr_value(gimli::DW_AT_name)
-                    .and_then(|v| dwarf.attr_string(&unit, v).ok())
-                    .map(|s| s.to_string_lossy().into_owned());
+                let mname = name_of(&unit, m);
                 let off = m
                     .attr_value(gimli::DW_AT_data_member_location)
                     .and_then(|v| v.udata_value());
