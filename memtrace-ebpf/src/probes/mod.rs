@@ -3,7 +3,7 @@
 //! Stacks travel inline, after the event header, so there is no stack map to
 //! fill up or collide in. Walking a stack is the dominant cost of an event,
 //! so walked stacks are remembered by a fingerprint of their top (pc, frame
-//! pointer and three return addresses) in `STACK_IDS`, under a reference the
+//! pointer and six return addresses) in `STACK_IDS`, under a reference the
 //! record with the frames defines. A later event whose fingerprint matches
 //! sends only that reference. The entry is inserted after its defining
 //! record is committed, so a reference never reaches user space before its
@@ -58,7 +58,7 @@ pub struct StackRef {
 }
 
 #[map]
-static STACK_IDS: HashMap<[u64; 5], StackRef> = HashMap::with_max_entries(64 * 1024, 0);
+static STACK_IDS: HashMap<Fingerprint, StackRef> = HashMap::with_max_entries(64 * 1024, 0);
 
 /// Per-CPU counter for new references (the CPU number goes in the top bits).
 #[map]
@@ -124,22 +124,39 @@ pub fn emit(mut ev: Event) -> bool {
     true
 }
 
-/// The top of the user stack from its registers: pc, frame pointer, and the
-/// next three return addresses along the frame-pointer chain.
+/// Return addresses in a [`Fingerprint`]. Deep enough to reach past the
+/// runtime's own frames (e.g. memmove ← copystack ← newstack ← morestack)
+/// to the code that called into them.
+const FP_FRAMES: usize = 6;
+
+/// The top of a user stack: pc, frame pointer, and the next `FP_FRAMES`
+/// return addresses along the frame-pointer chain (0 past its end).
+pub type Fingerprint = [u64; 2 + FP_FRAMES];
+
+/// Reads the fingerprint of the stack whose registers are `ip` and `bp`.
 #[inline(always)]
-pub fn fingerprint(ip: u64, bp: u64) -> Option<[u64; 5]> {
-    // SAFETY: bpf_probe_read_user tolerates any address.
-    let f1: [u64; 2] = unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }.ok()?;
-    let f2: [u64; 2] = unsafe { bpf_probe_read_user(f1[0] as *const [u64; 2]) }.ok()?;
-    let f3: [u64; 2] = unsafe { bpf_probe_read_user(f2[0] as *const [u64; 2]) }.ok()?;
-    Some([ip, bp, f1[1], f2[1], f3[1]])
+pub fn fingerprint(ip: u64, bp: u64) -> Option<Fingerprint> {
+    let mut out = [0u64; 2 + FP_FRAMES];
+    out[0] = ip;
+    out[1] = bp;
+    let mut frame = bp;
+    for slot in out.iter_mut().skip(2) {
+        if frame == 0 {
+            break;
+        }
+        // SAFETY: bpf_probe_read_user tolerates any address.
+        let f: [u64; 2] = unsafe { bpf_probe_read_user(frame as *const [u64; 2]) }.ok()?;
+        *slot = f[1];
+        frame = f[0];
+    }
+    Some(out)
 }
 
 /// Sends `ev` with the current user stack: a reference when `fp` matches a
 /// remembered stack, else the walked frames inline (defining a reference
 /// when there is a fingerprint to remember it by).
 #[inline(always)]
-pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<[u64; 5]>) {
+pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Fingerprint>) {
     if let Some(words) = fp.as_ref() {
         if let Some(known) = STACK_IDS.get_ptr_mut(words) {
             // SAFETY: map value pointer, valid for this program run.
