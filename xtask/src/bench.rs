@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: slowdown of each lens on an allocation-heavy Go
 //! fixture, against the untraced run and against bpftrace doing the same
-//! probe, measured in one go. Runs interleave (untraced, lens A, lens B, …)
-//! so machine noise hits every variant alike; the table shows medians. The
+//! probe, measured in one go. Runs interleave (untraced, lens A, lens B, …,
+//! starting one later each round) so machine noise hits every variant alike;
+//! the table shows medians. The
 //! fixture times its own allocation phase, so memtrace's start-up and report
 //! writing are not counted. For memtrace rows it also samples memtrace's own
 //! CPU time and peak RSS from /proc while it runs.
@@ -171,7 +172,11 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     }
     for round in 0..RUNS {
         eprintln!("xtask: bench round {}/{RUNS}", round + 1);
-        for v in &mut variants {
+        // Rotate the order every round, so no variant always runs first.
+        let n = variants.len();
+        let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
+        for &i in &order {
+            let v = &mut variants[i];
             let objects = v.objects.to_string();
             let (fixture, fixture_args): (&Path, Vec<&str>) = if v.goroutines {
                 (&spawner, vec!["-spawn", objects.as_str()])
