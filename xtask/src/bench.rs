@@ -176,6 +176,8 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
         let n = variants.len();
         let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
         for &i in &order {
+            // Let the previous run's teardown (probe detach, RCU frees) settle.
+            std::thread::sleep(Duration::from_millis(700));
             let v = &mut variants[i];
             let objects = v.objects.to_string();
             let (fixture, fixture_args): (&Path, Vec<&str>) = if v.goroutines {
