@@ -32,30 +32,27 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
-pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
+/// Reports the `*g` in RAX with `kind`.
+#[inline(always)]
+fn report_g(ctx: &ProbeContext, kind: EventKind) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    // SAFETY: as above.
+    // SAFETY: `regs` points at the saved user registers for this hit.
     let g = unsafe { (*ctx.regs).rax };
     emit(Event {
         addr: g,
-        ..event(EventKind::GoCreated, tgid, tid)
+        ..event(kind, tgid, tid)
     });
     0
 }
 
 #[uprobe]
+pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
+    report_g(&ctx, EventKind::GoCreated)
+}
+
+#[uprobe]
 pub fn go_exit(ctx: ProbeContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
-        return 0;
-    };
-    // SAFETY: as above.
-    let g = unsafe { (*ctx.regs).rax };
-    emit(Event {
-        addr: g,
-        ..event(EventKind::GoExit, tgid, tid)
-    });
-    0
+    report_g(&ctx, EventKind::GoExit)
 }
