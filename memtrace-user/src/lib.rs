@@ -7,6 +7,7 @@ pub mod breakdown;
 pub mod cli;
 pub mod decode;
 pub mod error;
+pub mod gopclntab;
 pub mod goruntime;
 pub mod gtypes;
 pub mod launch;

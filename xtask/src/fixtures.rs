@@ -82,7 +82,11 @@ pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built>
         std::fs::create_dir_all(&dir)?;
         for name in &names {
             let variants: &[(&str, &[&str])] = if name == "allocs" {
-                &[("", &[]), ("-stripped", &["-ldflags=-s -w"])]
+                &[
+                    ("", &[]),
+                    ("-stripped", &["-ldflags=-s -w"]),
+                    ("-pie", &["-buildmode=pie"]),
+                ]
             } else {
                 &[("", &[])]
             };

@@ -1,0 +1,559 @@
+//! Go's own function table, `.gopclntab`: present in every Go binary, even
+//! one built with `-ldflags=-s -w`. It gives each function's entry address
+//! and name, and through the inline tree the functions inlined at any pc, so
+//! memtrace can both place probes and name frames without `.symtab` or DWARF.
+//!
+//! Layouts handled (`runtime/symtab.go`, `cmd/link/internal/ld/pcln.go`):
+//! - pcHeader magic `0xfffffff0` (Go 1.18, 1.19) and `0xfffffff1` (Go 1.20+);
+//!   older magics are rejected as unsupported.
+//! - `pcHeader.textStart` is zero from Go 1.26 on: the text base then comes
+//!   from `runtime.firstmoduledata.text`, found in the `.go.module` section
+//!   (Go 1.26+) or by scanning data for the pointer to the pcHeader.
+//! - Inline trees live in funcdata, at offsets from `moduledata.gofunc`.
+//!
+//! Pure: it reads an ELF image from bytes; nothing here touches a process.
+
+use std::sync::Arc;
+
+use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+
+/// Why a binary's function table cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PclnError {
+    #[error("no .gopclntab section or pcHeader found")]
+    Missing,
+    #[error(
+        "unsupported pclntab format {0:#x} (Go 1.17 or older): memtrace supports Go 1.19 and newer"
+    )]
+    Unsupported(u32),
+    #[error("malformed pclntab: {0}")]
+    Malformed(&'static str),
+}
+
+const MAGIC_118: u32 = 0xffff_fff0;
+const MAGIC_120: u32 = 0xffff_fff1;
+const PCDATA_INL_TREE_INDEX: usize = 2;
+const FUNCDATA_INL_TREE: usize = 3;
+/// `moduledata.text`: after pcHeader, six slices, findfunctab, minpc, maxpc.
+const MODULEDATA_TEXT: u64 = 8 + 6 * 24 + 8 + 16;
+
+/// A loadable segment: where virtual addresses live in the file.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    vaddr: u64,
+    memsz: u64,
+    offset: u64,
+    filesz: u64,
+}
+
+/// One function of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Function<'t> {
+    pub name: &'t str,
+    /// Link-time virtual address of the first instruction.
+    pub entry: u64,
+    /// Address just past the function (the next function's entry).
+    pub end: u64,
+}
+
+/// A parsed `.gopclntab` with what it needs from the rest of the file.
+pub struct GoTable {
+    data: Arc<[u8]>,
+    segments: Vec<Segment>,
+    go118: bool,
+    nfunc: usize,
+    min_lc: u64,
+    text: u64,
+    /// File offsets of the tables.
+    funcnametab: usize,
+    pctab: usize,
+    pclntable: usize,
+    /// File offset of `moduledata.gofunc`, when the moduledata was found.
+    gofunc: Option<usize>,
+    /// Build identity: Go build ID, else GNU build ID, else empty.
+    pub build_id: String,
+}
+
+impl std::fmt::Debug for GoTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoTable")
+            .field("nfunc", &self.nfunc)
+            .field("text", &format_args!("{:#x}", self.text))
+            .field("inline", &self.gofunc.is_some())
+            .field("build_id", &self.build_id)
+            .finish()
+    }
+}
+
+fn u32_at(d: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn u64_at(d: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(d.get(off..off + 8)?.try_into().ok()?))
+}
+
+fn cstr(d: &[u8], off: usize) -> Option<&str> {
+    let rest = d.get(off..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+fn uvarint(d: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut x = 0u64;
+    for i in 0..10 {
+        let b = *d.get(*pos)?;
+        *pos += 1;
+        x |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(x);
+        }
+    }
+    None
+}
+
+/// Decodes a pc-value table (as `runtime.pcvalue` does): pairs of a
+/// zig-zag value delta and a pc delta, starting at value -1 at `entry`.
+/// Returns the value in effect at `target`.
+pub fn pcvalue(table: &[u8], start: usize, entry: u64, min_lc: u64, target: u64) -> Option<i64> {
+    let mut pos = start;
+    let (mut val, mut pc) = (-1i64, entry);
+    let mut first = true;
+    loop {
+        let uv = uvarint(table, &mut pos)?;
+        if uv == 0 && !first {
+            return None;
+        }
+        first = false;
+        let delta = if uv & 1 != 0 {
+            !((uv >> 1) as i64)
+        } else {
+            (uv >> 1) as i64
+        };
+        val = val.wrapping_add(delta);
+        pc = pc.checked_add(uvarint(table, &mut pos)?.checked_mul(min_lc)?)?;
+        if target < pc {
+            return Some(val);
+        }
+    }
+}
+
+/// The Go build ID (`.note.go.buildid`) or, failing that, the GNU one.
+pub fn build_id(file: &object::File<'_>) -> String {
+    if let Some(d) = file
+        .section_by_name(".note.go.buildid")
+        .and_then(|s| s.data().ok())
+    {
+        // An ELF note: namesz, descsz, type, "Go\0\0", then the ID.
+        if let (Some(namesz), Some(descsz)) = (u32_at(d, 0), u32_at(d, 4)) {
+            let start = 12 + (namesz as usize).div_ceil(4) * 4;
+            if let Some(id) = d.get(start..start + descsz as usize) {
+                return String::from_utf8_lossy(id).into_owned();
+            }
+        }
+    }
+    match file.build_id() {
+        Ok(Some(id)) => id.iter().map(|b| format!("{b:02x}")).collect(),
+        _ => String::new(),
+    }
+}
+
+impl GoTable {
+    /// Parses the table of the ELF image `data`.
+    pub fn parse(data: Arc<[u8]>) -> Result<Self, PclnError> {
+        let file = object::File::parse(&*data).map_err(|_| PclnError::Missing)?;
+        let segments: Vec<Segment> = file
+            .segments()
+            .map(|s| {
+                let (offset, filesz) = s.file_range();
+                Segment {
+                    vaddr: s.address(),
+                    memsz: s.size(),
+                    offset,
+                    filesz,
+                }
+            })
+            .collect();
+        let relocs: std::collections::HashMap<u64, u64> = file
+            .dynamic_relocations()
+            .into_iter()
+            .flatten()
+            .filter(|(_, r)| r.kind() == object::RelocationKind::Relative)
+            .map(|(at, r)| (at, r.addend() as u64))
+            .collect();
+        let (hdr_vaddr, hdr) = find_header(&file, &data).ok_or(PclnError::Missing)?;
+        let magic = u32_at(&data, hdr).ok_or(PclnError::Missing)?;
+        let go118 = match magic {
+            MAGIC_118 => true,
+            MAGIC_120 => false,
+            m => return Err(PclnError::Unsupported(m)),
+        };
+        let bad = PclnError::Malformed;
+        if data.get(hdr + 7) != Some(&8) {
+            return Err(bad("pointer size is not 8 (memtrace supports amd64)"));
+        }
+        let min_lc = u64::from(data[hdr + 6]);
+        let word = |i: usize| u64_at(&data, hdr + 8 + 8 * i).ok_or(bad("short header"));
+        let nfunc = word(0)? as usize;
+        // A pointer in the file: the relocation's addend in PIE binaries.
+        let ptr = |vaddr: u64| -> Option<u64> {
+            if let Some(a) = relocs.get(&vaddr) {
+                return Some(*a);
+            }
+            u64_at(&data, to_file(&segments, vaddr)? as usize)
+        };
+        let moduledata = find_moduledata(&file, &data, &relocs, hdr_vaddr);
+        let mut text = ptr(hdr_vaddr + 24).unwrap_or(0);
+        if text == 0 {
+            text = moduledata
+                .and_then(|m| ptr(m + MODULEDATA_TEXT))
+                .or_else(|| file.section_by_name(".text").map(|s| s.address()))
+                .ok_or(bad("no text base"))?;
+        }
+        let at = |i: usize| -> Result<usize, PclnError> {
+            let off = word(i)? as usize;
+            (hdr + off < data.len())
+                .then_some(hdr + off)
+                .ok_or(bad("table offset past the end of the file"))
+        };
+        let gofunc = moduledata
+            .and_then(|m| gofunc(&file, go118, m, &ptr))
+            .and_then(|v| to_file(&segments, v))
+            .map(|o| o as usize);
+        let table = Self {
+            build_id: build_id(&file),
+            segments,
+            go118,
+            nfunc,
+            min_lc: min_lc.max(1),
+            text,
+            funcnametab: at(3)?,
+            pctab: at(6)?,
+            pclntable: at(7)?,
+            gofunc,
+            data: data.clone(),
+        };
+        if table.ftab(nfunc).is_none() {
+            return Err(bad("function table past the end of the file"));
+        }
+        Ok(table)
+    }
+
+    /// Whether inline trees can be read (the moduledata was found).
+    pub fn has_inline_info(&self) -> bool {
+        self.gofunc.is_some()
+    }
+
+    /// The link-time address that function entry offsets are relative to.
+    pub fn text_start(&self) -> u64 {
+        self.text
+    }
+
+    /// Entry `i` of the function table: (entry offset, `_func` offset).
+    fn ftab(&self, i: usize) -> Option<(u32, u32)> {
+        let off = self.pclntable + 8 * i;
+        Some((u32_at(&self.data, off)?, u32_at(&self.data, off + 4)?))
+    }
+
+    fn name(&self, name_off: u32) -> Option<&str> {
+        cstr(&self.data, self.funcnametab + name_off as usize)
+    }
+
+    /// Every function, in address order.
+    pub fn functions(&self) -> impl Iterator<Item = Function<'_>> + '_ {
+        (0..self.nfunc).filter_map(move |i| self.function_at(i))
+    }
+
+    fn function_at(&self, i: usize) -> Option<Function<'_>> {
+        let (entry, func) = self.ftab(i)?;
+        let (end, _) = self.ftab(i + 1)?;
+        let name_off = u32_at(&self.data, self.pclntable + func as usize + 4)?;
+        Some(Function {
+            name: self.name(name_off)?,
+            entry: self.text + u64::from(entry),
+            end: self.text + u64::from(end),
+        })
+    }
+
+    /// The function named exactly `name`. Assembly functions called from Go
+    /// come with an ABI wrapper of the same name in pclntab (`.abi0` in the
+    /// symbol table); the real body is the larger of the two.
+    pub fn function(&self, name: &str) -> Option<Function<'_>> {
+        self.functions()
+            .filter(|f| f.name == name)
+            .max_by_key(|f| f.end - f.entry)
+    }
+
+    /// Index of the function containing `pc`.
+    fn index_of(&self, pc: u64) -> Option<usize> {
+        let rel = u32::try_from(pc.checked_sub(self.text)?).ok()?;
+        let (first, _) = self.ftab(0)?;
+        let (last, _) = self.ftab(self.nfunc)?;
+        if rel < first || rel >= last {
+            return None;
+        }
+        // The last entry whose offset is <= rel.
+        let (mut lo, mut hi) = (0usize, self.nfunc);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if self.ftab(mid)?.0 <= rel {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+
+    /// Names at `pc`, outermost first: the function containing it, then each
+    /// function inlined into it at that pc, down to the innermost.
+    pub fn frames(&self, pc: u64) -> Option<Vec<String>> {
+        let i = self.index_of(pc)?;
+        let f = self.function_at(i)?;
+        let mut names = vec![name_for_print(f.name).into_owned()];
+        let func = self.pclntable + self.ftab(i)?.1 as usize;
+        let mut inlined = self.inlined(func, f.entry, pc).unwrap_or_default();
+        inlined.reverse();
+        names.extend(inlined);
+        Some(names)
+    }
+
+    /// Functions inlined at `pc` in the `_func` at file offset `func`,
+    /// innermost first.
+    fn inlined(&self, func: usize, entry: u64, pc: u64) -> Option<Vec<String>> {
+        let d = &self.data;
+        let gofunc = self.gofunc?;
+        let header = if self.go118 { 40 } else { 44 };
+        let npcdata = u32_at(d, func + 28)? as usize;
+        let nfuncdata = usize::from(*d.get(func + header - 1)?);
+        if npcdata <= PCDATA_INL_TREE_INDEX || nfuncdata <= FUNCDATA_INL_TREE {
+            return None;
+        }
+        let pcdata = u32_at(d, func + header + 4 * PCDATA_INL_TREE_INDEX)? as usize;
+        let fdata = u32_at(d, func + header + 4 * npcdata + 4 * FUNCDATA_INL_TREE)?;
+        if pcdata == 0 || fdata == u32::MAX {
+            return None;
+        }
+        let tree = gofunc + fdata as usize;
+        let (size, name_at, parent_pc_at) = if self.go118 { (20, 12, 16) } else { (16, 4, 8) };
+        let mut out = Vec::new();
+        let mut at = pc;
+        // Each step moves to the call site in the parent; bound the walk.
+        for _ in 0..64 {
+            let idx = pcvalue(d, self.pctab + pcdata, entry, self.min_lc, at)?;
+            if idx < 0 {
+                return Some(out);
+            }
+            let call = tree + size * idx as usize;
+            let name_off = u32_at(d, call + name_at)?;
+            out.push(name_for_print(self.name(name_off)?).into_owned());
+            let parent_pc = u32_at(d, call + parent_pc_at)? as i32;
+            at = entry.checked_add_signed(i64::from(parent_pc))?;
+        }
+        Some(out)
+    }
+
+    /// The file offset of a link-time virtual address.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        to_file(&self.segments, vaddr)
+    }
+
+    /// The link-time virtual address of a file offset in a loaded segment.
+    pub fn vaddr_of(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| offset >= s.offset && offset < s.offset + s.filesz)
+            .map(|s| offset - s.offset + s.vaddr)
+    }
+
+    /// The machine code of `f`.
+    pub fn code(&self, f: &Function<'_>) -> Option<&[u8]> {
+        let start = self.file_offset(f.entry)? as usize;
+        self.data.get(start..start + (f.end - f.entry) as usize)
+    }
+}
+
+/// A function name as Go prints it (`runtime.funcNameForPrint`, which
+/// `runtime.CallersFrames` and so pprof use): generic shapes become `[...]`,
+/// and a generic method of a generic type `T[...].m[...]`.
+pub fn name_for_print(name: &str) -> std::borrow::Cow<'_, str> {
+    let Some(i) = name.find('[') else {
+        return name.into();
+    };
+    let Some(j) = name.rfind(']') else {
+        return name.into();
+    };
+    if j <= i {
+        return name.into();
+    }
+    let interior = &name[i + 1..j];
+    if !interior.contains('[') {
+        return format!("{}[...]{}", &name[..i], &name[j + 1..]).into();
+    }
+    let (mut depth, mut rbr, mut lbr) = (1i32, None, None);
+    for (k, c) in interior.char_indices() {
+        if c == '[' {
+            depth += 1;
+            if depth != 1 {
+                continue;
+            }
+            lbr = Some(k);
+            break;
+        }
+        if c == ']' {
+            depth -= 1;
+            if depth < 0 {
+                break;
+            }
+            if depth == 0 {
+                rbr = Some(k);
+            }
+        }
+    }
+    if depth == 1 {
+        match (rbr, lbr) {
+            (Some(r), Some(l)) if l > r => {
+                return format!(
+                    "{}[...]{}[...]{}",
+                    &name[..i],
+                    &interior[r + 1..l],
+                    &name[j + 1..]
+                )
+                .into();
+            }
+            (None, None) => return format!("{}[...]{}", &name[..i], &name[j + 1..]).into(),
+            _ => {}
+        }
+    }
+    name.into()
+}
+
+fn to_file(segments: &[Segment], vaddr: u64) -> Option<u64> {
+    segments
+        .iter()
+        .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.memsz.min(s.filesz))
+        .map(|s| vaddr - s.vaddr + s.offset)
+}
+
+/// The pcHeader: the `.gopclntab` section (or its external-linking name),
+/// else the first read-only place holding a Go pcHeader magic.
+fn find_header(file: &object::File<'_>, data: &[u8]) -> Option<(u64, usize)> {
+    for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
+        if let Some(s) = file.section_by_name(name) {
+            let (off, _) = s.file_range()?;
+            return Some((s.address(), off as usize));
+        }
+    }
+    for s in file.sections() {
+        let Some((off, size)) = s.file_range() else {
+            continue;
+        };
+        if !s
+            .name()
+            .is_ok_and(|n| n.contains("rodata") || n.contains("rel.ro"))
+        {
+            continue;
+        }
+        let bytes = data.get(off as usize..(off + size) as usize)?;
+        let hit = (0..bytes.len().saturating_sub(16)).step_by(8).find(|&i| {
+            matches!(u32_at(bytes, i), Some(MAGIC_118 | MAGIC_120))
+                && bytes[i + 4..i + 8] == [0, 0, 1, 8]
+        });
+        if let Some(i) = hit {
+            return Some((s.address() + i as u64, off as usize + i));
+        }
+    }
+    None
+}
+
+/// The link-time address of `runtime.firstmoduledata`: the `.go.module`
+/// section (Go 1.26+), else the data word pointing at the pcHeader.
+fn find_moduledata(
+    file: &object::File<'_>,
+    data: &[u8],
+    relocs: &std::collections::HashMap<u64, u64>,
+    header: u64,
+) -> Option<u64> {
+    if let Some(s) = file.section_by_name(".go.module") {
+        return Some(s.address());
+    }
+    if let Some((&at, _)) = relocs.iter().filter(|(_, &a)| a == header).min() {
+        return Some(at);
+    }
+    for name in [".noptrdata", ".data", ".data.rel.ro"] {
+        let Some(s) = file.section_by_name(name) else {
+            continue;
+        };
+        let Some((off, size)) = s.file_range() else {
+            continue;
+        };
+        let hit = (0..size.saturating_sub(8))
+            .step_by(8)
+            .find(|&i| u64_at(data, (off + i) as usize) == Some(header));
+        if let Some(i) = hit {
+            return Some(s.address() + i);
+        }
+    }
+    None
+}
+
+/// `moduledata.gofunc`. Its offset grew as fields were added: 304 in Go
+/// 1.18–1.19, 320 with the coverage counters (1.20), 344 once the type and
+/// itab bounds were added (1.27). The field before it is `rodata`, the start
+/// of `.rodata`, which tells the layouts apart.
+fn gofunc(
+    file: &object::File<'_>,
+    go118: bool,
+    moduledata: u64,
+    ptr: &dyn Fn(u64) -> Option<u64>,
+) -> Option<u64> {
+    let rodata = file.section_by_name(".rodata").map(|s| s.address());
+    let candidates: &[u64] = if go118 { &[304] } else { &[320, 344] };
+    candidates.iter().find_map(|&off| {
+        let v = ptr(moduledata + off)?;
+        let before = ptr(moduledata + off - 8)?;
+        (v != 0 && (rodata.is_none() || Some(before) == rodata)).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_pc_value_tables() {
+        // value -1 → 0 for 4 bytes (delta +1: zigzag 2), then → 2 for 6 bytes
+        // (delta +2: zigzag 4), then end.
+        let table = [2u8, 4, 4, 6, 0];
+        assert_eq!(pcvalue(&table, 0, 0x100, 1, 0x100), Some(0));
+        assert_eq!(pcvalue(&table, 0, 0x100, 1, 0x103), Some(0));
+        assert_eq!(pcvalue(&table, 0, 0x100, 1, 0x104), Some(2));
+        assert_eq!(pcvalue(&table, 0, 0x100, 1, 0x109), Some(2));
+        assert_eq!(pcvalue(&table, 0, 0x100, 1, 0x10a), None);
+        // A negative delta: 0 → -1 (zigzag 1).
+        let back = [2u8, 2, 1, 2, 0];
+        assert_eq!(pcvalue(&back, 0, 0, 1, 3), Some(-1));
+        // Truncated input is not an answer.
+        assert_eq!(pcvalue(&[0x80u8], 0, 0, 1, 0), None);
+    }
+
+    #[test]
+    fn prints_names_as_go_does() {
+        assert_eq!(name_for_print("main.leak"), "main.leak");
+        assert_eq!(name_for_print("main.(*T).m"), "main.(*T).m");
+        assert_eq!(name_for_print("main.F[go.shape.int]"), "main.F[...]");
+        assert_eq!(
+            name_for_print("main.(*T[go.shape.int]).m[go.shape.string]"),
+            "main.(*T[...]).m[...]"
+        );
+        assert_eq!(name_for_print("main.G[go.shape.[]uint8]"), "main.G[...]");
+        assert_eq!(name_for_print("type:.eq.[5]int"), "type:.eq.[...]int");
+        assert_eq!(name_for_print("bad]name["), "bad]name[");
+    }
+
+    #[test]
+    fn rejects_non_go() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(GoTable::parse(exe.into()).unwrap_err(), PclnError::Missing);
+    }
+}
