@@ -55,12 +55,23 @@ pub enum TargetError {
          programs only"
     )]
     NotGo(PathBuf),
-    /// A Go binary whose symbol table was stripped.
+    /// A stripped Go binary lacks a data symbol that a feature reads.
     #[error(
-        "{0} is a stripped Go binary (no .symtab; built with -ldflags=-s?): rebuild it \
-         without -s to trace it (pclntab-only binaries are not supported yet)"
+        "{path} is stripped (built with -ldflags=-s), and the {needed_by} needs {symbol} \
+         from its symbol table: use the rss, mmap or alloc-exact lens, or rebuild \
+         without -s"
     )]
-    Stripped(PathBuf),
+    Stripped {
+        path: PathBuf,
+        symbol: String,
+        needed_by: String,
+    },
+    /// A Go release memtrace does not support.
+    #[error(
+        "{path} was built with {version}, which memtrace does not support: rebuild it \
+         with Go 1.19 or newer"
+    )]
+    GoVersion { path: PathBuf, version: String },
     /// A Go binary without an allocator memtrace knows.
     #[error(
         "{path} has no {symbol}: this Go version's allocator is not supported; \

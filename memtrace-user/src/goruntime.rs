@@ -3,11 +3,13 @@
 //! Pure: it reads an ELF image from bytes and never touches the kernel.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::error::TargetError;
+use crate::gopclntab::{Function, GoTable, PclnError};
 
 /// Where to put one allocation uprobe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +29,12 @@ pub struct GoBinary {
     pub path: PathBuf,
     /// e.g. `go1.21.13`, or `unknown` when the build info is unreadable.
     pub go_version: String,
+    /// The main module's path from the build info, when recorded.
+    pub module: Option<String>,
+    /// Go's function table: probe addresses and frame names.
+    pub table: Arc<GoTable>,
+    /// Built with `-ldflags=-s`: no `.symtab`, so no data symbols.
+    pub stripped: bool,
     pub alloc_points: Vec<ProbePoint>,
     /// Probe points of the GC view, or why there are none.
     pub gc: Result<GcPoints, String>,
@@ -48,6 +56,12 @@ pub struct GoBinary {
 
 const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
 const MALLOCGC: &str = "runtime.mallocgc";
+/// The oldest Go release memtrace is tested with.
+pub const OLDEST_GO: (u32, u32) = (1, 19);
+/// The newest Go release memtrace is tested with.
+pub const NEWEST_GO: (u32, u32) = (1, 27);
+/// `len(runtime.mallocNoScanTable)` in Go 1.27, for stripped binaries.
+const GO127_NOSCAN_TABLE_LEN: u64 = 81;
 
 impl GoBinary {
     /// Reads and analyses the file at `path`.
@@ -56,42 +70,67 @@ impl GoBinary {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        Self::parse(path, &data)
+        Self::parse(path, data.into())
     }
 
-    pub fn parse(path: &Path, data: &[u8]) -> Result<Self, TargetError> {
+    pub fn parse(path: &Path, data: Arc<[u8]>) -> Result<Self, TargetError> {
         let not_go = || TargetError::NotGo(path.to_owned());
-        let file = object::File::parse(data).map_err(|_| not_go())?;
+        let file = object::File::parse(&*data).map_err(|_| not_go())?;
         let is_go = [".go.buildinfo", ".gopclntab", ".note.go.buildid"]
             .iter()
             .any(|s| file.section_by_name(s).is_some());
         if !is_go {
             return Err(not_go());
         }
-        let go_version = file
+        let info = file
             .section_by_name(".go.buildinfo")
             .and_then(|s| s.data().ok())
-            .and_then(parse_buildinfo_version)
-            .unwrap_or_else(|| "unknown".to_string());
-        if file.symbol_by_name(MALLOCGC).is_none() && file.symbols().next().is_none() {
-            return Err(TargetError::Stripped(path.to_owned()));
+            .and_then(parse_buildinfo);
+        let (go_version, module) = match info {
+            Some(i) => (i.version, i.module),
+            None => ("unknown".to_string(), None),
+        };
+        if let Some((major, minor)) = go_release(&go_version) {
+            if (major, minor) < OLDEST_GO {
+                return Err(TargetError::GoVersion {
+                    path: path.to_owned(),
+                    version: go_version,
+                });
+            }
         }
-        let alloc_points = alloc_points(path, &file)?;
+        let table = GoTable::parse(data.clone()).map_err(|e| match e {
+            PclnError::Missing => not_go(),
+            PclnError::Unsupported(_) => TargetError::GoVersion {
+                path: path.to_owned(),
+                version: go_version.clone(),
+            },
+            other => TargetError::Read {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
+        let syms = DataSymbols::new(&file);
+        let bin = Binary {
+            path,
+            table: &table,
+        };
+        let alloc_points = bin.alloc_points(&syms)?;
         let first_load = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
         Ok(Self {
             path: path.to_owned(),
             go_version,
+            module,
+            stripped: syms.stripped,
             alloc_points,
-            goroutines: goroutine_points(path, &file).map_err(|e| e.to_string()),
-            g_layout: crate::gtypes::g_layout(data),
-            gc: gc_points(path, &file, data).map_err(|e| e.to_string()),
-            allgs: file.symbol_by_name("runtime.allgs").map(|s| s.address()),
-            mem_profile_rate: file
-                .symbol_by_name("runtime.MemProfileRate")
-                .map(|s| s.address()),
-            mbuckets: file.symbol_by_name("runtime.mbuckets").map(|s| s.address()),
+            goroutines: bin.goroutine_points().map_err(|e| e.to_string()),
+            g_layout: crate::gtypes::g_layout(&data),
+            gc: bin.gc_points(&syms, &data).map_err(|e| e.to_string()),
+            allgs: syms.address("runtime.allgs"),
+            mem_profile_rate: syms.address("runtime.MemProfileRate"),
+            mbuckets: syms.address("runtime.mbuckets"),
             pie: file.kind() == object::ObjectKind::Dynamic,
             first_load,
+            table: Arc::new(table),
         })
     }
 
@@ -107,6 +146,54 @@ impl GoBinary {
             .map(|m| m.start)
             .min()?;
         Some(vaddr - self.first_load + base)
+    }
+
+    /// The error for a feature that needs a data symbol this binary lacks.
+    pub fn missing(&self, symbol: &str, needed_by: &str) -> TargetError {
+        if self.stripped {
+            TargetError::Stripped {
+                path: self.path.clone(),
+                symbol: symbol.to_string(),
+                needed_by: needed_by.to_string(),
+            }
+        } else {
+            TargetError::MissingSymbol {
+                path: self.path.clone(),
+                symbol: symbol.to_string(),
+            }
+        }
+    }
+}
+
+/// `(major, minor)` of a `go1.N[.P]` version string.
+pub fn go_release(version: &str) -> Option<(u32, u32)> {
+    let rest = version.strip_prefix("go")?;
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Some((major, minor))
+}
+
+/// Addresses of data symbols, which only `.symtab` has.
+struct DataSymbols<'d, 'f> {
+    file: &'f object::File<'d>,
+    stripped: bool,
+}
+
+impl<'d, 'f> DataSymbols<'d, 'f> {
+    fn new(file: &'f object::File<'d>) -> Self {
+        Self {
+            file,
+            stripped: file.symbols().next().is_none(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<object::Symbol<'d, 'f>> {
+        self.file.symbol_by_name(name)
+    }
+
+    fn address(&self, name: &str) -> Option<u64> {
+        self.get(name).map(|s| s.address())
     }
 }
 
@@ -126,117 +213,118 @@ pub fn is_specialized_allocator(name: &str) -> bool {
     })
 }
 
-fn alloc_points(path: &Path, file: &object::File<'_>) -> Result<Vec<ProbePoint>, TargetError> {
-    let mallocgc = file
-        .symbol_by_name(MALLOCGC)
-        .ok_or_else(|| TargetError::MissingSymbol {
-            path: path.to_owned(),
-            symbol: MALLOCGC.into(),
-        })?;
-    // mallocgc forwards sizes below len(mallocNoScanTable) to the specialized
-    // functions (Go ≥ 1.27); those are counted by their own probes.
-    let floor = file
-        .symbol_by_name("runtime.mallocNoScanTable")
-        .map(|s| s.size() / 8)
-        .unwrap_or(0);
-    let mut syms = vec![(mallocgc, floor)];
-    syms.extend(
-        file.symbols()
-            .filter(|s| s.name().is_ok_and(is_specialized_allocator))
-            .map(|s| (s, 0)),
-    );
-    syms.iter()
-        .map(|(sym, size_floor)| {
-            let mut p = after_prologue(path, file, sym)?;
-            p.size_floor = *size_floor;
-            Ok(p)
-        })
-        .collect()
+/// Probe placement in one binary, from its function table.
+struct Binary<'a> {
+    path: &'a Path,
+    table: &'a GoTable,
 }
 
-/// The code of a function symbol, its section's address and file offset.
-fn function_code<'d>(
-    path: &Path,
-    file: &object::File<'d>,
-    sym: &object::Symbol<'d, '_>,
-) -> Result<(&'d [u8], u64, u64), TargetError> {
-    let name = sym.name().unwrap_or_default().to_string();
-    let err = || TargetError::Prologue {
-        path: path.to_owned(),
-        symbol: name.clone(),
-    };
-    let section = sym
-        .section_index()
-        .and_then(|i| file.section_by_index(i).ok())
-        .ok_or_else(err)?;
-    let (sec_off, _) = section.file_range().ok_or_else(err)?;
-    let data = section.data().map_err(|_| err())?;
-    let start = sym
-        .address()
-        .checked_sub(section.address())
-        .ok_or_else(err)? as usize;
-    let len = if sym.size() > 0 {
-        sym.size() as usize
-    } else {
-        64
-    };
-    let code = data
-        .get(start..(start + len).min(data.len()))
-        .ok_or_else(err)?;
-    Ok((code, section.address(), sec_off))
-}
-
-/// A probe point right after `sym`'s frame setup.
-fn after_prologue(
-    path: &Path,
-    file: &object::File<'_>,
-    sym: &object::Symbol<'_, '_>,
-) -> Result<ProbePoint, TargetError> {
-    let name = sym.name().unwrap_or_default().to_string();
-    let (code, sec_addr, sec_off) = function_code(path, file, sym)?;
-    let skip = after_frame_setup(&code[..code.len().min(64)], sym.address()).ok_or_else(|| {
-        TargetError::Prologue {
-            path: path.to_owned(),
-            symbol: name.clone(),
-        }
-    })?;
-    let vaddr = sym.address() + skip;
-    Ok(ProbePoint {
-        file_offset: vaddr - sec_addr + sec_off,
-        vaddr,
-        symbol: name,
-        size_floor: 0,
-    })
-}
-
-/// Probe points on every RET instruction of `sym` (to read a return value
-/// without a uretprobe, which Go's moving stacks do not survive).
-fn ret_points(
-    path: &Path,
-    file: &object::File<'_>,
-    sym: &object::Symbol<'_, '_>,
-) -> Result<Vec<ProbePoint>, TargetError> {
-    let name = sym.name().unwrap_or_default().to_string();
-    let (code, sec_addr, sec_off) = function_code(path, file, sym)?;
-    let points: Vec<ProbePoint> = ret_offsets(code, sym.address())
-        .into_iter()
-        .map(|off| {
-            let vaddr = sym.address() + off;
-            ProbePoint {
-                file_offset: vaddr - sec_addr + sec_off,
-                vaddr,
-                symbol: format!("{name} (ret)"),
-                size_floor: 0,
-            }
-        })
-        .collect();
-    if points.is_empty() {
-        return Err(TargetError::Prologue {
-            path: path.to_owned(),
-            symbol: name,
-        });
+impl Binary<'_> {
+    fn function(&self, name: &str) -> Result<Function<'_>, TargetError> {
+        self.table
+            .function(name)
+            .ok_or_else(|| TargetError::MissingSymbol {
+                path: self.path.to_owned(),
+                symbol: name.to_string(),
+            })
     }
-    Ok(points)
+
+    fn alloc_points(&self, syms: &DataSymbols<'_, '_>) -> Result<Vec<ProbePoint>, TargetError> {
+        let mallocgc = self.function(MALLOCGC)?;
+        let specialized: Vec<Function<'_>> = self
+            .table
+            .functions()
+            .filter(|f| is_specialized_allocator(f.name))
+            .collect();
+        // mallocgc forwards sizes below len(mallocNoScanTable) to the
+        // specialized functions (Go ≥ 1.27); those are counted by their own
+        // probes. Stripped binaries lack the table's symbol: use 1.27's size.
+        let floor = match syms.get("runtime.mallocNoScanTable") {
+            Some(t) => t.size() / 8,
+            None if !specialized.is_empty() => GO127_NOSCAN_TABLE_LEN,
+            None => 0,
+        };
+        std::iter::once((mallocgc, floor))
+            .chain(specialized.into_iter().map(|f| (f, 0)))
+            .map(|(f, size_floor)| {
+                let mut p = self.after_prologue(&f)?;
+                p.size_floor = size_floor;
+                Ok(p)
+            })
+            .collect()
+    }
+
+    fn code(&self, f: &Function<'_>) -> Result<&[u8], TargetError> {
+        self.table.code(f).ok_or_else(|| self.prologue_error(f))
+    }
+
+    fn prologue_error(&self, f: &Function<'_>) -> TargetError {
+        TargetError::Prologue {
+            path: self.path.to_owned(),
+            symbol: f.name.to_string(),
+        }
+    }
+
+    fn point(
+        &self,
+        f: &Function<'_>,
+        vaddr: u64,
+        symbol: String,
+    ) -> Result<ProbePoint, TargetError> {
+        Ok(ProbePoint {
+            file_offset: self
+                .table
+                .file_offset(vaddr)
+                .ok_or_else(|| self.prologue_error(f))?,
+            vaddr,
+            symbol,
+            size_floor: 0,
+        })
+    }
+
+    /// A probe point right after `f`'s frame setup.
+    fn after_prologue(&self, f: &Function<'_>) -> Result<ProbePoint, TargetError> {
+        let code = self.code(f)?;
+        let skip = after_frame_setup(&code[..code.len().min(64)], f.entry)
+            .ok_or_else(|| self.prologue_error(f))?;
+        self.point(f, f.entry + skip, f.name.to_string())
+    }
+
+    /// Probe points on every RET instruction of `f` (to read a return value
+    /// without a uretprobe, which Go's moving stacks do not survive).
+    fn ret_points(&self, f: &Function<'_>) -> Result<Vec<ProbePoint>, TargetError> {
+        let points = ret_offsets(self.code(f)?, f.entry)
+            .into_iter()
+            .map(|off| self.point(f, f.entry + off, format!("{} (ret)", f.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if points.is_empty() {
+            return Err(self.prologue_error(f));
+        }
+        Ok(points)
+    }
+
+    fn gc_points(&self, syms: &DataSymbols<'_, '_>, data: &[u8]) -> Result<GcPoints, TargetError> {
+        let at = |name: &str| self.after_prologue(&self.function(name)?);
+        let controller = syms.address("runtime.gcController");
+        let fields = crate::gtypes::struct_members(data, "runtime.gcControllerState");
+        let field = |name: &str| Some(controller? + *fields.as_ref()?.get(name)?);
+        Ok(GcPoints {
+            mark_termination: at("runtime.gcMarkTermination")?,
+            stw_stop: at("runtime.stopTheWorldWithSema")?,
+            stw_start: at("runtime.startTheWorldWithSema")?,
+            heap_live: field("heapLive"),
+            heap_goal: field("gcPercentHeapGoal"),
+        })
+    }
+
+    fn goroutine_points(&self) -> Result<GoroutinePoints, TargetError> {
+        let newproc1 = self.function("runtime.newproc1")?;
+        Ok(GoroutinePoints {
+            newproc: self.after_prologue(&newproc1)?,
+            newproc_rets: self.ret_points(&newproc1)?,
+            goexit: self.after_prologue(&self.function("runtime.goexit0")?)?,
+        })
+    }
 }
 
 /// Offsets of the RET instructions in a function's code.
@@ -270,46 +358,6 @@ pub struct GcPoints {
     pub stw_start: ProbePoint,
     pub heap_live: Option<u64>,
     pub heap_goal: Option<u64>,
-}
-
-fn gc_points(path: &Path, file: &object::File<'_>, data: &[u8]) -> Result<GcPoints, TargetError> {
-    let at = |name: &str| {
-        let sym = file
-            .symbol_by_name(name)
-            .ok_or_else(|| TargetError::MissingSymbol {
-                path: path.to_owned(),
-                symbol: name.to_string(),
-            })?;
-        after_prologue(path, file, &sym)
-    };
-    let controller = file
-        .symbol_by_name("runtime.gcController")
-        .map(|s| s.address());
-    let fields = crate::gtypes::struct_members(data, "runtime.gcControllerState");
-    let field = |name: &str| Some(controller? + *fields.as_ref()?.get(name)?);
-    Ok(GcPoints {
-        mark_termination: at("runtime.gcMarkTermination")?,
-        stw_stop: at("runtime.stopTheWorldWithSema")?,
-        stw_start: at("runtime.startTheWorldWithSema")?,
-        heap_live: field("heapLive"),
-        heap_goal: field("gcPercentHeapGoal"),
-    })
-}
-
-fn goroutine_points(path: &Path, file: &object::File<'_>) -> Result<GoroutinePoints, TargetError> {
-    let sym = |name: &str| {
-        file.symbol_by_name(name)
-            .ok_or_else(|| TargetError::MissingSymbol {
-                path: path.to_owned(),
-                symbol: name.to_string(),
-            })
-    };
-    let newproc1 = sym("runtime.newproc1")?;
-    Ok(GoroutinePoints {
-        newproc: after_prologue(path, file, &newproc1)?,
-        newproc_rets: ret_points(path, file, &newproc1)?,
-        goexit: after_prologue(path, file, &sym("runtime.goexit0")?)?,
-    })
 }
 
 /// Offset, from the function start, of the first instruction after Go's
@@ -360,9 +408,18 @@ pub fn after_frame_setup(code: &[u8], ip: u64) -> Option<u64> {
     None
 }
 
-/// Reads the Go version from `.go.buildinfo` (Go ≥ 1.18 inline format: a
-/// 32-byte header, then varint-length-prefixed version and module strings).
-pub fn parse_buildinfo_version(data: &[u8]) -> Option<String> {
+/// What `.go.buildinfo` records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// e.g. `go1.21.13`.
+    pub version: String,
+    /// The main module's path (`path` line of the module info).
+    pub module: Option<String>,
+}
+
+/// Reads `.go.buildinfo` (Go ≥ 1.18 inline format: a 32-byte header, then
+/// varint-length-prefixed version and module-info strings).
+pub fn parse_buildinfo(data: &[u8]) -> Option<BuildInfo> {
     if !data.starts_with(BUILDINFO_MAGIC) || data.len() < 32 {
         return None;
     }
@@ -370,10 +427,24 @@ pub fn parse_buildinfo_version(data: &[u8]) -> Option<String> {
     if flags & 0x2 == 0 {
         return None; // pre-1.18 pointer format
     }
-    let (len, n) = read_uvarint(&data[32..])?;
-    let start = 32 + n;
-    let bytes = data.get(start..start.checked_add(len as usize)?)?;
-    String::from_utf8(bytes.to_vec()).ok()
+    let mut pos = 32;
+    let mut string = || -> Option<&[u8]> {
+        let (len, n) = read_uvarint(data.get(pos..)?)?;
+        let start = pos + n;
+        pos = start.checked_add(len as usize)?;
+        data.get(start..pos)
+    };
+    let version = String::from_utf8(string()?.to_vec()).ok()?;
+    // The module info sits between two 16-byte sentinels; its lines are
+    // tab-separated, the main module's import path on the `path` line.
+    let module = string()
+        .and_then(|info| info.get(16..info.len().checked_sub(16)?))
+        .map(String::from_utf8_lossy)
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("path\t").map(str::to_string))
+        });
+    Some(BuildInfo { version, module })
 }
 
 fn read_uvarint(buf: &[u8]) -> Option<(u64, usize)> {
@@ -463,16 +534,37 @@ mod tests {
         data.resize(32, 0);
         data.push(9);
         data.extend_from_slice(b"go1.21.13");
+        let info = b"0123456789abcdefpath\texample.com/svc\nmod\texample.com/svc\t(devel)\t\n0123456789abcdef";
+        data.push(info.len() as u8);
+        data.extend_from_slice(info);
+        assert_eq!(
+            parse_buildinfo(&data),
+            Some(BuildInfo {
+                version: "go1.21.13".into(),
+                module: Some("example.com/svc".into())
+            })
+        );
+        data.truncate(42);
         data.push(0);
-        assert_eq!(parse_buildinfo_version(&data).as_deref(), Some("go1.21.13"));
+        assert_eq!(parse_buildinfo(&data).unwrap().module, None);
         data[15] = 0;
-        assert_eq!(parse_buildinfo_version(&data), None);
-        assert_eq!(parse_buildinfo_version(b"nope"), None);
+        assert_eq!(parse_buildinfo(&data), None);
+        assert_eq!(parse_buildinfo(b"nope"), None);
+    }
+
+    #[test]
+    fn go_releases() {
+        assert_eq!(go_release("go1.21.13"), Some((1, 21)));
+        assert_eq!(go_release("go1.27rc1"), Some((1, 27)));
+        assert_eq!(go_release("go1.9"), Some((1, 9)));
+        assert_eq!(go_release("devel +abc"), None);
+        assert!(go_release("go1.17.5").unwrap() < OLDEST_GO);
     }
 
     #[test]
     fn rejects_non_elf() {
-        let e = GoBinary::parse(Path::new("/x"), b"#!/bin/sh\necho hi\n").unwrap_err();
+        let script: &[u8] = b"#!/bin/sh\necho hi\n";
+        let e = GoBinary::parse(Path::new("/x"), script.into()).unwrap_err();
         assert!(matches!(e, TargetError::NotGo(_)));
     }
 }

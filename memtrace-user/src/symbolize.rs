@@ -1,15 +1,20 @@
 //! Instruction pointers to Go function names, inlined frames included.
 //!
 //! Addresses are normalized against the process's mappings captured while it
-//! ran (so names resolve after it exits) and resolved with blazesym from the
-//! ELF file (symbol table plus DWARF for inlining). Results are cached per
-//! (file, offset), so many processes of one binary cost one lookup per frame.
+//! ran (so names resolve after it exits). Go executables registered with
+//! [`Symbolizer::add_go_binary`] are resolved from their `.gopclntab` (names
+//! and inline trees as `go tool pprof` shows them, stripped or not, read
+//! once while the process was reachable); other files (libc, cgo libraries)
+//! with blazesym. Results are cached per (build ID, address), so many
+//! processes of one binary, in any mount namespace, cost one lookup a frame.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer as Blaze};
 
+use crate::gopclntab::GoTable;
 use crate::procfs::MapEntry;
 
 /// A pseudo return address at the root of the stacks of goroutines that
@@ -34,12 +39,18 @@ enum Where {
     File(PathBuf, u64),
     Virt(PathBuf, u64),
     Anon(u64),
+    /// A link-time address in Go table number `.0`.
+    Go(usize, u64),
 }
 
 /// A caching symbolizer.
 pub struct Symbolizer {
     blaze: Blaze,
     cache: HashMap<Where, Vec<String>>,
+    /// Go tables, one per build ID.
+    tables: Vec<Arc<GoTable>>,
+    /// Path (as `/proc/PID/maps` names it) → index in `tables`.
+    go_paths: HashMap<PathBuf, usize>,
     /// Frames that resolved to no name.
     pub unresolved: u64,
 }
@@ -52,12 +63,33 @@ impl Default for Symbolizer {
                 .enable_code_info(true)
                 .build(),
             cache: HashMap::new(),
+            tables: Vec::new(),
+            go_paths: HashMap::new(),
             unresolved: 0,
         }
     }
 }
 
 impl Symbolizer {
+    /// Resolves addresses in the file at `path` (as the target's maps name
+    /// it, even if that path does not exist here) with Go's own table.
+    /// Binaries with one build ID share one table and one frame cache.
+    pub fn add_go_binary(&mut self, path: &Path, table: Arc<GoTable>) {
+        let same = self.tables.iter().position(|t| {
+            Arc::ptr_eq(t, &table) || (!table.build_id.is_empty() && t.build_id == table.build_id)
+        });
+        let idx = same.unwrap_or_else(|| {
+            self.tables.push(table);
+            self.tables.len() - 1
+        });
+        self.go_paths.insert(strip_deleted(path), idx);
+    }
+
+    /// How many distinct Go binaries are registered.
+    pub fn go_binaries(&self) -> usize {
+        self.tables.len()
+    }
+
     /// Names for a kernel stack (leaf first), returned root first with inlined
     /// frames expanded in call order.
     pub fn stack(&mut self, image: &Image, ips: &[u64]) -> Vec<String> {
@@ -77,7 +109,7 @@ impl Symbolizer {
         if pc >= EXISTING_GOROUTINE - 1 {
             return vec!["[created before tracing]".to_string()];
         }
-        let at = locate(image, pc);
+        let at = self.go_address(locate(image, pc));
         if let Some(hit) = self.cache.get(&at) {
             return hit.clone();
         }
@@ -85,9 +117,32 @@ impl Symbolizer {
             Where::Anon(pc) => vec![format!("[anon] {pc:#x}")],
             Where::File(path, off) => self.lookup(path, Input::FileOffset(&[*off][..]), *off),
             Where::Virt(path, addr) => self.lookup(path, Input::VirtOffset(&[*addr][..]), *addr),
+            Where::Go(idx, addr) => match self.tables[*idx].frames(*addr) {
+                Some(names) => names,
+                None => {
+                    self.unresolved += 1;
+                    vec![format!("[unknown Go pc] {addr:#x}")]
+                }
+            },
         };
         self.cache.insert(at, names.clone());
         names
+    }
+
+    /// Re-keys an address in a registered Go binary by its table.
+    fn go_address(&self, at: Where) -> Where {
+        let found = match &at {
+            Where::File(path, off) => self
+                .go_paths
+                .get(path)
+                .and_then(|&i| Some((i, self.tables[i].vaddr_of(*off)?))),
+            Where::Virt(path, addr) => self.go_paths.get(path).map(|&i| (i, *addr)),
+            _ => None,
+        };
+        match found {
+            Some((i, vaddr)) => Where::Go(i, vaddr),
+            None => at,
+        }
     }
 
     fn lookup(&mut self, path: &Path, input: Input<&[u64]>, addr: u64) -> Vec<String> {
@@ -125,7 +180,7 @@ fn locate(image: &Image, pc: u64) -> Where {
 }
 
 /// `/proc/PID/maps` marks unlinked files with a " (deleted)" suffix.
-fn strip_deleted(path: &Path) -> PathBuf {
+pub fn strip_deleted(path: &Path) -> PathBuf {
     let s = path.to_string_lossy();
     PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
 }

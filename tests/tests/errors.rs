@@ -35,20 +35,50 @@ fn command_not_found() {
     assert_one_line_error(&o, "command not found: /no/such/program");
 }
 
+/// Stripped binaries trace (see buildmodes.rs); only the lenses that read
+/// runtime variables by symbol refuse them, saying which and why.
 #[test]
-fn stripped_go_binary() {
+fn stripped_go_binary_with_a_symbol_lens() {
     let bin = fixture(&newest(), "allocs-stripped");
     let o = run_memtrace(
-        &[
-            "record",
-            "--lens",
-            "alloc-exact",
-            "--",
-            bin.to_str().unwrap(),
-        ],
+        &["record", "--lens", "heap", "--", bin.to_str().unwrap()],
         &[],
     );
-    assert_one_line_error(&o, "stripped Go binary");
+    assert_one_line_error(
+        &o,
+        "is stripped (built with -ldflags=-s), and the alloc and heap lenses need",
+    );
+}
+
+/// A Go release older than memtrace supports (the build info of a copy is
+/// rewritten to say go1.17, keeping its length).
+#[test]
+fn unsupported_go_version() {
+    let v = newest();
+    let data = std::fs::read(fixture(&v, "allocs")).unwrap();
+    let from = format!("go{v}");
+    let to = format!("go1.17{}", &from[6..]);
+    assert_eq!(from.len(), to.len());
+    // Every copy: runtime.buildVersion and the one in .go.buildinfo.
+    let mut patched = data.clone();
+    let mut hits = 0;
+    let mut i = 0;
+    while let Some(p) = patched[i..]
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+    {
+        let at = i + p;
+        patched[at..at + to.len()].copy_from_slice(to.as_bytes());
+        hits += 1;
+        i = at + to.len();
+    }
+    assert!(hits > 0, "no version string in the binary");
+    let dir = out_dir("old-go");
+    let path = dir.join("old");
+    std::fs::write(&path, &patched).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = run_memtrace(&["record", "--", path.to_str().unwrap()], &[]);
+    assert_one_line_error(&o, "was built with go1.17");
 }
 
 #[test]

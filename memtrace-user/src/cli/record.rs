@@ -224,6 +224,33 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         gate = Some(g);
     }
 
+    // Features that read runtime variables need the symbol table; say so
+    // before anything is attached (or the launched program left waiting).
+    for t in &targets {
+        let needs: &[(bool, Option<u64>, &str, &str)] = &[
+            (
+                want_goroutines && !t.launched,
+                t.bin.allgs,
+                "runtime.allgs",
+                "goroutines lens (attach mode)",
+            ),
+            (
+                want_profile,
+                t.bin.mbuckets,
+                "runtime.mbuckets",
+                "alloc and heap lenses",
+            ),
+        ];
+        if let Some((_, _, symbol, needed_by)) = needs.iter().find(|n| n.0 && n.1.is_none()) {
+            if let Some(g) = gate.take() {
+                // SAFETY: signalling our own gated child.
+                unsafe { libc::kill(g.pid as i32, libc::SIGKILL) };
+                launch::try_wait(g.pid);
+            }
+            return Err(t.bin.missing(symbol, needed_by).into());
+        }
+    }
+
     let setup = || -> anyhow::Result<(Tracer, RingBuf<MapData>)> {
         let mut tracer = Tracer::load()?;
         tracer.attach_tracepoints(&tracepoints)?;
@@ -280,10 +307,20 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let lens_names: Vec<&str> = lenses.iter().map(|l| l.name()).collect();
     for t in &targets {
         eprintln!(
-            "memtrace: tracing pid {} ({}, {}) with lens {}{}",
+            "memtrace: tracing pid {} ({}, {}{}{}) with lens {}{}",
             t.pid,
             t.exe.display(),
+            t.bin
+                .module
+                .as_deref()
+                .map_or(String::new(), |m| format!("{m}, ")),
             t.bin.go_version,
+            match (t.bin.stripped, t.bin.pie) {
+                (true, true) => ", stripped, PIE",
+                (true, false) => ", stripped",
+                (false, true) => ", PIE",
+                (false, false) => "",
+            },
             lens_names.join(","),
             if want_alloc {
                 " (alloc-exact probes every allocation: expect a large slowdown)"
@@ -419,6 +456,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         .join(", ");
     let stack_of = |id: u32| resolver.frames(id as i32).map(<[u64]>::to_vec);
     let mut sym = Symbolizer::default();
+    for t in targets.iter() {
+        // Frames in the executable resolve through its pclntab, under the
+        // name its mappings carry (which may not exist in this namespace).
+        sym.add_go_binary(&t.exe, t.bin.table.clone());
+        if let Ok(real) = std::fs::canonicalize(&t.exe) {
+            sym.add_go_binary(&real, t.bin.table.clone());
+        }
+    }
     let mut lens_summaries = BTreeMap::new();
     let mut written = Vec::new();
     for lens in &lenses {
@@ -575,6 +620,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                 pid: t.pid,
                 exe: t.exe.display().to_string(),
                 go_version: t.bin.go_version.clone(),
+                module: t.bin.module.clone(),
+                build_id: t.bin.table.build_id.clone(),
+                stripped: t.bin.stripped,
+                pie: t.bin.pie,
                 vmrss_start: t.vmrss_start,
                 vmrss_end: vmrss_end[&t.pid],
                 timeline: t.timeline.clone(),
@@ -734,7 +783,19 @@ fn relabel(
     let fix = |p: PathBuf| if p == via { exe.to_owned() } else { p };
     match e {
         E::NotGo(p) => E::NotGo(fix(p)),
-        E::Stripped(p) => E::Stripped(fix(p)),
+        E::Stripped {
+            path,
+            symbol,
+            needed_by,
+        } => E::Stripped {
+            path: fix(path),
+            symbol,
+            needed_by,
+        },
+        E::GoVersion { path, version } => E::GoVersion {
+            path: fix(path),
+            version,
+        },
         E::MissingSymbol { path, symbol } => E::MissingSymbol {
             path: fix(path),
             symbol,

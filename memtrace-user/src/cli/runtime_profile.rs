@@ -28,10 +28,7 @@ pub struct RuntimeProfile {
 impl RuntimeProfile {
     /// Checks that the binary exposes what the lenses need.
     pub fn new(pid: u32, bin: &GoBinary, want_rate: u64) -> Result<Self, TargetError> {
-        let missing = |symbol: &str| TargetError::MissingSymbol {
-            path: bin.path.clone(),
-            symbol: symbol.to_string(),
-        };
+        let missing = |symbol: &str| bin.missing(symbol, "alloc and heap lenses");
         Ok(Self {
             pid,
             link_rate: bin

@@ -11,6 +11,15 @@ pub struct Target {
     pub pid: u32,
     pub exe: String,
     pub go_version: String,
+    /// The main module's path, from the build info.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Go build ID (or GNU build ID) of the executable.
+    pub build_id: String,
+    /// Built with `-ldflags=-s` (frames still resolve, from pclntab).
+    pub stripped: bool,
+    /// Position-independent executable.
+    pub pie: bool,
     /// `/proc/PID/status` at the window's start and end (launch mode: the
     /// window starts at exec, with nothing resident).
     #[serde(skip_serializing_if = "Option::is_none")]

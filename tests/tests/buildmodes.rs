@@ -1,0 +1,212 @@
+//! End-to-end: the build modes users ship. For every Go version in
+//! MEMTRACE_GO_VERSIONS, the default, stripped (`-ldflags=-s -w`) and PIE
+//! builds of one program are traced with alloc-exact and rss; each names the
+//! same leaking functions, inlined frames included. Then a process whose
+//! binary was deleted, and one whose binary exists only in another mount
+//! namespace, are traced by pid.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use memtrace_tests::*;
+
+const OBJECTS: u64 = 50_000;
+const POINTS: u64 = 20_000;
+const MAPS_MIB: u64 = 32;
+const MODES: &[&str] = &["allocs", "allocs-stripped", "allocs-pie"];
+
+fn leaf(frames: &[String]) -> &str {
+    frames.last().map_or("", String::as_str)
+}
+
+/// Stacks of a folded file holding at least `min` bytes.
+fn big_stacks(folded: &std::path::Path, min: u64) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(folded)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", folded.display()));
+    text.lines()
+        .filter_map(|l| {
+            let (stack, v) = l.rsplit_once(' ')?;
+            let v: u64 = v.parse().ok()?;
+            (v >= min).then(|| (stack.to_string(), v))
+        })
+        .collect()
+}
+
+#[test]
+fn every_build_mode_names_the_same_functions() {
+    for v in go_versions() {
+        let mut stacks_by_mode = Vec::new();
+        for mode in MODES {
+            let bin = fixture(&v, mode);
+            let out = out_dir(&format!("mode-{v}-{mode}"));
+            let o = run_memtrace(
+                &[
+                    "record",
+                    "--lens",
+                    "alloc-exact,rss",
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--",
+                    bin.to_str().unwrap(),
+                    "-objects",
+                    &OBJECTS.to_string(),
+                    "-inlined",
+                    &POINTS.to_string(),
+                    "-maps",
+                    &MAPS_MIB.to_string(),
+                ],
+                &[],
+            );
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "go{v} {mode}: {stderr}");
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert_eq!(fixture_value(&stdout, "records"), OBJECTS, "go{v} {mode}");
+            let s = summary(&out);
+            assert_eq!(s["dropped_events"], 0, "go{v} {mode}: {s}");
+
+            // alloc-exact: the named function on top, with exactly its bytes.
+            let t = top(&s, "alloc-exact");
+            assert_eq!(leaf(&t[0].0), "main.allocateRecords", "go{v} {mode}: {t:?}");
+            assert_eq!(t[0].1, OBJECTS * 64, "go{v} {mode}: {:?}", t[0]);
+            // The inlined constructor is its own frame, under its caller.
+            let inlined = t
+                .iter()
+                .find(|(f, _)| leaf(f) == "main.newPoint")
+                .unwrap_or_else(|| panic!("go{v} {mode}: no main.newPoint in {t:?}"));
+            assert_eq!(
+                inlined.0[inlined.0.len() - 2],
+                "main.allocateInlined",
+                "go{v} {mode}: {inlined:?}"
+            );
+            assert_eq!(inlined.1, POINTS * 32, "go{v} {mode}: {inlined:?}");
+            let svg = std::fs::read_to_string(out.join("alloc-exact.svg")).unwrap();
+            assert!(svg.contains("main.allocateRecords"), "go{v} {mode}");
+
+            // rss: the off-heap mapping is the largest resident growth.
+            let r = top(&s, "rss");
+            assert_eq!(leaf(&r[0].0), "main.mapOffHeap", "go{v} {mode}: {r:?}");
+            assert!(
+                r[0].1 >= MAPS_MIB << 20,
+                "go{v} {mode}: {} bytes < {MAPS_MIB} MiB",
+                r[0].1
+            );
+            let unresolved = s["unresolved_frames"].as_u64().unwrap_or(0);
+            assert_eq!(unresolved, 0, "go{v} {mode}: {s}");
+            stacks_by_mode.push((mode, big_stacks(&out.join("alloc-exact.folded"), 100_000)));
+        }
+        // The stripped and PIE builds' large stacks are those of the default.
+        let (_, plain) = &stacks_by_mode[0];
+        assert!(plain.len() >= 2, "go{v}: {plain:?}");
+        for (mode, stacks) in &stacks_by_mode[1..] {
+            assert_eq!(
+                plain.keys().collect::<Vec<_>>(),
+                stacks.keys().collect::<Vec<_>>(),
+                "go{v}: {mode} names other stacks than the default build"
+            );
+        }
+    }
+}
+
+/// Starts `cmd` (a looping allocs fixture) and waits for its first heartbeat.
+fn start_looping(cmd: Command, v: &str) -> (Bg, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut cmd = cmd;
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let mut bg = Bg(child);
+    let lines = collect_stdout(&mut bg);
+    assert!(
+        wait_until(Duration::from_secs(10), || last_heartbeat(&lines) >= 1),
+        "go{v}: fixture never started"
+    );
+    (bg, lines)
+}
+
+/// Attaches alloc-exact to `pid` for 3 s; returns the top stack.
+fn attach_top(pid: u32, name: &str) -> (Vec<String>, u64) {
+    let out = out_dir(name);
+    let o = run_memtrace(
+        &[
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--lens",
+            "alloc-exact",
+            "--duration",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{name}: {stderr}");
+    let s = summary(&out);
+    assert_eq!(
+        s["unresolved_frames"].as_u64().unwrap_or(0),
+        0,
+        "{name}: {s}"
+    );
+    top(&s, "alloc-exact").swap_remove(0)
+}
+
+/// The binary is unlinked after start: probes attach and frames resolve
+/// through /proc/PID/exe.
+#[test]
+fn deleted_binary_is_traced() {
+    for v in go_versions() {
+        let dir = out_dir(&format!("deleted-bin-{v}"));
+        let copy = dir.join("allocs-deleted");
+        std::fs::copy(fixture(&v, "allocs-stripped"), &copy).unwrap();
+        let mut cmd = Command::new(&copy);
+        cmd.args(["-objects", "1000", "-maps", "1", "-loop"]);
+        let (mut bg, _lines) = start_looping(cmd, &v);
+        std::fs::remove_file(&copy).unwrap();
+        let exe = std::fs::read_link(format!("/proc/{}/exe", bg.pid())).unwrap();
+        assert!(exe.to_string_lossy().ends_with("(deleted)"), "{exe:?}");
+
+        let (frames, bytes) = attach_top(bg.pid(), &format!("deleted-{v}"));
+        assert_eq!(leaf(&frames), "main.churn", "go{v}: {frames:?}");
+        assert!(frames.iter().any(|f| f == "main.main"), "go{v}: {frames:?}");
+        assert!(bytes >= 64 * 1000, "go{v}: {bytes}");
+        assert!(bg.alive(), "go{v}: target died");
+    }
+}
+
+/// The binary lives on a tmpfs mounted only in the target's own mount
+/// namespace, under a path that does not exist on the host.
+#[test]
+fn binary_in_another_mount_namespace_is_traced() {
+    for v in go_versions() {
+        let dir = out_dir(&format!("mntns-{v}"));
+        let mnt = dir.join("private");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let src = fixture(&v, "allocs");
+        let script = format!(
+            "mount -t tmpfs tmpfs {m} && cp {src} {m}/app && exec {m}/app -objects 1000 -maps 1 -loop",
+            m = mnt.display(),
+            src = src.display()
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+        let (mut bg, _lines) = start_looping(cmd, &v);
+        let inside = mnt.join("app");
+        assert!(
+            !inside.exists(),
+            "{} is visible on the host",
+            inside.display()
+        );
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{}/exe", bg.pid())).unwrap(),
+            inside
+        );
+
+        let (frames, bytes) = attach_top(bg.pid(), &format!("mntns-run-{v}"));
+        assert_eq!(leaf(&frames), "main.churn", "go{v}: {frames:?}");
+        assert!(bytes >= 64 * 1000, "go{v}: {bytes}");
+        assert!(bg.alive(), "go{v}: target died");
+    }
+}
