@@ -499,20 +499,27 @@ fn find_moduledata(
 
 /// `moduledata.gofunc`. Its offset grew as fields were added: 304 in Go
 /// 1.18–1.19, 320 with the coverage counters (1.20), 344 once the type and
-/// itab bounds were added (1.27). The field before it is `rodata`, the start
-/// of `.rodata`, which tells the layouts apart.
+/// itab bounds were added (1.27). The field before it is `rodata`, a pointer
+/// into `.rodata` (its start, or just past it with the external linker),
+/// which tells the layouts apart.
 fn gofunc(
     file: &object::File<'_>,
     go118: bool,
     moduledata: u64,
     ptr: &dyn Fn(u64) -> Option<u64>,
 ) -> Option<u64> {
-    let rodata = file.section_by_name(".rodata").map(|s| s.address());
+    let rodata = file
+        .section_by_name(".rodata")
+        .map(|s| s.address()..s.address() + s.size());
     let candidates: &[u64] = if go118 { &[304] } else { &[320, 344] };
     candidates.iter().find_map(|&off| {
         let v = ptr(moduledata + off)?;
         let before = ptr(moduledata + off - 8)?;
-        (v != 0 && (rodata.is_none() || Some(before) == rodata)).then_some(v)
+        let plausible = match &rodata {
+            Some(r) => r.contains(&before) && v >= before,
+            None => v != 0,
+        };
+        plausible.then_some(v)
     })
 }
 

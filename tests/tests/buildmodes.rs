@@ -1,6 +1,6 @@
 //! End-to-end: the build modes users ship. For every Go version in
-//! MEMTRACE_GO_VERSIONS, the default, stripped (`-ldflags=-s -w`) and PIE
-//! builds of one program are traced with alloc-exact and rss; each names the
+//! MEMTRACE_GO_VERSIONS, the default, stripped (`-ldflags=-s -w`), PIE and
+//! cgo (externally linked) builds of one program are traced with alloc-exact and rss; each names the
 //! same leaking functions, inlined frames included. Then a process whose
 //! binary was deleted, and one whose binary exists only in another mount
 //! namespace, are traced by pid.
@@ -14,7 +14,7 @@ use memtrace_tests::*;
 const OBJECTS: u64 = 50_000;
 const POINTS: u64 = 20_000;
 const MAPS_MIB: u64 = 32;
-const MODES: &[&str] = &["allocs", "allocs-stripped", "allocs-pie"];
+const MODES: &[&str] = &["allocs", "allocs-stripped", "allocs-pie", "allocs-cgo"];
 
 fn leaf(frames: &[String]) -> &str {
     frames.last().map_or("", String::as_str)
@@ -95,7 +95,7 @@ fn every_build_mode_names_the_same_functions() {
             assert_eq!(unresolved, 0, "go{v} {mode}: {s}");
             stacks_by_mode.push((mode, big_stacks(&out.join("alloc-exact.folded"), 100_000)));
         }
-        // The stripped and PIE builds' large stacks are those of the default.
+        // The other builds' large stacks are those of the default.
         let (_, plain) = &stacks_by_mode[0];
         assert!(plain.len() >= 2, "go{v}: {plain:?}");
         for (mode, stacks) in &stacks_by_mode[1..] {

@@ -76,7 +76,7 @@ fn stripped_and_pie_builds_have_the_same_functions() {
             n.sort();
             n
         };
-        for variant in ["allocs-stripped", "allocs-pie"] {
+        for variant in ["allocs-stripped", "allocs-pie", "allocs-cgo"] {
             let other = table(&fixture(&v, variant));
             assert_eq!(names(&plain), names(&other), "go{v}: {variant}");
             assert!(other.has_inline_info(), "go{v}: {variant}: no inline trees");
@@ -87,7 +87,7 @@ fn stripped_and_pie_builds_have_the_same_functions() {
 #[test]
 fn inlined_frames_are_named() {
     for v in go_versions() {
-        for variant in ["allocs", "allocs-stripped", "allocs-pie"] {
+        for variant in ["allocs", "allocs-stripped", "allocs-pie", "allocs-cgo"] {
             let t = table(&fixture(&v, variant));
             // newPoint is inlined: it has no function of its own...
             assert!(t.function("main.newPoint").is_none(), "go{v} {variant}");

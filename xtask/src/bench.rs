@@ -291,3 +291,40 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     println!("(own CPU and peak RSS are memtrace's, over its whole run including start-up and the report)");
     Ok(())
 }
+
+/// Unique frames a symbolization pass must handle within the goal.
+const SYM_FRAMES: &str = "10000";
+/// Goal for resolving them from a cold start.
+const SYM_GOAL_MS: f64 = 1000.0;
+
+/// Symbolization speed: 10k unique pcs of the stripped fixture through
+/// pclntab (cold, then cached), against blazesym on the unstripped build.
+pub fn symbolize(bench: &Path, fixtures: &Path) -> anyhow::Result<()> {
+    let out = Command::new(bench)
+        .arg(fixtures.join("allocs-stripped"))
+        .arg(fixtures.join("allocs"))
+        .arg(SYM_FRAMES)
+        .output()
+        .with_context(|| format!("running {}", bench.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            bench.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("\nsymbolization ({SYM_FRAMES} unique frames, stripped Go 1.27 fixture)");
+    print!("{text}");
+    let cold_ms = text
+        .split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("symbolize_bench printed no time")?;
+    println!(
+        "cold pass {cold_ms:.1} ms = {:.3}x of the {SYM_GOAL_MS:.0} ms goal",
+        cold_ms / SYM_GOAL_MS
+    );
+    Ok(())
+}

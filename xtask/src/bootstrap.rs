@@ -20,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftrace",
     "golang-1.19-go",
     "util-linux",
+    // cgo fixtures: the external linker and libc headers.
+    "gcc",
+    "libc6-dev",
 ];
 
 pub fn cache_dir() -> PathBuf {

@@ -81,16 +81,20 @@ pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built>
         let dir = out_root.join(format!("go{v}"));
         std::fs::create_dir_all(&dir)?;
         for name in &names {
+            // The build modes users ship: default, stripped, PIE, and
+            // cgo with the external linker (C start-up code before Go's).
             let variants: &[(&str, &[&str])] = if name == "allocs" {
                 &[
                     ("", &[]),
                     ("-stripped", &["-ldflags=-s -w"]),
                     ("-pie", &["-buildmode=pie"]),
+                    ("-cgo", &["-ldflags=-linkmode=external"]),
                 ]
             } else {
                 &[("", &[])]
             };
             for (suffix, flags) in variants {
+                let cgo = if *suffix == "-cgo" { "1" } else { "0" };
                 let out = dir.join(format!("{name}{suffix}"));
                 let mut cmd = Command::new(&go);
                 cmd.current_dir(src_root.join(name))
@@ -103,7 +107,7 @@ pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built>
                     .env("GOPATH", env.cache.join("gopath"))
                     .env("GOFLAGS", "-mod=mod")
                     .env("GOTOOLCHAIN", "local")
-                    .env("CGO_ENABLED", "0");
+                    .env("CGO_ENABLED", cgo);
                 run(&mut cmd)?;
             }
         }

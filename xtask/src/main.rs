@@ -66,7 +66,19 @@ fn main() -> anyhow::Result<()> {
             let built = fixtures::build(&root, &env, &[fixtures::newest()])?;
             let out = root.join("target/bench-out");
             std::fs::create_dir_all(&out)?;
-            bench::run(&memtrace, &built.dir, &out)
+            bench::run(&memtrace, &built.dir, &out)?;
+            run(cargo().current_dir(&root).args([
+                "build",
+                "--release",
+                "-p",
+                "memtrace-user",
+                "--example",
+                "symbolize_bench",
+            ]))?;
+            bench::symbolize(
+                &root.join("target/release/examples/symbolize_bench"),
+                &built.dir,
+            )
         }
     }
 }
