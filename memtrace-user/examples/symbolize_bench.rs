@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     let image = Image {
         exe: bin.clone(),
         maps: None,
+        root: None,
     };
     let t0 = Instant::now();
     let mut sym = Symbolizer::default();
@@ -73,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         let image = Image {
             exe: peer,
             maps: None,
+            root: None,
         };
         let mut blaze = Symbolizer::default();
         let t2 = Instant::now();

@@ -204,6 +204,7 @@ mod tests {
                 Image {
                     exe: "/app".into(),
                     maps: None,
+                    root: None,
                 },
             ),
         )]);

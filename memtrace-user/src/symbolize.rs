@@ -32,6 +32,9 @@ pub struct Image {
     /// them, addresses are taken as the executable's own virtual addresses,
     /// which is right for Go's default non-PIE builds.
     pub maps: Option<Vec<MapEntry>>,
+    /// `/proc/PID/root`: where files named in the maps are found when the
+    /// process sees another filesystem (a container) than memtrace does.
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -109,7 +112,7 @@ impl Symbolizer {
         if pc >= EXISTING_GOROUTINE - 1 {
             return vec!["[created before tracing]".to_string()];
         }
-        let at = self.go_address(locate(image, pc));
+        let at = self.rekey(image, locate(image, pc));
         if let Some(hit) = self.cache.get(&at) {
             return hit.clone();
         }
@@ -129,8 +132,9 @@ impl Symbolizer {
         names
     }
 
-    /// Re-keys an address in a registered Go binary by its table.
-    fn go_address(&self, at: Where) -> Where {
+    /// Re-keys an address in a registered Go binary by its table, and one in
+    /// a file this namespace lacks by its path under the process's root.
+    fn rekey(&self, image: &Image, at: Where) -> Where {
         let found = match &at {
             Where::File(path, off) => self
                 .go_paths
@@ -139,9 +143,15 @@ impl Symbolizer {
             Where::Virt(path, addr) => self.go_paths.get(path).map(|&i| (i, *addr)),
             _ => None,
         };
-        match found {
-            Some((i, vaddr)) => Where::Go(i, vaddr),
-            None => at,
+        if let Some((i, vaddr)) = found {
+            return Where::Go(i, vaddr);
+        }
+        match (at, &image.root) {
+            (Where::File(path, off), Some(root)) if !path.exists() => {
+                let inside = root.join(path.strip_prefix("/").unwrap_or(&path));
+                Where::File(if inside.exists() { inside } else { path }, off)
+            }
+            (at, _) => at,
         }
     }
 
@@ -231,6 +241,7 @@ mod tests {
     fn locates_in_file_mappings() {
         let image = Image {
             exe: "/bin/app".into(),
+            root: None,
             maps: Some(vec![
                 MapEntry {
                     start: 0x1000,
@@ -307,12 +318,40 @@ mod tests {
     }
 
     #[test]
+    fn files_of_another_namespace_are_found_under_its_root() {
+        let root = std::env::temp_dir().join(format!("memtrace-root-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("opt")).unwrap();
+        std::fs::write(root.join("opt/only-in-container.so"), b"x").unwrap();
+        let image = Image {
+            exe: "/app".into(),
+            maps: None,
+            root: Some(root.clone()),
+        };
+        let s = Symbolizer::default();
+        let inside = Where::File("/opt/only-in-container.so".into(), 0x10);
+        assert_eq!(
+            s.rekey(&image, inside),
+            Where::File(root.join("opt/only-in-container.so"), 0x10)
+        );
+        // A file the host has is used as is; one nowhere stays named.
+        let host = Where::File("/proc/self/exe".into(), 1);
+        assert_eq!(s.rekey(&image, host.clone()), host);
+        let gone = Where::File("/opt/gone.so".into(), 2);
+        assert_eq!(s.rekey(&image, gone.clone()), gone);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
     fn symbolizes_this_test_binary() {
         // A real ELF with a symbol table: this test executable.
         let exe = std::env::current_exe().unwrap();
         let maps = crate::procfs::read_maps(std::process::id());
         assert!(maps.is_some());
-        let image = Image { exe, maps };
+        let image = Image {
+            exe,
+            maps,
+            root: None,
+        };
         let mut s = Symbolizer::default();
         let pc = marker_fn as *const () as usize as u64;
         let names = s.stack(&image, &[pc]);

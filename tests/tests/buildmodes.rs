@@ -210,3 +210,53 @@ fn binary_in_another_mount_namespace_is_traced() {
         assert!(bg.alive(), "go{v}: target died");
     }
 }
+
+/// Two processes of one PIE binary load at different bases; both are
+/// traced at once, and each one's frames resolve (one table, one cache).
+#[test]
+fn two_processes_of_one_pie_binary() {
+    for v in go_versions() {
+        let start = || {
+            let mut cmd = Command::new(fixture(&v, "allocs-pie"));
+            cmd.args(["-objects", "1000", "-maps", "1", "-loop"]);
+            start_looping(cmd, &v)
+        };
+        let (mut a, _la) = start();
+        let (mut b, _lb) = start();
+        let out = out_dir(&format!("two-pie-{v}"));
+        let o = run_memtrace(
+            &[
+                "record",
+                "--pid",
+                &a.pid().to_string(),
+                "--pid",
+                &b.pid().to_string(),
+                "--lens",
+                "alloc-exact",
+                "--duration",
+                "3",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "go{v}: {stderr}");
+        let s = summary(&out);
+        assert_eq!(
+            s["unresolved_frames"].as_u64().unwrap_or(0),
+            0,
+            "go{v}: {s}"
+        );
+        let t = top(&s, "alloc-exact");
+        for pid in [a.pid(), b.pid()] {
+            let root = format!("allocs-pie (pid {pid})");
+            let churn = t
+                .iter()
+                .find(|(f, _)| f[0] == root && leaf(f) == "main.churn")
+                .unwrap_or_else(|| panic!("go{v}: no main.churn under {root} in {t:?}"));
+            assert!(churn.1 >= 64 * 1000, "go{v}: {churn:?}");
+        }
+        assert!(a.alive() && b.alive(), "go{v}: a target died");
+    }
+}

@@ -83,6 +83,7 @@ impl Target {
             image: Image {
                 exe: exe.clone(),
                 maps,
+                root: Some(procfs::proc_dir(pid).join("root")),
             },
             exe,
             bin,
