@@ -33,6 +33,40 @@ fn big_stacks(folded: &std::path::Path, min: u64) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Stacks (root first) of a pprof file as `go tool pprof -traces` prints
+/// them, with the `(inline)` markers dropped.
+fn pprof_traces(profile: &std::path::Path) -> Vec<Vec<String>> {
+    let out = output_ok(
+        Command::new(env_path("MEMTRACE_GO"))
+            .args(["tool", "pprof", "-traces", "-sample_index=alloc_space"])
+            .arg(profile)
+            .env("GOTOOLCHAIN", "local")
+            .env("PPROF_TMPDIR", std::env::temp_dir()),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("-----------+")
+        .skip(1)
+        .map(|block| {
+            let mut frames: Vec<String> = block
+                .lines()
+                .skip(2) // the rule's tail and the "bytes:" line
+                .filter_map(|l| {
+                    // The first frame follows the sample's value.
+                    let name = l.split_whitespace().last()?;
+                    let name = if l.trim_end().ends_with("(inline)") {
+                        l.split_whitespace().rev().nth(1)?
+                    } else {
+                        name
+                    };
+                    Some(name.to_string())
+                })
+                .collect();
+            frames.reverse();
+            frames
+        })
+        .collect()
+}
+
 #[test]
 fn every_build_mode_names_the_same_functions() {
     for v in go_versions() {
@@ -55,6 +89,8 @@ fn every_build_mode_names_the_same_functions() {
                     &POINTS.to_string(),
                     "-maps",
                     &MAPS_MIB.to_string(),
+                    "-memprofile",
+                    out.join("own.pb.gz").to_str().unwrap(),
                 ],
                 &[],
             );
@@ -80,6 +116,20 @@ fn every_build_mode_names_the_same_functions() {
                 "go{v} {mode}: {inlined:?}"
             );
             assert_eq!(inlined.1, POINTS * 32, "go{v} {mode}: {inlined:?}");
+            // Frame names, inlined ones included, are the ones `go tool
+            // pprof` shows for the program's own heap profile.
+            let own = pprof_traces(&out.join("own.pb.gz"));
+            for want_leaf in ["main.allocateRecords", "main.newPoint"] {
+                let theirs = own
+                    .iter()
+                    .find(|f| f.last().map(String::as_str) == Some(want_leaf))
+                    .unwrap_or_else(|| panic!("go{v} {mode}: pprof has no {want_leaf}"));
+                let ours = &t.iter().find(|(f, _)| leaf(f) == want_leaf).unwrap().0;
+                assert!(
+                    ours.ends_with(theirs),
+                    "go{v} {mode}: memtrace {ours:?}, pprof {theirs:?}"
+                );
+            }
             let svg = std::fs::read_to_string(out.join("alloc-exact.svg")).unwrap();
             assert!(svg.contains("main.allocateRecords"), "go{v} {mode}");
 
