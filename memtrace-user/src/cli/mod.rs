@@ -1,5 +1,6 @@
 //! Command line: one module per subcommand, dispatched from [`Cli::execute`].
 
+mod diff;
 mod goroutines;
 pub mod record;
 mod runtime_profile;
@@ -19,12 +20,16 @@ pub enum Commands {
     /// Trace running Go processes (--pid) or a command (-- CMD ARGS) and write
     /// flame graphs, folded stacks, pprof profiles and summary.json.
     Record(record::RecordArgs),
+    /// Compare two reports (or folded files): a differential flame graph,
+    /// growth in red and shrinkage in blue, and the stacks that changed most.
+    Diff(diff::DiffArgs),
 }
 
 impl Cli {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Commands::Record(args) => record::run(args),
+            Commands::Diff(args) => diff::run(args),
         }
     }
 }

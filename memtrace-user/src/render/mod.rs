@@ -1,6 +1,7 @@
 //! Output formats. Every renderer takes a [`Profile`] (symbolized, merged
 //! stacks) and returns bytes; nothing here touches the kernel or the target.
 
+pub mod diff;
 pub mod folded;
 pub mod pprof;
 pub mod summary;

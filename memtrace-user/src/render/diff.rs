@@ -1,0 +1,110 @@
+//! Differential flame graphs: two folded profiles (before, after) into one
+//! SVG where frames that grew are red and frames that shrank are blue,
+//! as inferno's differential mode draws them (widths are the "after" sizes).
+
+use inferno::{differential, flamegraph};
+
+/// One stack's values in the two profiles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub stack: String,
+    pub before: u64,
+    pub after: u64,
+}
+
+impl Delta {
+    pub fn change(&self) -> i128 {
+        i128::from(self.after) - i128::from(self.before)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error("cannot compare the profiles: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("both profiles are empty: nothing to compare")]
+    Empty,
+}
+
+/// The merged folded lines (`stack before after`) of two folded profiles.
+pub fn merge(before: &str, after: &str) -> Result<Vec<Delta>, DiffError> {
+    let mut out = Vec::new();
+    differential::from_readers(
+        differential::Options::default(),
+        before.as_bytes(),
+        after.as_bytes(),
+        &mut out,
+    )?;
+    let text = String::from_utf8_lossy(&out);
+    let deltas: Vec<Delta> = text
+        .lines()
+        .filter_map(|l| {
+            let (rest, after) = l.rsplit_once(' ')?;
+            let (stack, before) = rest.rsplit_once(' ')?;
+            Some(Delta {
+                stack: stack.to_string(),
+                before: before.parse().ok()?,
+                after: after.parse().ok()?,
+            })
+        })
+        .collect();
+    if deltas.is_empty() {
+        return Err(DiffError::Empty);
+    }
+    Ok(deltas)
+}
+
+/// Renders the differential flame graph of `deltas`.
+pub fn render(deltas: &[Delta], title: &str, unit: &str) -> Result<Vec<u8>, DiffError> {
+    let lines: Vec<String> = deltas
+        .iter()
+        .map(|d| format!("{} {} {}", d.stack, d.before, d.after))
+        .collect();
+    let mut opts = flamegraph::Options::default();
+    opts.title = title.to_string();
+    opts.count_name = unit.to_string();
+    let mut svg = Vec::new();
+    flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut svg)
+        .map_err(|e| DiffError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BEFORE: &str = "main;steady 100\nmain;shrinks 50\n";
+    const AFTER: &str = "main;steady 100\nmain;grows 400\nmain;shrinks 10\n";
+
+    #[test]
+    fn merges_both_sides() {
+        let mut d = merge(BEFORE, AFTER).unwrap();
+        d.sort_by_key(|d| d.change());
+        let by = |s: &str| d.iter().find(|x| x.stack == s).unwrap().clone();
+        assert_eq!(by("main;grows").change(), 400);
+        assert_eq!(by("main;shrinks").change(), -40);
+        assert_eq!(by("main;steady").change(), 0);
+        assert_eq!(d.first().unwrap().stack, "main;shrinks");
+        assert_eq!(d.last().unwrap().stack, "main;grows");
+    }
+
+    #[test]
+    fn colours_growth_red_and_shrinkage_blue() {
+        let d = merge(BEFORE, AFTER).unwrap();
+        let svg = String::from_utf8(render(&d, "diff", "bytes").unwrap()).unwrap();
+        assert!(svg.contains("main;grows") || svg.contains("grows"));
+        // inferno's differential palette: growth rgb(255,…), shrinkage …,255).
+        let fills: Vec<&str> = svg
+            .split("fill=\"rgb(")
+            .skip(1)
+            .filter_map(|s| s.split(')').next())
+            .collect();
+        assert!(fills.iter().any(|f| f.starts_with("255,")), "{fills:?}");
+        assert!(fills.iter().any(|f| f.ends_with(",255")), "{fills:?}");
+    }
+
+    #[test]
+    fn empty_inputs_are_an_error() {
+        assert!(matches!(merge("", ""), Err(DiffError::Empty)));
+    }
+}

@@ -1,0 +1,79 @@
+//! `memtrace diff`: two real reports of one program with more records in
+//! the second; the growth is named, drawn red, and bad inputs get one line.
+
+use memtrace_tests::*;
+
+fn report(v: &str, objects: &str, name: &str) -> std::path::PathBuf {
+    let out = out_dir(name);
+    let bin = fixture(v, "allocs");
+    let o = run_memtrace(
+        &[
+            "record",
+            "--lens",
+            "alloc-exact",
+            "--out",
+            out.to_str().unwrap(),
+            "--",
+            bin.to_str().unwrap(),
+            "-objects",
+            objects,
+            "-maps",
+            "1",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+#[test]
+fn diff_names_what_grew() {
+    let v = go_versions().pop().unwrap();
+    let a = report(&v, "10000", "diff-a");
+    let b = report(&v, "60000", "diff-b");
+    let svg = out_dir("diff-out").join("d.svg");
+    let o = run_memtrace(
+        &[
+            "diff",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--lens",
+            "alloc-exact",
+            "-o",
+            svg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let grew: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("grew most:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert!(
+        grew.first().is_some_and(
+            |l| l.contains("main.allocateRecords") && l.contains(&format!("+{}", 50_000 * 64))
+        ),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("main.allocateRecords"));
+    // Growth is drawn in inferno's differential red.
+    assert!(svg.contains("fill=\"rgb(255,"), "no red frame");
+
+    let o = run_memtrace(
+        &[
+            "diff",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--lens",
+            "heap",
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, "has no heap.folded");
+    let o = run_memtrace(&["diff", "/no/such", b.to_str().unwrap()], &[]);
+    assert_one_line_error(&o, "/no/such does not exist");
+}
