@@ -45,6 +45,11 @@ pub enum EventKind {
     StwStop = 15,
     /// The world is being restarted.
     StwStart = 16,
+    /// A process (`tgid`) executed a new program (agent discovery; sent for
+    /// every process, not only targets).
+    ProcExec = 17,
+    /// A target process's last thread exited.
+    ProcExit = 18,
 }
 
 impl EventKind {
@@ -66,6 +71,8 @@ impl EventKind {
             14 => Self::GcCycle,
             15 => Self::StwStop,
             16 => Self::StwStart,
+            17 => Self::ProcExec,
+            18 => Self::ProcExit,
             _ => return None,
         })
     }

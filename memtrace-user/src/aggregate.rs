@@ -584,7 +584,24 @@ impl Aggregator {
                 heap_goal,
             }),
             Op::Stw { stop, ts } => self.gc.stw(pid, stop, ts),
+            // Process lifecycle is the agent's business, not a lens's.
+            Op::ProcExec | Op::ProcExit => {}
         }
+    }
+
+    /// Drops everything kept for `pid` (the agent, when it exits).
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(rss) = self.rss.as_mut() {
+            rss.procs.remove(&pid);
+            rss.untracked.retain(|k, _| k.0 != pid);
+        }
+        if let Some(gs) = self.goroutines.as_mut() {
+            gs.live.retain(|k, _| k.0 != pid);
+            gs.created.retain(|k, _| k.0 != pid);
+            gs.exited.retain(|k, _| k.0 != pid);
+        }
+        self.gc.cycles.retain(|c| c.pid != pid);
+        self.gc.stopped.remove(&pid);
     }
 }
 

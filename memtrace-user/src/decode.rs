@@ -70,6 +70,10 @@ pub enum Op {
         stop: bool,
         ts: u64,
     },
+    /// The process executed a new program (agent discovery).
+    ProcExec,
+    /// The process's last thread exited.
+    ProcExit,
 }
 
 /// An operation attributed to a process and stack.
@@ -212,6 +216,8 @@ impl Resolver {
                 advice: ev.aux,
             },
             EventKind::GoExit => Op::GoExit { g: ev.addr },
+            EventKind::ProcExec => Op::ProcExec,
+            EventKind::ProcExit => Op::ProcExit,
             EventKind::GcCycle => Op::GcCycle {
                 heap_live: ev.addr,
                 heap_goal: ev.size,

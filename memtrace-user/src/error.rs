@@ -8,9 +8,9 @@ use std::path::PathBuf;
 pub enum EnvError {
     /// The effective capabilities lack what loading BPF and uprobes needs.
     #[error(
-        "missing privileges: memtrace needs CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE \
-         (or CAP_SYS_ADMIN); run it as root or grant them with \
-         `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep memtrace`"
+        "missing privileges: memtrace needs CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and, \
+         for uprobes on most kernels, CAP_SYS_ADMIN; run it as root or grant them with \
+         `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_sys_admin+ep memtrace`"
     )]
     Privileges,
     /// tracefs is neither mounted nor mountable.

@@ -2,8 +2,10 @@
 //! procfs parsers, symbolize, render) are unit-tested on their own; `loader`
 //! and `cli::record` are the only code that talks to the kernel.
 
+pub mod agent;
 pub mod aggregate;
 pub mod breakdown;
+pub mod cgroup;
 pub mod cli;
 pub mod decode;
 pub mod error;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         Program, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -36,6 +36,13 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// The kernel refused to create a uprobe: not enough privilege.
+    #[error(
+        "missing privileges: the kernel refused the uprobe on {what} (permission denied); \
+         uprobes need CAP_SYS_ADMIN on this kernel besides CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_PTRACE: run memtrace as root or add CAP_SYS_ADMIN"
+    )]
+    UprobeDenied { what: String },
     /// A map operation failed.
     #[error("BPF map {what}: {source}")]
     Map {
@@ -43,6 +50,20 @@ pub enum LoadError {
         #[source]
         source: aya::maps::MapError,
     },
+}
+
+/// Whether an attach error comes down to EACCES or EPERM from the kernel.
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A loaded eBPF object and what is attached.
@@ -55,7 +76,12 @@ pub struct Tracer {
     alloc_attached: HashSet<(PathBuf, u32)>,
     /// Number of uprobe attachments made.
     pub uprobes: usize,
+    /// Links made since the last [`Tracer::take_links`].
+    links: Vec<(&'static str, UProbeLinkId)>,
 }
+
+/// Uprobe links of one binary, to detach when its last process exits.
+pub struct Links(Vec<(&'static str, UProbeLinkId)>);
 
 impl Tracer {
     pub fn load() -> Result<Self, LoadError> {
@@ -91,6 +117,7 @@ impl Tracer {
             tracepoints: HashSet::new(),
             alloc_attached: HashSet::new(),
             uprobes: 0,
+            links: Vec::new(),
         })
     }
 
@@ -117,6 +144,28 @@ impl Tracer {
     }
 
     /// Stops reporting every target (before the final drain).
+    /// Stops reporting `pid`.
+    pub fn remove_target(&mut self, pid: u32) {
+        let _ = self.targets.remove(&pid);
+    }
+
+    /// The links made since the last call.
+    pub fn take_links(&mut self) -> Links {
+        Links(std::mem::take(&mut self.links))
+    }
+
+    /// Detaches `links` (a binary none of whose processes is traced any more).
+    pub fn detach(&mut self, links: Links) {
+        for (name, id) in links.0 {
+            if let Some(Ok(prog)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+                if let Err(e) = prog.detach(id) {
+                    log::warn!("detaching {name}: {e}");
+                }
+            }
+            self.uprobes -= 1;
+        }
+    }
+
     pub fn clear_targets(&mut self) {
         let pids: Vec<u32> = self.targets.keys().filter_map(Result::ok).collect();
         for pid in pids {
@@ -168,8 +217,12 @@ impl Tracer {
                 location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
                 cookie: Some(p.size_floor),
             };
-            prog.attach(point, attach_path, scope)
-                .map_err(|source| LoadError::Program {
+            let id = prog.attach(point, attach_path, scope).map_err(|source| {
+                let what = format!("{} in {}", p.symbol, attach_path.display());
+                if permission_denied(&source) {
+                    return LoadError::UprobeDenied { what };
+                }
+                LoadError::Program {
                     what: format!(
                         "uprobe {}+{:#x} in {}",
                         p.symbol,
@@ -177,7 +230,9 @@ impl Tracer {
                         attach_path.display()
                     ),
                     source,
-                })?;
+                }
+            })?;
+            self.links.push((name, id));
             self.uprobes += 1;
         }
         Ok(())

@@ -145,6 +145,11 @@ pub const MEMTRACE_PROGRAMS: &[&str] = &[
     "go_newproc",
     "go_newproc_ret",
     "go_exit",
+    "go_gc_cycle",
+    "go_stw_stop",
+    "go_stw_start",
+    "proc_exec",
+    "proc_exit",
 ];
 
 /// Asserts that none of memtrace's BPF programs is loaded. The kernel frees

@@ -81,6 +81,29 @@ fn unsupported_go_version() {
     assert_one_line_error(&o, "was built with go1.17");
 }
 
+/// Without CAP_SYS_ADMIN the kernel refuses uprobes (this is why the
+/// DaemonSet asks for it): one line that says so.
+#[test]
+fn uprobes_without_sys_admin_are_refused_clearly() {
+    let mut bg = Bg::spawn(
+        &fixture(&newest(), "allocs"),
+        &["-objects", "10", "-maps", "0", "-loop"],
+    );
+    let caps = "-all,+bpf,+perfmon,+sys_ptrace";
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--bounding-set={caps}"))
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg("--")
+        .arg(memtrace())
+        .args(["record", "--pid", &bg.pid().to_string(), "--duration", "1"]);
+    let o = wait_output(cmd, std::time::Duration::from_secs(30));
+    assert_one_line_error(&o, "the kernel refused the uprobe");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("CAP_SYS_ADMIN"));
+    assert!(bg.alive());
+    assert_no_memtrace_programs();
+}
+
 #[test]
 fn missing_privileges_names_the_capabilities() {
     let mut cmd = std::process::Command::new("setpriv");

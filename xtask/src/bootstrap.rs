@@ -45,7 +45,39 @@ pub fn run_env(_root: &Path) -> anyhow::Result<Env> {
     bpf_linker()?;
     tracefs()?;
     crate::fixtures::install_go(&cache)?;
+    kube_validate(&cache)?;
     Ok(Env { cache })
+}
+
+/// Version of the PyPI `kubernetes-validate` package (it bundles the
+/// Kubernetes schemas, so manifests validate offline).
+const KUBE_VALIDATE: &str = "1.37.0";
+
+/// `kubernetes-validate` in its own venv under the cache.
+pub fn kube_validate_bin(cache: &Path) -> PathBuf {
+    cache.join("kube-validate/bin/kubernetes-validate")
+}
+
+fn kube_validate(cache: &Path) -> anyhow::Result<()> {
+    let bin = kube_validate_bin(cache);
+    if bin.exists() {
+        return Ok(());
+    }
+    let venv = cache.join("kube-validate");
+    eprintln!(
+        "xtask: installing kubernetes-validate {KUBE_VALIDATE} into {}",
+        venv.display()
+    );
+    sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    sh(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .arg(format!("kubernetes-validate=={KUBE_VALIDATE}")))?;
+    anyhow::ensure!(
+        bin.exists(),
+        "kubernetes-validate installed no {}",
+        bin.display()
+    );
+    Ok(())
 }
 
 fn quiet(cmd: &mut Command) -> bool {

@@ -219,7 +219,11 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
             .env("MEMTRACE_BIN", &memtrace)
             .env("MEMTRACE_FIXTURES", &built.root)
             .env("MEMTRACE_GO_VERSIONS", versions.join(","))
-            .env("MEMTRACE_GO", &built.go_for_tools),
+            .env("MEMTRACE_GO", &built.go_for_tools)
+            .env(
+                "MEMTRACE_KUBE_VALIDATE",
+                bootstrap::kube_validate_bin(&env.cache),
+            ),
     )?;
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(())

@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod faults;
 pub mod gc;
 pub mod goroutines;
+pub mod procs;
 pub mod syscalls;
 
 use aya_ebpf::{

@@ -1,5 +1,6 @@
 //! Command line: one module per subcommand, dispatched from [`Cli::execute`].
 
+pub mod agent;
 mod diff;
 mod goroutines;
 pub mod record;
@@ -23,6 +24,10 @@ pub enum Commands {
     /// Compare two reports (or folded files): a differential flame graph,
     /// growth in red and shrinkage in blue, and the stacks that changed most.
     Diff(diff::DiffArgs),
+    /// Run unattended on a host (e.g. as a DaemonSet): trace every Go process,
+    /// keep rolling rss and goroutines profiles, serve /metrics and
+    /// /profiles over HTTP, and snapshot processes whose RSS keeps growing.
+    Agent(agent::AgentArgs),
 }
 
 impl Cli {
@@ -30,6 +35,7 @@ impl Cli {
         match self.command {
             Commands::Record(args) => record::run(args),
             Commands::Diff(args) => diff::run(args),
+            Commands::Agent(args) => agent::run(args),
         }
     }
 }

@@ -1,0 +1,155 @@
+//! The agent's HTTP API. Profiles are served from memory by (pid, lens);
+//! no handler turns its input into a filesystem path.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{
+    extract::{Path, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+
+use super::{metrics, Shared, LENSES};
+
+/// The formats a profile is served in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Svg,
+    Folded,
+    Pprof,
+}
+
+/// `rss.svg` → (`rss`, Svg); anything else → None.
+pub fn parse_profile_file(file: &str) -> Option<(&'static str, Format)> {
+    let (lens, ext) = file.split_once('.')?;
+    let lens = *LENSES.iter().find(|l| **l == lens)?;
+    let fmt = match ext {
+        "svg" => Format::Svg,
+        "folded" => Format::Folded,
+        "pb.gz" => Format::Pprof,
+        _ => return None,
+    };
+    Some((lens, fmt))
+}
+
+/// Reads the agent's own CPU time and RSS.
+pub type SelfUsageFn = fn() -> metrics::SelfUsage;
+
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Mutex<Shared>>,
+    usage: SelfUsageFn,
+}
+
+pub fn router(shared: Arc<Mutex<Shared>>, usage: SelfUsageFn) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_handler))
+        .route("/profiles", get(list_handler))
+        .route("/profiles/{pid}/{file}", get(profile_handler))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(Ctx { shared, usage })
+}
+
+async fn metrics_handler(State(c): State<Ctx>) -> Response {
+    let me = (c.usage)();
+    let text = metrics::render(&c.shared.lock().expect("agent state"), me);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn list_handler(State(c): State<Ctx>) -> Response {
+    let s = c.shared.lock().expect("agent state");
+    let list: Vec<serde_json::Value> = s
+        .procs
+        .values()
+        .map(|p| {
+            let files: Vec<String> = LENSES
+                .iter()
+                .filter(|l| s.profiles.contains_key(&(p.pid, **l)))
+                .flat_map(|l| {
+                    ["svg", "folded", "pb.gz"]
+                        .iter()
+                        .map(move |e| format!("/profiles/{}/{l}.{e}", p.pid))
+                })
+                .collect();
+            serde_json::json!({
+                "pid": p.pid,
+                "exe": p.exe,
+                "go_version": p.go_version,
+                "cgroup": p.labels.cgroup,
+                "pod_uid": p.labels.pod_uid,
+                "container_id": p.labels.container_id,
+                "window_end": p.window_end,
+                "rss_bytes": p.vmrss,
+                "files": files,
+            })
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+async fn profile_handler(
+    State(c): State<Ctx>,
+    Path((pid, file)): Path<(String, String)>,
+) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
+    let (Ok(pid), Some((lens, fmt))) = (pid.parse::<u32>(), parse_profile_file(&file)) else {
+        return not_found();
+    };
+    let Some(r) = c
+        .shared
+        .lock()
+        .expect("agent state")
+        .profiles
+        .get(&(pid, lens))
+        .cloned()
+    else {
+        return not_found();
+    };
+    match fmt {
+        Format::Svg => ([(header::CONTENT_TYPE, "image/svg+xml")], r.svg.clone()).into_response(),
+        Format::Folded => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            r.folded.clone(),
+        )
+            .into_response(),
+        Format::Pprof => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            r.pprof.clone(),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_files() {
+        assert_eq!(parse_profile_file("rss.svg"), Some(("rss", Format::Svg)));
+        assert_eq!(
+            parse_profile_file("goroutines.pb.gz"),
+            Some(("goroutines", Format::Pprof))
+        );
+        for bad in [
+            "rss",
+            "rss.exe",
+            "../etc/passwd",
+            "heap.svg",
+            "rss.svg/x",
+            "",
+        ] {
+            assert_eq!(parse_profile_file(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The node agent's pure parts: the state it serves, Prometheus text, the
+//! auto-snapshot trigger and the HTTP routes. `cli::agent` drives them.
+
+pub mod http;
+pub mod metrics;
+pub mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::cgroup::CgroupLabels;
+
+/// Series of top growth stacks kept per process (bounded cardinality).
+pub const TOP_SERIES: usize = 5;
+/// Lenses the agent keeps rolling profiles of.
+pub const LENSES: &[&str] = &["rss", "goroutines"];
+
+/// What the agent knows about one traced process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcState {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+    pub labels: CgroupLabels,
+    /// VmRSS, sampled every second.
+    pub vmrss: u64,
+    /// Resident growth attributed to stacks in the last complete window.
+    pub growth_bytes: u64,
+    /// (leaf function, bytes) of the largest growth stacks, last window.
+    pub top: Vec<(String, u64)>,
+    pub goroutines: u64,
+    pub gc_cycles: u64,
+    pub snapshots: u64,
+    /// Unix time the last window ended.
+    pub window_end: Option<u64>,
+}
+
+/// One rendered profile.
+pub struct Rendered {
+    pub svg: Vec<u8>,
+    pub folded: String,
+    pub pprof: Vec<u8>,
+}
+
+/// Agent-wide counters and the latest window's profiles.
+#[derive(Default)]
+pub struct Shared {
+    pub procs: BTreeMap<u32, ProcState>,
+    pub profiles: HashMap<(u32, &'static str), Arc<Rendered>>,
+    pub ring_drops: u64,
+    pub stack_errors: u64,
+    pub windows: u64,
+    pub snapshots: u64,
+    pub discovered: u64,
+}

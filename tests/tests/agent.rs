@@ -1,0 +1,463 @@
+//! End-to-end: `memtrace agent` started first, Go programs after it. It
+//! finds them, serves metrics and profiles on loopback, labels processes in
+//! kubelet-shaped cgroups, snapshots the one that leaks, survives process
+//! churn without leaking probes or memory, and exits cleanly on SIGTERM. It
+//! runs with only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_SYS_ADMIN, as
+//! deploy/daemonset.yaml grants.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use memtrace_tests::*;
+
+struct Agent {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Agent {
+    fn start(name: &str, args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = out_dir(name);
+        let log = std::fs::File::create(out.join("agent.log")).unwrap();
+        // Exactly the capabilities deploy/daemonset.yaml grants, nothing else.
+        let caps = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin";
+        let child = Command::new("setpriv")
+            .arg(format!("--bounding-set={caps}"))
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg("--")
+            .arg(memtrace())
+            .arg("agent")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting memtrace agent");
+        let mut a = Self { child, port, out };
+        let up = wait_until(Duration::from_secs(20), || {
+            http_get(a.port, "/healthz").is_some_and(|(s, _)| s == 200)
+        });
+        assert!(up, "agent never served /healthz: {}", a.log());
+        assert!(a.child.try_wait().unwrap().is_none(), "{}", a.log());
+        a
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.out.join("agent.log")).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http_get(self.port, path).unwrap_or_else(|| panic!("GET {path} failed: {}", self.log()))
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    }
+
+    /// SIGTERM; returns the exit status.
+    fn stop(mut self) -> (Option<i32>, PathBuf, String) {
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let done = wait_until(Duration::from_secs(20), || {
+            self.child.try_wait().unwrap().is_some()
+        });
+        assert!(done, "agent ignored SIGTERM: {}", self.log());
+        let code = self.child.wait().unwrap().code();
+        (code, self.out.clone(), self.log())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 GET (the path is sent exactly as given).
+fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut body = buf[head_end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Some((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 || b.len() < eol + 2 + size {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[(eol + 4 + size).min(b.len())..];
+    }
+}
+
+/// The line of `family` for `pid`, if any.
+fn series<'a>(metrics: &'a str, family: &str, pid: u32) -> Option<&'a str> {
+    let needle = format!("pid=\"{pid}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{family}{{")) && l.contains(&needle))
+}
+
+fn value(line: &str) -> f64 {
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Leaf of the heaviest stack in a folded profile.
+fn top_leaf(folded: &str) -> String {
+    folded
+        .lines()
+        .filter_map(|l| {
+            let (stack, v) = l.rsplit_once(' ')?;
+            Some((
+                v.parse::<u64>().ok()?,
+                stack.rsplit(';').next()?.to_string(),
+            ))
+        })
+        .max()
+        .map(|(_, leaf)| leaf)
+        .unwrap_or_default()
+}
+
+#[test]
+fn agent_finds_serves_and_snapshots() {
+    let v = go_versions().pop().unwrap();
+    let agent = Agent::start(
+        "agent-main",
+        &[
+            "--window",
+            "2",
+            "--exe",
+            "rss",
+            "--snapshot-growth-mib",
+            "24",
+            "--snapshot-period",
+            "3",
+        ],
+    );
+    // Two Go programs started after the agent.
+    let rss = fixture(&v, "rss");
+    let mut leak = Bg::spawn(&rss, &["-mode", "leak"]);
+    let mut steady = Bg::spawn(&rss, &["-mode", "steady"]);
+    let (lp, sp) = (leak.pid(), steady.pid());
+    let found = wait_until(Duration::from_secs(15), || {
+        let m = agent.metrics();
+        series(&m, "memtrace_process_rss_bytes", lp).is_some()
+            && series(&m, "memtrace_process_rss_bytes", sp).is_some()
+            && agent.get(&format!("/profiles/{lp}/rss.svg")).0 == 200
+    });
+    assert!(found, "agent did not find both programs: {}", agent.log());
+    // Let a few windows and the snapshot period pass.
+    std::thread::sleep(Duration::from_secs(5));
+
+    let m = agent.metrics();
+    assert!(value(series(&m, "memtrace_process_rss_bytes", lp).unwrap()) > 0.0);
+    assert!(
+        series(&m, "memtrace_process_top_growth_bytes", lp)
+            .is_some_and(|l| l.contains("rank=\"1\",function=\"main.cacheSession\"")),
+        "{m}"
+    );
+    assert!(m.contains("memtrace_agent_rss_bytes "), "{m}");
+    assert!(m.contains("memtrace_ringbuf_drops_total "), "{m}");
+
+    let (status, svg) = agent.get(&format!("/profiles/{lp}/rss.svg"));
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&svg).contains("main.cacheSession"));
+    let (_, folded) = agent.get(&format!("/profiles/{lp}/rss.folded"));
+    assert_eq!(
+        top_leaf(&String::from_utf8_lossy(&folded)),
+        "main.cacheSession"
+    );
+    let (status, list) = agent.get("/profiles");
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["pid"].as_u64() == Some(u64::from(sp))));
+
+    // The leak was snapshotted, the steady program was not.
+    let snaps: Vec<String> = std::fs::read_dir(agent.out.join("snapshots"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let leak_snap = snaps
+        .iter()
+        .find(|d| d.starts_with(&format!("{lp}-")))
+        .unwrap_or_else(|| panic!("no snapshot of the leak in {snaps:?}: {}", agent.log()));
+    assert!(
+        !snaps.iter().any(|d| d.starts_with(&format!("{sp}-"))),
+        "steady program snapshotted: {snaps:?}"
+    );
+    let snap_dir = agent.out.join("snapshots").join(leak_snap);
+    let snap_folded = std::fs::read_to_string(snap_dir.join("rss.folded")).unwrap();
+    assert_eq!(top_leaf(&snap_folded), "main.cacheSession");
+    assert!(snap_dir.join("summary.json").exists());
+    assert!(value(series(&m, "memtrace_process_snapshots_total", lp).unwrap()) >= 1.0);
+    assert_eq!(
+        value(series(&m, "memtrace_process_snapshots_total", sp).unwrap()),
+        0.0
+    );
+
+    // Loopback only, and no path reaches the filesystem.
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_hex = format!(":{:04X}", agent.port);
+    let listening: Vec<&str> = tcp
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&port_hex) && f[3] == "0A"
+        })
+        .collect();
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    assert!(listening[0]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .starts_with("0100007F"));
+    for bad in [
+        "/etc/passwd".to_string(),
+        "/profiles/../../../../etc/passwd".into(),
+        format!("/profiles/{lp}/../../../etc/passwd"),
+        format!("/profiles/{lp}/rss.svg/../../../etc/passwd"),
+        format!("/profiles/{lp}/..%2f..%2f..%2fetc%2fpasswd"),
+        format!("/profiles/{lp}/heap.svg"),
+        format!("/profiles/{lp}/rss.exe"),
+        "/profiles/-1/rss.svg".into(),
+        "/profiles/999999999/rss.svg".into(),
+        "/profiles/%00/rss.svg".into(),
+    ] {
+        let (status, body) = agent.get(&bad);
+        assert_eq!(status, 404, "{bad}");
+        assert!(!String::from_utf8_lossy(&body).contains("root:"), "{bad}");
+    }
+
+    // SIGTERM: the window is finished and written, exit 0.
+    let (code, out, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let last = out.join("last-window").join(lp.to_string());
+    let last_svg = std::fs::read_to_string(last.join("rss.svg")).unwrap_or_default();
+    assert!(last_svg.contains("main.cacheSession"), "{log}");
+    assert!(leak.alive() && steady.alive(), "a traced program died");
+    assert_no_memtrace_programs();
+}
+
+/// The cgroup hierarchies to build test pods in: the unified one on a pure
+/// v2 host; on a hybrid host the v1 memory hierarchy and the v2 one.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        return vec![base.to_path_buf(), base.to_path_buf()];
+    }
+    let roots: Vec<PathBuf> = ["memory", "unified"]
+        .iter()
+        .map(|h| base.join(h))
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect();
+    assert!(!roots.is_empty(), "no writable cgroup hierarchy");
+    roots
+}
+
+struct Cgroup(PathBuf, PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Remove from the leaf up to (and including) the test's top dir.
+        let mut d = self.0.clone();
+        while d.starts_with(&self.1) {
+            let _ = std::fs::remove_dir(&d);
+            if !d.pop() {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn pods_and_containers_are_labelled() {
+    let v = go_versions().pop().unwrap();
+    let agent = Agent::start("agent-cgroups", &["--window", "2", "--exe", "allocs"]);
+    let me = std::process::id();
+    let roots = cgroup_roots();
+    let uid_a = "0f1e2d3c-4b5a-4697-8877-665544332211";
+    let id_a = "a".repeat(64);
+    let uid_b = "99887766-5544-4332-a110-ffeeddccbbaa";
+    let id_b = "b1".repeat(32);
+    let shapes = [
+        // systemd driver, containerd
+        (
+            format!(
+                "memtrace-e2e-{me}.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id_a}.scope",
+                uid_a.replace('-', "_")
+            ),
+            uid_a,
+            id_a.as_str(),
+        ),
+        // cgroupfs driver
+        (
+            format!("memtrace-e2e-{me}/kubepods/burstable/pod{uid_b}/{id_b}"),
+            uid_b,
+            id_b.as_str(),
+        ),
+    ];
+    let bin = fixture(&v, "allocs");
+    let mut procs = Vec::new();
+    let mut groups = Vec::new();
+    for (i, (rel, uid, id)) in shapes.iter().enumerate() {
+        let root = &roots[i.min(roots.len() - 1)];
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        groups.push(Cgroup(
+            dir.clone(),
+            root.join(rel.split('/').next().unwrap()),
+        ));
+        // Join the cgroup before exec, as a container runtime does.
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec {} -objects 1000 -maps 1 -loop",
+            dir.display(),
+            bin.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push((Bg(child), uid.to_string(), id.to_string()));
+    }
+    for (p, uid, id) in &procs {
+        let want = format!("container_id=\"{id}\",pod_uid=\"{uid}\"");
+        let ok = wait_until(Duration::from_secs(15), || {
+            series(&agent.metrics(), "memtrace_process_rss_bytes", p.pid())
+                .is_some_and(|l| l.contains(&want))
+        });
+        assert!(
+            ok,
+            "pid {} not labelled {want}: {}\n{}",
+            p.pid(),
+            agent.metrics(),
+            agent.log()
+        );
+    }
+    drop(procs);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(groups);
+}
+
+fn bpftool_count(args: &[&str]) -> usize {
+    let out = output_ok(Command::new("bpftool").arg("-j").args(args));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array().map_or(0, Vec::len)
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// 100 short-lived Go processes over a minute: each is found, and when they
+/// are gone the agent holds no probe, no target entry and no extra memory.
+#[test]
+fn process_churn_leaks_nothing() {
+    let v = go_versions().pop().unwrap();
+    let agent = Agent::start("agent-churn", &["--window", "2", "--exe", "allocs"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let links_before = bpftool_count(&["link", "show"]);
+    let targets_before = bpftool_count(&["map", "dump", "name", "TARGETS"]);
+    let rss_before = vm_rss_kib(agent.child.id());
+
+    let bin = fixture(&v, "allocs");
+    let mut running: Vec<Child> = Vec::new();
+    for _ in 0..100 {
+        running.push(
+            Command::new(&bin)
+                .args(["-objects", "2000", "-maps", "1", "-linger", "1500ms"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(600));
+        running.retain_mut(|c| c.try_wait().unwrap().is_none());
+    }
+    for mut c in running {
+        c.wait().unwrap();
+    }
+    let settled = wait_until(Duration::from_secs(10), || {
+        value(
+            agent
+                .metrics()
+                .lines()
+                .find(|l| l.starts_with("memtrace_processes "))
+                .unwrap(),
+        ) == 0.0
+    });
+    let m = agent.metrics();
+    assert!(settled, "processes still listed: {m}");
+    let discovered = value(
+        m.lines()
+            .find(|l| l.starts_with("memtrace_processes_discovered_total "))
+            .unwrap(),
+    );
+    assert_eq!(discovered, 100.0, "{}", agent.log());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        bpftool_count(&["link", "show"]),
+        links_before,
+        "links leaked"
+    );
+    assert_eq!(
+        bpftool_count(&["map", "dump", "name", "TARGETS"]),
+        targets_before,
+        "TARGETS entries leaked"
+    );
+    let rss_after = vm_rss_kib(agent.child.id());
+    assert!(
+        rss_after <= rss_before + 16 * 1024,
+        "agent RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let (code, _, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
