@@ -313,13 +313,45 @@ impl Drop for Cgroup {
     }
 }
 
+/// A stand-in kubelet: answers every request with a PodList naming one pod.
+fn fake_kubelet(uid: &str, namespace: &str, name: &str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = format!(
+        r#"{{"kind":"PodList","apiVersion":"v1","items":[{{"metadata":{{"uid":"{uid}","namespace":"{namespace}","name":"{name}"}}}}]}}"#
+    );
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
 #[test]
 fn pods_and_containers_are_labelled() {
     let v = go_versions().pop().unwrap();
-    let agent = Agent::start("agent-cgroups", &["--window", "2", "--exe", "allocs"]);
+    let uid_a = "0f1e2d3c-4b5a-4697-8877-665544332211";
+    let kubelet = fake_kubelet(uid_a, "shop", "cart-7d9");
+    let agent = Agent::start(
+        "agent-cgroups",
+        &[
+            "--window",
+            "2",
+            "--exe",
+            "allocs",
+            "--kubelet",
+            &format!("http://127.0.0.1:{kubelet}"),
+        ],
+    );
     let me = std::process::id();
     let roots = cgroup_roots();
-    let uid_a = "0f1e2d3c-4b5a-4697-8877-665544332211";
     let id_a = "a".repeat(64);
     let uid_b = "99887766-5544-4332-a110-ffeeddccbbaa";
     let id_b = "b1".repeat(32);
@@ -364,8 +396,13 @@ fn pods_and_containers_are_labelled() {
             .unwrap();
         procs.push((Bg(child), uid.to_string(), id.to_string()));
     }
-    for (p, uid, id) in &procs {
-        let want = format!("container_id=\"{id}\",pod_uid=\"{uid}\"");
+    for (i, (p, uid, id)) in procs.iter().enumerate() {
+        // The kubelet knows the first pod only.
+        let want = if i == 0 {
+            format!("container_id=\"{id}\",pod_uid=\"{uid}\",pod_namespace=\"shop\",pod_name=\"cart-7d9\"")
+        } else {
+            format!("container_id=\"{id}\",pod_uid=\"{uid}\"}}")
+        };
         let ok = wait_until(Duration::from_secs(15), || {
             series(&agent.metrics(), "memtrace_process_rss_bytes", p.pid())
                 .is_some_and(|l| l.contains(&want))
@@ -454,6 +491,7 @@ fn process_churn_leaks_nothing() {
         "TARGETS entries leaked"
     );
     let rss_after = vm_rss_kib(agent.child.id());
+    eprintln!("agent VmRSS {rss_before} KiB before, {rss_after} KiB after 100 processes");
     assert!(
         rss_after <= rss_before + 16 * 1024,
         "agent RSS grew from {rss_before} KiB to {rss_after} KiB"

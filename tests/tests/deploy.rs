@@ -31,7 +31,14 @@ fn daemonset_is_valid_for_current_kubernetes() {
     for k8s in ["1.30.0", "1.37.0"] {
         let (ok, text) = validate(&manifest(), k8s);
         assert!(ok, "kubernetes {k8s}: {text}");
-        assert!(text.contains("daemonset/memtrace-agent"), "{text}");
+        for kind in [
+            "daemonset",
+            "serviceaccount",
+            "clusterrole",
+            "clusterrolebinding",
+        ] {
+            assert!(text.contains(&format!("{kind}/memtrace-agent")), "{text}");
+        }
     }
 }
 

@@ -88,6 +88,8 @@ async fn list_handler(State(c): State<Ctx>) -> Response {
                 "cgroup": p.labels.cgroup,
                 "pod_uid": p.labels.pod_uid,
                 "container_id": p.labels.container_id,
+                "pod_namespace": p.pod.as_ref().map(|m| m.namespace.clone()),
+                "pod_name": p.pod.as_ref().map(|m| m.name.clone()),
                 "window_end": p.window_end,
                 "rss_bytes": p.vmrss,
                 "files": files,

@@ -30,6 +30,14 @@ fn labels(p: &ProcState) -> String {
     if let Some(u) = &p.labels.pod_uid {
         let _ = write!(l, ",pod_uid=\"{}\"", escape(u));
     }
+    if let Some(pod) = &p.pod {
+        let _ = write!(
+            l,
+            ",pod_namespace=\"{}\",pod_name=\"{}\"",
+            escape(&pod.namespace),
+            escape(&pod.name)
+        );
+    }
     l
 }
 

@@ -2,6 +2,7 @@
 //! auto-snapshot trigger and the HTTP routes. `cli::agent` drives them.
 
 pub mod http;
+pub mod kubelet;
 pub mod metrics;
 pub mod watch;
 
@@ -22,6 +23,8 @@ pub struct ProcState {
     pub exe: String,
     pub go_version: String,
     pub labels: CgroupLabels,
+    /// Pod namespace and name, from the kubelet when reachable.
+    pub pod: Option<kubelet::PodMeta>,
     /// VmRSS, sampled every second.
     pub vmrss: u64,
     /// Resident growth attributed to stacks in the last complete window.

@@ -53,6 +53,121 @@ pub struct AgentArgs {
     /// Trace only executables with this file name (repeatable).
     #[arg(long = "exe")]
     pub exes: Vec<String>,
+    /// The node's kubelet (e.g. https://NODE_IP:10250), to label processes
+    /// with pod namespace and name; without it, only the pod UID is known.
+    #[arg(long)]
+    pub kubelet: Option<String>,
+    /// Bearer token for the kubelet, read from this file if it exists.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub kubelet_token_file: PathBuf,
+    /// Accept the kubelet's self-signed serving certificate.
+    #[arg(long)]
+    pub kubelet_insecure_tls: bool,
+}
+
+/// A client for the kubelet's `/pods`.
+struct Kubelet {
+    url: String,
+    http: ureq::Agent,
+    token: Option<String>,
+    /// Last refresh attempt, and whether the last one failed (logged once).
+    last: Option<Instant>,
+    failing: bool,
+}
+
+/// Accepts any server certificate (`--kubelet-insecure-tls`), still checking
+/// the handshake signatures.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl Kubelet {
+    fn new(args: &AgentArgs) -> anyhow::Result<Option<Self>> {
+        let Some(url) = &args.kubelet else {
+            return Ok(None);
+        };
+        let mut builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(3));
+        if args.kubelet_insecure_tls {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .context("TLS set-up for the kubelet")?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+                .with_no_client_auth();
+            builder = builder.tls_config(Arc::new(tls));
+        }
+        let token = std::fs::read_to_string(&args.kubelet_token_file)
+            .ok()
+            .map(|t| t.trim().to_string());
+        Ok(Some(Self {
+            url: url.trim_end_matches('/').to_string(),
+            http: builder.build(),
+            token,
+            last: None,
+            failing: false,
+        }))
+    }
+
+    fn pods(&mut self) -> anyhow::Result<HashMap<String, agent::kubelet::PodMeta>> {
+        use std::io::Read as _;
+        self.last = Some(Instant::now());
+        let mut req = self.http.get(&format!("{}/pods", self.url));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = req.call()?;
+        let mut body = Vec::new();
+        resp.into_reader().take(256 << 20).read_to_end(&mut body)?;
+        Ok(agent::kubelet::parse_pods(&body)?)
+    }
 }
 
 /// A binary (by device and inode) and what was decided about it.
@@ -84,6 +199,8 @@ struct Agent {
     started: Instant,
     window_start: Instant,
     me: u32,
+    kubelet: Option<Kubelet>,
+    pods: HashMap<String, agent::kubelet::PodMeta>,
 }
 
 fn unix_now() -> u64 {
@@ -241,6 +358,18 @@ impl Agent {
         self.bins.get_mut(&key).expect("present").pids.insert(pid);
         self.sym.add_go_binary(&exe, bin.table.clone());
         let labels = cgroup::labels(&cg);
+        if labels
+            .pod_uid
+            .as_ref()
+            .is_some_and(|u| !self.pods.contains_key(u))
+        {
+            self.refresh_pods(false);
+        }
+        let pod = labels
+            .pod_uid
+            .as_ref()
+            .and_then(|u| self.pods.get(u))
+            .cloned();
         eprintln!(
             "memtrace: agent: tracing pid {pid} ({}, {}{}{})",
             exe.display(),
@@ -266,6 +395,7 @@ impl Agent {
                 exe: exe.display().to_string(),
                 go_version: bin.go_version.clone(),
                 labels,
+                pod,
                 vmrss: procfs::read_status(pid).map_or(0, |s| s.vm_rss),
                 ..Default::default()
             },
@@ -281,6 +411,43 @@ impl Agent {
                 watch: GrowthWatch::default(),
             },
         );
+    }
+
+    /// Re-reads the kubelet's pods (at most every 5 s) and relabels.
+    fn refresh_pods(&mut self, force: bool) {
+        let Some(k) = self.kubelet.as_mut() else {
+            return;
+        };
+        if !force && k.last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return;
+        }
+        match k.pods() {
+            Ok(pods) => {
+                if k.failing {
+                    eprintln!("memtrace: agent: kubelet {} reachable again", k.url);
+                }
+                k.failing = false;
+                self.pods = pods;
+            }
+            Err(e) => {
+                if !k.failing {
+                    eprintln!(
+                        "memtrace: agent: kubelet {} not reachable ({e:#}); pods keep their UID only",
+                        k.url
+                    );
+                }
+                k.failing = true;
+            }
+        }
+        let mut shared = self.shared.lock().expect("agent state");
+        for p in shared.procs.values_mut() {
+            p.pod = p
+                .labels
+                .pod_uid
+                .as_ref()
+                .and_then(|u| self.pods.get(u))
+                .cloned();
+        }
     }
 
     /// Stops tracing `pid` and forgets its data; a binary with no process
@@ -615,8 +782,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             started: Instant::now(),
             window_start: Instant::now(),
             me: std::process::id(),
+            kubelet: Kubelet::new(&args)?,
+            pods: HashMap::new(),
             args,
         };
+        a.refresh_pods(true);
         // Processes already running; later ones arrive through exec events.
         if let Ok(rd) = std::fs::read_dir("/proc") {
             let pids: Vec<u32> = rd
@@ -648,6 +818,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 _ = window.tick() => {
                     a.drain(ring.get_mut());
                     a.end_window(false)?;
+                    a.refresh_pods(false);
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
