@@ -685,25 +685,24 @@ impl Agent {
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        let mut execs = Vec::new();
+        // Lifecycle events are handled after the batch: starting to trace a
+        // process reads /proc and may attach probes.
+        let mut lifecycle = Vec::new();
         while let Some(item) = ring.next() {
             match self.resolver.feed(&item) {
                 Ok(Some(r)) => match r.op {
-                    Op::ProcExec => execs.push(r.key.0),
-                    Op::ProcExit => execs.push(u32::MAX - r.key.0),
+                    Op::ProcExec | Op::ProcExit => lifecycle.push((r.op, r.key.0)),
                     _ => self.agg.apply(&r),
                 },
                 Ok(None) => {}
                 Err(e) => log::warn!("{e}"),
             }
         }
-        for code in execs {
-            if code > u32::MAX / 2 {
-                self.remove(u32::MAX - code);
-            } else {
-                // A target that execs runs another program now.
-                self.remove(code);
-                self.consider(code);
+        for (op, pid) in lifecycle {
+            // A target that execs runs another program now: start over.
+            self.remove(pid);
+            if op == Op::ProcExec {
+                self.consider(pid);
             }
         }
     }
