@@ -175,23 +175,21 @@ fn start_looping(cmd: Command, v: &str) -> (Bg, std::sync::Arc<std::sync::Mutex<
     (bg, lines)
 }
 
-/// Attaches alloc-exact to `pid` for 3 s; returns the top stack.
-fn attach_top(pid: u32, name: &str) -> (Vec<String>, u64) {
+/// Attaches alloc-exact to `pids` for 3 s; asserts every frame resolved and
+/// returns the top stacks.
+fn attach_top(pids: &[u32], name: &str) -> Vec<(Vec<String>, u64)> {
     let out = out_dir(name);
-    let o = run_memtrace(
-        &[
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--lens",
-            "alloc-exact",
-            "--duration",
-            "3",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
+    let mut args: Vec<String> = vec!["record".into()];
+    for pid in pids {
+        args.extend(["--pid".into(), pid.to_string()]);
+    }
+    args.extend(
+        ["--lens", "alloc-exact", "--duration", "3", "--out"]
+            .iter()
+            .map(|s| s.to_string()),
     );
+    args.push(out.to_str().unwrap().into());
+    let o = run_memtrace(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{name}: {stderr}");
     let s = summary(&out);
@@ -200,7 +198,7 @@ fn attach_top(pid: u32, name: &str) -> (Vec<String>, u64) {
         0,
         "{name}: {s}"
     );
-    top(&s, "alloc-exact").swap_remove(0)
+    top(&s, "alloc-exact")
 }
 
 /// The binary is unlinked after start: probes attach and frames resolve
@@ -218,7 +216,7 @@ fn deleted_binary_is_traced() {
         let exe = std::fs::read_link(format!("/proc/{}/exe", bg.pid())).unwrap();
         assert!(exe.to_string_lossy().ends_with("(deleted)"), "{exe:?}");
 
-        let (frames, bytes) = attach_top(bg.pid(), &format!("deleted-{v}"));
+        let (frames, bytes) = attach_top(&[bg.pid()], &format!("deleted-{v}")).swap_remove(0);
         assert_eq!(leaf(&frames), "main.churn", "go{v}: {frames:?}");
         assert!(frames.iter().any(|f| f == "main.main"), "go{v}: {frames:?}");
         assert!(bytes >= 64 * 1000, "go{v}: {bytes}");
@@ -254,7 +252,7 @@ fn binary_in_another_mount_namespace_is_traced() {
             inside
         );
 
-        let (frames, bytes) = attach_top(bg.pid(), &format!("mntns-run-{v}"));
+        let (frames, bytes) = attach_top(&[bg.pid()], &format!("mntns-run-{v}")).swap_remove(0);
         assert_eq!(leaf(&frames), "main.churn", "go{v}: {frames:?}");
         assert!(bytes >= 64 * 1000, "go{v}: {bytes}");
         assert!(bg.alive(), "go{v}: target died");
@@ -273,32 +271,7 @@ fn two_processes_of_one_pie_binary() {
         };
         let (mut a, _la) = start();
         let (mut b, _lb) = start();
-        let out = out_dir(&format!("two-pie-{v}"));
-        let o = run_memtrace(
-            &[
-                "record",
-                "--pid",
-                &a.pid().to_string(),
-                "--pid",
-                &b.pid().to_string(),
-                "--lens",
-                "alloc-exact",
-                "--duration",
-                "3",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        );
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "go{v}: {stderr}");
-        let s = summary(&out);
-        assert_eq!(
-            s["unresolved_frames"].as_u64().unwrap_or(0),
-            0,
-            "go{v}: {s}"
-        );
-        let t = top(&s, "alloc-exact");
+        let t = attach_top(&[a.pid(), b.pid()], &format!("two-pie-{v}"));
         for pid in [a.pid(), b.pid()] {
             let root = format!("allocs-pie (pid {pid})");
             let churn = t

@@ -63,19 +63,28 @@ fn kube_validate(cache: &Path) -> anyhow::Result<()> {
     if bin.exists() {
         return Ok(());
     }
-    let venv = cache.join("kube-validate");
+    pip_venv(
+        &cache.join("kube-validate"),
+        &format!("kubernetes-validate=={KUBE_VALIDATE}"),
+        &bin,
+    )
+}
+
+/// Installs the PyPI `requirement` into a fresh venv at `venv`, which must
+/// then hold `expect`.
+pub fn pip_venv(venv: &Path, requirement: &str, expect: &Path) -> anyhow::Result<()> {
     eprintln!(
-        "xtask: installing kubernetes-validate {KUBE_VALIDATE} into {}",
+        "xtask: installing {requirement} from PyPI into {}",
         venv.display()
     );
-    sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    sh(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
     sh(Command::new(venv.join("bin/pip"))
         .args(["install", "-q", "--disable-pip-version-check"])
-        .arg(format!("kubernetes-validate=={KUBE_VALIDATE}")))?;
+        .arg(requirement))?;
     anyhow::ensure!(
-        bin.exists(),
-        "kubernetes-validate installed no {}",
-        bin.display()
+        expect.exists(),
+        "{requirement} installed no {}",
+        expect.display()
     );
     Ok(())
 }

