@@ -161,6 +161,27 @@ impl Resolver {
         })
     }
 
+    /// Frees the stacks interned for process `tgid` (it exited), except those
+    /// the kernel may still reference by fingerprint for other processes.
+    /// Their ids stay allocated (empty), so no other id changes.
+    pub fn forget(&mut self, tgid: u32) {
+        let referenced: std::collections::HashSet<i32> = self.refs.values().copied().collect();
+        self.ids.retain(|(t, _), id| {
+            if *t != tgid {
+                return true;
+            }
+            if !referenced.contains(id) {
+                if let Some(s) = usize::try_from(*id - 1)
+                    .ok()
+                    .and_then(|i| self.stacks.get_mut(i))
+                {
+                    *s = Vec::new();
+                }
+            }
+            false
+        });
+    }
+
     /// The stack `key` with `pc` pushed as a new leaf frame.
     pub fn with_leaf(&mut self, key: StackKey, pc: u64) -> StackKey {
         let mut frames = vec![pc];
@@ -297,6 +318,23 @@ pub fn encode(ev: &Event, frames: &[u64]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_a_process_frees_its_stacks_only() {
+        let mut r = Resolver::default();
+        let a = r.intern(1, vec![10, 11]);
+        let b = r.intern(2, vec![20, 21]);
+        let shared = r.intern(1, vec![30]);
+        r.refs.insert(99, shared);
+        r.forget(1);
+        assert_eq!(r.frames(a), Some(&[][..]));
+        assert_eq!(r.frames(b), Some(&[20, 21][..]));
+        // Still referenced by a fingerprint: kept.
+        assert_eq!(r.frames(shared), Some(&[30][..]));
+        // A new stack gets a new id; old ids are not reused.
+        let c = r.intern(1, vec![10, 11]);
+        assert!(c > shared);
+    }
 
     fn ev(kind: EventKind, tid: u32, stack: i32) -> Event {
         Event {

@@ -458,6 +458,7 @@ impl Agent {
         };
         self.tracer.remove_target(pid);
         self.agg.forget(pid);
+        self.resolver.forget(pid);
         if let Some(entry) = self.bins.get_mut(&t.key) {
             entry.pids.remove(&pid);
             if entry.pids.is_empty() {
