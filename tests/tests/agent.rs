@@ -213,14 +213,22 @@ fn agent_finds_serves_and_snapshots() {
         .iter()
         .any(|p| p["pid"].as_u64() == Some(u64::from(sp))));
 
-    // The leak was snapshotted, the steady program was not.
-    let snaps: Vec<String> = std::fs::read_dir(agent.out.join("snapshots"))
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    // The leak was snapshotted (at the end of the window it triggered in),
+    // the steady program was not.
+    let snapshots = || -> Vec<String> {
+        std::fs::read_dir(agent.out.join("snapshots"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(15), || {
+        snapshots().iter().any(|d| d.starts_with(&format!("{lp}-")))
+    });
+    let snaps = snapshots();
+    let m = agent.metrics();
     let leak_snap = snaps
         .iter()
         .find(|d| d.starts_with(&format!("{lp}-")))

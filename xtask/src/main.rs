@@ -211,6 +211,7 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
             .args([
                 "test",
                 "--release",
+                "--no-fail-fast",
                 "-p",
                 "memtrace-tests",
                 "--",

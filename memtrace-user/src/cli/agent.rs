@@ -201,6 +201,9 @@ struct Agent {
     me: u32,
     kubelet: Option<Kubelet>,
     pods: HashMap<String, agent::kubelet::PodMeta>,
+    /// Snapshots triggered (pid → RSS growth), written when the window
+    /// ends so they hold a whole window of attribution.
+    due: HashMap<u32, u64>,
 }
 
 fn unix_now() -> u64 {
@@ -525,6 +528,7 @@ impl Agent {
     /// Ends the window: renders every process's profiles for the API (and,
     /// at shutdown, to disk), updates metrics, starts a new window.
     fn end_window(&mut self, last: bool) -> anyhow::Result<()> {
+        self.write_due_snapshots();
         let secs = self.window_start.elapsed().as_secs_f64();
         let pids: Vec<u32> = self.targets.keys().copied().collect();
         let counters = self.tracer.counters();
@@ -673,6 +677,22 @@ impl Agent {
             self.remove(pid);
         }
         for (pid, growth) in due {
+            eprintln!(
+                "memtrace: agent: pid {pid}: RSS grew {} in {} s; snapshot at the end of this window",
+                report::human_bytes(growth),
+                self.args.snapshot_period
+            );
+            self.due.insert(pid, growth);
+        }
+    }
+
+    /// Writes the snapshots triggered during the window that is ending.
+    fn write_due_snapshots(&mut self) {
+        let due: Vec<(u32, u64)> = self.due.drain().collect();
+        for (pid, growth) in due {
+            if !self.targets.contains_key(&pid) {
+                continue; // exited meanwhile
+            }
             match self.snapshot(pid, growth) {
                 Ok(dir) => eprintln!(
                     "memtrace: agent: snapshot of pid {pid}: RSS grew {} in {} s → {}",
@@ -784,6 +804,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             me: std::process::id(),
             kubelet: Kubelet::new(&args)?,
             pods: HashMap::new(),
+            due: HashMap::new(),
             args,
         };
         a.refresh_pods(true);
