@@ -244,11 +244,6 @@ impl GoTable {
         self.gofunc.is_some()
     }
 
-    /// The link-time address that function entry offsets are relative to.
-    pub fn text_start(&self) -> u64 {
-        self.text
-    }
-
     /// Entry `i` of the function table: (entry offset, `_func` offset).
     fn ftab(&self, i: usize) -> Option<(u32, u32)> {
         let off = self.pclntable + 8 * i;

@@ -88,11 +88,6 @@ impl Symbolizer {
         self.go_paths.insert(strip_deleted(path), idx);
     }
 
-    /// How many distinct Go binaries are registered.
-    pub fn go_binaries(&self) -> usize {
-        self.tables.len()
-    }
-
     /// Names for a kernel stack (leaf first), returned root first with inlined
     /// frames expanded in call order.
     pub fn stack(&mut self, image: &Image, ips: &[u64]) -> Vec<String> {
