@@ -80,6 +80,8 @@ pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built>
                     ("-stripped", &["-ldflags=-s -w"]),
                     ("-pie", &["-buildmode=pie"]),
                     ("-cgo", &["-ldflags=-linkmode=external"]),
+                    // Writes Go's own heap profile, to compare names with pprof.
+                    ("-memprofile", &["-tags=memprofile"]),
                 ]
             } else {
                 &[("", &[])]
