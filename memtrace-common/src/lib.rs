@@ -2,17 +2,21 @@
 //! (`memtrace-user`). Everything here is `#[repr(C)]` and `Copy` so both sides
 //! read the same bytes; the layout is pinned by `const` size assertions.
 //!
-//! A ring-buffer record is an [`Event`] followed, when `stack > 0`, by that
-//! many user-stack frames (u64 instruction pointers, leaf first).
+//! A ring-buffer record is an [`Event`] followed, when its stack field says
+//! so ([`StackField::Frames`]), by that many user-stack frames (u64
+//! instruction pointers, leaf first). Probes build events with the
+//! constructors below, which say what each word of the body holds; user
+//! space reads them back with the matching accessors.
 #![no_std]
 
-/// What an [`Event`] reports.
+/// What an [`Event`] reports. The constructor of the same name documents
+/// the body words.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// A Go heap allocation: `size` bytes, one object.
     Alloc = 1,
-    /// `mmap` entered: `size` bytes, `aux` = `prot | flags << 32`.
+    /// `mmap` entered: `size` bytes with protection and flags.
     MmapEnter = 2,
     /// `mmap` returned `addr` (errors are not reported).
     MmapExit = 3,
@@ -21,9 +25,9 @@ pub enum EventKind {
     /// A page fault at page `addr` (user mode, or kernel mode on a user
     /// address, e.g. `read()` into a fresh buffer).
     Fault = 5,
-    /// `madvise(addr, size, aux)`.
+    /// `madvise(addr, size, advice)`.
     Madvise = 6,
-    /// `mremap` entered: `size` bytes at `addr` to become `aux2` bytes.
+    /// `mremap` entered: `size` bytes at `addr` to become `new_len` bytes.
     MremapEnter = 7,
     /// `mremap` returned `addr`.
     MremapExit = 8,
@@ -31,15 +35,15 @@ pub enum EventKind {
     BrkEnter = 9,
     /// `brk` returned the break `addr`.
     BrkExit = 10,
-    /// `runtime.newproc1` entered (the `go` statement's stack), `aux` = the
-    /// new goroutine's start PC.
+    /// `runtime.newproc1` entered (the `go` statement's stack), with the new
+    /// goroutine's start PC.
     GoCreate = 11,
     /// `runtime.newproc1` returned the new goroutine `addr` (its `*g`).
     GoCreated = 12,
     /// `runtime.goexit0` for the goroutine `addr` (its `*g`).
     GoExit = 13,
-    /// A GC cycle's mark termination: `addr` = heap live bytes, `size` = the
-    /// cycle's heap goal (0 when the runtime's layout is unknown).
+    /// A GC cycle's mark termination, with the heap's live bytes and goal
+    /// (0 when the runtime's layout is unknown).
     GcCycle = 14,
     /// The world is being stopped.
     StwStop = 15,
@@ -50,6 +54,9 @@ pub enum EventKind {
     ProcExec = 17,
     /// A target process's last thread exited.
     ProcExit = 18,
+    /// The target stopped itself (SIGSTOP) at a [`HoldPoint`] so user space
+    /// can read or set its state; user space continues it (SIGCONT).
+    Hold = 19,
 }
 
 impl EventKind {
@@ -73,44 +80,238 @@ impl EventKind {
             16 => Self::StwStart,
             17 => Self::ProcExec,
             18 => Self::ProcExit,
+            19 => Self::Hold,
             _ => return None,
         })
     }
 }
 
-/// `Event::stack`: the event carries no stack (syscall exits).
+/// Where a target holds itself for user space (the attach cookie of the
+/// `go_hold` probe).
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldPoint {
+    /// `runtime.gcenable`: the runtime is initialized (and has set its
+    /// `MemProfileRate`), no user package has run its `init` yet.
+    Start = 1,
+    /// `runtime.exit`: every normal exit (`main` returning, `os.Exit`, a
+    /// fatal panic). The exit code travels in `size`.
+    Exit = 2,
+    /// `runtime.dieFromSignal`: a fatal signal with the default action
+    /// (SIGTERM, SIGINT without a handler). The signal travels in `size`.
+    Signal = 3,
+}
+
+impl HoldPoint {
+    pub const fn from_u64(v: u64) -> Option<Self> {
+        Some(match v {
+            1 => Self::Start,
+            2 => Self::Exit,
+            3 => Self::Signal,
+            _ => return None,
+        })
+    }
+}
+
+/// The wire value of [`Event::stack`] for an event without a stack
+/// (syscall exits).
 pub const STACK_NONE: i32 = -100_000;
-/// `Event::stack`: the stack is the one an earlier record defined under
-/// `stack_ref` (the kernel matched the top of the stack and skipped the walk).
+/// The wire value of [`Event::stack`] for "the stack is the one an earlier
+/// record defined under `stack_ref`" (the kernel matched the top of the
+/// stack and skipped the walk).
 pub const STACK_REF: i32 = 0;
+
+/// What [`Event::stack`] says, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackField {
+    /// This many frames follow the header (and, if `stack_ref` is not 0,
+    /// they define that reference for later records).
+    Frames(u32),
+    /// The stack an earlier record defined under `stack_ref`.
+    Ref,
+    /// The event carries no stack.
+    None,
+    /// The kernel could not capture the stack: `bpf_get_stack`'s errno.
+    Error(u32),
+}
+
+impl StackField {
+    /// The wire value.
+    pub const fn encode(self) -> i32 {
+        match self {
+            Self::Frames(n) => n as i32,
+            Self::Ref => STACK_REF,
+            Self::None => STACK_NONE,
+            Self::Error(errno) => -(errno as i32),
+        }
+    }
+
+    pub const fn decode(v: i32) -> Self {
+        match v {
+            STACK_REF => Self::Ref,
+            STACK_NONE => Self::None,
+            n if n > 0 => Self::Frames(n as u32),
+            e => Self::Error(e.unsigned_abs()),
+        }
+    }
+}
 
 /// One record header in the `EVENTS` ring buffer.
 ///
-/// `stack` > 0 is the number of frames that follow (and, if `stack_ref` is
-/// not 0, defines that reference for later records); [`STACK_REF`] and
-/// [`STACK_NONE`] are described above; any other negative value is the
-/// negated errno of `bpf_get_stack`, which user space shows as a named
-/// "[stack unavailable]" frame instead of dropping the event.
+/// The body words (`addr`, `size`, `arg`, `arg2`) mean what the
+/// constructor of the event's kind says; read them with the accessors.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
+    /// A [`StackField`], encoded.
     pub stack: i32,
     pub ts_ns: u64,
     pub addr: u64,
     pub size: u64,
-    /// Kind-specific extra word (see [`EventKind`]).
-    pub aux: u64,
-    /// Second extra word (see [`EventKind`]).
-    pub aux2: u64,
+    arg: u64,
+    arg2: u64,
     /// Stack reference defined or used by this record (0: none).
     pub stack_ref: u64,
 }
 
 pub const EVENT_SIZE: usize = 64;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+
+impl Event {
+    /// A header-only event of `kind`; the constructors fill the body.
+    pub const fn new(kind: EventKind, tgid: u32, tid: u32) -> Self {
+        Self {
+            kind: kind as u32,
+            tgid,
+            tid,
+            stack: STACK_NONE,
+            ts_ns: 0,
+            addr: 0,
+            size: 0,
+            arg: 0,
+            arg2: 0,
+            stack_ref: 0,
+        }
+    }
+
+    const fn with(mut self, addr: u64, size: u64, arg: u64, arg2: u64) -> Self {
+        self.addr = addr;
+        self.size = size;
+        self.arg = arg;
+        self.arg2 = arg2;
+        self
+    }
+
+    /// A heap allocation of `size` bytes.
+    pub const fn alloc(tgid: u32, tid: u32, size: u64) -> Self {
+        Self::new(EventKind::Alloc, tgid, tid).with(0, size, 0, 0)
+    }
+
+    /// `mmap(_, len, prot, flags, ..)` entered.
+    pub const fn mmap_enter(tgid: u32, tid: u32, len: u64, prot: u32, flags: u32) -> Self {
+        Self::new(EventKind::MmapEnter, tgid, tid).with(0, len, prot as u64, flags as u64)
+    }
+
+    /// A syscall exit (`kind` one of the `*Exit` kinds) that returned `ret`.
+    pub const fn syscall_exit(kind: EventKind, tgid: u32, tid: u32, ret: u64) -> Self {
+        Self::new(kind, tgid, tid).with(ret, 0, 0, 0)
+    }
+
+    /// `munmap(addr, len)`.
+    pub const fn munmap(tgid: u32, tid: u32, addr: u64, len: u64) -> Self {
+        Self::new(EventKind::Munmap, tgid, tid).with(addr, len, 0, 0)
+    }
+
+    /// A fault on the page at `page`.
+    pub const fn fault(tgid: u32, tid: u32, page: u64, len: u64) -> Self {
+        Self::new(EventKind::Fault, tgid, tid).with(page, len, 0, 0)
+    }
+
+    /// `madvise(addr, len, advice)`.
+    pub const fn madvise(tgid: u32, tid: u32, addr: u64, len: u64, advice: u32) -> Self {
+        Self::new(EventKind::Madvise, tgid, tid).with(addr, len, advice as u64, 0)
+    }
+
+    /// `mremap(addr, old_len, new_len, ..)` entered.
+    pub const fn mremap_enter(tgid: u32, tid: u32, addr: u64, old_len: u64, new_len: u64) -> Self {
+        Self::new(EventKind::MremapEnter, tgid, tid).with(addr, old_len, new_len, 0)
+    }
+
+    /// `brk(addr)` entered.
+    pub const fn brk_enter(tgid: u32, tid: u32, addr: u64) -> Self {
+        Self::new(EventKind::BrkEnter, tgid, tid).with(addr, 0, 0, 0)
+    }
+
+    /// A `go` statement whose goroutine starts at `start_pc`.
+    pub const fn go_create(tgid: u32, tid: u32, start_pc: u64) -> Self {
+        Self::new(EventKind::GoCreate, tgid, tid).with(0, 0, start_pc, 0)
+    }
+
+    /// An event about the goroutine `g` (`GoCreated`, `GoExit`).
+    pub const fn goroutine(kind: EventKind, tgid: u32, tid: u32, g: u64) -> Self {
+        Self::new(kind, tgid, tid).with(g, 0, 0, 0)
+    }
+
+    /// A GC cycle's mark termination.
+    pub const fn gc_cycle(tgid: u32, tid: u32, heap_live: u64, heap_goal: u64) -> Self {
+        Self::new(EventKind::GcCycle, tgid, tid).with(0, 0, heap_live, heap_goal)
+    }
+
+    /// The target holds itself at `point`; `code` is the exit code or the
+    /// signal number where the point has one; `stopped` says whether the
+    /// stop signal was sent (if not, user space must not wait for it).
+    pub const fn hold(tgid: u32, tid: u32, point: HoldPoint, code: u64, stopped: bool) -> Self {
+        Self::new(EventKind::Hold, tgid, tid).with(0, code, point as u64, stopped as u64)
+    }
+
+    /// `mmap`'s protection bits.
+    pub const fn prot(&self) -> u32 {
+        self.arg as u32
+    }
+
+    /// `mmap`'s flags.
+    pub const fn map_flags(&self) -> u32 {
+        self.arg2 as u32
+    }
+
+    /// `madvise`'s advice.
+    pub const fn advice(&self) -> u32 {
+        self.arg as u32
+    }
+
+    /// `mremap`'s new length.
+    pub const fn new_len(&self) -> u64 {
+        self.arg
+    }
+
+    /// A new goroutine's start PC.
+    pub const fn start_pc(&self) -> u64 {
+        self.arg
+    }
+
+    /// The heap's live bytes and goal at a GC cycle.
+    pub const fn heap(&self) -> (u64, u64) {
+        (self.arg, self.arg2)
+    }
+
+    /// Where a target holds itself.
+    pub const fn hold_point(&self) -> Option<HoldPoint> {
+        HoldPoint::from_u64(self.arg)
+    }
+
+    /// Whether a hold's stop signal was sent.
+    pub const fn hold_stopped(&self) -> bool {
+        self.arg2 != 0
+    }
+
+    /// The stack field, decoded.
+    pub const fn stack_field(&self) -> StackField {
+        StackField::decode(self.stack)
+    }
+}
 
 /// Deepest user stack captured, in frames.
 pub const MAX_FRAMES: usize = 127;
@@ -126,6 +327,9 @@ pub struct TargetConfig {
     /// `gcController.gcPercentHeapGoal` (0: unknown).
     pub heap_live: u64,
     pub heap_goal: u64,
+    /// Whether the target may hold itself at the `go_hold` probes (1) or
+    /// not (0).
+    pub hold: u64,
 }
 
 /// Index into the `COUNTERS` per-CPU array.
@@ -140,9 +344,37 @@ pub enum Counter {
     StackReuses = 2,
     /// Allocation probe hits, including the ones filtered out by size.
     AllocHits = 3,
+    /// Holds that could not stop the target (`bpf_send_signal` failed).
+    HoldFailures = 4,
 }
 
-pub const COUNTER_COUNT: u32 = 4;
+pub const COUNTER_COUNT: u32 = 5;
+
+/// Byte offsets of the tracepoint fields the probes read, taken from the
+/// kernel's `format` files at load time and handed to the eBPF object as a
+/// global (`TP_OFFSETS`), so a kernel with another layout is refused by
+/// user space rather than misread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    /// `syscalls:sys_enter_*`: the first argument; the others follow at
+    /// 8-byte steps.
+    pub syscall_args: u64,
+    /// `syscalls:sys_exit_*`: `long ret`.
+    pub syscall_ret: u64,
+    /// `sched:sched_process_exit`: `bool group_dead` (0: the field is
+    /// absent, every exit counts).
+    pub exit_group_dead: u64,
+}
+
+impl TracepointOffsets {
+    /// The layout of the kernels memtrace is built and tested on.
+    pub const DEFAULT: Self = Self {
+        syscall_args: 16,
+        syscall_ret: 16,
+        exit_group_dead: 32,
+    };
+}
 
 /// A known stack is walked again after this many reuses, bounding how long
 /// a fingerprint match can stand in for a walk.
@@ -161,6 +393,8 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TargetConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TracepointOffsets {}
 }
 
 #[cfg(test)]
@@ -169,10 +403,37 @@ mod tests {
 
     #[test]
     fn kind_round_trips() {
-        for v in 1..=18 {
+        for v in 1..=19 {
             assert_eq!(EventKind::from_u32(v).map(|k| k as u32), Some(v));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(19), None);
+        assert_eq!(EventKind::from_u32(20), None);
+    }
+
+    #[test]
+    fn stack_field_round_trips() {
+        for f in [
+            StackField::Frames(1),
+            StackField::Frames(127),
+            StackField::Ref,
+            StackField::None,
+            StackField::Error(14),
+        ] {
+            assert_eq!(StackField::decode(f.encode()), f);
+        }
+    }
+
+    #[test]
+    fn constructors_and_accessors_agree() {
+        let m = Event::mmap_enter(1, 2, 8192, 3, 0x22);
+        assert_eq!((m.size, m.prot(), m.map_flags()), (8192, 3, 0x22));
+        assert_eq!(Event::madvise(1, 2, 0x1000, 4096, 4).advice(), 4);
+        assert_eq!(Event::mremap_enter(1, 2, 0x1000, 1, 9).new_len(), 9);
+        assert_eq!(Event::go_create(1, 2, 0x4010).start_pc(), 0x4010);
+        assert_eq!(Event::gc_cycle(1, 2, 5, 10).heap(), (5, 10));
+        let h = Event::hold(1, 2, HoldPoint::Exit, 3, true);
+        assert_eq!((h.hold_point(), h.size), (Some(HoldPoint::Exit), 3));
+        assert!(h.hold_stopped());
+        assert_eq!(h.stack_field(), StackField::None);
     }
 }

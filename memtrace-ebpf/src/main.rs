@@ -1,8 +1,13 @@
-//! memtrace's kernel side: uprobes on Go's allocators and tracepoints on the
-//! memory syscalls. Every program first checks that the current process is a
-//! target (the `TARGETS` map), captures the user stack into `STACKS` and sends a
-//! fixed-size [`Event`] through the `EVENTS` ring buffer. Anything that cannot
-//! be delivered is counted in `COUNTERS`, never silently lost.
+//! memtrace's kernel side: uprobes on the Go runtime (allocators, goroutine
+//! creation and exit, GC, and the points where a target holds itself for
+//! user space) and tracepoints on page faults, the memory syscalls and
+//! process exec/exit. Every program first checks that the current process
+//! is a target (the `TARGETS` map), then sends an [`Event`] through the
+//! `EVENTS` ring buffer, with the user stack inline or as a reference to
+//! one sent before (see `probes/mod.rs`). Anything that cannot be delivered
+//! is counted in `COUNTERS`, never silently lost.
+//!
+//! [`Event`]: memtrace_common::Event
 #![no_std]
 #![no_main]
 

@@ -3,9 +3,9 @@
 //! pages and the rest. Answers "RSS is much larger than heap_inuse: where is
 //! it?". Parsing is pure; reading the target's memory is a small edge.
 
-use std::os::unix::fs::FileExt as _;
-
 use serde::Serialize;
+
+use crate::remote::RemoteMemory;
 
 /// Resident bytes by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -140,31 +140,23 @@ pub fn from_smaps(text: &str, goroutine_stacks: u64) -> Breakdown {
 /// Sums `hi - lo` over the stacks of every goroutine in `runtime.allgs`,
 /// read from the target's memory. `allgs` is the runtime address of that
 /// slice header; every `runtime.g` starts with `stack{lo, hi}`.
-pub fn goroutine_stack_bytes(pid: u32, allgs: u64) -> std::io::Result<u64> {
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
-    let word = |addr: u64| -> std::io::Result<u64> {
-        let mut b = [0u8; 8];
-        mem.read_exact_at(&mut b, addr)?;
-        Ok(u64::from_le_bytes(b))
-    };
-    let (ptr, len) = (word(allgs)?, word(allgs + 8)?);
+pub fn goroutine_stack_bytes(mem: &dyn RemoteMemory, allgs: u64) -> std::io::Result<u64> {
+    let (ptr, len) = (mem.read_u64(allgs)?, mem.read_u64(allgs + 8)?);
     let len = len.min(10_000_000) as usize;
-    let mut ptrs = vec![0u8; len * 8];
-    mem.read_exact_at(&mut ptrs, ptr)?;
     let mut total = 0u64;
-    for g in ptrs
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-    {
-        if g == 0 {
-            continue;
-        }
-        let (lo, hi) = (word(g)?, word(g + 8)?);
-        if lo != 0 && hi > lo && hi - lo <= 1 << 30 {
-            total += hi - lo;
+    for g in mem.read_words(ptr, len)?.into_iter().filter(|g| *g != 0) {
+        if let Some(b) = stack_size(mem, g) {
+            total += b;
         }
     }
     Ok(total)
+}
+
+/// `hi - lo` of one goroutine's stack (`runtime.g` starts with `stack{lo, hi}`).
+pub fn stack_size(mem: &dyn RemoteMemory, g: u64) -> Option<u64> {
+    let w = mem.read_words(g, 2).ok()?;
+    let (lo, hi) = (w[0], w[1]);
+    (lo != 0 && hi > lo && hi - lo <= 1 << 30).then_some(hi - lo)
 }
 
 #[cfg(test)]
@@ -205,13 +197,14 @@ VmFlags: rd wr mr mw me ac sd
     }
 
     #[test]
-    fn reads_its_own_memory_like_a_slice() {
-        // A fake allgs: a slice of two "g" pointers, each starting with {lo, hi}.
-        let g1: [u64; 2] = [0x1000, 0x3000];
-        let g2: [u64; 2] = [0, 0]; // no stack
-        let ptrs: [u64; 2] = [g1.as_ptr() as u64, g2.as_ptr() as u64];
-        let header: [u64; 3] = [ptrs.as_ptr() as u64, 2, 2];
-        let got = goroutine_stack_bytes(std::process::id(), header.as_ptr() as u64).unwrap();
-        assert_eq!(got, 0x2000);
+    fn sums_goroutine_stacks_from_allgs() {
+        // allgs: a slice of three "g" pointers, each starting with {lo, hi}.
+        let mem = crate::remote::FakeMemory::default();
+        mem.map_words(0x100, &[0x200, 3, 3]);
+        mem.map_words(0x200, &[0x1000, 0, 0x2000]);
+        mem.map_words(0x1000, &[0x7000, 0x9000]);
+        mem.map_words(0x2000, &[0, 0]); // no stack
+        assert_eq!(goroutine_stack_bytes(&mem, 0x100).unwrap(), 0x2000);
+        assert_eq!(stack_size(&mem, 0x1000), Some(0x2000));
     }
 }

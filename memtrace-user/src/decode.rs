@@ -1,20 +1,16 @@
 //! Ring-buffer records to resolved operations.
 //!
-//! A record is an [`Event`] header plus, when `stack > 0`, that many frames.
-//! The [`Resolver`] interns stacks (so a stack is stored once, whatever the
-//! number of events), resolves stack references to the stacks that defined them,
-//! and pairs syscall enters (which carry the stack and arguments) with their
-//! exits (which carry the result).
+//! A record is an [`Event`] header plus, when its stack field says so, the
+//! frames. The [`Resolver`] interns stacks (so a stack is stored once,
+//! whatever the number of events), resolves stack references to the stacks
+//! that defined them, and pairs syscall enters (which carry the stack and
+//! arguments) with their exits (which carry the result).
 
 use std::collections::HashMap;
 
-use memtrace_common::{Event, EventKind, EVENT_SIZE, STACK_NONE, STACK_REF};
+use memtrace_common::{Event, EventKind, HoldPoint, StackField, EVENT_SIZE};
 
-use crate::aggregate::StackKey;
-
-/// Stack id for an event whose stack reference was never defined (its
-/// defining record was lost).
-pub const STACK_LOST: i32 = -99_999;
+use crate::stack::{Stack, StackKey, StackTable};
 
 /// What happened, with its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,13 +21,13 @@ pub enum Op {
     Mmap {
         addr: u64,
         len: u64,
-        prot: u64,
+        prot: u32,
     },
     Munmap {
         addr: u64,
         len: u64,
     },
-    /// Pages `[addr, addr + len)` faulted in (a run of contiguous faults).
+    /// Pages `[addr, addr + len)` faulted in.
     Fault {
         addr: u64,
         len: u64,
@@ -39,7 +35,7 @@ pub enum Op {
     Madvise {
         addr: u64,
         len: u64,
-        advice: u64,
+        advice: u32,
     },
     Mremap {
         old: u64,
@@ -74,6 +70,13 @@ pub enum Op {
     ProcExec,
     /// The process's last thread exited.
     ProcExit,
+    /// The process holds itself at `point` (`stopped`: the stop signal was
+    /// sent); `code` is its exit code or fatal signal where there is one.
+    Hold {
+        point: HoldPoint,
+        code: u64,
+        stopped: bool,
+    },
 }
 
 /// An operation attributed to a process and stack.
@@ -105,7 +108,10 @@ pub fn decode(bytes: &[u8]) -> Result<(EventKind, Event, Vec<u64>), DecodeError>
     // SAFETY: length checked; Event is plain old data, read unaligned.
     let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let kind = EventKind::from_u32(ev.kind).ok_or(DecodeError::Kind(ev.kind))?;
-    let n = ev.stack.max(0) as usize;
+    let n = match ev.stack_field() {
+        StackField::Frames(n) => n as usize,
+        _ => 0,
+    };
     let want = EVENT_SIZE + 8 * n;
     if bytes.len() < want {
         return Err(DecodeError::Short {
@@ -123,104 +129,67 @@ pub fn decode(bytes: &[u8]) -> Result<(EventKind, Event, Vec<u64>), DecodeError>
 /// Stateful decoding; see the module docs.
 #[derive(Default)]
 pub struct Resolver {
-    ids: HashMap<(u32, Vec<u64>), i32>,
-    stacks: Vec<Vec<u64>>,
-    refs: HashMap<u64, i32>,
+    /// Every stack seen, interned.
+    pub stacks: StackTable,
+    /// Kernel stack reference → interned id.
+    refs: HashMap<u64, u32>,
     pending: HashMap<u32, (StackKey, EventKind, Event)>,
     /// Syscall exits without their enter (tracing began mid-call, or the
     /// enter was dropped).
     pub unpaired: u64,
     /// Events whose stack reference was unknown.
     pub lost_stacks: u64,
-    /// Records that failed to decode (counted by the reader).
+    /// Records that failed to decode.
     pub decode_errors: u64,
 }
 
 impl Resolver {
-    /// Frames (leaf first) of an interned stack id.
-    pub fn frames(&self, id: i32) -> Option<&[u64]> {
-        usize::try_from(id)
-            .ok()
-            .and_then(|i| i.checked_sub(1))
-            .and_then(|i| self.stacks.get(i))
-            .map(Vec::as_slice)
-    }
-
-    /// Number of distinct stacks seen.
-    pub fn stack_count(&self) -> usize {
-        self.stacks.len()
-    }
-
-    /// Interns a stack from elsewhere (frames leaf first, the first one an
-    /// exact pc) and returns its id.
-    pub fn intern(&mut self, tgid: u32, frames: Vec<u64>) -> i32 {
-        let next = self.stacks.len() as i32 + 1;
-        *self.ids.entry((tgid, frames)).or_insert_with_key(|(_, f)| {
-            self.stacks.push(f.clone());
-            next
-        })
-    }
-
-    /// Frees the stacks interned for process `tgid` (it exited), except those
-    /// the kernel may still reference by fingerprint for other processes.
-    /// Their ids stay allocated (empty), so no other id changes.
-    pub fn forget(&mut self, tgid: u32) {
-        let referenced: std::collections::HashSet<i32> = self.refs.values().copied().collect();
-        self.ids.retain(|(t, _), id| {
-            if *t != tgid {
-                return true;
-            }
-            if !referenced.contains(id) {
-                if let Some(s) = usize::try_from(*id - 1)
-                    .ok()
-                    .and_then(|i| self.stacks.get_mut(i))
-                {
-                    *s = Vec::new();
-                }
-            }
-            false
-        });
-    }
-
-    /// The stack `key` with `pc` pushed as a new leaf frame.
-    pub fn with_leaf(&mut self, key: StackKey, pc: u64) -> StackKey {
-        let mut frames = vec![pc];
-        frames.extend(self.frames(key.1).unwrap_or_default());
-        (key.0, self.intern(key.0, frames))
+    /// Frees what is kept for process `pid` (it exited), except stacks the
+    /// kernel may still reference by fingerprint for other processes.
+    pub fn forget(&mut self, pid: u32) {
+        let referenced = self.refs.values().copied().collect();
+        self.stacks.forget(pid, &referenced);
+        self.pending.retain(|_, (k, _, _)| k.0 != pid);
     }
 
     fn key(&mut self, ev: &Event, frames: Vec<u64>) -> StackKey {
-        let id = match ev.stack {
-            n if n > 0 => {
-                let id = self.intern(ev.tgid, frames);
-                if ev.stack_ref != 0 {
+        let stack = match ev.stack_field() {
+            StackField::Frames(_) => {
+                let stack = self.stacks.intern(ev.tgid, frames);
+                if let (Stack::Id(id), true) = (stack, ev.stack_ref != 0) {
                     self.refs.insert(ev.stack_ref, id);
                 }
-                id
+                stack
             }
-            STACK_REF => self.refs.get(&ev.stack_ref).copied().unwrap_or_else(|| {
-                self.lost_stacks += 1;
-                STACK_LOST
-            }),
-            err => err,
+            StackField::Ref => match self.refs.get(&ev.stack_ref) {
+                Some(&id) => Stack::Id(id),
+                None => {
+                    self.lost_stacks += 1;
+                    Stack::Lost
+                }
+            },
+            StackField::None => Stack::None,
+            StackField::Error(errno) => Stack::Failed(errno),
         };
-        (ev.tgid, id)
+        (ev.tgid, stack)
     }
 
     /// Decodes one record; syscall enters yield nothing until their exit.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Resolved>, DecodeError> {
-        let (kind, ev, frames) = decode(bytes)?;
-        Ok(self.feed_event(kind, ev, frames))
+    /// A record that does not decode is counted and skipped.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<Resolved> {
+        match decode(bytes) {
+            Ok((kind, ev, frames)) => self.feed_event(kind, ev, frames),
+            Err(e) => {
+                self.decode_errors += 1;
+                log::warn!("{e}");
+                None
+            }
+        }
     }
 
-    /// Like [`Resolver::feed`], for a header already decoded (e.g. a fault
-    /// run read from the kernel's per-CPU pending slot).
+    /// Like [`Resolver::feed`], for a header already decoded.
     pub fn feed_event(&mut self, kind: EventKind, ev: Event, frames: Vec<u64>) -> Option<Resolved> {
-        let key = if ev.stack == STACK_NONE {
-            (ev.tgid, STACK_NONE)
-        } else {
-            self.key(&ev, frames)
-        };
+        let key = self.key(&ev, frames);
         let op = match kind {
             EventKind::Alloc => Op::Alloc { size: ev.size },
             EventKind::Munmap => Op::Munmap {
@@ -234,16 +203,24 @@ impl Resolver {
             EventKind::Madvise => Op::Madvise {
                 addr: ev.addr,
                 len: ev.size,
-                advice: ev.aux,
+                advice: ev.advice(),
             },
             EventKind::GoExit => Op::GoExit { g: ev.addr },
             EventKind::ProcExec => Op::ProcExec,
             EventKind::ProcExit => Op::ProcExit,
-            EventKind::GcCycle => Op::GcCycle {
-                heap_live: ev.addr,
-                heap_goal: ev.size,
-                ts: ev.ts_ns,
+            EventKind::Hold => Op::Hold {
+                point: ev.hold_point()?,
+                code: ev.size,
+                stopped: ev.hold_stopped(),
             },
+            EventKind::GcCycle => {
+                let (heap_live, heap_goal) = ev.heap();
+                Op::GcCycle {
+                    heap_live,
+                    heap_goal,
+                    ts: ev.ts_ns,
+                }
+            }
             EventKind::StwStop | EventKind::StwStart => Op::Stw {
                 stop: kind == EventKind::StwStop,
                 ts: ev.ts_ns,
@@ -258,46 +235,50 @@ impl Resolver {
             EventKind::MmapExit
             | EventKind::MremapExit
             | EventKind::BrkExit
-            | EventKind::GoCreated => {
-                let enter = match kind {
-                    EventKind::MmapExit => EventKind::MmapEnter,
-                    EventKind::MremapExit => EventKind::MremapEnter,
-                    EventKind::GoCreated => EventKind::GoCreate,
-                    _ => EventKind::BrkEnter,
-                };
-                let Some((key, _, e)) =
-                    self.pending.remove(&ev.tid).filter(|(_, k, _)| *k == enter)
-                else {
-                    self.unpaired += 1;
-                    return None;
-                };
-                let op = match kind {
-                    EventKind::MmapExit => Op::Mmap {
-                        addr: ev.addr,
-                        len: e.size,
-                        prot: e.aux & 0xffff_ffff,
-                    },
-                    EventKind::MremapExit => Op::Mremap {
-                        old: e.addr,
-                        old_len: e.size,
-                        new: ev.addr,
-                        new_len: e.aux2,
-                    },
-                    EventKind::GoCreated => {
-                        // The start function is the goroutine's leaf frame.
-                        let key = self.with_leaf(key, e.aux);
-                        return Some(Resolved {
-                            key,
-                            op: Op::GoCreate {
-                                g: ev.addr,
-                                start_pc: e.aux,
-                            },
-                        });
-                    }
-                    _ => Op::Brk { result: ev.addr },
-                };
-                return Some(Resolved { key, op });
-            }
+            | EventKind::GoCreated => return self.pair(kind, &ev),
+        };
+        Some(Resolved { key, op })
+    }
+
+    /// An exit record with its thread's pending enter.
+    fn pair(&mut self, kind: EventKind, ev: &Event) -> Option<Resolved> {
+        let enter = match kind {
+            EventKind::MmapExit => EventKind::MmapEnter,
+            EventKind::MremapExit => EventKind::MremapEnter,
+            EventKind::GoCreated => EventKind::GoCreate,
+            _ => EventKind::BrkEnter,
+        };
+        let Some((key, _, e)) = self.pending.remove(&ev.tid).filter(|(_, k, _)| *k == enter) else {
+            self.unpaired += 1;
+            return None;
+        };
+        let (key, op) = match kind {
+            EventKind::MmapExit => (
+                key,
+                Op::Mmap {
+                    addr: ev.addr,
+                    len: e.size,
+                    prot: e.prot(),
+                },
+            ),
+            EventKind::MremapExit => (
+                key,
+                Op::Mremap {
+                    old: e.addr,
+                    old_len: e.size,
+                    new: ev.addr,
+                    new_len: e.new_len(),
+                },
+            ),
+            // The start function is the goroutine's leaf frame.
+            EventKind::GoCreated => (
+                self.stacks.with_leaf(key, e.start_pc()),
+                Op::GoCreate {
+                    g: ev.addr,
+                    start_pc: e.start_pc(),
+                },
+            ),
+            _ => (key, Op::Brk { result: ev.addr }),
         };
         Some(Resolved { key, op })
     }
@@ -319,47 +300,15 @@ pub fn encode(ev: &Event, frames: &[u64]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn forgetting_a_process_frees_its_stacks_only() {
-        let mut r = Resolver::default();
-        let a = r.intern(1, vec![10, 11]);
-        let b = r.intern(2, vec![20, 21]);
-        let shared = r.intern(1, vec![30]);
-        r.refs.insert(99, shared);
-        r.forget(1);
-        assert_eq!(r.frames(a), Some(&[][..]));
-        assert_eq!(r.frames(b), Some(&[20, 21][..]));
-        // Still referenced by a fingerprint: kept.
-        assert_eq!(r.frames(shared), Some(&[30][..]));
-        // A new stack gets a new id; old ids are not reused.
-        let c = r.intern(1, vec![10, 11]);
-        assert!(c > shared);
-    }
-
-    fn ev(kind: EventKind, tid: u32, stack: i32) -> Event {
-        Event {
-            kind: kind as u32,
-            tgid: 7,
-            tid,
-            stack,
-            ts_ns: 0,
-            addr: 0,
-            size: 0,
-            aux: 0,
-            aux2: 0,
-            stack_ref: 0,
-        }
+    fn with_stack(mut ev: Event, stack: StackField, stack_ref: u64) -> Event {
+        ev.stack = stack.encode();
+        ev.stack_ref = stack_ref;
+        ev
     }
 
     #[test]
     fn round_trip_with_frames() {
-        let e = Event {
-            addr: 0x7000,
-            size: 4096,
-            aux: 3,
-            aux2: 9,
-            ..ev(EventKind::Fault, 8, 2)
-        };
+        let e = with_stack(Event::fault(7, 8, 0x7000, 4096), StackField::Frames(2), 0);
         let (k, d, f) = decode(&encode(&e, &[0x401000, 0x402000])).unwrap();
         assert_eq!(k, EventKind::Fault);
         assert_eq!(d, e);
@@ -375,100 +324,58 @@ mod tests {
                 want: EVENT_SIZE
             })
         );
-        let mut b = encode(&ev(EventKind::Alloc, 1, 0), &[]);
+        let mut b = encode(&Event::alloc(7, 1, 1), &[]);
         b[0] = 99;
         assert_eq!(decode(&b), Err(DecodeError::Kind(99)));
-        let truncated = encode(&ev(EventKind::Alloc, 1, 3), &[1, 2]);
+        let truncated = encode(
+            &with_stack(Event::alloc(7, 1, 1), StackField::Frames(3), 0),
+            &[1, 2],
+        );
         assert!(matches!(decode(&truncated), Err(DecodeError::Short { .. })));
+        let mut r = Resolver::default();
+        assert_eq!(r.feed(&truncated), None);
+        assert_eq!(r.decode_errors, 1, "bad records are counted");
     }
 
     #[test]
     fn interns_and_reuses_stacks() {
         let mut r = Resolver::default();
-        let a = r
-            .feed(&encode(
-                &Event {
-                    size: 64,
-                    stack_ref: 77,
-                    ..ev(EventKind::Alloc, 1, 2)
-                },
-                &[10, 20],
-            ))
-            .unwrap()
-            .unwrap();
-        let b = r
-            .feed(&encode(
-                &Event {
-                    size: 64,
-                    stack_ref: 77,
-                    ..ev(EventKind::Alloc, 9, STACK_REF)
-                },
-                &[],
-            ))
-            .unwrap()
-            .unwrap();
-        let c = r
-            .feed(&encode(
-                &Event {
-                    size: 64,
-                    ..ev(EventKind::Alloc, 2, 2)
-                },
-                &[10, 20],
-            ))
-            .unwrap()
-            .unwrap();
+        let defining = with_stack(Event::alloc(7, 1, 64), StackField::Frames(2), 77);
+        let a = r.feed(&encode(&defining, &[10, 20])).unwrap();
+        let reference = with_stack(Event::alloc(7, 9, 64), StackField::Ref, 77);
+        let b = r.feed(&encode(&reference, &[])).unwrap();
+        let again = with_stack(Event::alloc(7, 2, 64), StackField::Frames(2), 0);
+        let c = r.feed(&encode(&again, &[10, 20])).unwrap();
         assert_eq!(a.key, b.key);
         assert_eq!(a.key, c.key, "identical stacks intern to one id");
-        assert_eq!(r.frames(a.key.1), Some(&[10u64, 20][..]));
-        assert_eq!(r.stack_count(), 1);
+        assert_eq!(r.stacks.frames(a.key.1), Some(&[10u64, 20][..]));
+        assert_eq!(r.stacks.len(), 1);
         // An unknown reference: explicit "lost", never dropped.
-        let d = r
-            .feed(&encode(
-                &Event {
-                    stack_ref: 78,
-                    ..ev(EventKind::Alloc, 3, STACK_REF)
-                },
-                &[],
-            ))
-            .unwrap()
-            .unwrap();
-        assert_eq!(d.key, (7, STACK_LOST));
+        let unknown = with_stack(Event::alloc(7, 3, 64), StackField::Ref, 78);
+        let d = r.feed(&encode(&unknown, &[])).unwrap();
+        assert_eq!(d.key, (7, Stack::Lost));
         assert_eq!(r.lost_stacks, 1);
-        // Errors pass through as negative ids.
-        let e = r
-            .feed(&encode(&ev(EventKind::Alloc, 4, -14), &[]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(e.key, (7, -14));
+        // Capture errors pass through with their errno.
+        let failed = with_stack(Event::alloc(7, 4, 64), StackField::Error(14), 0);
+        let e = r.feed(&encode(&failed, &[])).unwrap();
+        assert_eq!(e.key, (7, Stack::Failed(14)));
     }
 
     #[test]
     fn pairs_syscalls_per_thread() {
         let mut r = Resolver::default();
-        let enter = Event {
-            size: 8192,
-            aux: 3 | (0x22 << 32),
-            ..ev(EventKind::MmapEnter, 5, 1)
-        };
-        assert_eq!(r.feed(&encode(&enter, &[99])).unwrap(), None);
-        // Another thread's exit does not pair with it.
-        assert_eq!(
-            r.feed(&encode(
-                &Event {
-                    addr: 1,
-                    ..ev(EventKind::MmapExit, 6, STACK_NONE)
-                },
-                &[]
-            ))
-            .unwrap(),
-            None
+        let enter = with_stack(
+            Event::mmap_enter(7, 5, 8192, 3, 0x22),
+            StackField::Frames(1),
+            0,
         );
+        assert_eq!(r.feed(&encode(&enter, &[99])), None);
+        // Another thread's exit does not pair with it.
+        let other = Event::syscall_exit(EventKind::MmapExit, 7, 6, 1);
+        assert_eq!(r.feed(&encode(&other, &[])), None);
         assert_eq!(r.unpaired, 1);
-        let exit = Event {
-            addr: 0x7f00_0000_0000,
-            ..ev(EventKind::MmapExit, 5, STACK_NONE)
-        };
-        let got = r.feed(&encode(&exit, &[])).unwrap().unwrap();
+        let exit = Event::syscall_exit(EventKind::MmapExit, 7, 5, 0x7f00_0000_0000);
+        let got = r.feed(&encode(&exit, &[])).unwrap();
         assert_eq!(
             got.op,
             Op::Mmap {
@@ -477,24 +384,19 @@ mod tests {
                 prot: 3
             }
         );
-        assert_eq!(r.frames(got.key.1), Some(&[99u64][..]));
+        assert_eq!(r.stacks.frames(got.key.1), Some(&[99u64][..]));
         // mremap and brk.
-        let me = Event {
-            addr: 0x1000,
-            size: 0x2000,
-            aux2: 0x3000,
-            ..ev(EventKind::MremapEnter, 5, 1)
-        };
-        r.feed(&encode(&me, &[99])).unwrap();
+        let me = with_stack(
+            Event::mremap_enter(7, 5, 0x1000, 0x2000, 0x3000),
+            StackField::Frames(1),
+            0,
+        );
+        r.feed(&encode(&me, &[99]));
         let mx = r
             .feed(&encode(
-                &Event {
-                    addr: 0x9000,
-                    ..ev(EventKind::MremapExit, 5, STACK_NONE)
-                },
+                &Event::syscall_exit(EventKind::MremapExit, 7, 5, 0x9000),
                 &[],
             ))
-            .unwrap()
             .unwrap();
         assert_eq!(
             mx.op,
@@ -505,18 +407,43 @@ mod tests {
                 new_len: 0x3000
             }
         );
-        r.feed(&encode(&ev(EventKind::BrkEnter, 5, 1), &[99]))
-            .unwrap();
+        let be = with_stack(Event::brk_enter(7, 5, 0), StackField::Frames(1), 0);
+        r.feed(&encode(&be, &[99]));
         let bx = r
             .feed(&encode(
-                &Event {
-                    addr: 0x5000,
-                    ..ev(EventKind::BrkExit, 5, STACK_NONE)
-                },
+                &Event::syscall_exit(EventKind::BrkExit, 7, 5, 0x5000),
                 &[],
             ))
-            .unwrap()
             .unwrap();
         assert_eq!(bx.op, Op::Brk { result: 0x5000 });
+    }
+
+    #[test]
+    fn goroutine_creation_pairs_and_gets_its_start_as_leaf() {
+        let mut r = Resolver::default();
+        let create = with_stack(Event::go_create(7, 5, 0x4444), StackField::Frames(2), 0);
+        assert_eq!(r.feed(&encode(&create, &[0x100, 0x200])), None);
+        let created = Event::goroutine(EventKind::GoCreated, 7, 5, 0xc000);
+        let got = r.feed(&encode(&created, &[])).unwrap();
+        assert_eq!(
+            got.op,
+            Op::GoCreate {
+                g: 0xc000,
+                start_pc: 0x4444
+            }
+        );
+        assert_eq!(
+            r.stacks.frames(got.key.1),
+            Some(&[0x4444u64, 0x100, 0x200][..])
+        );
+        let hold = Event::hold(7, 5, HoldPoint::Exit, 3, true);
+        assert_eq!(
+            r.feed(&encode(&hold, &[])).unwrap().op,
+            Op::Hold {
+                point: HoldPoint::Exit,
+                code: 3,
+                stopped: true
+            }
+        );
     }
 }

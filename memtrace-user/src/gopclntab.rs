@@ -239,6 +239,25 @@ impl GoTable {
         Ok(table)
     }
 
+    /// A table without functions, for tests that need a binary but not its
+    /// code.
+    #[cfg(test)]
+    pub fn empty() -> Self {
+        Self {
+            data: Arc::from(Vec::new()),
+            segments: Vec::new(),
+            go118: false,
+            nfunc: 0,
+            min_lc: 1,
+            text: 0,
+            funcnametab: 0,
+            pctab: 0,
+            pclntable: 0,
+            gofunc: None,
+            build_id: "test".into(),
+        }
+    }
+
     /// Whether inline trees can be read (the moduledata was found).
     pub fn has_inline_info(&self) -> bool {
         self.gofunc.is_some()

@@ -85,6 +85,13 @@ pub fn spawn_gated(path: &Path, args: &[String]) -> Result<Gated, TargetError> {
 }
 
 impl Gated {
+    /// Kills the child before it ran anything (set-up failed).
+    pub fn abandon(self) {
+        // SAFETY: signalling our own gated child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let _ = try_wait(self.pid);
+    }
+
     /// Lets the child exec.
     pub fn release(self) {
         let b = [1u8];

@@ -1,6 +1,11 @@
-//! memtrace's user space. The pure parts (decode, aggregate, goruntime,
-//! procfs parsers, symbolize, render) are unit-tested on their own; `loader`
-//! and `cli::record` are the only code that talks to the kernel.
+//! memtrace's user space, in layers: `kernel` (the eBPF object behind a
+//! trait) → `engine` (a tracing session: targets, probes per binary,
+//! windows) → `decode` and `aggregate` (records into per-lens aggregates,
+//! the lenses in `lens`) → `symbolize` → `report` and `render` (profiles
+//! and their formats). `cli` parses arguments and prints; `agent` is the
+//! node agent's policy and HTTP API. Only `kernel::ebpf`, `engine::host`
+//! and `remote` touch the kernel or other processes; the rest is pure and
+//! unit-tested.
 
 pub mod agent;
 pub mod aggregate;
@@ -8,16 +13,20 @@ pub mod breakdown;
 pub mod cgroup;
 pub mod cli;
 pub mod decode;
+pub mod engine;
 pub mod error;
 pub mod gopclntab;
 pub mod goruntime;
 pub mod gtypes;
+pub mod kernel;
 pub mod launch;
 pub mod lens;
-pub mod loader;
 pub mod memprof;
 pub mod preflight;
 pub mod procfs;
+pub mod rangemap;
+pub mod remote;
 pub mod render;
 pub mod report;
+pub mod stack;
 pub mod symbolize;

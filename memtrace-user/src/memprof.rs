@@ -17,8 +17,7 @@
 
 use std::collections::HashMap;
 
-/// Reads target memory at an address.
-pub type ReadMem<'a> = dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + 'a;
+use crate::remote::RemoteMemory;
 
 const MEM_PROFILE: u64 = 1;
 const MAX_BUCKETS: usize = 1 << 20;
@@ -68,38 +67,23 @@ pub struct Bucket {
     pub total: Cycle,
 }
 
-fn word(read: &ReadMem<'_>, addr: u64) -> std::io::Result<u64> {
-    let mut b = [0u8; 8];
-    read(addr, &mut b)?;
-    Ok(u64::from_le_bytes(b))
-}
-
-fn words(b: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    b.chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-}
-
 /// Walks the bucket list starting at `*mbuckets`.
 pub fn read_buckets(
-    read: &ReadMem<'_>,
+    mem: &dyn RemoteMemory,
     mbuckets: u64,
     cycle_words: usize,
 ) -> std::io::Result<Vec<Bucket>> {
     let mut out = Vec::new();
-    let mut b = word(read, mbuckets)?;
+    let mut b = mem.read_u64(mbuckets)?;
     while b != 0 && out.len() < MAX_BUCKETS {
-        let mut hdr = [0u8; 48];
-        read(b, &mut hdr)?;
-        let h: Vec<u64> = words(&hdr).collect();
+        let h = mem.read_words(b, 6)?;
         let (allnext, typ, size, nstk) = (h[1], h[2], h[4], h[5]);
         if typ != MEM_PROFILE || nstk > MAX_STACK {
             return Err(std::io::Error::other(format!(
                 "unexpected memory-profile bucket at {b:#x}"
             )));
         }
-        let mut rest = vec![0u8; (nstk as usize + 4 * cycle_words) * 8];
-        read(b + 48, &mut rest)?;
-        let w: Vec<u64> = words(&rest).collect();
+        let w = mem.read_words(b + 48, nstk as usize + 4 * cycle_words)?;
         let stack = w[..nstk as usize].to_vec();
         let cycles: Vec<Cycle> = w[nstk as usize..]
             .chunks_exact(cycle_words)
@@ -186,14 +170,15 @@ pub fn inuse(end: &[Bucket], rate: u64) -> Vec<(&'_ [u64], u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::FakeMemory;
 
     /// A fake bucket: stack, object size, and (allocs, frees) of the active
     /// and three future cycles.
     type FakeBucket = (Vec<u64>, u64, [[u64; 2]; 4]);
 
     /// Lays out buckets as the runtime does, at fake addresses.
-    fn memory(buckets: &[FakeBucket], cycle_words: usize) -> (HashMap<u64, Vec<u8>>, u64) {
-        let mut mem = HashMap::new();
+    fn memory(buckets: &[FakeBucket], cycle_words: usize) -> (FakeMemory, u64) {
+        let mem = FakeMemory::default();
         let base = 0x10_0000u64;
         let mut addrs = Vec::new();
         let mut at = base;
@@ -211,24 +196,11 @@ mod tests {
                     b.extend([c[0] * size, c[1] * size]);
                 }
             }
-            mem.insert(addrs[i], b.iter().flat_map(|w| w.to_le_bytes()).collect());
+            mem.map_words(addrs[i], &b);
         }
         let head = 0x5000u64;
-        mem.insert(head, addrs[0].to_le_bytes().to_vec());
+        mem.map_words(head, &[addrs[0]]);
         (mem, head)
-    }
-
-    fn reader(mem: &HashMap<u64, Vec<u8>>) -> impl Fn(u64, &mut [u8]) -> std::io::Result<()> + '_ {
-        move |addr, buf| {
-            for (base, bytes) in mem {
-                if addr >= *base && addr + buf.len() as u64 <= base + bytes.len() as u64 {
-                    let off = (addr - base) as usize;
-                    buf.copy_from_slice(&bytes[off..off + buf.len()]);
-                    return Ok(());
-                }
-            }
-            Err(std::io::Error::other("unmapped"))
-        }
     }
 
     #[test]
@@ -253,8 +225,7 @@ mod tests {
                 ],
                 cw,
             );
-            let r = reader(&mem);
-            let b = read_buckets(&r, head, cw).unwrap();
+            let b = read_buckets(&mem, head, cw).unwrap();
             assert_eq!(b.len(), 2);
             assert_eq!(b[0].stack, vec![0x401000, 0x402000]);
             assert_eq!(

@@ -121,6 +121,29 @@ pub fn read_status(pid: u32) -> Option<MemStatus> {
         .map(|t| parse_status(&t))
 }
 
+/// The state letter of a `/proc/.../stat` line (after the command name).
+pub fn parse_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Whether every thread of `pid` is stopped (`T`) or traced (`t`); `None`
+/// when the process is gone.
+pub fn all_threads_stopped(pid: u32) -> Option<bool> {
+    let tasks = std::fs::read_dir(proc_dir(pid).join("task")).ok()?;
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // a thread that just exited
+        };
+        match parse_state(&stat) {
+            Some('T' | 't') => any = true,
+            Some('Z' | 'X') | None => {}
+            Some(_) => return Some(false),
+        }
+    }
+    Some(any)
+}
+
 pub fn is_alive(pid: u32) -> bool {
     // A zombie still has /proc/PID; its state is Z.
     match std::fs::read_to_string(proc_dir(pid).join("stat")) {
@@ -167,6 +190,14 @@ garbage
         assert_eq!(s.rss_anon, 1024 * 1024);
         assert_eq!(s.rss_file, 1000 * 1024);
         assert_eq!(s.rss_shmem, 24 * 1024);
+    }
+
+    #[test]
+    fn parses_the_state_letter() {
+        assert_eq!(parse_state("42 (my (odd) prog) T 1 2"), Some('T'));
+        assert_eq!(parse_state("42 (a) S 1"), Some('S'));
+        assert_eq!(parse_state("garbage"), None);
+        assert_eq!(all_threads_stopped(std::process::id()), Some(false));
     }
 
     #[test]

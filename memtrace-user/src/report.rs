@@ -2,13 +2,14 @@
 //! writes them out. Pure apart from the final file writes: stacks come in
 //! through a closure, so tests need no kernel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::aggregate::{Cell, StackKey};
+use crate::aggregate::Cell;
 use crate::lens::Lens;
 use crate::render::{self, summary::Summary, Profile, Sample};
+use crate::stack::{Stack, StackKey};
 use crate::symbolize::{hide_allocator_leaf, Image, Symbolizer, STACK_UNAVAILABLE};
 
 /// Symbolizes every stack of one lens and merges identical frame lists.
@@ -16,7 +17,7 @@ pub fn build_profile(
     lens: Lens,
     cells: &HashMap<StackKey, Cell>,
     images: &HashMap<u32, (String, Image)>,
-    stack_of: &dyn Fn(u32) -> Option<Vec<u64>>,
+    stack_of: &dyn Fn(Stack) -> Option<Vec<u64>>,
     sym: &mut Symbolizer,
     duration_secs: f64,
     target: String,
@@ -24,15 +25,12 @@ pub fn build_profile(
     let multi = images.len() > 1;
     let samples: Vec<Sample> = cells
         .iter()
-        .map(|(&(pid, stack_id), cell)| {
-            let mut frames = match (
-                u32::try_from(stack_id).ok().and_then(stack_of),
-                images.get(&pid),
-            ) {
+        .map(|(&(pid, stack), cell)| {
+            let mut frames = match (stack_of(stack), images.get(&pid)) {
                 (Some(ips), Some((_, image))) if !ips.is_empty() => sym.stack(image, &ips),
-                _ => vec![format!("{STACK_UNAVAILABLE}: {}", stack_error(stack_id))],
+                _ => vec![format!("{STACK_UNAVAILABLE}: {}", stack.reason())],
             };
-            if matches!(lens, Lens::AllocExact | Lens::Alloc | Lens::Heap) {
+            if lens.spec().allocation_stacks {
                 hide_allocator_leaf(&mut frames);
             }
             if lens == Lens::Goroutines {
@@ -49,15 +47,7 @@ pub fn build_profile(
             }
         })
         .collect();
-    let has_objects = matches!(lens, Lens::AllocExact | Lens::Alloc);
-    Profile::new(
-        lens.name(),
-        lens.unit(),
-        has_objects,
-        samples,
-        duration_secs,
-        target,
-    )
+    Profile::new(lens, samples, duration_secs, target)
 }
 
 /// In a goroutine's creation stack (root first, the start function last),
@@ -79,16 +69,19 @@ pub fn hide_newproc_frames(frames: &mut Vec<String>) {
     frames.push(start);
 }
 
-/// Why the kernel gave no stack, from `bpf_get_stackid`'s error.
-pub fn stack_error(stack_id: i32) -> &'static str {
-    match -stack_id {
-        17 => "stack-map hash collision",
-        12 => "stack map full",
-        14 => "user stack unreadable",
-        99_999 => "lost with a dropped event",
-        _ if stack_id >= 0 => "stack evicted",
-        _ => "capture failed",
-    }
+/// A report file that could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Svg(#[from] render::svg::SvgError),
+    #[error("cannot encode summary.json: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// Paths written for one lens.
@@ -99,23 +92,23 @@ pub struct Written {
 }
 
 /// Writes `LENS.svg`, `LENS.folded` and `LENS.pb.gz` into `out`.
-pub fn write_profile(out: &Path, p: &Profile) -> anyhow::Result<Written> {
-    use anyhow::Context as _;
+pub fn write_profile(out: &Path, p: &Profile) -> Result<Written, WriteError> {
     let w = Written {
         svg: out.join(format!("{}.svg", p.lens)),
         folded: out.join(format!("{}.folded", p.lens)),
         pprof: out.join(format!("{}.pb.gz", p.lens)),
     };
-    let svg = render::svg::render(p)?;
-    write_file(&w.svg, &svg).with_context(|| format!("writing {}", w.svg.display()))?;
-    write_file(&w.folded, render::folded::render(p).as_bytes())
-        .with_context(|| format!("writing {}", w.folded.display()))?;
-    write_file(&w.pprof, &render::pprof::render(p)?)
-        .with_context(|| format!("writing {}", w.pprof.display()))?;
+    write_file(&w.svg, &render::svg::render(p)?)?;
+    write_file(&w.folded, render::folded::render(p).as_bytes())?;
+    let pb = render::pprof::render(p).map_err(|source| WriteError::Io {
+        path: w.pprof.clone(),
+        source,
+    })?;
+    write_file(&w.pprof, &pb)?;
     Ok(w)
 }
 
-pub fn write_summary(out: &Path, s: &Summary) -> anyhow::Result<PathBuf> {
+pub fn write_summary(out: &Path, s: &Summary) -> Result<PathBuf, WriteError> {
     let path = out.join("summary.json");
     let mut json = serde_json::to_vec_pretty(s)?;
     json.push(b'\n');
@@ -123,13 +116,54 @@ pub fn write_summary(out: &Path, s: &Summary) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// What [`write_report`] wrote.
+pub struct WrittenReport {
+    pub profiles: Vec<Written>,
+    pub summary: PathBuf,
+    pub timelines: Vec<PathBuf>,
+}
+
+/// Writes a whole report into `out`: every lens's files, `summary.json`,
+/// and `timeline.svg` (`timeline-PID.svg` when there are several).
+pub fn write_report(out: &Path, r: &crate::engine::Report) -> Result<WrittenReport, WriteError> {
+    let profiles = r
+        .profiles
+        .iter()
+        .map(|p| write_profile(out, p))
+        .collect::<Result<_, _>>()?;
+    let summary = write_summary(out, &r.summary)?;
+    let mut timelines = Vec::new();
+    for t in &r.timelines {
+        let name = if r.timelines.len() == 1 {
+            "timeline.svg".to_string()
+        } else {
+            format!("timeline-{}.svg", t.pid)
+        };
+        let path = out.join(name);
+        write_file(
+            &path,
+            render::timeline::render(&t.title, &t.points).as_bytes(),
+        )?;
+        timelines.push(path);
+    }
+    Ok(WrittenReport {
+        profiles,
+        summary,
+        timelines,
+    })
+}
+
 /// Writes through a temporary file so a reader never sees half a report.
-fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+fn write_file(path: &Path, data: &[u8]) -> Result<(), WriteError> {
+    let io = |source| WriteError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(tmp, path).map_err(io)
 }
 
 /// Frames of the Go runtime and syscall plumbing, which rarely explain who
@@ -181,9 +215,6 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Extras for a lens's summary entry.
-pub type Extras = BTreeMap<String, serde_json::Value>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +222,7 @@ mod tests {
     #[test]
     fn missing_stacks_keep_their_bytes() {
         let cells = HashMap::from([(
-            (1, -14),
+            (1, Stack::Failed(14)),
             Cell {
                 bytes: 100,
                 objects: 1,

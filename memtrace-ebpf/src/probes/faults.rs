@@ -6,9 +6,9 @@ use aya_ebpf::{
     bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use memtrace_common::{Event, EventKind};
+use memtrace_common::Event;
 
-use super::{current_target, emit_with_stack, event, fingerprint};
+use super::{current_target, emit_with_stack, fingerprint};
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
 //   TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)
@@ -37,12 +37,7 @@ fn fault(ctx: &RawTracePointContext, user_mode: bool) {
     } else {
         None
     };
-    let ev = Event {
-        addr: addr & PAGE_MASK,
-        size: 4096,
-        ..event(EventKind::Fault, tgid, tid)
-    };
-    emit_with_stack(ctx, ev, fp);
+    emit_with_stack(ctx, Event::fault(tgid, tid, addr & PAGE_MASK, 4096), fp);
 }
 
 #[raw_tracepoint(tracepoint = "page_fault_user")]

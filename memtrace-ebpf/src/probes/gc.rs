@@ -7,7 +7,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
 use memtrace_common::{Event, EventKind};
 
-use super::{emit, event, TARGETS};
+use super::{current_target, emit, TARGETS};
 
 #[inline(always)]
 fn read(addr: u64) -> u64 {
@@ -26,18 +26,19 @@ pub fn go_gc_cycle(_ctx: ProbeContext) -> u32 {
     let Some(cfg) = (unsafe { TARGETS.get(tgid) }).copied() else {
         return 0;
     };
-    emit(Event {
-        addr: read(cfg.heap_live),
-        size: read(cfg.heap_goal),
-        ..event(EventKind::GcCycle, tgid, tid)
-    });
+    emit(Event::gc_cycle(
+        tgid,
+        tid,
+        read(cfg.heap_live),
+        read(cfg.heap_goal),
+    ));
     0
 }
 
 #[inline(always)]
 fn stw(kind: EventKind) {
-    if let Some((tgid, tid)) = super::current_target() {
-        emit(event(kind, tgid, tid));
+    if let Some((tgid, tid)) = current_target() {
+        emit(Event::new(kind, tgid, tid));
     }
 }
 

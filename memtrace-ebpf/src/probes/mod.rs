@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod faults;
 pub mod gc;
 pub mod goroutines;
+pub mod hold;
 pub mod procs;
 pub mod syscalls;
 
@@ -27,9 +28,60 @@ use aya_ebpf::{
     EbpfContext,
 };
 use memtrace_common::{
-    Counter, Event, EventKind, TargetConfig, COUNTER_COUNT, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS,
-    REWALK_EVERY, RINGBUF_BYTES, RINGBUF_WAKE_BYTES, STACK_REF,
+    Counter, Event, StackField, TargetConfig, TracepointOffsets, COUNTER_COUNT, EVENT_SIZE,
+    MAX_FRAMES, MAX_TARGETS, REWALK_EVERY, RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
 };
+
+/// Tracepoint field offsets, set by user space at load from the kernel's
+/// format files (see [`TracepointOffsets`]).
+#[unsafe(no_mangle)]
+static TP_OFFSETS: TracepointOffsets = TracepointOffsets::DEFAULT;
+
+/// The tracepoint offsets in effect.
+#[inline(always)]
+pub fn tp_offsets() -> TracepointOffsets {
+    // SAFETY: a global user space may rewrite before load; read it as such.
+    unsafe { core::ptr::read_volatile(&TP_OFFSETS) }
+}
+
+/// Go's register ABI on amd64 (`ABIInternal`): integer arguments and
+/// results in RAX, RBX, RCX, RDI, RSI, R8–R11, in that order.
+pub mod go_abi {
+    use aya_ebpf::programs::ProbeContext;
+
+    /// Integer argument (or result) `n` of a Go function, at a uprobe.
+    #[inline(always)]
+    pub fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+        // SAFETY: `regs` points at the saved user registers for this hit.
+        let r = unsafe { &*ctx.regs };
+        match n {
+            0 => r.rax,
+            1 => r.rbx,
+            2 => r.rcx,
+            3 => r.rdi,
+            4 => r.rsi,
+            5 => r.r8,
+            6 => r.r9,
+            7 => r.r10,
+            _ => r.r11,
+        }
+    }
+
+    /// The instruction pointer and frame pointer at a uprobe.
+    #[inline(always)]
+    pub fn ip_bp(ctx: &ProbeContext) -> (u64, u64) {
+        // SAFETY: as above.
+        let r = unsafe { &*ctx.regs };
+        (r.rip, r.rbp)
+    }
+
+    /// The stack pointer at a uprobe.
+    #[inline(always)]
+    pub fn sp(ctx: &ProbeContext) -> u64 {
+        // SAFETY: as above.
+        unsafe { (*ctx.regs).rsp }
+    }
+}
 
 #[map]
 pub static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
@@ -86,23 +138,6 @@ pub fn bump(counter: Counter) {
     }
 }
 
-/// An event with only its header filled; callers set the body fields.
-#[inline(always)]
-pub fn event(kind: EventKind, tgid: u32, tid: u32) -> Event {
-    Event {
-        kind: kind as u32,
-        tgid,
-        tid,
-        stack: memtrace_common::STACK_NONE,
-        ts_ns: 0,
-        addr: 0,
-        size: 0,
-        aux: 0,
-        aux2: 0,
-        stack_ref: 0,
-    }
-}
-
 #[inline(always)]
 fn wake_flags() -> u64 {
     (if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RINGBUF_WAKE_BYTES {
@@ -112,17 +147,29 @@ fn wake_flags() -> u64 {
     }) as u64
 }
 
-/// Sends a header-only record. The reader is only woken once a batch has
-/// piled up: a wakeup per event would cost ~6 µs each on the hot path.
 #[inline(always)]
-pub fn emit(mut ev: Event) -> bool {
+fn send(mut ev: Event, flags: u64) -> bool {
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if EVENTS.output::<Event>(&ev, wake_flags()).is_err() {
+    if EVENTS.output::<Event>(&ev, flags).is_err() {
         bump(Counter::RingbufDrops);
         return false;
     }
     true
+}
+
+/// Sends a header-only record. The reader is only woken once a batch has
+/// piled up: a wakeup per event would cost ~6 µs each on the hot path.
+#[inline(always)]
+pub fn emit(ev: Event) -> bool {
+    send(ev, wake_flags())
+}
+
+/// Sends a header-only record and wakes the reader now (a target waits
+/// for it).
+#[inline(always)]
+pub fn emit_now(ev: Event) -> bool {
+    send(ev, BPF_RB_FORCE_WAKEUP as u64)
 }
 
 /// Return addresses in a [`Fingerprint`]. Deep enough to reach past the
@@ -164,7 +211,7 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
             let known = unsafe { &mut *known };
             if known.uses < REWALK_EVERY {
                 known.uses += 1;
-                ev.stack = STACK_REF;
+                ev.stack = StackField::Ref.encode();
                 ev.stack_ref = known.id;
                 bump(Counter::StackReuses);
                 emit(ev);
@@ -188,16 +235,17 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
     };
     if n <= 0 {
         bump(Counter::StackErrors);
-        ev.stack = if n < 0 {
-            n as i32
+        let errno = if n < 0 {
+            (-n) as u32
         } else {
-            -61 /* ENODATA */
+            61 /* ENODATA */
         };
+        ev.stack = StackField::Error(errno).encode();
         emit(ev);
         return;
     }
     let frames = ((n as usize) / 8).min(MAX_FRAMES);
-    ev.stack = frames as i32;
+    ev.stack = StackField::Frames(frames as u32).encode();
     if fp.is_some() {
         if let Some(next) = NEXT_REF.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.

@@ -1,26 +1,23 @@
 //! Tracepoints on the memory syscalls. Enters carry the stack; exits carry
 //! the result. User space pairs them per thread (a thread is in one syscall
 //! at a time, and its records arrive in order), so nothing is kept here.
+//!
+//! Field offsets come from [`super::tp_offsets`], which user space fills in
+//! from the kernel's format files; on the kernels memtrace is tested on:
+//!   sys_enter_mmap: field:unsigned long addr; offset:16; size:8; (then len,
+//!                   prot, flags, ... at 8-byte steps)
+//!   sys_exit_*:     field:long ret; offset:16; size:8; signed:1;
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memtrace_common::{Event, EventKind};
 
-use super::{current_target, emit, emit_with_stack, event};
-
-// /sys/kernel/tracing/events/syscalls/sys_enter_*/format: arguments are
-// 8-byte fields from offset 16, e.g. for mmap:
-//   field:unsigned long addr; offset:16; size:8; signed:0;
-//   field:unsigned long len;  offset:24; size:8; signed:0;
-//   field:unsigned long prot; offset:32; size:8; signed:0;
-//   field:unsigned long flags;offset:40; size:8; signed:0;
-const ENTER_ARG0: usize = 16;
-// sys_exit_*: field:long ret; offset:16; size:8; signed:1;
-const EXIT_RET: usize = 16;
+use super::{current_target, emit, emit_with_stack, tp_offsets};
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: offsets come from the tracepoint format files above.
-    unsafe { ctx.read_at::<u64>(ENTER_ARG0 + 8 * n) }.unwrap_or(0)
+    let at = tp_offsets().syscall_args as usize + 8 * n;
+    // SAFETY: the offset comes from the tracepoint's format file.
+    unsafe { ctx.read_at::<u64>(at) }.unwrap_or(0)
 }
 
 /// Emits an exit record with the syscall's result, unless it failed.
@@ -29,15 +26,12 @@ fn exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    // SAFETY: offset from the sys_exit_* format file.
-    let ret = unsafe { ctx.read_at::<i64>(EXIT_RET) }.unwrap_or(-1);
+    // SAFETY: the offset comes from the sys_exit_* format file.
+    let ret = unsafe { ctx.read_at::<i64>(tp_offsets().syscall_ret as usize) }.unwrap_or(-1);
     if (-4095..0).contains(&ret) {
         return 0;
     }
-    emit(Event {
-        addr: ret as u64,
-        ..event(kind, tgid, tid)
-    });
+    emit(Event::syscall_exit(kind, tgid, tid, ret as u64));
     0
 }
 
@@ -47,11 +41,13 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    let ev = Event {
-        size: arg(&ctx, 1),
-        aux: (arg(&ctx, 2) & 0xffff_ffff) | (arg(&ctx, 3) << 32),
-        ..event(EventKind::MmapEnter, tgid, tid)
-    };
+    let ev = Event::mmap_enter(
+        tgid,
+        tid,
+        arg(&ctx, 1),
+        arg(&ctx, 2) as u32,
+        arg(&ctx, 3) as u32,
+    );
     emit_with_stack(&ctx, ev, None);
     0
 }
@@ -67,12 +63,11 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    let ev = Event {
-        addr: arg(&ctx, 0),
-        size: arg(&ctx, 1),
-        ..event(EventKind::Munmap, tgid, tid)
-    };
-    emit_with_stack(&ctx, ev, None);
+    emit_with_stack(
+        &ctx,
+        Event::munmap(tgid, tid, arg(&ctx, 0), arg(&ctx, 1)),
+        None,
+    );
     0
 }
 
@@ -82,12 +77,7 @@ pub fn madvise_enter(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    let ev = Event {
-        addr: arg(&ctx, 0),
-        size: arg(&ctx, 1),
-        aux: arg(&ctx, 2) & 0xffff_ffff,
-        ..event(EventKind::Madvise, tgid, tid)
-    };
+    let ev = Event::madvise(tgid, tid, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2) as u32);
     emit_with_stack(&ctx, ev, None);
     0
 }
@@ -98,12 +88,7 @@ pub fn mremap_enter(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    let ev = Event {
-        addr: arg(&ctx, 0),
-        size: arg(&ctx, 1),
-        aux2: arg(&ctx, 2),
-        ..event(EventKind::MremapEnter, tgid, tid)
-    };
+    let ev = Event::mremap_enter(tgid, tid, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
     emit_with_stack(&ctx, ev, None);
     0
 }
@@ -119,11 +104,7 @@ pub fn brk_enter(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    let ev = Event {
-        addr: arg(&ctx, 0),
-        ..event(EventKind::BrkEnter, tgid, tid)
-    };
-    emit_with_stack(&ctx, ev, None);
+    emit_with_stack(&ctx, Event::brk_enter(tgid, tid, arg(&ctx, 0)), None);
     0
 }
 

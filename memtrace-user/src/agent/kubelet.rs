@@ -2,6 +2,20 @@
 //! namespace and name, to label processes whose cgroup names a pod UID.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The kubelet could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("TLS set-up for the kubelet: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Http(String),
+    #[error("the kubelet's pod list is not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 /// What the kubelet says about one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +45,110 @@ pub fn parse_pods(json: &[u8]) -> Result<HashMap<String, PodMeta>, serde_json::E
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// A client for the kubelet's `/pods`.
+pub struct Kubelet {
+    pub url: String,
+    http: ureq::Agent,
+    token: Option<String>,
+    /// Last refresh attempt, and whether the last one failed (logged once).
+    pub last: Option<Instant>,
+    pub failing: bool,
+}
+
+/// Accepts any server certificate (`--kubelet-insecure-tls`), still checking
+/// the handshake signatures.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl Kubelet {
+    /// A client for `url`; `token_file` is read if it exists.
+    pub fn new(url: &str, token_file: &Path, insecure_tls: bool) -> Result<Self, KubeletError> {
+        let mut builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(3));
+        if insecure_tls {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| KubeletError::Tls(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+                .with_no_client_auth();
+            builder = builder.tls_config(Arc::new(tls));
+        }
+        let token = std::fs::read_to_string(token_file)
+            .ok()
+            .map(|t| t.trim().to_string());
+        Ok(Self {
+            url: url.trim_end_matches('/').to_string(),
+            http: builder.build(),
+            token,
+            last: None,
+            failing: false,
+        })
+    }
+
+    /// The pods the kubelet runs, by UID.
+    pub fn pods(&mut self) -> Result<HashMap<String, PodMeta>, KubeletError> {
+        use std::io::Read as _;
+        self.last = Some(Instant::now());
+        let mut req = self.http.get(&format!("{}/pods", self.url));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = req.call().map_err(|e| KubeletError::Http(e.to_string()))?;
+        let mut body = Vec::new();
+        resp.into_reader()
+            .take(256 << 20)
+            .read_to_end(&mut body)
+            .map_err(|e| KubeletError::Http(e.to_string()))?;
+        Ok(parse_pods(&body)?)
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
-//! The node agent's pure parts: the state it serves, Prometheus text, the
-//! auto-snapshot trigger and the HTTP routes. `cli::agent` drives them.
+//! The node agent: its policy over the engine (`session`: discovery,
+//! rolling windows, snapshots), the state it serves, Prometheus text, the
+//! snapshot trigger, the kubelet client and the HTTP routes.
 
 pub mod http;
 pub mod kubelet;
 pub mod metrics;
+pub mod session;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};

@@ -2,9 +2,8 @@
 
 pub mod agent;
 mod diff;
-mod goroutines;
 pub mod record;
-mod runtime_profile;
+mod terminal;
 
 use clap::{Parser, Subcommand};
 

@@ -29,9 +29,7 @@ mod tests {
     #[test]
     fn renders_lines() {
         let p = Profile::new(
-            "alloc-exact",
-            "bytes",
-            true,
+            crate::lens::Lens::AllocExact,
             [
                 sample(&["main.main", "main.(*T).add;x"], 64, 1),
                 sample(&[], 1, 1),

@@ -1,6 +1,8 @@
 //! Output formats. Every renderer takes a [`Profile`] (symbolized, merged
 //! stacks) and returns bytes; nothing here touches the kernel or the target.
 
+use crate::lens::Lens;
+
 pub mod diff;
 pub mod folded;
 pub mod pprof;
@@ -20,7 +22,7 @@ pub struct Sample {
 /// A lens's result, ready to render.
 #[derive(Clone, Debug)]
 pub struct Profile {
-    pub lens: String,
+    pub lens: Lens,
     /// `bytes` or `goroutines`.
     pub unit: &'static str,
     /// Whether `objects` is meaningful (allocation lenses).
@@ -33,11 +35,9 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// Builds a profile, merging samples with identical frames.
+    /// Builds a profile of `lens`, merging samples with identical frames.
     pub fn new(
-        lens: &str,
-        unit: &'static str,
-        has_objects: bool,
+        lens: Lens,
         samples: impl IntoIterator<Item = Sample>,
         duration_secs: f64,
         target: String,
@@ -59,9 +59,9 @@ impl Profile {
             .collect();
         samples.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.frames.cmp(&b.frames)));
         Self {
-            lens: lens.to_string(),
-            unit,
-            has_objects,
+            lens,
+            unit: lens.unit(),
+            has_objects: lens.spec().has_objects,
             samples,
             duration_secs,
             target,
@@ -100,9 +100,7 @@ mod tests {
     #[test]
     fn merges_and_sorts() {
         let p = Profile::new(
-            "mmap",
-            "bytes",
-            false,
+            crate::lens::Lens::Mmap,
             [
                 sample(&["a", "b"], 10, 1),
                 sample(&["a", "c"], 30, 1),

@@ -181,9 +181,7 @@ mod tests {
     #[test]
     fn encodes_and_decodes() {
         let p = Profile::new(
-            "alloc-exact",
-            "bytes",
-            true,
+            crate::lens::Lens::AllocExact,
             [
                 sample(&["main.main", "main.leak"], 640, 10),
                 sample(&["main.main"], 64, 1),

@@ -6,8 +6,11 @@ use serde::Serialize;
 
 use super::Profile;
 
+/// Lens-specific fields of a lens's summary entry.
+pub type Extras = BTreeMap<String, serde_json::Value>;
+
 #[derive(Debug, Serialize)]
-pub struct Target {
+pub struct TargetSummary {
     pub pid: u32,
     pub exe: String,
     pub go_version: String,
@@ -29,9 +32,16 @@ pub struct Target {
     /// VmRSS, RssAnon, RssFile, RssShmem sampled every second.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<crate::render::timeline::Point>,
-    /// Where resident memory sits at the end (absent if the target exited).
+    /// Where resident memory sits at the end (or when the target exited,
+    /// if it held itself on the way out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakdown: Option<crate::breakdown::Breakdown>,
+    /// How the target ended, if it did during the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<crate::engine::Exit>,
+    /// Where it runs (the agent: cgroup, pod and container).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,42 +94,25 @@ pub struct Counters {
     pub unresolved_frames: u64,
     /// Records user space failed to decode.
     pub decode_errors: u64,
+    /// Holds whose stop signal could not be sent (the target's state was
+    /// read while it ran on).
+    pub hold_failures: u64,
     /// Events delivered to user space.
     pub events: u64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
-    pub targets: Vec<Target>,
+    pub targets: Vec<TargetSummary>,
     pub lenses: BTreeMap<String, LensSummary>,
     pub dropped_events: u64,
     pub duration_secs: f64,
     pub counters: Counters,
     pub ended_by: String,
-    /// GC cycles and stop-the-world pauses (see [`gc_view`]).
+    /// GC cycles and stop-the-world pauses (see `lens::gc::summary`).
     pub gc: serde_json::Value,
-}
-
-/// The GC view for summary.json.
-pub fn gc_view(gc: &crate::aggregate::GcAgg, start_ns: u64) -> serde_json::Value {
-    let h = &gc.pauses;
-    let q = |x: f64| {
-        if h.is_empty() {
-            0
-        } else {
-            h.value_at_quantile(x)
-        }
-    };
-    serde_json::json!({
-        "cycles": gc.cycles.len(),
-        "pauses": {"count": h.len(), "p50_ns": q(0.5), "p99_ns": q(0.99), "max_ns": if h.is_empty() { 0 } else { h.max() }},
-        "cycle_detail": gc.cycles.iter().map(|c| serde_json::json!({
-            "pid": c.pid,
-            "t": c.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
-            "heap_live": c.heap_live,
-            "heap_goal": c.heap_goal,
-        })).collect::<Vec<_>>(),
-    })
+    /// What made the agent write this report (null for `record`).
+    pub trigger: Option<serde_json::Value>,
 }
 
 /// How many stacks `top` lists.
@@ -153,9 +146,7 @@ mod tests {
     #[test]
     fn json_shape() {
         let p = Profile::new(
-            "alloc-exact",
-            "bytes",
-            true,
+            crate::lens::Lens::AllocExact,
             [sample(&["main.main", "main.leak"], 640, 10)],
             1.0,
             "t".into(),
@@ -169,7 +160,7 @@ mod tests {
             ),
         );
         let s = Summary {
-            targets: vec![Target {
+            targets: vec![TargetSummary {
                 pid: 1,
                 exe: "/a".into(),
                 go_version: "go1.21.13".into(),
@@ -181,13 +172,16 @@ mod tests {
                 vmrss_end: None,
                 timeline: vec![],
                 breakdown: None,
+                exit: None,
+                labels: None,
             }],
             lenses,
             dropped_events: 0,
             duration_secs: 1.5,
             counters: Counters::default(),
             ended_by: "duration".into(),
-            gc: gc_view(&crate::aggregate::GcAgg::default(), 0),
+            gc: crate::lens::gc::summary(&Default::default(), 0),
+            trigger: None,
         };
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["lenses"]["alloc-exact"]["total"], 640);
@@ -200,5 +194,6 @@ mod tests {
         assert_eq!(v["targets"][0]["go_version"], "go1.21.13");
         assert_eq!(v["targets"][0]["vmrss_start"], 1);
         assert!(v["targets"][0].get("breakdown").is_none());
+        assert!(v["trigger"].is_null(), "always present, null for record");
     }
 }

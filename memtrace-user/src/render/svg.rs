@@ -45,9 +45,7 @@ mod tests {
     #[test]
     fn svg_has_title_and_frames() {
         let p = Profile::new(
-            "mmap",
-            "bytes",
-            false,
+            crate::lens::Lens::Mmap,
             [sample(&["main.main", "main.mapOffHeap"], 1 << 20, 1)],
             2.5,
             "app (pid 42)".into(),
@@ -59,7 +57,7 @@ mod tests {
 
     #[test]
     fn empty_profile_still_renders() {
-        let p = Profile::new("mmap", "bytes", false, [], 1.0, "t".into());
+        let p = Profile::new(crate::lens::Lens::Mmap, [], 1.0, "t".into());
         let svg = String::from_utf8(render(&p).unwrap()).unwrap();
         assert!(svg.contains("<svg") && svg.contains("no samples"));
     }

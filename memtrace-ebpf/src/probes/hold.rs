@@ -1,0 +1,59 @@
+//! Where a target holds itself for user space: `go_hold` stops the whole
+//! process (`bpf_send_signal(SIGSTOP)`) and tells user space why, which
+//! reads or sets the runtime's state through `/proc/PID/mem` and sends
+//! SIGCONT. The attach cookie is the [`HoldPoint`]:
+//! - `Start`, after `runtime.gcenable`'s prologue: the runtime is set up
+//!   (its `MemProfileRate` final), no user `init` has run;
+//! - `Exit`, at the entry of `runtime.exit`'s assembly body (no prologue,
+//!   `NOSPLIT`), whose exit code is the ABI0 argument at 8(SP);
+//! - `Signal`, after `runtime.dieFromSignal`'s prologue, whose first
+//!   argument is the signal.
+//!
+//! A target whose config does not ask for holds is never stopped.
+
+use aya_ebpf::EbpfContext as _;
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_get_attach_cookie, generated::bpf_send_signal},
+    macros::uprobe,
+    programs::ProbeContext,
+};
+use memtrace_common::{Counter, Event, HoldPoint};
+
+use super::{bump, emit_now, go_abi, TARGETS};
+
+const SIGSTOP: u32 = 19;
+
+#[uprobe]
+pub fn go_hold(ctx: ProbeContext) -> u32 {
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    // SAFETY: plain copy of the map value.
+    let Some(cfg) = (unsafe { TARGETS.get(tgid) }).copied() else {
+        return 0;
+    };
+    if cfg.hold == 0 {
+        return 0;
+    }
+    // SAFETY: helper without preconditions beyond a valid context.
+    let Some(point) = HoldPoint::from_u64(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) else {
+        return 0;
+    };
+    let code = match point {
+        HoldPoint::Start => 0,
+        HoldPoint::Exit => {
+            let at = go_abi::sp(&ctx) + 8;
+            // SAFETY: bpf_probe_read_user tolerates any address.
+            u64::from(unsafe { bpf_probe_read_user(at as *const u32) }.unwrap_or(0))
+        }
+        HoldPoint::Signal => go_abi::arg(&ctx, 0) & 0xffff_ffff,
+    };
+    // The signal is delivered when this thread returns to user mode, after
+    // the program; it stops every thread of the process.
+    // SAFETY: helper without preconditions.
+    let stopped = unsafe { bpf_send_signal(SIGSTOP) } == 0;
+    if !stopped {
+        bump(Counter::HoldFailures);
+    }
+    emit_now(Event::hold(tgid, tid, point, code, stopped));
+    0
+}

@@ -1,0 +1,124 @@
+//! What `record` prints when it is done: per lens the total and the top
+//! three stacks, VmRSS and where resident memory sits per target, and the
+//! GC view.
+
+use crate::engine::{Report, Target};
+use crate::render::Profile;
+use crate::report::{human_bytes, short_stack, WrittenReport};
+
+fn fmt_value(unit: &str, v: u64) -> String {
+    if unit == "bytes" {
+        human_bytes(v)
+    } else {
+        format!("{v} {unit}")
+    }
+}
+
+/// The end-of-run summary of `record`, on stdout (warnings on stderr).
+pub fn print_record<'a>(
+    report: &Report,
+    written: &WrittenReport,
+    targets: impl Iterator<Item = &'a Target>,
+) {
+    let s = &report.summary;
+    eprintln!(
+        "memtrace: stopped ({}) after {:.1} s: {} events, {} dropped, {} stack errors",
+        s.ended_by, s.duration_secs, s.counters.events, s.dropped_events, s.counters.stack_errors
+    );
+    if s.dropped_events > 0 {
+        eprintln!(
+            "memtrace: warning: {} events were dropped (ring buffer full); totals are low by that many events",
+            s.dropped_events
+        );
+    }
+    for w in &report.warnings {
+        eprintln!("memtrace: warning: {w}");
+    }
+    for t in targets {
+        if let Some(e) = t.exit {
+            eprintln!("memtrace: pid {} {}", t.pid, e.describe());
+        }
+    }
+    for (p, w) in report.profiles.iter().zip(&written.profiles) {
+        print_lens(p);
+        println!(
+            "  wrote {}, {}, {}",
+            w.svg.display(),
+            w.folded.display(),
+            w.pprof.display()
+        );
+    }
+    for t in &s.targets {
+        if let (Some(a), Some(b)) = (t.vmrss_start, t.vmrss_end) {
+            println!(
+                "pid {}: VmRSS {} -> {} ({}{})",
+                t.pid,
+                human_bytes(a),
+                human_bytes(b),
+                if b >= a { "+" } else { "-" },
+                human_bytes(b.abs_diff(a))
+            );
+        }
+        if let Some(b) = t.breakdown {
+            println!(
+                "pid {}: resident now: Go heap {}, goroutine stacks {}, off-heap anonymous {}, file-backed {}, other {}",
+                t.pid,
+                human_bytes(b.go_heap),
+                human_bytes(b.goroutine_stacks),
+                human_bytes(b.off_heap_anon),
+                human_bytes(b.file_backed),
+                human_bytes(b.other)
+            );
+        }
+    }
+    print_gc(&s.gc);
+    for p in &written.timelines {
+        println!("wrote {}", p.display());
+    }
+    println!("wrote {}", written.summary.display());
+}
+
+fn print_lens(p: &Profile) {
+    let (lens, unit) = (p.lens, p.unit);
+    println!(
+        "{lens} lens: total {} in {} stacks",
+        fmt_value(unit, p.total()),
+        p.samples.len()
+    );
+    for (i, s) in p.samples.iter().take(3).enumerate() {
+        println!(
+            "  #{} {:>12}  {}",
+            i + 1,
+            fmt_value(unit, s.value),
+            short_stack(&s.frames, 4)
+        );
+    }
+}
+
+fn print_gc(gc: &serde_json::Value) {
+    let cycles = gc["cycles"].as_u64().unwrap_or(0);
+    let pauses = &gc["pauses"];
+    let count = pauses["count"].as_u64().unwrap_or(0);
+    if cycles == 0 && count == 0 {
+        return;
+    }
+    let us = |k: &str| format!("{:.0} µs", pauses[k].as_u64().unwrap_or(0) as f64 / 1e3);
+    let last = gc["cycle_detail"]
+        .as_array()
+        .and_then(|c| c.last())
+        .filter(|c| c["heap_goal"].as_u64().unwrap_or(0) > 0)
+        .map(|c| {
+            format!(
+                "; last cycle: heap {}, goal {}",
+                human_bytes(c["heap_live"].as_u64().unwrap_or(0)),
+                human_bytes(c["heap_goal"].as_u64().unwrap_or(0))
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "GC: {cycles} cycles; stop-the-world pauses p50 {}, p99 {}, max {} ({count} pauses){last}",
+        us("p50_ns"),
+        us("p99_ns"),
+        us("max_ns"),
+    );
+}

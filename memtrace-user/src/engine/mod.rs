@@ -1,0 +1,566 @@
+//! The tracing engine: one session of memtrace over a set of processes.
+//!
+//! It owns the kernel side (probes and targets), the [`Resolver`] and the
+//! lenses' aggregators, per-process [`Target`]s and per-binary probe sets
+//! (refcounted by device and inode), and turns what it gathered into a
+//! [`Report`] for any set of its processes. `record`, `agent`, `gate` and
+//! `top` are policies over it: which processes to add, when a window ends,
+//! what to do with its report. [`run::drive`] is the loop they share.
+//!
+//! The kernel and the host's processes sit behind traits ([`Kernel`],
+//! [`Host`]), so the lifecycle here is unit-tested without either.
+//!
+//! ```no_run
+//! # fn demo(bin: std::sync::Arc<memtrace_user::goruntime::GoBinary>) -> anyhow::Result<()> {
+//! use memtrace_user::engine::{Engine, Options, TargetSpec, host::Procfs};
+//! use memtrace_user::kernel::ebpf::Ebpf;
+//! use memtrace_user::lens::Lens;
+//!
+//! let opts = Options::new(vec![Lens::Rss]);
+//! let kernel = Ebpf::load(&opts.tracepoints(), std::path::Path::new("/sys/kernel/tracing"))?;
+//! let mut engine = Engine::new(kernel, Procfs, opts);
+//! engine.add(TargetSpec::running(1234, bin)?)?;
+//! // ... engine.drain() and engine.tick() as events come, then:
+//! engine.finish();
+//! let report = engine.report(None, "duration");
+//! # Ok(()) }
+//! ```
+
+mod holds;
+pub mod host;
+pub mod probes;
+pub mod report;
+pub mod rolling;
+pub mod run;
+pub mod target;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memtrace_common::TargetConfig;
+
+use crate::aggregate::Aggregator;
+use crate::decode::{Op, Resolved, Resolver};
+use crate::error::TargetError;
+use crate::goruntime::GoBinary;
+use crate::kernel::{Kernel, KernelError, Probes, Scope, Tracepoint};
+use crate::lens::{goroutines, rss::Thp, sampled::RuntimeProfile, Lens};
+use crate::symbolize::Symbolizer;
+
+pub use host::Host;
+pub use probes::{BinaryId, ProbeKey};
+pub use report::Report;
+pub use target::{Exit, Target};
+
+/// Process exec and exit, for discovery (the agent).
+pub const DISCOVERY: &[Tracepoint] = &[
+    Tracepoint::new("proc_exec", "sched", "sched_process_exec"),
+    Tracepoint::new("proc_exit", "sched", "sched_process_exit"),
+];
+
+/// How a session traces.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Sorted, without duplicates.
+    pub lenses: Vec<Lens>,
+    /// alloc/heap: the sampling rate set when the target's is 0.
+    pub memprofile_rate: u64,
+    /// One probe set per process (record: other processes running the same
+    /// file never trap) or per binary (agent: one set for all of them).
+    pub per_binary: bool,
+    /// Targets hold themselves at start and exit so memtrace can set and
+    /// read their state (record).
+    pub holds: bool,
+    /// Process exec/exit tracepoints (agent discovery).
+    pub discovery: bool,
+    pub thp: Thp,
+}
+
+impl Options {
+    pub fn new(mut lenses: Vec<Lens>) -> Self {
+        lenses.sort();
+        lenses.dedup();
+        Self {
+            lenses,
+            memprofile_rate: 64 * 1024,
+            per_binary: false,
+            holds: false,
+            discovery: false,
+            thp: Thp::parse(
+                &std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    pub fn has(&self, lens: Lens) -> bool {
+        self.lenses.contains(&lens)
+    }
+
+    /// Whether the alloc or heap lens is on.
+    pub fn sampled(&self) -> bool {
+        self.lenses.iter().any(|l| l.sampled())
+    }
+
+    /// The tracepoints the session needs, each once.
+    pub fn tracepoints(&self) -> Vec<Tracepoint> {
+        let mut tps: Vec<Tracepoint> = self
+            .lenses
+            .iter()
+            .flat_map(|l| l.spec().tracepoints.iter().copied())
+            .collect();
+        if self.discovery {
+            tps.extend_from_slice(DISCOVERY);
+        }
+        tps.sort();
+        tps.dedup();
+        tps
+    }
+}
+
+/// A process to add, identified and vetted by the caller.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    pub pid: u32,
+    /// The executable, as the process's maps name it.
+    pub exe: PathBuf,
+    /// The path the kernel resolves to the file for uprobes.
+    pub attach_path: PathBuf,
+    pub binary: BinaryId,
+    pub bin: Arc<GoBinary>,
+    /// Started by memtrace and held before exec (launch mode).
+    pub launched: bool,
+}
+
+impl TargetSpec {
+    /// A running process, reached through `/proc/PID/exe` (which works for
+    /// deleted files and other mount namespaces).
+    pub fn running(pid: u32, bin: Arc<GoBinary>) -> Result<Self, TargetError> {
+        let via = crate::procfs::proc_dir(pid).join("exe");
+        let exe = crate::procfs::exe_path(pid)?;
+        let meta = std::fs::metadata(&via).map_err(|source| TargetError::Exe { pid, source })?;
+        Ok(Self {
+            pid,
+            exe,
+            attach_path: via,
+            binary: (meta.dev(), meta.ino()),
+            bin,
+            launched: false,
+        })
+    }
+}
+
+/// Why a process could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("pid {pid}: {what}: {source}")]
+    Read {
+        pid: u32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A lifecycle event the policy may act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// A process (any, with discovery on) executed a new program.
+    Exec(u32),
+    /// A target's last thread exited.
+    Exit(u32),
+}
+
+/// The clock of a session and of its current window.
+struct Clock {
+    window: Instant,
+    /// CLOCK_MONOTONIC at the window's start, the clock of event timestamps.
+    window_ns: u64,
+    last_second: Instant,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Self {
+            window: Instant::now(),
+            window_ns: monotonic_ns(),
+            last_second: Instant::now(),
+        }
+    }
+}
+
+/// One tracing session; see the module docs.
+pub struct Engine<K: Kernel, H: Host> {
+    pub kernel: K,
+    pub host: H,
+    opts: Options,
+    pub resolver: Resolver,
+    pub agg: Aggregator,
+    probes: probes::ProbeSets<K::Links>,
+    targets: BTreeMap<u32, Target>,
+    pub sym: Symbolizer,
+    clock: Clock,
+    /// Warnings already shown (each once).
+    warned: HashSet<String>,
+}
+
+impl<K: Kernel, H: Host> Engine<K, H> {
+    pub fn new(kernel: K, host: H, opts: Options) -> Self {
+        Self {
+            agg: Aggregator::new(&opts.lenses, opts.thp),
+            kernel,
+            host,
+            opts,
+            resolver: Resolver::default(),
+            probes: probes::ProbeSets::default(),
+            targets: BTreeMap::new(),
+            sym: Symbolizer::default(),
+            clock: Clock::now(),
+            warned: HashSet::new(),
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn target(&self, pid: u32) -> Option<&Target> {
+        self.targets.get(&pid)
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
+    }
+
+    /// Targets that have not exited.
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.targets
+            .values()
+            .filter(|t| t.exit.is_none())
+            .map(|t| t.pid)
+            .collect()
+    }
+
+    /// Seconds since the current window started.
+    pub fn window_secs(&self) -> f64 {
+        self.clock.window.elapsed().as_secs_f64()
+    }
+
+    /// Number of attached probe sets.
+    pub fn probe_sets(&self) -> usize {
+        self.probes.len()
+    }
+
+    fn warn_once(&mut self, msg: String) {
+        if self.warned.insert(msg.clone()) {
+            eprintln!("memtrace: warning: {msg}");
+        }
+    }
+
+    /// The probe families a binary gets in this session.
+    fn probes_for(&mut self, bin: &GoBinary, pid: u32) -> Probes {
+        let mut p = Probes::default();
+        for l in &self.opts.lenses {
+            let s = l.spec().probes;
+            p.allocs |= s.allocs;
+            p.goroutines |= s.goroutines;
+        }
+        match &bin.gc {
+            Ok(_) => p.gc = true,
+            Err(e) => self.warn_once(format!("pid {pid}: no GC view: {e}")),
+        }
+        if self.opts.holds {
+            match &bin.holds {
+                Ok(_) => p.holds = true,
+                Err(e) => self.warn_once(format!(
+                    "pid {pid}: no hold points ({e}); the first and last second of sampled lenses may be missed"
+                )),
+            }
+        }
+        p
+    }
+
+    /// Starts tracing a process: attaches its binary's probes (once per
+    /// binary and scope), makes it a target, and reads what it already has
+    /// (goroutines, the memory profile) in attach mode.
+    pub fn add(&mut self, spec: TargetSpec) -> Result<(), EngineError> {
+        let pid = spec.pid;
+        let profile = if self.opts.sampled() {
+            Some(RuntimeProfile::new(
+                pid,
+                &spec.bin,
+                self.opts.memprofile_rate,
+            )?)
+        } else {
+            None
+        };
+        let key = ProbeKey {
+            binary: spec.binary,
+            scope: if self.opts.per_binary {
+                Scope::AllProcesses
+            } else {
+                Scope::Process(pid)
+            },
+        };
+        if !self.probes.join(key, pid) {
+            let probes = self.probes_for(&spec.bin, pid);
+            let links = self
+                .kernel
+                .attach(&spec.bin, &spec.attach_path, probes, key.scope)?;
+            self.probes.insert(key, links, pid);
+        }
+        let mut t = Target::new(
+            pid,
+            spec.exe,
+            spec.bin.clone(),
+            key,
+            spec.launched,
+            &self.host,
+        );
+        t.profile = profile;
+        let mut config = TargetConfig {
+            hold: u64::from(self.opts.holds),
+            ..Default::default()
+        };
+        if let Ok(points) = &spec.bin.gc {
+            config.heap_live = points
+                .heap_live
+                .and_then(|a| t.runtime_addr(a))
+                .unwrap_or(0);
+            config.heap_goal = points
+                .heap_goal
+                .and_then(|a| t.runtime_addr(a))
+                .unwrap_or(0);
+        }
+        if let Err(e) = self.kernel.add_target(pid, config) {
+            if let Some(links) = self.probes.leave(key, pid) {
+                self.kernel.detach(links);
+            }
+            return Err(e.into());
+        }
+        self.sym.add_go_binary(&t.exe, spec.bin.table.clone());
+        if let Ok(real) = std::fs::canonicalize(&t.exe) {
+            self.sym.add_go_binary(&real, spec.bin.table.clone());
+        }
+        if !t.launched {
+            self.read_running(&mut t)?;
+        }
+        self.targets.insert(pid, t);
+        Ok(())
+    }
+
+    /// What a process that ran before tracing already holds: its goroutines
+    /// (the probes are in place, so every later one is seen created) and
+    /// the memory profile's starting point.
+    fn read_running(&mut self, t: &mut Target) -> Result<(), EngineError> {
+        let pid = t.pid;
+        let read = |what, source| EngineError::Read { pid, what, source };
+        if let Some(gs) = self.agg.goroutines.as_mut() {
+            if let Some(allgs) = t.bin.allgs.and_then(|a| t.runtime_addr(a)) {
+                let mem = self.host.memory(pid).map_err(|e| read("memory", e))?;
+                let n = goroutines::add_existing(
+                    pid,
+                    &t.bin,
+                    &*mem,
+                    allgs,
+                    &mut self.resolver.stacks,
+                    gs,
+                )
+                .map_err(|e| read("listing its goroutines", e))?;
+                if t.bin.g_layout.is_none() {
+                    eprintln!("memtrace: warning: pid {pid}: no DWARF for runtime.g; {n} existing goroutines are counted without their state");
+                }
+            }
+        }
+        self.start_profile(t, false)
+            .map_err(|e| read("reading the Go memory profile (alloc/heap lenses)", e))
+    }
+
+    fn start_profile(&self, t: &mut Target, from_exec: bool) -> std::io::Result<()> {
+        if t.profile.as_ref().is_none_or(|p| p.started()) {
+            return Ok(());
+        }
+        let exe_maps = t.exe_maps();
+        if exe_maps.is_empty() {
+            return Ok(()); // not running its program yet
+        }
+        let mem = self.host.memory(t.pid)?;
+        let p = t.profile.as_mut().expect("checked above");
+        p.start(&*mem, &t.bin, &exe_maps, from_exec)
+    }
+
+    /// Stops tracing `pid`: the kernel stops reporting it and its probe set
+    /// is detached if no other process uses it. What was gathered stays for
+    /// the report.
+    pub fn retire(&mut self, pid: u32) {
+        let Some(t) = self.targets.get(&pid) else {
+            return;
+        };
+        self.kernel.remove_target(pid);
+        if let Some(links) = self.probes.leave(t.probe_key, pid) {
+            self.kernel.detach(links);
+        }
+    }
+
+    /// Retires `pid` and drops everything gathered about it.
+    pub fn forget(&mut self, pid: u32) {
+        self.retire(pid);
+        if self.targets.remove(&pid).is_some() {
+            self.agg.forget(pid);
+            self.resolver.forget(pid);
+        }
+    }
+
+    /// Takes every waiting record: events go to the lenses, holds are
+    /// served (the target continues before this returns), and lifecycle
+    /// events are handed back to the policy.
+    pub fn drain(&mut self) -> Vec<Lifecycle> {
+        let mut out = Vec::new();
+        let mut special: Vec<Resolved> = Vec::new();
+        let Engine {
+            kernel,
+            resolver,
+            agg,
+            ..
+        } = self;
+        kernel.poll(&mut |bytes| {
+            if let Some(r) = resolver.feed(bytes) {
+                match r.op {
+                    Op::ProcExec | Op::ProcExit | Op::Hold { .. } => special.push(r),
+                    _ => agg.apply(&r),
+                }
+            }
+        });
+        for r in special {
+            let pid = r.key.0;
+            match r.op {
+                Op::ProcExec => out.push(Lifecycle::Exec(pid)),
+                Op::ProcExit => out.push(Lifecycle::Exit(pid)),
+                Op::Hold {
+                    point,
+                    code,
+                    stopped,
+                } => self.serve_hold(pid, point, code, stopped),
+                _ => {}
+            }
+        }
+        // A launched target's maps mean something once it runs its program.
+        for t in self.targets.values_mut() {
+            if t.image.maps.is_none() && t.exit.is_none() {
+                t.refresh_maps(&self.host);
+            }
+        }
+        out
+    }
+
+    /// Every ~100 ms: notices exited targets (retiring them), and once a
+    /// second samples RSS, the memory profile and live goroutines. Returns
+    /// the targets that exited since the last call.
+    pub fn tick(&mut self) -> Vec<u32> {
+        let mut exited = Vec::new();
+        for t in self.targets.values_mut().filter(|t| t.exit.is_none()) {
+            let exit = if t.launched {
+                self.host
+                    .reap(t.pid)
+                    .map(|st| t.exit_hint.unwrap_or(Exit::from_status(st)))
+            } else {
+                (!self.host.alive(t.pid)).then(|| t.exit_hint.unwrap_or_default())
+            };
+            match exit {
+                Some(e) => {
+                    t.exit = Some(e);
+                    exited.push(t.pid);
+                }
+                // Keep mappings current (new shared objects), once read.
+                None if t.image.maps.is_some() => {
+                    if let Some(m) = self.host.maps(t.pid) {
+                        t.image.maps = Some(m);
+                    }
+                }
+                None => {}
+            }
+        }
+        for &pid in &exited {
+            self.retire(pid);
+        }
+        if self.clock.last_second.elapsed() >= Duration::from_secs(1) {
+            self.clock.last_second = Instant::now();
+            self.every_second();
+        }
+        exited
+    }
+
+    fn every_second(&mut self) {
+        let secs = self.window_secs();
+        let pids = self.live_pids();
+        for pid in pids {
+            let Some(mut t) = self.targets.remove(&pid) else {
+                continue;
+            };
+            t.sample(&self.host, secs);
+            if t.launched && !(self.opts.holds && t.bin.holds.is_ok()) {
+                // Without a start hold, sampling starts once it runs its program.
+                if let Err(e) = self.start_profile(&mut t, false) {
+                    log::warn!("pid {pid}: {e}");
+                }
+            }
+            if let Some(p) = t.profile.as_mut() {
+                if let Ok(mem) = self.host.memory(pid) {
+                    p.tick(&*mem);
+                }
+            }
+            if let Some(gs) = self.agg.goroutines.as_ref() {
+                t.live_goroutines.push((secs, gs.live_count(pid)));
+            }
+            if let Some(r) = self.agg.rss.as_mut().filter(|r| r.thp == Thp::Always) {
+                r.set_anon_vmas(pid, t.anon_vmas());
+            }
+            self.targets.insert(pid, t);
+        }
+    }
+
+    /// Starts the window's clock now (once set-up is done and the targets
+    /// run), without touching what was gathered.
+    pub fn begin(&mut self) {
+        self.clock = Clock::now();
+    }
+
+    /// Starts a new window: per-window aggregates restart (live goroutines
+    /// carry over), and so does the window's clock.
+    pub fn rotate(&mut self) {
+        self.agg.rotate();
+        self.clock = Clock::now();
+    }
+
+    /// Values memtrace wrote into targets and must write back if it dies:
+    /// (pid, address, original value).
+    pub fn restore_points(&self) -> Vec<(u32, u64, u64)> {
+        self.targets
+            .values()
+            .filter_map(|t| {
+                let (addr, v) = t.profile.as_ref()?.restore_point()?;
+                Some((t.pid, addr, v))
+            })
+            .collect()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

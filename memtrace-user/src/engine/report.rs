@@ -1,0 +1,254 @@
+//! A window's report: every lens's profile for a set of the engine's
+//! processes, with the typed `summary.json` that `record` writes and the
+//! agent's snapshots share.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{Engine, Host};
+use crate::aggregate::Cell;
+use crate::kernel::Kernel;
+use crate::lens::{self, Lens};
+use crate::render::summary::{self, Counters, Extras, Summary};
+use crate::render::{timeline::Point, Profile};
+use crate::report::build_profile;
+use crate::stack::StackKey;
+use crate::symbolize::Image;
+
+/// One process's RSS over the window, for `timeline.svg`.
+pub struct Timeline {
+    pub pid: u32,
+    pub title: String,
+    pub points: Vec<Point>,
+}
+
+/// Everything a window produced.
+pub struct Report {
+    /// One per lens, in lens order.
+    pub profiles: Vec<Profile>,
+    pub summary: Summary,
+    /// With the rss lens: each process's RSS timeline.
+    pub timelines: Vec<Timeline>,
+    /// Warnings for the terminal (e.g. a lens with nothing to show).
+    pub warnings: Vec<String>,
+}
+
+impl<K: Kernel, H: Host> Engine<K, H> {
+    /// The report of the current window for `pids` (every process when
+    /// `None`); `ended_by` says what ended the window.
+    pub fn report(&mut self, pids: Option<&[u32]>, ended_by: &str) -> Report {
+        let pids: Vec<u32> = match pids {
+            Some(p) => p
+                .iter()
+                .copied()
+                .filter(|p| self.targets.contains_key(p))
+                .collect(),
+            None => self.targets.keys().copied().collect(),
+        };
+        let duration_secs = self.window_secs();
+        let mut warnings = Vec::new();
+        let images: HashMap<u32, (String, Image)> = pids
+            .iter()
+            .map(|p| {
+                let t = &self.targets[p];
+                (*p, (t.name(), t.image.clone()))
+            })
+            .collect();
+        let target_desc = pids
+            .iter()
+            .map(|p| format!("{} (pid {p})", images[p].0))
+            .collect::<Vec<_>>()
+            .join(", ");
+
+        // The sampled lenses' cells, from each target's memory profile.
+        let mut sampled: HashMap<Lens, HashMap<StackKey, Cell>> = HashMap::new();
+        let mut rate = 0;
+        if self.opts.sampled() {
+            for pid in &pids {
+                let Some(p) = self.targets[pid].profile.as_ref() else {
+                    continue;
+                };
+                rate = rate.max(p.rate);
+                match p.cells(&mut self.resolver.stacks) {
+                    Some(by_lens) => {
+                        for (lens, cells) in by_lens {
+                            sampled.entry(lens).or_default().extend(cells);
+                        }
+                    }
+                    None => warnings.push(format!(
+                        "pid {pid}: no memory-profile snapshot at the end of the window; the alloc and heap lenses are empty for it"
+                    )),
+                }
+            }
+        }
+
+        let vmrss = |t: &super::Target| (t.vmrss_start, t.timeline.last().map(|p| p.vm_rss));
+        let mut lens_summaries = BTreeMap::new();
+        let mut profiles = Vec::new();
+        let lenses = self.opts.lenses.clone();
+        for lens in lenses {
+            let mut cells = self
+                .agg
+                .cells(lens)
+                .or_else(|| sampled.remove(&lens))
+                .unwrap_or_default();
+            cells.retain(|k, _| pids.contains(&k.0));
+            let extras: Extras = match lens {
+                Lens::Rss => {
+                    let (start, end) = pids.iter().fold((0, 0), |(s, e), p| {
+                        let (a, b) = vmrss(&self.targets[p]);
+                        (s + a.unwrap_or(0), e + b.unwrap_or(0))
+                    });
+                    lens::rss::extras(self.agg.rss.as_ref().expect("rss on"), start, end)
+                }
+                Lens::Mmap => lens::mmap::extras(self.agg.mmap.as_ref().expect("mmap on")),
+                Lens::AllocExact => {
+                    lens::alloc_exact::extras(self.agg.alloc_exact.as_ref().expect("on"))
+                }
+                Lens::Alloc | Lens::Heap => lens::sampled::extras(rate),
+                Lens::Goroutines => self.goroutine_extras(&pids, &images, duration_secs),
+            };
+            let p = self.profile(lens, &cells, &images, duration_secs, target_desc.clone());
+            lens_summaries.insert(lens.name().to_string(), summary::lens_summary(&p, extras));
+            profiles.push(p);
+        }
+
+        let k = self.kernel.counters();
+        let targets = pids
+            .iter()
+            .map(|p| {
+                let t = &self.targets[p];
+                let (start, end) = vmrss(t);
+                summary::TargetSummary {
+                    pid: t.pid,
+                    exe: t.exe.display().to_string(),
+                    go_version: t.bin.go_version.clone(),
+                    module: t.bin.module.clone(),
+                    build_id: t.bin.table.build_id.clone(),
+                    stripped: t.bin.stripped,
+                    pie: t.bin.pie,
+                    vmrss_start: start,
+                    vmrss_end: end,
+                    timeline: t.timeline.clone(),
+                    breakdown: t.final_state.as_ref().and_then(|f| f.breakdown),
+                    exit: t.exit,
+                    labels: None,
+                }
+            })
+            .collect();
+        let mut gc = self.agg.gc.clone_for(&pids);
+        gc.cycles.sort_by_key(|c| c.ts_ns);
+        let summary = Summary {
+            targets,
+            lenses: lens_summaries,
+            dropped_events: k.ringbuf_drops,
+            duration_secs,
+            counters: Counters {
+                ringbuf_drops: k.ringbuf_drops,
+                stack_errors: k.stack_errors,
+                stack_reuses: k.stack_reuses,
+                lost_stacks: self.resolver.lost_stacks,
+                distinct_stacks: self.resolver.stacks.len() as u64,
+                syscall_unpaired: self.resolver.unpaired,
+                alloc_probe_hits: k.alloc_hits,
+                unresolved_frames: self.sym.unresolved,
+                decode_errors: self.resolver.decode_errors,
+                hold_failures: k.hold_failures,
+                events: self.agg.events,
+            },
+            ended_by: ended_by.to_string(),
+            gc: lens::gc::summary(&gc, self.clock.window_ns),
+            trigger: None,
+        };
+        let timelines = if self.opts.has(Lens::Rss) {
+            pids.iter()
+                .map(|p| {
+                    let t = &self.targets[p];
+                    Timeline {
+                        pid: *p,
+                        title: format!("RSS of {} (pid {p})", t.name()),
+                        points: t.timeline.clone(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Report {
+            profiles,
+            summary,
+            timelines,
+            warnings,
+        }
+    }
+
+    fn profile(
+        &mut self,
+        lens: Lens,
+        cells: &HashMap<StackKey, Cell>,
+        images: &HashMap<u32, (String, Image)>,
+        duration_secs: f64,
+        target: String,
+    ) -> Profile {
+        let stacks = &self.resolver.stacks;
+        let stack_of = |s| stacks.frames(s).map(<[u64]>::to_vec);
+        build_profile(
+            lens,
+            cells,
+            images,
+            &stack_of,
+            &mut self.sym,
+            duration_secs,
+            target,
+        )
+    }
+
+    /// The goroutines lens's extras: per creation site, goroutines created
+    /// and exited in the window and the stack bytes of the live ones; and
+    /// the live count every second.
+    fn goroutine_extras(
+        &mut self,
+        pids: &[u32],
+        images: &HashMap<u32, (String, Image)>,
+        secs: f64,
+    ) -> Extras {
+        let Some(gs) = self.agg.goroutines.as_ref() else {
+            return Extras::new();
+        };
+        let mine = |m: &HashMap<StackKey, u64>| -> HashMap<StackKey, Cell> {
+            m.iter()
+                .filter(|(k, _)| pids.contains(&k.0))
+                .map(|(k, v)| {
+                    (
+                        *k,
+                        Cell {
+                            bytes: *v,
+                            objects: 0,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let mut stack_bytes: HashMap<StackKey, u64> = HashMap::new();
+        for pid in pids {
+            let Some(f) = self.targets[pid].final_state.as_ref() else {
+                continue;
+            };
+            for (g, key) in gs.live_of(*pid) {
+                *stack_bytes.entry(key).or_default() +=
+                    f.goroutine_stacks.get(&g).copied().unwrap_or(0);
+            }
+        }
+        let (created, exited) = (mine(&gs.created), mine(&gs.exited));
+        let unknown_exits = gs.unknown_exits;
+        let bytes = mine(&stack_bytes);
+        let by_site: Vec<Profile> = [created, exited, bytes]
+            .iter()
+            .map(|cells| self.profile(Lens::Goroutines, cells, images, secs, String::new()))
+            .collect();
+        let live_over_time = pids
+            .iter()
+            .map(|p| (*p, self.targets[p].live_goroutines.clone()))
+            .collect();
+        lens::goroutines::extras(&by_site, unknown_exits, live_over_time)
+    }
+}

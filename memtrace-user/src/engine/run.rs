@@ -1,0 +1,80 @@
+//! The loop every policy shares: take records when the ring buffer says
+//! they wait (and at least every tick, since producers batch their
+//! wakeups), tick the engine, ask the policy whether to go on, and stop on
+//! SIGINT or SIGTERM.
+
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{Engine, Host, Lifecycle};
+use crate::kernel::Kernel;
+
+/// What a policy wants after a tick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// End the session, saying why (e.g. "duration").
+    Stop(String),
+}
+
+/// A way of using the engine: `record`, `agent`, `gate`, `top`.
+pub trait Policy<K: Kernel, H: Host> {
+    /// Processes that exec'd or exited (discovery), after each drain.
+    fn on_lifecycle(&mut self, _engine: &mut Engine<K, H>, _events: Vec<Lifecycle>) {}
+
+    /// After each tick (~100 ms), with the targets that exited since the
+    /// last one.
+    fn on_tick(&mut self, engine: &mut Engine<K, H>, exited: &[u32]) -> Step;
+}
+
+/// How often the engine ticks.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Runs `policy` over `engine` until the policy or a signal stops it;
+/// returns what stopped it.
+pub async fn drive<K, H, P>(engine: &mut Engine<K, H>, policy: &mut P) -> std::io::Result<String>
+where
+    K: Kernel,
+    H: Host,
+    P: Policy<K, H>,
+{
+    let mut ready = match engine.kernel.ready_fd() {
+        // SAFETY: the descriptor is owned by the AsyncFd for its whole life.
+        Some(fd) => Some(
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?,
+        ),
+        None => None,
+    };
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            guard = async {
+                match ready.as_mut() {
+                    Some(fd) => fd.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                guard?.clear_ready();
+                let events = engine.drain();
+                policy.on_lifecycle(engine, events);
+            }
+            _ = tick.tick() => {
+                let events = engine.drain();
+                policy.on_lifecycle(engine, events);
+                let exited = engine.tick();
+                if let Step::Stop(why) = policy.on_tick(engine, &exited) {
+                    return Ok(why);
+                }
+            }
+            _ = sigint.recv() => return Ok("SIGINT".to_string()),
+            _ = sigterm.recv() => return Ok("SIGTERM".to_string()),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! What the engine knows about one traced process (the per-process
+//! `Instance` to the per-binary [`GoBinary`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::host::Host;
+use super::probes::ProbeKey;
+use crate::breakdown::{self, Breakdown};
+use crate::goruntime::GoBinary;
+use crate::lens::sampled::RuntimeProfile;
+use crate::procfs::MapEntry;
+use crate::render::timeline::Point;
+use crate::symbolize::Image;
+
+/// How a target ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Exit {
+    /// Its exit code, when it exited normally and memtrace saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal that killed it, when one did and memtrace saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+impl Exit {
+    /// From a `launch::try_wait` status (128 + signal for a killed child).
+    pub fn from_status(status: i32) -> Self {
+        if status > 128 {
+            Exit {
+                code: None,
+                signal: Some(status - 128),
+            }
+        } else {
+            Exit {
+                code: Some(status),
+                signal: None,
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(c), _) => format!("exited with status {c}"),
+            (None, Some(s)) => format!("was killed by signal {s}"),
+            (None, None) => "exited".to_string(),
+        }
+    }
+}
+
+/// What is read from a target while it can still be read: at the end of
+/// the window, or when it holds itself on its way out.
+#[derive(Clone, Debug, Default)]
+pub struct FinalState {
+    pub breakdown: Option<Breakdown>,
+    /// Stack bytes of each live goroutine (by `*g`).
+    pub goroutine_stacks: HashMap<u64, u64>,
+}
+
+/// One traced process.
+pub struct Target {
+    pub pid: u32,
+    /// The executable, as the process's maps name it.
+    pub exe: PathBuf,
+    pub bin: Arc<GoBinary>,
+    pub probe_key: ProbeKey,
+    pub image: Image,
+    /// Started by memtrace (launch mode): its window starts at exec.
+    pub launched: bool,
+    pub exit: Option<Exit>,
+    /// How it said it is exiting, at an exit hold (before it is gone).
+    pub exit_hint: Option<Exit>,
+    pub vmrss_start: Option<u64>,
+    pub timeline: Vec<Point>,
+    /// Live goroutines, sampled every second (goroutines lens).
+    pub live_goroutines: Vec<(f64, usize)>,
+    /// The runtime's memory profile (alloc and heap lenses).
+    pub profile: Option<RuntimeProfile>,
+    pub final_state: Option<FinalState>,
+}
+
+impl Target {
+    pub fn new(
+        pid: u32,
+        exe: PathBuf,
+        bin: Arc<GoBinary>,
+        probe_key: ProbeKey,
+        launched: bool,
+        host: &dyn Host,
+    ) -> Self {
+        Self {
+            pid,
+            image: Image {
+                exe: exe.clone(),
+                maps: if launched { None } else { host.maps(pid) },
+                root: Some(crate::procfs::proc_dir(pid).join("root")),
+            },
+            exe,
+            bin,
+            probe_key,
+            launched,
+            exit: None,
+            exit_hint: None,
+            // A launched program's window starts at exec, with nothing resident.
+            vmrss_start: if launched {
+                Some(0)
+            } else {
+                host.status(pid).map(|s| s.vm_rss)
+            },
+            timeline: Vec::new(),
+            live_goroutines: Vec::new(),
+            profile: None,
+            final_state: None,
+        }
+    }
+
+    /// The file name of the executable.
+    pub fn name(&self) -> String {
+        self.exe
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
+
+    /// The executable's mappings, once the process runs it.
+    pub fn exe_maps(&self) -> Vec<MapEntry> {
+        self.image
+            .maps
+            .iter()
+            .flatten()
+            .filter(|m| m.path.as_deref() == Some(self.exe.as_path()))
+            .cloned()
+            .collect()
+    }
+
+    /// A runtime address of the binary's link-time `vaddr`.
+    pub fn runtime_addr(&self, vaddr: u64) -> Option<u64> {
+        self.bin.runtime_addr(vaddr, &self.exe_maps())
+    }
+
+    /// Reads the maps once the process runs the binary (after exec).
+    pub fn refresh_maps(&mut self, host: &dyn Host) {
+        if self.image.maps.is_none() && host.exe(self.pid).as_deref() != Some(self.exe.as_path()) {
+            return; // not exec'd yet
+        }
+        if let Some(m) = host.maps(self.pid) {
+            self.image.maps = Some(m);
+        }
+    }
+
+    /// One point of the RSS timeline.
+    pub fn sample(&mut self, host: &dyn Host, t: f64) {
+        if let Some(s) = host.status(self.pid).filter(|s| s.vm_rss > 0) {
+            self.timeline.push(Point {
+                t,
+                vm_rss: s.vm_rss,
+                rss_anon: s.rss_anon,
+                rss_file: s.rss_file,
+                rss_shmem: s.rss_shmem,
+            });
+        }
+    }
+
+    /// Anonymous private writable mappings, for THP `always` accounting.
+    pub fn anon_vmas(&self) -> Vec<(u64, u64)> {
+        self.image
+            .maps
+            .iter()
+            .flatten()
+            .filter(|m| m.path.is_none() && m.perms.starts_with("rw") && m.perms.ends_with('p'))
+            .map(|m| (m.start, m.end))
+            .collect()
+    }
+
+    /// Reads what only a live process can tell: where its resident memory
+    /// sits, and the stack size of `live_goroutines`.
+    pub fn capture_final(&mut self, host: &dyn Host, live_goroutines: &[u64]) {
+        let mem = host.memory(self.pid).ok();
+        let stacks_total = self
+            .bin
+            .allgs
+            .and_then(|a| self.runtime_addr(a))
+            .zip(mem.as_deref())
+            .and_then(|(a, m)| breakdown::goroutine_stack_bytes(m, a).ok())
+            .unwrap_or(0);
+        let goroutine_stacks = mem
+            .as_deref()
+            .map(|m| {
+                live_goroutines
+                    .iter()
+                    .filter_map(|&g| Some((g, breakdown::stack_size(m, g)?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.final_state = Some(FinalState {
+            breakdown: host
+                .smaps(self.pid)
+                .map(|s| breakdown::from_smaps(&s, stacks_total)),
+            goroutine_stacks,
+        });
+    }
+}

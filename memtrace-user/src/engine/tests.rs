@@ -1,0 +1,250 @@
+//! The engine's lifecycle against a fake kernel and fake processes.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use memtrace_common::{Event, EventKind, HoldPoint, StackField};
+
+use super::host::Host;
+use super::rolling::Rolling;
+use super::*;
+use crate::decode::encode;
+use crate::kernel::fake::FakeKernel;
+use crate::procfs::{MapEntry, MemStatus};
+use crate::remote::{FakeMemory, RemoteMemory};
+
+/// Processes that exist only in the test.
+#[derive(Default)]
+struct FakeHost {
+    alive: RefCell<HashSet<u32>>,
+    rss: RefCell<HashMap<u32, u64>>,
+    resumed: RefCell<Vec<u32>>,
+}
+
+impl Host for FakeHost {
+    fn memory(&self, _pid: u32) -> std::io::Result<Box<dyn RemoteMemory>> {
+        Ok(Box::new(FakeMemory::default()))
+    }
+    fn alive(&self, pid: u32) -> bool {
+        self.alive.borrow().contains(&pid)
+    }
+    fn maps(&self, _pid: u32) -> Option<Vec<MapEntry>> {
+        None
+    }
+    fn status(&self, pid: u32) -> Option<MemStatus> {
+        let vm_rss = *self.rss.borrow().get(&pid)?;
+        Some(MemStatus {
+            vm_rss,
+            ..Default::default()
+        })
+    }
+    fn smaps(&self, _pid: u32) -> Option<String> {
+        None
+    }
+    fn exe(&self, _pid: u32) -> Option<PathBuf> {
+        None
+    }
+    fn reap(&self, _pid: u32) -> Option<i32> {
+        None
+    }
+    fn wait_stopped(&self, pid: u32) -> bool {
+        self.alive(pid)
+    }
+    fn resume(&self, pid: u32) {
+        self.resumed.borrow_mut().push(pid);
+    }
+}
+
+fn engine(lenses: &[Lens], per_binary: bool) -> Engine<FakeKernel, FakeHost> {
+    let mut opts = Options::new(lenses.to_vec());
+    opts.per_binary = per_binary;
+    opts.holds = true;
+    Engine::new(FakeKernel::default(), FakeHost::default(), opts)
+}
+
+fn spec(pid: u32, binary: BinaryId, path: &str) -> TargetSpec {
+    TargetSpec {
+        pid,
+        exe: path.into(),
+        attach_path: path.into(),
+        binary,
+        bin: Arc::new(GoBinary::for_tests(path)),
+        launched: false,
+    }
+}
+
+fn add(e: &mut Engine<FakeKernel, FakeHost>, pid: u32, binary: BinaryId, path: &str) {
+    e.host.alive.borrow_mut().insert(pid);
+    e.add(spec(pid, binary, path)).unwrap();
+}
+
+fn record(ev: Event, frames: &[u64]) -> Vec<u8> {
+    let mut ev = ev;
+    ev.stack = if frames.is_empty() {
+        StackField::None.encode()
+    } else {
+        StackField::Frames(frames.len() as u32).encode()
+    };
+    encode(&ev, frames)
+}
+
+#[test]
+fn the_last_process_of_a_binary_takes_its_probes_along() {
+    let mut e = engine(&[Lens::Rss], true);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    add(&mut e, 11, (1, 7), "/srv/app");
+    add(&mut e, 20, (1, 8), "/srv/other");
+    assert_eq!(e.kernel.attached.len(), 2, "one probe set per binary");
+    assert_eq!(e.kernel.targets.len(), 3);
+    e.forget(10);
+    assert!(e.kernel.detached.is_empty(), "pid 11 still runs /srv/app");
+    e.forget(11);
+    assert_eq!(e.kernel.detached, vec![PathBuf::from("/srv/app")]);
+    assert_eq!(e.kernel.live_links(), 1);
+    assert_eq!(e.kernel.targets.keys().copied().collect::<Vec<_>>(), [20]);
+    assert!(e.target(10).is_none());
+}
+
+#[test]
+fn per_process_scope_attaches_per_process() {
+    let mut e = engine(&[Lens::AllocExact], false);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    add(&mut e, 11, (1, 7), "/srv/app");
+    assert_eq!(e.kernel.attached.len(), 2);
+    assert_eq!(e.kernel.attached[0].2, crate::kernel::Scope::Process(10));
+    assert!(
+        e.kernel.attached[0].1.allocs,
+        "alloc-exact asks for allocator probes"
+    );
+    assert!(
+        !e.kernel.attached[0].1.gc,
+        "a binary without GC points gets none"
+    );
+}
+
+#[test]
+fn a_target_that_exits_is_noticed_retired_and_kept_for_the_report() {
+    let mut e = engine(&[Lens::Rss], false);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    e.kernel
+        .records
+        .push_back(record(Event::fault(10, 10, 0x10000, 4096), &[0x401000]));
+    e.drain();
+    assert!(e.tick().is_empty());
+    e.host.alive.borrow_mut().remove(&10);
+    assert_eq!(e.tick(), vec![10]);
+    assert!(e.kernel.targets.is_empty(), "the kernel stops reporting it");
+    assert_eq!(e.kernel.live_links(), 0, "its probes are detached");
+    assert!(e.live_pids().is_empty());
+    let r = e.report(None, "every target exited");
+    assert_eq!(r.summary.lenses["rss"].total, 4096, "its data stays");
+    assert_eq!(r.summary.targets[0].exit, Some(Exit::default()));
+}
+
+#[test]
+fn a_window_rotation_restarts_rss_and_keeps_live_goroutines() {
+    let mut e = engine(&[Lens::Rss, Lens::Goroutines], true);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    let create = record(Event::go_create(10, 3, 0x4444), &[0x401000]);
+    let created = record(Event::goroutine(EventKind::GoCreated, 10, 3, 0xc000), &[]);
+    for r in [
+        record(Event::fault(10, 10, 0x10000, 4096), &[0x401000]),
+        create,
+        created,
+    ] {
+        e.kernel.records.push_back(r);
+    }
+    e.drain();
+    let first = e.report(Some(&[10]), "window");
+    assert_eq!(first.summary.lenses["rss"].total, 4096);
+    assert_eq!(first.summary.lenses["goroutines"].total, 1);
+    e.rotate();
+    let second = e.report(Some(&[10]), "window");
+    assert_eq!(second.summary.lenses["rss"].total, 0, "rss is per window");
+    assert_eq!(
+        second.summary.lenses["goroutines"].total, 1,
+        "live ones carry over"
+    );
+}
+
+#[test]
+fn a_snapshot_falls_due_and_is_taken_when_the_window_ends() {
+    const MIB: u64 = 1 << 20;
+    let mut r = Rolling::new(10.0, 5.0, 50 * MIB);
+    let mut due_at = None;
+    for s in 0..=12u64 {
+        let t = s as f64;
+        // pid 10 grows 20 MiB/s; pid 11 is steady.
+        if r.observe(10, t, 100 * MIB + s * 20 * MIB).is_some() && due_at.is_none() {
+            due_at = Some(t);
+        }
+        assert_eq!(r.observe(11, t, 100 * MIB), None);
+        if r.window_over(t) {
+            break;
+        }
+    }
+    assert_eq!(due_at, Some(5.0), "due once the period is covered");
+    let due = r.take_due();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, 10);
+    assert!(due[0].1 >= 100 * MIB);
+    assert!(r.take_due().is_empty(), "taken once");
+}
+
+#[test]
+fn drops_and_undecodable_records_are_counted() {
+    let mut e = engine(&[Lens::Mmap], false);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    e.kernel.counters.ringbuf_drops = 7;
+    e.kernel.counters.stack_errors = 2;
+    e.kernel.records.push_back(vec![1, 2, 3]);
+    e.drain();
+    let r = e.report(None, "duration");
+    assert_eq!(r.summary.dropped_events, 7);
+    assert_eq!(r.summary.counters.ringbuf_drops, 7);
+    assert_eq!(r.summary.counters.stack_errors, 2);
+    assert_eq!(r.summary.counters.decode_errors, 1);
+}
+
+#[test]
+fn a_held_target_is_read_and_continued_with_its_exit_code() {
+    let mut e = engine(&[Lens::Rss], false);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    e.host.rss.borrow_mut().insert(10, 8 << 20);
+    let hold = Event::hold(10, 10, HoldPoint::Exit, 3, true);
+    e.kernel.records.push_back(record(hold, &[]));
+    assert!(e.drain().is_empty());
+    assert_eq!(*e.host.resumed.borrow(), vec![10], "continued at once");
+    assert!(e.target(10).unwrap().exit.is_none(), "still running");
+    e.host.alive.borrow_mut().remove(&10);
+    e.tick();
+    let t = e.target(10).unwrap();
+    assert_eq!(t.exit.and_then(|x| x.code), Some(3));
+    assert_eq!(
+        t.timeline.last().map(|p| p.vm_rss),
+        Some(8 << 20),
+        "last RSS read at the hold"
+    );
+    // A hold from a process that is not (or no longer) a target is still
+    // continued.
+    e.kernel
+        .records
+        .push_back(record(Event::hold(99, 99, HoldPoint::Start, 0, true), &[]));
+    e.drain();
+    assert_eq!(*e.host.resumed.borrow(), vec![10, 99]);
+}
+
+#[test]
+fn lifecycle_events_reach_the_policy() {
+    let mut e = engine(&[Lens::Rss], true);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    e.kernel
+        .records
+        .push_back(record(Event::new(EventKind::ProcExec, 42, 42), &[]));
+    e.kernel
+        .records
+        .push_back(record(Event::new(EventKind::ProcExit, 10, 10), &[]));
+    assert_eq!(e.drain(), vec![Lifecycle::Exec(42), Lifecycle::Exit(10)]);
+}

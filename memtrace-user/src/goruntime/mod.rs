@@ -1,0 +1,220 @@
+//! Facts about a Go binary that probing needs: is it Go, which version
+//! (`buildinfo`), where its allocation entry points, runtime hooks and hold
+//! points are, and where to attach inside each of them (`points`). Pure:
+//! it reads an ELF image from bytes and never touches the kernel.
+
+mod buildinfo;
+mod points;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+
+use crate::error::TargetError;
+use crate::gopclntab::{GoTable, PclnError};
+
+pub use buildinfo::{go_release, parse_buildinfo, BuildInfo};
+use points::Binary;
+pub use points::{
+    after_frame_setup, is_specialized_allocator, makes_exit_group, ret_offsets, GcPoints,
+    GoroutinePoints, HoldPoints, ProbePoint,
+};
+
+/// A parsed Go executable.
+#[derive(Clone, Debug)]
+pub struct GoBinary {
+    pub path: PathBuf,
+    /// e.g. `go1.21.13`, or `unknown` when the build info is unreadable.
+    pub go_version: String,
+    /// The main module's path from the build info, when recorded.
+    pub module: Option<String>,
+    /// Go's function table: probe addresses and frame names.
+    pub table: Arc<GoTable>,
+    /// Built with `-ldflags=-s`: no `.symtab`, so no data symbols.
+    pub stripped: bool,
+    pub alloc_points: Vec<ProbePoint>,
+    /// Probe points of the GC view, or why there are none.
+    pub gc: Result<GcPoints, String>,
+    /// `runtime.g` field offsets, from DWARF (absent when stripped).
+    pub g_layout: Option<crate::gtypes::GLayout>,
+    /// Probe points of the goroutines lens, or why there are none.
+    pub goroutines: Result<GoroutinePoints, String>,
+    /// Where the target holds itself for user space, or why it cannot.
+    pub holds: Result<HoldPoints, String>,
+    /// Link-time address of `runtime.allgs` (for goroutine stack sizes).
+    pub allgs: Option<u64>,
+    /// Link-time addresses of `runtime.MemProfileRate` and
+    /// `runtime.mbuckets` (the alloc and heap lenses).
+    pub mem_profile_rate: Option<u64>,
+    pub mbuckets: Option<u64>,
+    /// Whether the binary is position independent (ET_DYN).
+    pub pie: bool,
+    /// Lowest PT_LOAD virtual address, page aligned (for PIE load bias).
+    pub first_load: u64,
+}
+
+/// The oldest Go release memtrace is tested with.
+pub const OLDEST_GO: (u32, u32) = (1, 19);
+/// The newest Go release memtrace is tested with.
+pub const NEWEST_GO: (u32, u32) = (1, 27);
+
+impl GoBinary {
+    /// Reads and analyses the file at `path`.
+    pub fn open(path: &Path) -> Result<Self, TargetError> {
+        let data = std::fs::read(path).map_err(|e| TargetError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(path, data.into())
+    }
+
+    pub fn parse(path: &Path, data: Arc<[u8]>) -> Result<Self, TargetError> {
+        let not_go = || TargetError::NotGo(path.to_owned());
+        let file = object::File::parse(&*data).map_err(|_| not_go())?;
+        let is_go = [".go.buildinfo", ".gopclntab", ".note.go.buildid"]
+            .iter()
+            .any(|s| file.section_by_name(s).is_some());
+        if !is_go {
+            return Err(not_go());
+        }
+        let info = file
+            .section_by_name(".go.buildinfo")
+            .and_then(|s| s.data().ok())
+            .and_then(parse_buildinfo);
+        let (go_version, module) = match info {
+            Some(i) => (i.version, i.module),
+            None => ("unknown".to_string(), None),
+        };
+        if let Some((major, minor)) = go_release(&go_version) {
+            if (major, minor) < OLDEST_GO {
+                return Err(TargetError::GoVersion {
+                    path: path.to_owned(),
+                    version: go_version,
+                });
+            }
+        }
+        let table = GoTable::parse(data.clone()).map_err(|e| match e {
+            PclnError::Missing => not_go(),
+            PclnError::Unsupported(_) => TargetError::GoVersion {
+                path: path.to_owned(),
+                version: go_version.clone(),
+            },
+            other => TargetError::Read {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
+        let syms = DataSymbols::new(&file);
+        let bin = Binary {
+            path,
+            table: &table,
+        };
+        let alloc_points = bin.alloc_points(&syms)?;
+        let first_load = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
+        Ok(Self {
+            path: path.to_owned(),
+            go_version,
+            module,
+            stripped: syms.stripped,
+            alloc_points,
+            goroutines: bin.goroutine_points().map_err(|e| e.to_string()),
+            holds: bin.hold_points().map_err(|e| e.to_string()),
+            g_layout: crate::gtypes::g_layout(&data),
+            gc: bin.gc_points(&syms, &data).map_err(|e| e.to_string()),
+            allgs: syms.address("runtime.allgs"),
+            mem_profile_rate: syms.address("runtime.MemProfileRate"),
+            mbuckets: syms.address("runtime.mbuckets"),
+            pie: file.kind() == object::ObjectKind::Dynamic,
+            first_load,
+            table: Arc::new(table),
+        })
+    }
+
+    /// A binary with no code to probe, for tests of what is built on it.
+    #[cfg(test)]
+    pub fn for_tests(path: &str) -> Self {
+        Self {
+            path: path.into(),
+            go_version: "go1.27.3".into(),
+            module: None,
+            table: Arc::new(GoTable::empty()),
+            stripped: false,
+            alloc_points: Vec::new(),
+            gc: Err("no GC probes in tests".into()),
+            g_layout: None,
+            goroutines: Err("no goroutine probes in tests".into()),
+            holds: Err("no hold probes in tests".into()),
+            allgs: None,
+            mem_profile_rate: None,
+            mbuckets: None,
+            pie: false,
+            first_load: 0,
+        }
+    }
+
+    /// Translates a link-time address to the running process's, given the
+    /// executable's mappings (PIE binaries load at a random base).
+    pub fn runtime_addr(&self, vaddr: u64, exe_maps: &[crate::procfs::MapEntry]) -> Option<u64> {
+        if !self.pie {
+            return Some(vaddr);
+        }
+        let base = exe_maps
+            .iter()
+            .filter(|m| m.offset == 0)
+            .map(|m| m.start)
+            .min()?;
+        Some(vaddr - self.first_load + base)
+    }
+
+    /// The error for a feature that needs a data symbol this binary lacks.
+    pub fn missing(&self, symbol: &str, needed_by: &str) -> TargetError {
+        if self.stripped {
+            TargetError::Stripped {
+                path: self.path.clone(),
+                symbol: symbol.to_string(),
+                needed_by: needed_by.to_string(),
+            }
+        } else {
+            TargetError::MissingSymbol {
+                path: self.path.clone(),
+                symbol: symbol.to_string(),
+            }
+        }
+    }
+}
+
+/// Addresses of data symbols, which only `.symtab` has.
+pub(crate) struct DataSymbols<'d, 'f> {
+    file: &'f object::File<'d>,
+    stripped: bool,
+}
+
+impl<'d, 'f> DataSymbols<'d, 'f> {
+    pub(crate) fn new(file: &'f object::File<'d>) -> Self {
+        Self {
+            file,
+            stripped: file.symbols().next().is_none(),
+        }
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<object::Symbol<'d, 'f>> {
+        self.file.symbol_by_name(name)
+    }
+
+    pub(crate) fn address(&self, name: &str) -> Option<u64> {
+        self.get(name).map(|s| s.address())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_non_elf() {
+        let script: &[u8] = b"#!/bin/sh\necho hi\n";
+        let e = GoBinary::parse(Path::new("/x"), script.into()).unwrap_err();
+        assert!(matches!(e, TargetError::NotGo(_)));
+    }
+}

@@ -1,0 +1,403 @@
+//! Where to put each uprobe in a binary: after a function's frame setup
+//! (so the caller is in the frame-pointer chain and a `morestack` restart
+//! does not fire it twice), on its RET instructions (never a uretprobe),
+//! or at the entry of a frameless assembly function; found by decoding the
+//! machine code with iced-x86.
+
+use iced_x86::{Code, Decoder, DecoderOptions, Register};
+use memtrace_common::HoldPoint;
+use object::ObjectSymbol as _;
+
+use super::DataSymbols;
+use crate::error::TargetError;
+use crate::gopclntab::{Function, GoTable};
+
+const MALLOCGC: &str = "runtime.mallocgc";
+/// `len(runtime.mallocNoScanTable)` in Go 1.27, for stripped binaries.
+const GO127_NOSCAN_TABLE_LEN: u64 = 81;
+
+/// Where to put one uprobe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbePoint {
+    pub symbol: String,
+    /// Virtual address of the attach instruction (after the prologue).
+    pub vaddr: u64,
+    /// Offset of that instruction in the file, as the kernel wants it.
+    pub file_offset: u64,
+    /// The BPF attach cookie: for allocators the size floor (smaller sizes
+    /// are counted elsewhere), for holds the [`memtrace_common::HoldPoint`].
+    pub cookie: u64,
+}
+
+/// Go's allocation entry points in this binary: `runtime.mallocgc` and, from
+/// Go 1.27 on, the size-specialized `runtime.mallocgc{Tiny,SmallNoScan,
+/// SmallScanNoHeader}SC<n>` that the compiler calls directly.
+pub fn is_specialized_allocator(name: &str) -> bool {
+    [
+        "runtime.mallocgcTinySC",
+        "runtime.mallocgcSmallNoScanSC",
+        "runtime.mallocgcSmallScanNoHeaderSC",
+    ]
+    .iter()
+    .any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Probe placement in one binary, from its function table.
+pub(crate) struct Binary<'a> {
+    pub path: &'a std::path::Path,
+    pub table: &'a GoTable,
+}
+
+impl Binary<'_> {
+    fn function(&self, name: &str) -> Result<Function<'_>, TargetError> {
+        self.table
+            .function(name)
+            .ok_or_else(|| TargetError::MissingSymbol {
+                path: self.path.to_owned(),
+                symbol: name.to_string(),
+            })
+    }
+
+    pub(crate) fn alloc_points(
+        &self,
+        syms: &DataSymbols<'_, '_>,
+    ) -> Result<Vec<ProbePoint>, TargetError> {
+        let mallocgc = self.function(MALLOCGC)?;
+        let specialized: Vec<Function<'_>> = self
+            .table
+            .functions()
+            .filter(|f| is_specialized_allocator(f.name))
+            .collect();
+        // mallocgc forwards sizes below len(mallocNoScanTable) to the
+        // specialized functions (Go ≥ 1.27); those are counted by their own
+        // probes. Stripped binaries lack the table's symbol: use 1.27's size.
+        let floor = match syms.get("runtime.mallocNoScanTable") {
+            Some(t) => t.size() / 8,
+            None if !specialized.is_empty() => GO127_NOSCAN_TABLE_LEN,
+            None => 0,
+        };
+        std::iter::once((mallocgc, floor))
+            .chain(specialized.into_iter().map(|f| (f, 0)))
+            .map(|(f, size_floor)| {
+                let mut p = self.after_prologue(&f)?;
+                p.cookie = size_floor;
+                Ok(p)
+            })
+            .collect()
+    }
+
+    fn code(&self, f: &Function<'_>) -> Result<&[u8], TargetError> {
+        self.table.code(f).ok_or_else(|| self.prologue_error(f))
+    }
+
+    fn prologue_error(&self, f: &Function<'_>) -> TargetError {
+        TargetError::Prologue {
+            path: self.path.to_owned(),
+            symbol: f.name.to_string(),
+        }
+    }
+
+    fn point(
+        &self,
+        f: &Function<'_>,
+        vaddr: u64,
+        symbol: String,
+    ) -> Result<ProbePoint, TargetError> {
+        Ok(ProbePoint {
+            file_offset: self
+                .table
+                .file_offset(vaddr)
+                .ok_or_else(|| self.prologue_error(f))?,
+            vaddr,
+            symbol,
+            cookie: 0,
+        })
+    }
+
+    /// A probe point right after `f`'s frame setup.
+    fn after_prologue(&self, f: &Function<'_>) -> Result<ProbePoint, TargetError> {
+        let code = self.code(f)?;
+        let skip = after_frame_setup(&code[..code.len().min(64)], f.entry)
+            .ok_or_else(|| self.prologue_error(f))?;
+        self.point(f, f.entry + skip, f.name.to_string())
+    }
+
+    /// Probe points on every RET instruction of `f` (to read a return value
+    /// without a uretprobe, which Go's moving stacks do not survive).
+    fn ret_points(&self, f: &Function<'_>) -> Result<Vec<ProbePoint>, TargetError> {
+        let points = ret_offsets(self.code(f)?, f.entry)
+            .into_iter()
+            .map(|off| self.point(f, f.entry + off, format!("{} (ret)", f.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if points.is_empty() {
+            return Err(self.prologue_error(f));
+        }
+        Ok(points)
+    }
+
+    pub(crate) fn gc_points(
+        &self,
+        syms: &DataSymbols<'_, '_>,
+        data: &[u8],
+    ) -> Result<GcPoints, TargetError> {
+        let at = |name: &str| self.after_prologue(&self.function(name)?);
+        let controller = syms.address("runtime.gcController");
+        let fields = crate::gtypes::struct_members(data, "runtime.gcControllerState");
+        let field = |name: &str| Some(controller? + *fields.as_ref()?.get(name)?);
+        Ok(GcPoints {
+            mark_termination: at("runtime.gcMarkTermination")?,
+            stw_stop: at("runtime.stopTheWorldWithSema")?,
+            stw_start: at("runtime.startTheWorldWithSema")?,
+            heap_live: field("heapLive"),
+            heap_goal: field("gcPercentHeapGoal"),
+        })
+    }
+
+    /// The hold points: after `runtime.gcenable`'s prologue (start), at
+    /// the entry of `runtime.exit`'s assembly body (the one that makes the
+    /// `exit_group` system call; `NOSPLIT` without a frame, so its entry is
+    /// reached once), and after `runtime.dieFromSignal`'s prologue.
+    pub(crate) fn hold_points(&self) -> Result<HoldPoints, TargetError> {
+        let with = |mut p: ProbePoint, point: HoldPoint| {
+            p.cookie = point as u64;
+            p
+        };
+        let start = with(
+            self.after_prologue(&self.function("runtime.gcenable")?)?,
+            HoldPoint::Start,
+        );
+        let exit_body = self
+            .table
+            .functions()
+            .filter(|f| f.name == "runtime.exit")
+            .find(|f| self.table.code(f).is_some_and(makes_exit_group))
+            .ok_or_else(|| TargetError::MissingSymbol {
+                path: self.path.to_owned(),
+                symbol: "runtime.exit (exit_group)".into(),
+            })?;
+        let exit = with(
+            self.point(&exit_body, exit_body.entry, "runtime.exit".into())?,
+            HoldPoint::Exit,
+        );
+        let signal = self
+            .function("runtime.dieFromSignal")
+            .and_then(|f| self.after_prologue(&f))
+            .ok()
+            .map(|p| with(p, HoldPoint::Signal));
+        Ok(HoldPoints {
+            start,
+            exit,
+            signal,
+        })
+    }
+
+    pub(crate) fn goroutine_points(&self) -> Result<GoroutinePoints, TargetError> {
+        let newproc1 = self.function("runtime.newproc1")?;
+        Ok(GoroutinePoints {
+            newproc: self.after_prologue(&newproc1)?,
+            newproc_rets: self.ret_points(&newproc1)?,
+            goexit: self.after_prologue(&self.function("runtime.goexit0")?)?,
+        })
+    }
+}
+
+/// Offsets of the RET instructions in a function's code.
+pub fn ret_offsets(code: &[u8], ip: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.code() == Code::Retnq {
+            out.push(insn.ip() - ip);
+        }
+    }
+    out
+}
+
+/// Whether `code` loads `SYS_exit_group` (231) into EAX and makes a
+/// system call: `runtime.exit`'s body, not its ABI wrapper.
+pub fn makes_exit_group(code: &[u8]) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut loaded = false;
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        match insn.code() {
+            Code::Mov_r32_imm32 | Code::Mov_rm32_imm32 if insn.op0_register() == Register::EAX => {
+                loaded = insn.immediate32() == 231;
+            }
+            Code::Syscall if loaded => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Where a target holds itself for user space.
+#[derive(Clone, Debug)]
+pub struct HoldPoints {
+    pub start: ProbePoint,
+    pub exit: ProbePoint,
+    /// Absent in runtimes without `runtime.dieFromSignal`.
+    pub signal: Option<ProbePoint>,
+}
+
+impl HoldPoints {
+    pub fn points(&self) -> impl Iterator<Item = &ProbePoint> {
+        [Some(&self.start), Some(&self.exit), self.signal.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Where the goroutines lens probes: after `runtime.newproc1`'s prologue and
+/// on its RETs, and after `runtime.goexit0`'s prologue.
+#[derive(Clone, Debug)]
+pub struct GoroutinePoints {
+    pub newproc: ProbePoint,
+    pub newproc_rets: Vec<ProbePoint>,
+    pub goexit: ProbePoint,
+}
+
+/// Where the GC view probes, and the link-time addresses of the heap size
+/// and goal in `runtime.gcController` (from DWARF).
+#[derive(Clone, Debug)]
+pub struct GcPoints {
+    pub mark_termination: ProbePoint,
+    pub stw_stop: ProbePoint,
+    pub stw_start: ProbePoint,
+    pub heap_live: Option<u64>,
+    pub heap_goal: Option<u64>,
+}
+
+/// Offset, from the function start, of the first instruction after Go's
+/// frame setup: `PUSHQ BP; MOVQ SP, BP` (Go ≥ 1.21), or `SUBQ $n, SP;
+/// MOVQ BP, n-8(SP); LEAQ n-8(SP), BP` (older). A probe there sees the caller
+/// in the frame-pointer chain and fires once even when `morestack` restarts
+/// the function (that re-runs the stack check, which comes before).
+pub fn after_frame_setup(code: &[u8], ip: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    // The instruction before: `push rbp`, or the displacement of `mov [rsp+d], rbp`.
+    let mut saved_bp: Option<Option<u64>> = None;
+    for _ in 0..8 {
+        if !decoder.can_decode() {
+            return None;
+        }
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        let done = match insn.code() {
+            Code::Mov_rm64_r64 | Code::Mov_r64_rm64 => {
+                saved_bp == Some(None)
+                    && insn.op0_register() == Register::RBP
+                    && insn.op1_register() == Register::RSP
+            }
+            Code::Lea_r64_m => {
+                insn.op0_register() == Register::RBP
+                    && insn.memory_base() == Register::RSP
+                    && saved_bp == Some(Some(insn.memory_displacement64()))
+            }
+            _ => false,
+        };
+        if done {
+            return Some(insn.next_ip() - ip);
+        }
+        saved_bp = match insn.code() {
+            Code::Push_r64 if insn.op0_register() == Register::RBP => Some(None),
+            Code::Mov_rm64_r64
+                if insn.op0_register() == Register::None
+                    && insn.memory_base() == Register::RSP
+                    && insn.op1_register() == Register::RBP =>
+            {
+                Some(Some(insn.memory_displacement64()))
+            }
+            _ => None,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_go_frame_setup() {
+        // cmp 0x10(%r14),%rsp; jbe rel32; push %rbp; mov %rsp,%rbp; sub $0x20,%rsp
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x96, 0x01, 0x00, 0x00, 0x55, 0x48, 0x89, 0xe5,
+            0x48, 0x83, 0xec, 0x20,
+        ];
+        assert_eq!(after_frame_setup(&code, 0x4785e0), Some(14));
+    }
+
+    #[test]
+    fn large_frame_prologue() {
+        // lea -0x98(%rsp),%r12; cmp 0x10(%r14),%r12; jbe; push %rbp; mov %rsp,%rbp
+        let code = [
+            0x4c, 0x8d, 0xa4, 0x24, 0x68, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86,
+            0x00, 0x01, 0x00, 0x00, 0x55, 0x48, 0x89, 0xe5, 0x90,
+        ];
+        assert_eq!(after_frame_setup(&code, 0x1000), Some(22));
+    }
+
+    #[test]
+    fn go_1_19_frame_setup() {
+        // cmp 0x10(%r14),%rsp; jbe; sub $0x70,%rsp; mov %rbp,0x68(%rsp); lea 0x68(%rsp),%rbp
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0xbe, 0x08, 0x00, 0x00, 0x48, 0x83, 0xec, 0x70,
+            0x48, 0x89, 0x6c, 0x24, 0x68, 0x48, 0x8d, 0x6c, 0x24, 0x68, 0x83,
+        ];
+        assert_eq!(after_frame_setup(&code, 0x40bd80), Some(24));
+        // A lea of another slot is not the frame setup.
+        let mut other = code;
+        other[23] = 0x60;
+        assert_eq!(after_frame_setup(&other, 0x40bd80), None);
+    }
+
+    #[test]
+    fn finds_ret_instructions() {
+        // push %rbp; mov %rsp,%rbp; pop %rbp; ret; int3
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3, 0xcc];
+        assert_eq!(ret_offsets(&code, 0x1000), vec![5]);
+        assert!(ret_offsets(&[0x90, 0x90], 0).is_empty());
+    }
+
+    #[test]
+    fn finds_the_exit_group_body() {
+        // mov 0x8(%rsp),%edi; mov $0xe7,%eax; syscall; ret
+        let body = [
+            0x8b, 0x7c, 0x24, 0x08, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xc3,
+        ];
+        assert!(makes_exit_group(&body));
+        // mov $0x3c,%eax (exit, one thread); syscall
+        let thread_exit = [0xb8, 0x3c, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xc3];
+        assert!(!makes_exit_group(&thread_exit));
+        assert!(!makes_exit_group(&[0x0f, 0x05]));
+    }
+
+    #[test]
+    fn no_frame_setup() {
+        // ret; and a push that is not followed by the frame move.
+        assert_eq!(after_frame_setup(&[0xc3], 0), None);
+        assert_eq!(after_frame_setup(&[0x55, 0x90, 0x48, 0x89, 0xe5], 0), None);
+    }
+
+    #[test]
+    fn specialized_allocator_names() {
+        assert!(is_specialized_allocator("runtime.mallocgcTinySC2"));
+        assert!(is_specialized_allocator("runtime.mallocgcSmallNoScanSC17"));
+        assert!(is_specialized_allocator(
+            "runtime.mallocgcSmallScanNoHeaderSC1"
+        ));
+        assert!(!is_specialized_allocator(
+            "runtime.mallocgcSmallNoScanSlowPath"
+        ));
+        assert!(!is_specialized_allocator("runtime.mallocgcSmallNoscan"));
+        assert!(!is_specialized_allocator("runtime.mallocgcTinySC"));
+        assert!(!is_specialized_allocator("main.mallocgcTinySC2"));
+    }
+}

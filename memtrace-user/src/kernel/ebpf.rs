@@ -1,0 +1,257 @@
+//! The real kernel: memtrace's eBPF object loaded with aya. Loading reads
+//! the tracepoint layout from tracefs and hands it to the object, attaches
+//! the session's tracepoints once, and keeps the maps user space reads.
+
+use std::num::NonZeroU32;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::path::Path;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        Program, UProbe,
+    },
+    EbpfLoader,
+};
+use memtrace_common::{TargetConfig, COUNTER_COUNT};
+
+use super::{format, Kernel, KernelCounters, KernelError, Probes, Scope, Tracepoint};
+use crate::goruntime::{GoBinary, ProbePoint};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+
+/// Whether an attach error comes down to EACCES or EPERM from the kernel.
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map {
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn program_err(what: String) -> impl FnOnce(aya::programs::ProgramError) -> KernelError {
+    move |source| KernelError::Program {
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// The loaded object, its tracepoints attached.
+pub struct Ebpf {
+    ebpf: aya::Ebpf,
+    targets: BpfHashMap<MapData, u32, TargetConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    ring: RingBuf<MapData>,
+    /// Uprobe attachments alive.
+    pub uprobes: usize,
+}
+
+/// One binary's uprobe links.
+pub struct Links(Vec<(&'static str, UProbeLinkId)>);
+
+impl Ebpf {
+    /// Loads the object with this kernel's tracepoint layout (from the
+    /// format files under `tracefs`) and attaches `tracepoints`.
+    pub fn load(tracepoints: &[Tracepoint], tracefs: &Path) -> Result<Self, KernelError> {
+        let offsets = format::read_offsets(tracefs)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TP_OFFSETS", &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| KernelError::Load(Box::new(e)))?;
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(KernelError::Missing(name));
+        let targets = BpfHashMap::try_from(take("TARGETS")?).map_err(map_err("TARGETS"))?;
+        let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(map_err("COUNTERS"))?;
+        let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS"))?;
+        let mut k = Self {
+            ebpf,
+            targets,
+            counters,
+            ring,
+            uprobes: 0,
+        };
+        let mut tps = tracepoints.to_vec();
+        tps.sort();
+        tps.dedup();
+        for tp in &tps {
+            k.attach_tracepoint(tp)?;
+        }
+        Ok(k)
+    }
+
+    /// Attaches a tracepoint program (classic or raw, as the object
+    /// declares it).
+    fn attach_tracepoint(&mut self, tp: &Tracepoint) -> Result<(), KernelError> {
+        let what = || format!("{}:{} ({})", tp.category, tp.name, tp.program);
+        match self
+            .ebpf
+            .program_mut(tp.program)
+            .ok_or(KernelError::Missing(tp.program))?
+        {
+            Program::TracePoint(p) => {
+                p.load().map_err(program_err(what()))?;
+                p.attach(tp.category, tp.name)
+                    .map_err(program_err(what()))?;
+            }
+            Program::RawTracePoint(p) => {
+                p.load().map_err(program_err(what()))?;
+                p.attach(tp.name).map_err(program_err(what()))?;
+            }
+            _ => return Err(KernelError::Missing(tp.program)),
+        }
+        Ok(())
+    }
+
+    /// Attaches uprobes of program `name` at `points`, recording the links.
+    fn attach_uprobes(
+        &mut self,
+        name: &'static str,
+        points: &[&ProbePoint],
+        path: &Path,
+        scope: Scope,
+        links: &mut Vec<(&'static str, UProbeLinkId)>,
+    ) -> Result<(), KernelError> {
+        let scope = match scope {
+            Scope::Process(pid) => {
+                NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess)
+            }
+            Scope::AllProcesses => UProbeScope::AllProcesses,
+        };
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(KernelError::Missing(name))?
+            .try_into()
+            .map_err(program_err(name.into()))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(program_err(name.into()))?;
+        }
+        for p in points {
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
+                cookie: Some(p.cookie),
+            };
+            let id = prog.attach(point, path, scope).map_err(|source| {
+                let what = format!("{} in {}", p.symbol, path.display());
+                if permission_denied(&source) {
+                    return KernelError::UprobeDenied { what };
+                }
+                KernelError::Program {
+                    what: format!("uprobe {}+{:#x} in {}", p.symbol, p.vaddr, path.display()),
+                    source: Box::new(source),
+                }
+            })?;
+            links.push((name, id));
+            self.uprobes += 1;
+        }
+        Ok(())
+    }
+
+    fn attach_families(
+        &mut self,
+        bin: &GoBinary,
+        path: &Path,
+        probes: Probes,
+        scope: Scope,
+        links: &mut Vec<(&'static str, UProbeLinkId)>,
+    ) -> Result<(), KernelError> {
+        let unsupported = |e: &String| KernelError::Unsupported(e.clone());
+        if probes.gc {
+            let g = bin.gc.as_ref().map_err(unsupported)?;
+            self.attach_uprobes("go_gc_cycle", &[&g.mark_termination], path, scope, links)?;
+            self.attach_uprobes("go_stw_stop", &[&g.stw_stop], path, scope, links)?;
+            self.attach_uprobes("go_stw_start", &[&g.stw_start], path, scope, links)?;
+        }
+        if probes.allocs {
+            let points: Vec<_> = bin.alloc_points.iter().collect();
+            self.attach_uprobes("go_alloc", &points, path, scope, links)?;
+        }
+        if probes.goroutines {
+            let g = bin.goroutines.as_ref().map_err(unsupported)?;
+            let rets: Vec<_> = g.newproc_rets.iter().collect();
+            self.attach_uprobes("go_newproc", &[&g.newproc], path, scope, links)?;
+            self.attach_uprobes("go_newproc_ret", &rets, path, scope, links)?;
+            self.attach_uprobes("go_exit", &[&g.goexit], path, scope, links)?;
+        }
+        if probes.holds {
+            let h = bin.holds.as_ref().map_err(unsupported)?;
+            let points: Vec<_> = h.points().collect();
+            self.attach_uprobes("go_hold", &points, path, scope, links)?;
+        }
+        Ok(())
+    }
+}
+
+impl Kernel for Ebpf {
+    type Links = Links;
+
+    fn attach(
+        &mut self,
+        bin: &GoBinary,
+        path: &Path,
+        probes: Probes,
+        scope: Scope,
+    ) -> Result<Links, KernelError> {
+        let mut links = Vec::new();
+        match self.attach_families(bin, path, probes, scope, &mut links) {
+            Ok(()) => Ok(Links(links)),
+            Err(e) => {
+                self.detach(Links(links));
+                Err(e)
+            }
+        }
+    }
+
+    fn detach(&mut self, links: Links) {
+        for (name, id) in links.0 {
+            if let Some(Ok(prog)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+                if let Err(e) = prog.detach(id) {
+                    log::warn!("detaching {name}: {e}");
+                }
+            }
+            self.uprobes -= 1;
+        }
+    }
+
+    fn add_target(&mut self, pid: u32, config: TargetConfig) -> Result<(), KernelError> {
+        self.targets
+            .insert(pid, config, 0)
+            .map_err(map_err("TARGETS"))
+    }
+
+    fn remove_target(&mut self, pid: u32) {
+        let _ = self.targets.remove(&pid);
+    }
+
+    fn counters(&self) -> KernelCounters {
+        let mut slots = [0; COUNTER_COUNT as usize];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if let Ok(v) = self.counters.get(&(i as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        KernelCounters::from_slots(&slots)
+    }
+
+    fn poll(&mut self, sink: &mut dyn FnMut(&[u8])) {
+        while let Some(item) = self.ring.next() {
+            sink(&item);
+        }
+    }
+
+    fn ready_fd(&self) -> Option<OwnedFd> {
+        self.ring.as_fd().try_clone_to_owned().ok()
+    }
+}

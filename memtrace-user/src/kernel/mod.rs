@@ -1,0 +1,160 @@
+//! The kernel, behind a small trait: attach and detach one binary's
+//! probes, add and remove target processes, read the kernel-side counters,
+//! and hand over the ring buffer's records. [`ebpf::Ebpf`] is the real one
+//! (aya); the engine's lifecycle is unit-tested against a fake.
+//!
+//! Nothing here interprets records: that is `decode`'s job.
+
+pub mod ebpf;
+#[cfg(test)]
+pub mod fake;
+pub mod format;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use memtrace_common::{Counter, TargetConfig, COUNTER_COUNT};
+
+use crate::goruntime::GoBinary;
+
+/// A tracepoint program and where it attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tracepoint {
+    /// The program's name in the eBPF object.
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+}
+
+impl Tracepoint {
+    pub const fn new(program: &'static str, category: &'static str, name: &'static str) -> Self {
+        Self {
+            program,
+            category,
+            name,
+        }
+    }
+
+    /// `category/name`, as under tracefs `events/`.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.category, self.name)
+    }
+}
+
+/// Which uprobe families to attach to one binary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Probes {
+    /// The GC view (mark termination, stop/start the world).
+    pub gc: bool,
+    /// Every allocator entry point (`alloc-exact`).
+    pub allocs: bool,
+    /// Goroutine creation and exit.
+    pub goroutines: bool,
+    /// The points where a target holds itself (start and exit).
+    pub holds: bool,
+}
+
+/// Which processes a binary's uprobes fire in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// One process: others running the same file never trap.
+    Process(u32),
+    /// Every process running the file (the agent: one set for all of them,
+    /// filtered by the TARGETS pid set).
+    AllProcesses,
+}
+
+/// The kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ringbuf_drops: u64,
+    pub stack_errors: u64,
+    pub stack_reuses: u64,
+    pub alloc_hits: u64,
+    pub hold_failures: u64,
+}
+
+impl KernelCounters {
+    /// From the per-counter sums of the `COUNTERS` map.
+    pub fn from_slots(v: &[u64; COUNTER_COUNT as usize]) -> Self {
+        Self {
+            ringbuf_drops: v[Counter::RingbufDrops as usize],
+            stack_errors: v[Counter::StackErrors as usize],
+            stack_reuses: v[Counter::StackReuses as usize],
+            alloc_hits: v[Counter::AllocHits as usize],
+            hold_failures: v[Counter::HoldFailures as usize],
+        }
+    }
+}
+
+/// Failures while loading or attaching.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The kernel refused the object.
+    #[error("cannot load memtrace's eBPF programs: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A map or program the object must have is missing (build mismatch).
+    #[error("the eBPF object has no {0}: rebuild memtrace")]
+    Missing(&'static str),
+    /// Program load/attach failed.
+    #[error("cannot attach {what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// The kernel refused to create a uprobe: not enough privilege.
+    #[error(
+        "missing privileges: the kernel refused the uprobe on {what} (permission denied); \
+         uprobes need CAP_SYS_ADMIN on this kernel besides CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_PTRACE: run memtrace as root or add CAP_SYS_ADMIN"
+    )]
+    UprobeDenied { what: String },
+    /// A map operation failed.
+    #[error("BPF map {what}: {source}")]
+    Map {
+        what: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// A binary lacks what a requested probe family needs.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The tracepoint layout of this kernel is not what the probes read.
+    #[error(transparent)]
+    Format(#[from] format::FormatError),
+}
+
+/// What the engine needs from the kernel.
+pub trait Kernel {
+    /// A binary's attached uprobes, to detach as one.
+    type Links;
+
+    /// Attaches `probes` to the file at `path` (the path the kernel
+    /// resolves to the inode; `bin` says where the probe points are).
+    fn attach(
+        &mut self,
+        bin: &GoBinary,
+        path: &Path,
+        probes: Probes,
+        scope: Scope,
+    ) -> Result<Self::Links, KernelError>;
+
+    /// Detaches what [`Kernel::attach`] made.
+    fn detach(&mut self, links: Self::Links);
+
+    /// Makes `pid` a target: from now on the probes report it.
+    fn add_target(&mut self, pid: u32, config: TargetConfig) -> Result<(), KernelError>;
+
+    /// Stops reporting `pid`.
+    fn remove_target(&mut self, pid: u32);
+
+    fn counters(&self) -> KernelCounters;
+
+    /// Hands every record waiting in the ring buffer to `sink`, in order.
+    fn poll(&mut self, sink: &mut dyn FnMut(&[u8]));
+
+    /// A descriptor that becomes readable when records wait (a duplicate the
+    /// caller owns), if the kernel has one to wait on.
+    fn ready_fd(&self) -> Option<OwnedFd>;
+}

@@ -1,0 +1,164 @@
+//! The `goroutines` lens: live goroutines by creation site (the `go`
+//! statement's stack, with the start function as leaf), with created and
+//! exited counts; goroutines that predate tracing are read from
+//! `runtime.allgs`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::aggregate::Cell;
+use crate::goruntime::GoBinary;
+use crate::gtypes::{G_DEAD, G_SCAN};
+use crate::remote::RemoteMemory;
+use crate::render::{summary::Extras, Profile};
+use crate::stack::{StackKey, StackTable};
+use crate::symbolize::EXISTING_GOROUTINE;
+
+/// `goroutines`: live goroutines by creation stack (the `go` statement's,
+/// with the start function as leaf). Created and exited counts per stack.
+#[derive(Default)]
+pub struct GoroutineAgg {
+    pub(crate) live: HashMap<(u32, u64), StackKey>,
+    pub created: HashMap<StackKey, u64>,
+    pub exited: HashMap<StackKey, u64>,
+    /// Exits of goroutines neither seen created nor listed at attach.
+    pub unknown_exits: u64,
+}
+
+impl GoroutineAgg {
+    pub fn create(&mut self, key: StackKey, g: u64) {
+        self.live.insert((key.0, g), key);
+        *self.created.entry(key).or_default() += 1;
+    }
+
+    /// A goroutine that existed before tracing began.
+    pub fn existing(&mut self, key: StackKey, g: u64) {
+        self.live.entry((key.0, g)).or_insert(key);
+    }
+
+    pub fn exit(&mut self, pid: u32, g: u64) {
+        match self.live.remove(&(pid, g)) {
+            Some(k) => *self.exited.entry(k).or_default() += 1,
+            None => self.unknown_exits += 1,
+        }
+    }
+
+    pub fn live_count(&self, pid: u32) -> usize {
+        self.live.keys().filter(|(p, _)| *p == pid).count()
+    }
+
+    /// Live goroutines (`bytes` holds the count) by creation stack.
+    pub fn by_stack(&self) -> HashMap<StackKey, Cell> {
+        let mut out: HashMap<StackKey, Cell> = HashMap::new();
+        for k in self.live.values() {
+            out.entry(*k).or_default().bytes += 1;
+        }
+        out
+    }
+
+    /// Live goroutine pointers of a process.
+    pub fn live_of(&self, pid: u32) -> impl Iterator<Item = (u64, StackKey)> + '_ {
+        self.live
+            .iter()
+            .filter(move |((p, _), _)| *p == pid)
+            .map(|((_, g), k)| (*g, *k))
+    }
+}
+
+/// Adds the target's live goroutines to `agg`, keyed by a stack of their
+/// start function, the `go` statement's pc and a "[created before tracing]"
+/// root. `allgs` is the runtime address of the `runtime.allgs` slice.
+/// Returns how many were found.
+pub fn add_existing(
+    pid: u32,
+    bin: &GoBinary,
+    mem: &dyn RemoteMemory,
+    allgs: u64,
+    stacks: &mut StackTable,
+    agg: &mut GoroutineAgg,
+) -> std::io::Result<usize> {
+    let (ptr, len) = (mem.read_u64(allgs)?, mem.read_u64(allgs + 8)?);
+    let gs = mem.read_words(ptr, len.min(10_000_000) as usize)?;
+    let mut found = 0;
+    for g in gs.into_iter().filter(|g| *g != 0) {
+        let frames = match bin.g_layout {
+            Some(l) => {
+                let Ok(st) = mem.read_u32(g + l.atomicstatus) else {
+                    continue;
+                };
+                let status = st & !G_SCAN;
+                if status == G_DEAD || status == 0 {
+                    continue;
+                }
+                let start = mem.read_u64(g + l.startpc).unwrap_or(0);
+                let gopc = mem.read_u64(g + l.gopc).unwrap_or(0);
+                vec![start, gopc, EXISTING_GOROUTINE]
+            }
+            // Without DWARF the state is unknown: count every goroutine.
+            None => vec![EXISTING_GOROUTINE],
+        };
+        let id = stacks.intern(pid, frames);
+        agg.existing((pid, id), g);
+        found += 1;
+    }
+    Ok(found)
+}
+
+/// The lens's extras in `summary.json`: per creation site (`by_site`:
+/// profiles of goroutines created, exited, and the live ones' stack bytes),
+/// and each process's live count over time.
+pub fn extras(
+    by_site: &[Profile],
+    unknown_exits: u64,
+    live_over_time: Vec<(u32, Vec<(f64, usize)>)>,
+) -> Extras {
+    let mut sites: BTreeMap<Vec<String>, [u64; 3]> = BTreeMap::new();
+    for (i, p) in by_site.iter().take(3).enumerate() {
+        for s in &p.samples {
+            sites.entry(s.frames.clone()).or_default()[i] += s.value;
+        }
+    }
+    let total = |i: usize| by_site.get(i).map_or(0, Profile::total);
+    let sites: Vec<serde_json::Value> = sites
+        .into_iter()
+        .map(|(stack, [c, e, b])| serde_json::json!({"stack": stack, "created": c, "exited": e, "stack_bytes": b}))
+        .collect();
+    let timeline: Vec<serde_json::Value> = live_over_time
+        .into_iter()
+        .map(|(pid, live)| serde_json::json!({"pid": pid, "live": live.iter().map(|(t, n)| serde_json::json!({"t": t, "live": n})).collect::<Vec<_>>()}))
+        .collect();
+    let j = |k: &str, v: serde_json::Value| (k.to_string(), v);
+    Extras::from([
+        j("created", serde_json::json!(total(0))),
+        j("exited", serde_json::json!(total(1))),
+        j("unknown_exits", serde_json::json!(unknown_exits)),
+        j("sites", serde_json::json!(sites)),
+        j("live_over_time", serde_json::json!(timeline)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::Stack;
+
+    #[test]
+    fn goroutines_live_created_exited() {
+        let mut g = GoroutineAgg::default();
+        g.existing((1, Stack::Id(9)), 0xa0);
+        for i in 0..5 {
+            g.create((1, Stack::Id(2)), 0x100 + i);
+        }
+        g.create((1, Stack::Id(3)), 0x200);
+        g.exit(1, 0x200);
+        g.exit(1, 0x100);
+        g.exit(1, 0xa0);
+        g.exit(1, 0xdead);
+        let live = g.by_stack();
+        assert_eq!(live[&(1, Stack::Id(2))].bytes, 4);
+        assert!(!live.contains_key(&(1, Stack::Id(3))) && !live.contains_key(&(1, Stack::Id(9))));
+        assert_eq!(g.created[&(1, Stack::Id(2))], 5);
+        assert_eq!(g.exited[&(1, Stack::Id(3))], 1);
+        assert_eq!(g.unknown_exits, 1);
+        assert_eq!(g.live_count(1), 4);
+    }
+}

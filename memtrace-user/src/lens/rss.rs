@@ -1,0 +1,340 @@
+//! The `rss` lens: which stacks made resident memory grow. Page faults say
+//! when pages become resident (and by which stack); the memory syscalls say
+//! when they stop being so. Its aggregator keeps, per process, the pages
+//! that became resident in the window and still are.
+
+use std::collections::HashMap;
+
+use crate::aggregate::{page_round, sum_by_key, Cell, PAGE};
+use crate::kernel::Tracepoint;
+use crate::rangemap::RangeMap;
+use crate::render::summary::Extras;
+use crate::stack::StackKey;
+
+/// Faults (user and kernel mode) and every syscall that maps or releases.
+pub const TRACEPOINTS: &[Tracepoint] = &[
+    Tracepoint::new("fault_user", "exceptions", "page_fault_user"),
+    Tracepoint::new("fault_kernel", "exceptions", "page_fault_kernel"),
+    Tracepoint::new("mmap_enter", "syscalls", "sys_enter_mmap"),
+    Tracepoint::new("mmap_exit", "syscalls", "sys_exit_mmap"),
+    Tracepoint::new("munmap_enter", "syscalls", "sys_enter_munmap"),
+    Tracepoint::new("madvise_enter", "syscalls", "sys_enter_madvise"),
+    Tracepoint::new("mremap_enter", "syscalls", "sys_enter_mremap"),
+    Tracepoint::new("mremap_exit", "syscalls", "sys_exit_mremap"),
+    Tracepoint::new("brk_enter", "syscalls", "sys_enter_brk"),
+    Tracepoint::new("brk_exit", "syscalls", "sys_exit_brk"),
+];
+
+const HUGE: u64 = 2 << 20;
+/// Tracked resident ranges per process before new faults are counted
+/// without per-page tracking (bounded memory: ~64 bytes per range).
+pub const MAX_RESIDENT_RANGES: usize = 2_000_000;
+
+mod madv {
+    pub const FREE: u32 = 8;
+    pub const REMOVE: u32 = 9;
+    pub const DONTNEED: u32 = 4;
+    pub const HUGEPAGE: u32 = 14;
+    pub const NOHUGEPAGE: u32 = 15;
+    pub const PAGEOUT: u32 = 21;
+    pub const DONTNEED_LOCKED: u32 = 24;
+}
+
+/// Transparent huge page policy (`/sys/kernel/mm/transparent_hugepage/enabled`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Thp {
+    Always,
+    #[default]
+    Madvise,
+    Never,
+}
+
+impl Thp {
+    pub fn parse(text: &str) -> Self {
+        let sel = text
+            .split('[')
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .unwrap_or("");
+        match sel {
+            "always" => Thp::Always,
+            "never" => Thp::Never,
+            _ => Thp::Madvise,
+        }
+    }
+}
+
+/// Per-process state of the `rss` lens.
+#[derive(Default)]
+pub(crate) struct RssProc {
+    /// Pages that became resident in the window and still are.
+    resident: RangeMap<StackKey>,
+    /// `MADV_HUGEPAGE` ranges.
+    hugepage: RangeMap<()>,
+    /// Anonymous writable mappings (for THP `always`), from /proc/PID/maps.
+    anon_vmas: Vec<(u64, u64)>,
+    brk: Option<u64>,
+}
+
+/// `rss`: bytes that became resident during the window (page faults, THP
+/// faults as 2 MiB) and are still resident at its end (not released by
+/// munmap, MADV_DONTNEED/REMOVE/PAGEOUT, mremap, brk shrink or a MAP_FIXED
+/// mapping on top), by the stack that touched them first.
+#[derive(Default)]
+pub struct RssAgg {
+    pub(crate) procs: HashMap<u32, RssProc>,
+    pub thp: Thp,
+    /// Resident bytes that were released again within the window.
+    pub released_bytes: u64,
+    /// Bytes covered by release requests (including pages that were resident
+    /// before the window, which the lens cannot size).
+    pub release_requested_bytes: u64,
+    /// `MADV_FREE`d bytes: lazily freed, still resident until reclaimed.
+    pub lazy_free_bytes: u64,
+    /// Faults on pages already counted (e.g. write after read of the zero page).
+    pub repeat_faults: u64,
+    /// Faults counted after the range limit, without per-page tracking.
+    pub untracked: HashMap<StackKey, Cell>,
+}
+
+impl RssAgg {
+    pub fn new(thp: Thp) -> Self {
+        Self {
+            thp,
+            ..Default::default()
+        }
+    }
+
+    /// Refreshes the anonymous writable mappings of `pid` (THP `always`).
+    pub fn set_anon_vmas(&mut self, pid: u32, vmas: Vec<(u64, u64)>) {
+        self.procs.entry(pid).or_default().anon_vmas = vmas;
+    }
+
+    fn thp_block(thp: Thp, p: &RssProc, page: u64) -> Option<(u64, u64)> {
+        let b = page & !(HUGE - 1);
+        let fits = |(s, e): (u64, u64)| s <= b && b + HUGE <= e;
+        let eligible = match thp {
+            Thp::Never => false,
+            Thp::Madvise => p.hugepage.iter().map(|(s, e, _)| (s, e)).any(fits),
+            Thp::Always => p.anon_vmas.iter().copied().any(fits),
+        };
+        // A huge page is only allocated into an empty PMD.
+        (eligible && !p.resident.any_in(b, b + HUGE)).then_some((b, b + HUGE))
+    }
+
+    pub fn fault(&mut self, key: StackKey, addr: u64) {
+        let page = addr & !(PAGE - 1);
+        let p = self.procs.entry(key.0).or_default();
+        if p.resident.get(page).is_some() {
+            self.repeat_faults += 1;
+            return;
+        }
+        let (s, e) = Self::thp_block(self.thp, p, page).unwrap_or((page, page + PAGE));
+        if p.resident.len() >= MAX_RESIDENT_RANGES {
+            let c = self.untracked.entry(key).or_default();
+            c.bytes += e - s;
+            c.objects += 1;
+            return;
+        }
+        p.resident.insert(s, e, key);
+    }
+
+    fn release(&mut self, pid: u32, start: u64, end: u64) {
+        if end <= start {
+            return;
+        }
+        self.release_requested_bytes += end - start;
+        if let Some(p) = self.procs.get_mut(&pid) {
+            self.released_bytes += p
+                .resident
+                .remove(start, end)
+                .iter()
+                .map(|(s, e, _)| e - s)
+                .sum::<u64>();
+        }
+    }
+
+    pub fn munmap(&mut self, pid: u32, addr: u64, len: u64) {
+        self.release(pid, addr, addr + page_round(len));
+    }
+
+    /// A new mapping replaces whatever was resident underneath (MAP_FIXED).
+    pub fn mmap(&mut self, pid: u32, addr: u64, len: u64) {
+        let end = addr + page_round(len);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            self.released_bytes += p
+                .resident
+                .remove(addr, end)
+                .iter()
+                .map(|(s, e, _)| e - s)
+                .sum::<u64>();
+            p.hugepage.remove(addr, end);
+        }
+    }
+
+    pub fn madvise(&mut self, pid: u32, addr: u64, len: u64, advice: u32) {
+        let end = addr + page_round(len);
+        match advice {
+            madv::DONTNEED | madv::REMOVE | madv::PAGEOUT | madv::DONTNEED_LOCKED => {
+                self.release(pid, addr, end)
+            }
+            madv::FREE => self.lazy_free_bytes += end - addr,
+            madv::HUGEPAGE => self
+                .procs
+                .entry(pid)
+                .or_default()
+                .hugepage
+                .insert(addr, end, ()),
+            madv::NOHUGEPAGE => {
+                self.procs
+                    .entry(pid)
+                    .or_default()
+                    .hugepage
+                    .remove(addr, end);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn mremap(&mut self, pid: u32, old: u64, old_len: u64, new: u64, new_len: u64) {
+        let (old_len, new_len) = (page_round(old_len), page_round(new_len));
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let pieces = p.resident.remove(old, old + old_len);
+        let mut released = 0;
+        for (s, e, k) in pieces {
+            let (os, oe) = (s - old, e - old);
+            let cut = new_len.clamp(os, oe);
+            if os < cut {
+                p.resident.insert(new + os, new + cut, k);
+            }
+            released += oe - cut;
+        }
+        self.released_bytes += released;
+        self.release_requested_bytes += old_len.saturating_sub(new_len);
+    }
+
+    pub fn brk(&mut self, pid: u32, result: u64) {
+        let prev = self.procs.entry(pid).or_default().brk.replace(result);
+        if let Some(prev) = prev {
+            if result < prev {
+                self.release(pid, result, prev);
+            }
+        }
+    }
+
+    /// Bytes still resident, by the stack that first touched them.
+    pub fn by_stack(&self) -> HashMap<StackKey, Cell> {
+        let mut out = self.untracked.clone();
+        for p in self.procs.values() {
+            sum_by_key(p.resident.iter(), &mut out);
+        }
+        out
+    }
+}
+
+/// The lens's extras in `summary.json`.
+pub fn extras(r: &RssAgg, vmrss_start: u64, vmrss_end: u64) -> Extras {
+    let untracked: u64 = r.untracked.values().map(|c| c.bytes).sum();
+    let j = |k: &str, v: serde_json::Value| (k.to_string(), v);
+    Extras::from([
+        j("released_bytes", serde_json::json!(r.released_bytes)),
+        j(
+            "release_requested_bytes",
+            serde_json::json!(r.release_requested_bytes),
+        ),
+        j("lazy_free_bytes", serde_json::json!(r.lazy_free_bytes)),
+        j("repeat_faults", serde_json::json!(r.repeat_faults)),
+        j("untracked_bytes", serde_json::json!(untracked)),
+        j(
+            "thp",
+            serde_json::json!(format!("{:?}", r.thp).to_lowercase()),
+        ),
+        j("vmrss_start", serde_json::json!(vmrss_start)),
+        j("vmrss_end", serde_json::json!(vmrss_end)),
+        j(
+            "vmrss_growth",
+            serde_json::json!(vmrss_end as i64 - vmrss_start as i64),
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::Stack;
+
+    #[test]
+    fn rss_counts_first_touch_once_and_releases() {
+        let mut r = RssAgg::new(Thp::Madvise);
+        for p in 0..10 {
+            r.fault((1, Stack::Id(5)), 0x10000 + p * PAGE + 12);
+        }
+        r.fault((1, Stack::Id(6)), 0x10000); // write after read: same page
+        assert_eq!(r.repeat_faults, 1);
+        assert_eq!(r.by_stack()[&(1, Stack::Id(5))].bytes, 10 * PAGE);
+        r.madvise(1, 0x10000, 2 * PAGE, madv::DONTNEED);
+        r.madvise(1, 0x12000, PAGE, madv::FREE); // lazy: still resident
+        assert_eq!(r.by_stack()[&(1, Stack::Id(5))].bytes, 8 * PAGE);
+        assert_eq!(r.released_bytes, 2 * PAGE);
+        assert_eq!(r.lazy_free_bytes, PAGE);
+        r.fault((1, Stack::Id(6)), 0x10000); // re-faulted after release: counts again
+        assert_eq!(r.by_stack()[&(1, Stack::Id(6))].bytes, PAGE);
+        r.munmap(1, 0, 1 << 30);
+        assert!(r.by_stack().is_empty());
+        assert_eq!(r.released_bytes, 11 * PAGE);
+    }
+
+    #[test]
+    fn rss_thp_faults_count_two_mib() {
+        let mut r = RssAgg::new(Thp::Madvise);
+        let base = 0x4000_0000;
+        r.madvise(1, base, 2 * HUGE, madv::HUGEPAGE);
+        r.fault((1, Stack::Id(1)), base + 5 * PAGE);
+        assert_eq!(r.by_stack()[&(1, Stack::Id(1))].bytes, HUGE);
+        r.fault((1, Stack::Id(1)), base + HUGE + 7);
+        assert_eq!(r.by_stack()[&(1, Stack::Id(1))].bytes, 2 * HUGE);
+        // Outside the madvised range: 4 KiB pages.
+        r.fault((1, Stack::Id(2)), base + 2 * HUGE);
+        assert_eq!(r.by_stack()[&(1, Stack::Id(2))].bytes, PAGE);
+        // THP "always": any anonymous mapping that holds the whole block.
+        let mut a = RssAgg::new(Thp::Always);
+        a.set_anon_vmas(1, vec![(base, base + HUGE + PAGE)]);
+        a.fault((1, Stack::Id(1)), base + HUGE); // block does not fit
+        a.fault((1, Stack::Id(1)), base + 3);
+        assert_eq!(a.by_stack()[&(1, Stack::Id(1))].bytes, PAGE + HUGE);
+        assert_eq!(Thp::parse("always [madvise] never"), Thp::Madvise);
+        assert_eq!(Thp::parse("[always] madvise never"), Thp::Always);
+    }
+
+    #[test]
+    fn rss_mremap_moves_and_brk_shrinks() {
+        let mut r = RssAgg::new(Thp::Never);
+        for p in 0..4 {
+            r.fault((1, Stack::Id(1)), 0x100000 + p * PAGE);
+        }
+        // Move and shrink to 3 pages: one page released, three moved.
+        r.mremap(1, 0x100000, 4 * PAGE, 0x900000, 3 * PAGE);
+        let moved: Vec<_> = r.procs[&1].resident.iter().collect();
+        assert_eq!(
+            moved,
+            vec![(0x900000, 0x900000 + 3 * PAGE, (1, Stack::Id(1)))]
+        );
+        assert_eq!(r.released_bytes, PAGE);
+        r.brk(1, 0x600000);
+        for p in 0..8 {
+            r.fault((1, Stack::Id(2)), 0x5f8000 + p * PAGE);
+        }
+        r.brk(1, 0x5fc000); // shrink by 4 pages
+        assert_eq!(r.by_stack()[&(1, Stack::Id(2))].bytes, 4 * PAGE);
+    }
+
+    #[test]
+    fn rss_mmap_fixed_drops_old_pages() {
+        let mut r = RssAgg::new(Thp::Never);
+        r.fault((1, Stack::Id(1)), 0x7000);
+        r.mmap(1, 0x7000, PAGE);
+        assert!(r.by_stack().is_empty());
+    }
+}
