@@ -71,6 +71,123 @@ pub fn wait_output(mut cmd: Command, timeout: Duration) -> Output {
     }
 }
 
+/// A `memtrace record` run, built up and run once: the one way the tests
+/// run a recording.
+///
+/// ```no_run
+/// # use memtrace_tests::Record;
+/// let r = Record::new("leak").pid(1234).lens("rss").duration("4").ok();
+/// assert_eq!(r.summary["ended_by"], "duration");
+/// ```
+pub struct Record {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    out: PathBuf,
+    label: String,
+}
+
+/// A finished, successful recording.
+pub struct Recorded {
+    pub out: PathBuf,
+    pub stdout: String,
+    pub stderr: String,
+    pub summary: serde_json::Value,
+}
+
+impl Record {
+    /// `memtrace record --out DIR`, with a fresh DIR named after `name`
+    /// (which also labels failures).
+    pub fn new(name: &str) -> Self {
+        let out = out_dir(name);
+        Self {
+            args: vec![
+                "record".into(),
+                "--out".into(),
+                out.to_string_lossy().into_owned(),
+            ],
+            envs: Vec::new(),
+            out,
+            label: name.to_string(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn lens(self, lenses: &str) -> Self {
+        self.arg("--lens").arg(lenses)
+    }
+
+    pub fn pid(self, pid: u32) -> Self {
+        self.arg("--pid").arg(pid.to_string())
+    }
+
+    pub fn duration(self, secs: &str) -> Self {
+        self.arg("--duration").arg(secs)
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Launch mode: `-- BIN ARGS...`.
+    pub fn launch(mut self, bin: &Path, args: &[&str]) -> Self {
+        self.args.push("--".into());
+        self.args.push(bin.to_string_lossy().into_owned());
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The report directory.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Runs memtrace to completion, whatever its exit status.
+    pub fn run(self) -> Output {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        run_memtrace(&args, &envs)
+    }
+
+    /// Runs memtrace, asserts it succeeded, and reads its summary.
+    pub fn ok(self) -> Recorded {
+        let (label, out) = (self.label.clone(), self.out.clone());
+        let o = self.run();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            o.status.success(),
+            "{label}: memtrace failed ({}): {stderr}",
+            o.status
+        );
+        Recorded {
+            summary: summary(&out),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr,
+            out,
+        }
+    }
+}
+
+impl Recorded {
+    /// The lens's `top` entries as (frames, value).
+    pub fn top(&self, lens: &str) -> Vec<(Vec<String>, u64)> {
+        top(&self.summary, lens)
+    }
+
+    /// A `key=value` number the launched fixture printed.
+    pub fn printed(&self, key: &str) -> u64 {
+        fixture_value(&self.stdout, key)
+    }
+}
+
 pub fn summary(out: &Path) -> serde_json::Value {
     let p = out.join("summary.json");
     let text =

@@ -83,30 +83,22 @@ fn every_build_mode_names_the_same_functions() {
         let mut stacks_by_mode = Vec::new();
         for mode in MODES {
             let bin = fixture(&v, mode);
-            let out = out_dir(&format!("mode-{v}-{mode}"));
-            let o = run_memtrace(
-                &[
-                    "record",
-                    "--lens",
-                    "alloc-exact,rss",
-                    "--out",
-                    out.to_str().unwrap(),
-                    "--",
-                    bin.to_str().unwrap(),
-                    "-objects",
-                    &OBJECTS.to_string(),
-                    "-inlined",
-                    &POINTS.to_string(),
-                    "-maps",
-                    &MAPS_MIB.to_string(),
-                ],
-                &[],
-            );
-            let stderr = String::from_utf8_lossy(&o.stderr);
-            assert!(o.status.success(), "go{v} {mode}: {stderr}");
-            let stdout = String::from_utf8_lossy(&o.stdout);
-            assert_eq!(fixture_value(&stdout, "records"), OBJECTS, "go{v} {mode}");
-            let s = summary(&out);
+            let r = Record::new(&format!("mode-{v}-{mode}"))
+                .lens("alloc-exact,rss")
+                .launch(
+                    &bin,
+                    &[
+                        "-objects",
+                        &OBJECTS.to_string(),
+                        "-inlined",
+                        &POINTS.to_string(),
+                        "-maps",
+                        &MAPS_MIB.to_string(),
+                    ],
+                )
+                .ok();
+            assert_eq!(r.printed("records"), OBJECTS, "go{v} {mode}");
+            let (out, s) = (r.out.clone(), r.summary.clone());
             assert_eq!(s["dropped_events"], 0, "go{v} {mode}: {s}");
 
             // alloc-exact: the named function on top, with exactly its bytes.
@@ -148,7 +140,9 @@ fn every_build_mode_names_the_same_functions() {
                 "go{v} {mode}: {} bytes < {MAPS_MIB} MiB",
                 r[0].1
             );
-            let unresolved = s["unresolved_frames"].as_u64().unwrap_or(0);
+            let unresolved = s["counters"]["unresolved_frames"]
+                .as_u64()
+                .expect("counters.unresolved_frames");
             assert_eq!(unresolved, 0, "go{v} {mode}: {s}");
             stacks_by_mode.push((mode, big_stacks(&out.join("alloc-exact.folded"), 100_000)));
         }
@@ -185,27 +179,19 @@ fn start_looping(cmd: Command, v: &str) -> (Bg, std::sync::Arc<std::sync::Mutex<
 /// Attaches alloc-exact to `pids` for 3 s; asserts every frame resolved and
 /// returns the top stacks.
 fn attach_top(pids: &[u32], name: &str) -> Vec<(Vec<String>, u64)> {
-    let out = out_dir(name);
-    let mut args: Vec<String> = vec!["record".into()];
-    for pid in pids {
-        args.extend(["--pid".into(), pid.to_string()]);
-    }
-    args.extend(
-        ["--lens", "alloc-exact", "--duration", "3", "--out"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    args.push(out.to_str().unwrap().into());
-    let o = run_memtrace(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{name}: {stderr}");
-    let s = summary(&out);
+    let r = pids
+        .iter()
+        .fold(Record::new(name), |r, p| r.pid(*p))
+        .lens("alloc-exact")
+        .duration("3")
+        .ok();
+    let s = &r.summary;
     assert_eq!(
-        s["unresolved_frames"].as_u64().unwrap_or(0),
-        0,
+        s["counters"]["unresolved_frames"].as_u64(),
+        Some(0),
         "{name}: {s}"
     );
-    top(&s, "alloc-exact")
+    r.top("alloc-exact")
 }
 
 /// The binary is unlinked after start: probes attach and frames resolve

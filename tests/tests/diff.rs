@@ -4,26 +4,12 @@
 use memtrace_tests::*;
 
 fn report(v: &str, objects: &str, name: &str) -> std::path::PathBuf {
-    let out = out_dir(name);
     let bin = fixture(v, "allocs");
-    let o = run_memtrace(
-        &[
-            "record",
-            "--lens",
-            "alloc-exact",
-            "--out",
-            out.to_str().unwrap(),
-            "--",
-            bin.to_str().unwrap(),
-            "-objects",
-            objects,
-            "-maps",
-            "1",
-        ],
-        &[],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
+    Record::new(name)
+        .lens("alloc-exact")
+        .launch(&bin, &["-objects", objects, "-maps", "1"])
+        .ok()
+        .out
 }
 
 #[test]

@@ -7,31 +7,14 @@ use memtrace_tests::*;
 #[test]
 fn forced_gc_cycles_are_counted_with_pauses() {
     for v in go_versions() {
-        let out = out_dir(&format!("gc-{v}"));
-        let bin = fixture(&v, "gc");
-        let o = run_memtrace(
-            &[
-                "record",
-                "--lens",
-                "mmap",
-                "--out",
-                out.to_str().unwrap(),
-                "--",
-                bin.to_str().unwrap(),
-                "-n",
-                "25",
-            ],
-            &[],
-        );
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            o.status.success(),
-            "go{v}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let numgc = fixture_value(&stdout, "numgc");
+        let r = Record::new(&format!("gc-{v}"))
+            .lens("mmap")
+            .launch(&fixture(&v, "gc"), &["-n", "25"])
+            .ok();
+        let stdout = &r.stdout;
+        let numgc = r.printed("numgc");
         assert!(numgc >= 25, "go{v}: the fixture forced only {numgc} cycles");
-        let gc = &summary(&out)["gc"];
+        let gc = &r.summary["gc"];
         let cycles = gc["cycles"].as_u64().unwrap();
         assert!(
             cycles.abs_diff(numgc) <= 1,

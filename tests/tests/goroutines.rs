@@ -25,34 +25,20 @@ fn leaked_goroutines_are_found_by_creation_site() {
             wait_until(Duration::from_secs(10), || last_heartbeat(&lines) >= 5),
             "go{v}: fixture never started"
         );
-        let out = out_dir(&format!("goroutines-{v}"));
-        let o = run_memtrace(
-            &[
-                "record",
-                "--pid",
-                &bg.pid().to_string(),
-                "--lens",
-                "goroutines",
-                "--duration",
-                "5",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(
-            o.status.success(),
-            "go{v}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let r = Record::new(&format!("goroutines-{v}"))
+            .pid(bg.pid())
+            .lens("goroutines")
+            .duration("5")
+            .ok();
+
         assert!(
             last_heartbeat(&lines) > 32,
             "go{v}: the leak should have stopped inside the window"
         );
-        let s = summary(&out);
+        let s = &r.summary;
         let lens = &s["lenses"]["goroutines"];
         assert_eq!(lens["unit"], "goroutines");
-        let t = top(&s, "goroutines");
+        let t = top(s, "goroutines");
         assert_eq!(
             t[0].0.last().map(String::as_str),
             Some("main.waitForever"),

@@ -47,39 +47,28 @@ fn heap_lens_finds_the_leak_not_the_churn() {
             0,
             "go{v}: fixture should not sample"
         );
-        let out = out_dir(&format!("heap-{v}"));
-        let o = run_memtrace(
-            &[
-                "record",
-                "--pid",
-                &bg.pid().to_string(),
-                "--lens",
-                "alloc,heap",
-                "--duration",
-                "4",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        );
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "go{v}: {stderr}");
+        let r = Record::new(&format!("heap-{v}"))
+            .pid(bg.pid())
+            .lens("alloc,heap")
+            .duration("4")
+            .ok();
         assert!(
-            stderr.contains("set runtime.MemProfileRate from 0"),
-            "go{v}: the write must be announced: {stderr}"
+            r.stderr.contains("set runtime.MemProfileRate from 0"),
+            "go{v}: the write must be announced: {}",
+            r.stderr
         );
-        let s = summary(&out);
-        let heap_top = top(&s, "heap");
+        let s = &r.summary;
+        let heap_top = top(s, "heap");
         assert_eq!(
             heap_top[0].0.last().map(String::as_str),
             Some("main.leakRecords"),
             "go{v}: heap top {:?}",
             heap_top[0]
         );
-        let leak_heap = bytes_ending_in(&s, "heap", "main.leakRecords");
-        let churn_heap = bytes_ending_in(&s, "heap", "main.churnGarbage");
-        let churn_alloc = bytes_ending_in(&s, "alloc", "main.churnGarbage");
-        let leak_alloc = bytes_ending_in(&s, "alloc", "main.leakRecords");
+        let leak_heap = bytes_ending_in(s, "heap", "main.leakRecords");
+        let churn_heap = bytes_ending_in(s, "heap", "main.churnGarbage");
+        let churn_alloc = bytes_ending_in(s, "alloc", "main.churnGarbage");
+        let leak_alloc = bytes_ending_in(s, "alloc", "main.leakRecords");
         assert!(
             leak_heap >= 2 * MIB,
             "go{v}: leak only {leak_heap} bytes live"
@@ -115,47 +104,25 @@ fn heap_lens_finds_the_leak_not_the_churn() {
 #[test]
 fn alloc_lens_estimate_matches_total_alloc() {
     for v in go_versions() {
-        let out = out_dir(&format!("alloc-{v}"));
-        let bin = fixture(&v, "allocs");
-        let o = run_memtrace(
-            &[
-                "record",
-                "--lens",
-                "alloc",
-                "--out",
-                out.to_str().unwrap(),
-                "--",
-                bin.to_str().unwrap(),
-                "-objects",
-                "1000000",
-                "-maps",
-                "0",
-                "-inlined",
-                "0",
-                // Sampling starts within a second of exec; the fixture waits
-                // for it, and lingers so the last snapshot sees everything.
-                "-wait",
-                "2s",
-                "-linger",
-                "2s",
-            ],
-            &[],
-        );
-        assert!(
-            o.status.success(),
-            "go{v}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let truth = fixture_value(&String::from_utf8_lossy(&o.stdout), "total_alloc_delta") as f64;
-        let s = summary(&out);
-        let t = top(&s, "alloc");
+        // No waiting at start nor lingering at the end: the program holds
+        // itself for memtrace before its first init and on its way out.
+        let r = Record::new(&format!("alloc-{v}"))
+            .lens("alloc")
+            .launch(
+                &fixture(&v, "allocs"),
+                &["-objects", "1000000", "-maps", "0", "-inlined", "0"],
+            )
+            .ok();
+        let truth = r.printed("total_alloc_delta") as f64;
+        let s = &r.summary;
+        let t = top(s, "alloc");
         assert_eq!(
             t[0].0.last().map(String::as_str),
             Some("main.allocateRecords"),
             "go{v}: {:?}",
             t[0]
         );
-        let est = bytes_ending_in(&s, "alloc", "main.allocateRecords") as f64;
+        let est = bytes_ending_in(s, "alloc", "main.allocateRecords") as f64;
         let ratio = est / truth;
         assert!(
             (0.9..=1.1).contains(&ratio),

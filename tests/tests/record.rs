@@ -33,34 +33,26 @@ fn pprof_top(go: &std::path::Path, profile: &std::path::Path) -> String {
 fn launch_alloc_exact_and_mmap_match_the_program() {
     for v in go_versions() {
         let bin = fixture(&v, "allocs");
-        let out = out_dir(&format!("launch-{v}"));
-        let o = run_memtrace(
-            &[
-                "record",
-                "--lens",
-                "alloc-exact,mmap",
-                "--out",
-                out.to_str().unwrap(),
-                "--",
-                bin.to_str().unwrap(),
-                "-objects",
-                &OBJECTS.to_string(),
-                "-maps",
-                &MAPS_MIB.to_string(),
-                "-inlined",
-                &POINTS.to_string(),
-            ],
-            &[],
-        );
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "go{v}: memtrace failed: {stderr}");
+        let r = Record::new(&format!("launch-{v}"))
+            .lens("alloc-exact,mmap")
+            .launch(
+                &bin,
+                &[
+                    "-objects",
+                    &OBJECTS.to_string(),
+                    "-maps",
+                    &MAPS_MIB.to_string(),
+                    "-inlined",
+                    &POINTS.to_string(),
+                ],
+            )
+            .ok();
         // The program ran to completion with its normal output.
-        assert_eq!(fixture_value(&stdout, "records"), OBJECTS, "go{v}");
-        assert_eq!(fixture_value(&stdout, "regions"), MAPS_MIB, "go{v}");
-        let mallocs = fixture_value(&stdout, "mallocs_total");
+        assert_eq!(r.printed("records"), OBJECTS, "go{v}");
+        assert_eq!(r.printed("regions"), MAPS_MIB, "go{v}");
+        let mallocs = r.printed("mallocs_total");
 
-        let s = summary(&out);
+        let (out, s) = (&r.out, &r.summary);
         assert_eq!(s["dropped_events"], 0, "go{v}: {s}");
         assert!(
             s["targets"][0]["go_version"]
@@ -97,7 +89,7 @@ fn launch_alloc_exact_and_mmap_match_the_program() {
         );
 
         // An allocation inside an inlined constructor names it, under its caller.
-        let inl = top(&s, "alloc-exact")
+        let inl = top(s, "alloc-exact")
             .into_iter()
             .find(|(f, _)| leaf(f) == "main.newPoint")
             .unwrap_or_else(|| panic!("go{v}: no stack ends in the inlined main.newPoint: {s}"));
@@ -106,7 +98,7 @@ fn launch_alloc_exact_and_mmap_match_the_program() {
         assert_eq!(inl.1, POINTS * POINT_BYTES, "go{v}: {:?}", inl);
 
         // mmap: at least N MiB attributed to the mapping function, on top.
-        let mmap_top = top(&s, "mmap");
+        let mmap_top = top(s, "mmap");
         assert!(
             mmap_top[0].0.iter().any(|f| f == "main.mapOffHeap"),
             "go{v}: mmap top {:?}",
@@ -170,27 +162,15 @@ fn attach_to_running_process_and_detach_cleanly() {
             wait_until(Duration::from_secs(10), || last_heartbeat(&lines) >= 1),
             "go{v}: fixture never started"
         );
-        let out = out_dir(&format!("attach-{v}"));
-        let o = run_memtrace(
-            &[
-                "record",
-                "--pid",
-                &bg.pid().to_string(),
-                "--lens",
-                "alloc-exact,mmap",
-                "--duration",
-                "3",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        );
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "go{v}: {stderr}");
-        let s = summary(&out);
+        let r = Record::new(&format!("attach-{v}"))
+            .pid(bg.pid())
+            .lens("alloc-exact,mmap")
+            .duration("3")
+            .ok();
+        let s = &r.summary;
         assert_eq!(s["ended_by"], "duration", "go{v}");
         assert_eq!(s["targets"][0]["pid"].as_u64(), Some(u64::from(bg.pid())));
-        let t = top(&s, "alloc-exact");
+        let t = top(s, "alloc-exact");
         assert_eq!(leaf(&t[0].0), "main.churn", "go{v}: top {:?}", t[0]);
         assert!(t[0].1 >= 64 * 1000, "go{v}: {:?}", t[0]);
 

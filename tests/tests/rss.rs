@@ -35,26 +35,11 @@ fn record_pid(
     pid: u32,
     secs: &str,
 ) -> (std::path::PathBuf, serde_json::Value) {
-    let out = out_dir(&format!("{name}-{v}"));
-    let o = run_memtrace(
-        &[
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            secs,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        o.status.success(),
-        "go{v}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let s = summary(&out);
-    (out, s)
+    let r = Record::new(&format!("{name}-{v}"))
+        .pid(pid)
+        .duration(secs)
+        .ok();
+    (r.out, r.summary)
 }
 
 /// A global map that is never evicted, attached mid-run: its function tops
