@@ -90,7 +90,7 @@ impl Aggregator {
                     m.map(key, addr, len, prot);
                 }
                 if let Some(rss) = self.rss.as_mut() {
-                    rss.mmap(pid, addr, len);
+                    rss.mmap(key, addr, len);
                 }
             }
             Op::Munmap { addr, len } => {
@@ -98,7 +98,7 @@ impl Aggregator {
                     m.unmap(pid, addr, len);
                 }
                 if let Some(rss) = self.rss.as_mut() {
-                    rss.munmap(pid, addr, len);
+                    rss.munmap(key, addr, len);
                 }
             }
             Op::Fault { addr, len } => {
@@ -112,7 +112,7 @@ impl Aggregator {
             }
             Op::Madvise { addr, len, advice } => {
                 if let Some(rss) = self.rss.as_mut() {
-                    rss.madvise(pid, addr, len, advice);
+                    rss.madvise(key, addr, len, advice);
                 }
             }
             Op::Mremap {
@@ -122,12 +122,12 @@ impl Aggregator {
                 new_len,
             } => {
                 if let Some(rss) = self.rss.as_mut() {
-                    rss.mremap(pid, old, old_len, new, new_len);
+                    rss.mremap(key, old, old_len, new, new_len);
                 }
             }
             Op::Brk { result } => {
                 if let Some(rss) = self.rss.as_mut() {
-                    rss.brk(pid, result);
+                    rss.brk(key, result);
                 }
             }
             Op::GoCreate { g, .. } => {
@@ -173,6 +173,7 @@ impl Aggregator {
         if let Some(rss) = self.rss.as_mut() {
             rss.procs.remove(&pid);
             rss.untracked.retain(|k, _| k.0 != pid);
+            rss.released_before.retain(|k, _| k.0 != pid);
         }
         if let Some(m) = self.mmap.as_mut() {
             m.forget(pid);
@@ -189,11 +190,12 @@ impl Aggregator {
         self.gc.stopped.remove(&pid);
     }
 
-    /// Starts a new window of the per-window lenses (rss); live goroutines
+    /// Starts a new window of the per-window lenses (rss, whose pages
+    /// resident now become the new window's "before"); live goroutines
     /// carry over.
     pub fn rotate(&mut self) {
         if let Some(rss) = self.rss.as_mut() {
-            *rss = RssAgg::new(rss.thp);
+            *rss = rss.rotate();
         }
         self.gc.cycles.clear();
     }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod gopclntab;
 pub mod goruntime;
 pub mod gtypes;
+pub mod guard;
 pub mod kernel;
 pub mod launch;
 pub mod lens;

@@ -121,6 +121,56 @@ pub fn read_status(pid: u32) -> Option<MemStatus> {
         .map(|t| parse_status(&t))
 }
 
+/// `/proc/PID/pagemap` entries read at once (512 KiB).
+const PAGEMAP_CHUNK: usize = 64 * 1024;
+const PAGE: u64 = 4096;
+
+/// The resident pages of the mappings `maps` (merged `[start, end)`
+/// ranges), from pagemap entries that `read(offset, buf)` fills in: bit 63
+/// means the page is present in memory. Mappings without access (Go's
+/// address-space reservations) are skipped; one that cannot be read is
+/// taken as empty.
+pub fn resident_ranges(
+    maps: &[MapEntry],
+    read: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; PAGEMAP_CHUNK * 8];
+    for m in maps.iter().filter(|m| !m.perms.starts_with("---")) {
+        let mut page = m.start & !(PAGE - 1);
+        while page < m.end {
+            let n = (((m.end - page).div_ceil(PAGE)) as usize).min(PAGEMAP_CHUNK);
+            let chunk = &mut buf[..n * 8];
+            if read(page / PAGE * 8, chunk).is_err() {
+                break;
+            }
+            for (i, e) in chunk.chunks_exact(8).enumerate() {
+                let entry = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+                if entry >> 63 == 0 {
+                    continue;
+                }
+                let at = page + i as u64 * PAGE;
+                match out.last_mut() {
+                    Some(last) if last.1 == at => last.1 = at + PAGE,
+                    _ => out.push((at, at + PAGE)),
+                }
+            }
+            page += n as u64 * PAGE;
+        }
+    }
+    out
+}
+
+/// The pages of `pid` resident now (see [`resident_ranges`]).
+pub fn read_resident(pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::unix::fs::FileExt as _;
+    let maps = read_maps(pid).ok_or_else(|| std::io::Error::other("no mappings"))?;
+    let f = std::fs::File::open(proc_dir(pid).join("pagemap"))?;
+    Ok(resident_ranges(&maps, &mut |off, buf| {
+        f.read_exact_at(buf, off)
+    }))
+}
+
 /// The state letter of a `/proc/.../stat` line (after the command name).
 pub fn parse_state(stat: &str) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
@@ -190,6 +240,46 @@ garbage
         assert_eq!(s.rss_anon, 1024 * 1024);
         assert_eq!(s.rss_file, 1000 * 1024);
         assert_eq!(s.rss_shmem, 24 * 1024);
+    }
+
+    #[test]
+    fn resident_pages_from_pagemap_entries() {
+        let map = |start: u64, end: u64, perms: &str| MapEntry {
+            start,
+            end,
+            perms: perms.into(),
+            offset: 0,
+            path: None,
+        };
+        let maps = [
+            map(0x10000, 0x15000, "rw-p"),
+            map(0x15000, 0x20000, "---p"),
+            map(0x20000, 0x22000, "r--p"),
+        ];
+        // Present: pages 0x10, 0x11, 0x13 and 0x14, 0x21.
+        let present = [0x10u64, 0x11, 0x13, 0x14, 0x21];
+        let mut asked = Vec::new();
+        let got = resident_ranges(&maps, &mut |off, buf| {
+            asked.push(off / 8);
+            for (i, e) in buf.chunks_exact_mut(8).enumerate() {
+                let page = off / 8 + i as u64;
+                let v: u64 = if present.contains(&page) {
+                    1 << 63
+                } else {
+                    1 << 62
+                };
+                e.copy_from_slice(&v.to_le_bytes());
+            }
+            Ok(())
+        });
+        assert_eq!(
+            got,
+            vec![(0x10000, 0x12000), (0x13000, 0x15000), (0x21000, 0x22000)]
+        );
+        assert_eq!(asked, vec![0x10, 0x20], "reservations are not read");
+        // This process has resident pages, readable through pagemap.
+        let mine = read_resident(std::process::id()).unwrap();
+        assert!(mine.iter().map(|(s, e)| e - s).sum::<u64>() > 1 << 20);
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub fn write_summary(out: &Path, s: &Summary) -> Result<PathBuf, WriteError> {
 /// What [`write_report`] wrote.
 pub struct WrittenReport {
     pub profiles: Vec<Written>,
+    /// `rss-net.svg` and `rss-net.folded`, with the rss lens.
+    pub net: Option<(PathBuf, PathBuf)>,
     pub summary: PathBuf,
     pub timelines: Vec<PathBuf>,
 }
@@ -132,6 +134,11 @@ pub fn write_report(out: &Path, r: &crate::engine::Report) -> Result<WrittenRepo
         .map(|p| write_profile(out, p))
         .collect::<Result<_, _>>()?;
     let summary = write_summary(out, &r.summary)?;
+    let grew = r.profiles.iter().find(|p| p.lens == Lens::Rss);
+    let net = match (grew, &r.rss_released) {
+        (Some(grew), Some(released)) => Some(write_net(out, grew, released, &r.summary)?),
+        _ => None,
+    };
     let mut timelines = Vec::new();
     for t in &r.timelines {
         let name = if r.timelines.len() == 1 {
@@ -148,9 +155,42 @@ pub fn write_report(out: &Path, r: &crate::engine::Report) -> Result<WrittenRepo
     }
     Ok(WrittenReport {
         profiles,
+        net,
         summary,
         timelines,
     })
+}
+
+/// `rss-net.svg` (a differential flame graph: growth red, release of
+/// pre-window memory blue) and its differential folded lines.
+fn write_net(
+    out: &Path,
+    grew: &Profile,
+    released: &Profile,
+    s: &Summary,
+) -> Result<(PathBuf, PathBuf), WriteError> {
+    let deltas = render::diff::net(grew, released);
+    let net = s.lenses["rss"].extra["net_growth"].as_i64().unwrap_or(0);
+    let title = format!(
+        "memtrace rss-net: {} ({:.1} s): net {}{} (red grew, blue released memory resident before tracing; widths: bytes grown plus released)",
+        grew.target,
+        grew.duration_secs,
+        if net >= 0 { "+" } else { "-" },
+        human_bytes(net.unsigned_abs())
+    );
+    let svg_path = out.join("rss-net.svg");
+    let folded_path = out.join("rss-net.folded");
+    let svg = if deltas.is_empty() {
+        render::svg::render(&Profile::new(Lens::Rss, [], grew.duration_secs, title))?
+    } else {
+        render::diff::render(&deltas, &title, "bytes").map_err(|e| WriteError::Io {
+            path: svg_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    };
+    write_file(&svg_path, &svg)?;
+    write_file(&folded_path, render::diff::folded(&deltas).as_bytes())?;
+    Ok((svg_path, folded_path))
 }
 
 /// Writes through a temporary file so a reader never sees half a report.

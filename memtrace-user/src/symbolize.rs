@@ -41,7 +41,10 @@ pub struct Image {
 enum Where {
     File(PathBuf, u64),
     Virt(PathBuf, u64),
+    /// In an anonymous mapping (a thread stack, the vdso).
     Anon(u64),
+    /// In no mapping at all: not code, so not a real return address.
+    Unmapped(u64),
     /// A link-time address in Go table number `.0`.
     Go(usize, u64),
 }
@@ -56,6 +59,9 @@ pub struct Symbolizer {
     go_paths: HashMap<PathBuf, usize>,
     /// Frames that resolved to no name.
     pub unresolved: u64,
+    /// Stacks cut where the frame-pointer walk left the stack (an address
+    /// in no mapping, or in the Go binary but in no function).
+    pub truncated: u64,
 }
 
 impl Default for Symbolizer {
@@ -69,6 +75,7 @@ impl Default for Symbolizer {
             tables: Vec::new(),
             go_paths: HashMap::new(),
             unresolved: 0,
+            truncated: 0,
         }
     }
 }
@@ -89,17 +96,44 @@ impl Symbolizer {
     }
 
     /// Names for a kernel stack (leaf first), returned root first with inlined
-    /// frames expanded in call order.
+    /// frames expanded in call order. The frame-pointer walk does not know
+    /// where a Go stack ends and may go on into junk; like Go's own
+    /// unwinder, the stack ends at the function every goroutine or thread
+    /// starts in.
     pub fn stack(&mut self, image: &Image, ips: &[u64]) -> Vec<String> {
         let mut out = Vec::new();
         for (i, &ip) in ips.iter().enumerate() {
             // Non-leaf entries are return addresses: look up the call itself.
             let pc = if i == 0 { ip } else { ip.saturating_sub(1) };
+            if i > 0 && self.is_junk(image, pc) {
+                self.truncated += 1;
+                break;
+            }
             let names = self.frame(image, pc);
+            let bottom = names.first().is_some_and(|n| is_stack_bottom(n));
             out.extend(names.into_iter().rev());
+            if bottom {
+                break;
+            }
         }
         out.reverse();
         out
+    }
+
+    /// Whether a return address cannot be one: it is in no mapping, or in a
+    /// Go binary's image but in none of its functions.
+    fn is_junk(&self, image: &Image, pc: u64) -> bool {
+        if pc >= EXISTING_GOROUTINE - 1 {
+            return false;
+        }
+        match locate(image, pc) {
+            Where::Unmapped(_) => true,
+            // In the Go binary's image (its data, say) but not its code.
+            Where::File(path, _) | Where::Virt(path, _) if self.go_paths.contains_key(&path) => {
+                !matches!(self.rekey(image, locate(image, pc)), Where::Go(i, a) if self.tables[i].frames(a).is_some())
+            }
+            _ => false,
+        }
     }
 
     /// Names at one pc, outermost first.
@@ -112,7 +146,7 @@ impl Symbolizer {
             return hit.clone();
         }
         let names = match &at {
-            Where::Anon(pc) => vec![format!("[anon] {pc:#x}")],
+            Where::Anon(pc) | Where::Unmapped(pc) => vec![format!("[anon] {pc:#x}")],
             Where::File(path, off) => self.lookup(path, Input::FileOffset(&[*off][..]), *off),
             Where::Virt(path, addr) => self.lookup(path, Input::VirtOffset(&[*addr][..]), *addr),
             Where::Go(idx, addr) => match self.tables[*idx].frames(*addr) {
@@ -179,9 +213,19 @@ fn locate(image: &Image, pc: u64) -> Where {
                 offset,
                 ..
             }) => Where::File(strip_deleted(path), pc - start + offset),
-            _ => Where::Anon(pc),
+            Some(_) => Where::Anon(pc),
+            None => Where::Unmapped(pc),
         },
     }
+}
+
+/// Functions no Go frame is below: a goroutine's (`goexit`), the main
+/// thread's (`rt0_go`) and another thread's (`mstart`) first frame.
+pub fn is_stack_bottom(function: &str) -> bool {
+    matches!(
+        function,
+        "runtime.goexit" | "runtime.rt0_go" | "runtime.mstart"
+    )
 }
 
 /// `/proc/PID/maps` marks unlinked files with a " (deleted)" suffix.
@@ -259,7 +303,7 @@ mod tests {
             Where::File("/bin/app".into(), 0x410)
         );
         assert_eq!(locate(&image, 0x9010), Where::Anon(0x9010));
-        assert_eq!(locate(&image, 0x5), Where::Anon(0x5));
+        assert_eq!(locate(&image, 0x5), Where::Unmapped(0x5));
         let early = Image {
             maps: None,
             ..image
@@ -352,6 +396,24 @@ mod tests {
         let names = s.stack(&image, &[pc]);
         assert!(names.iter().any(|n| n.contains("marker_fn")), "{names:?}");
         assert_eq!(s.unresolved, 0);
+    }
+
+    #[test]
+    fn stacks_end_at_the_bottom_frame_or_where_the_walk_left_the_stack() {
+        let exe = std::env::current_exe().unwrap();
+        let image = Image {
+            exe,
+            maps: crate::procfs::read_maps(std::process::id()),
+            root: None,
+        };
+        let mut s = Symbolizer::default();
+        let pc = marker_fn as *const () as usize as u64;
+        // Past the marker: an address in no mapping, then anything.
+        let names = s.stack(&image, &[pc, pc + 1, 0x10, pc + 1]);
+        assert_eq!(names.iter().filter(|n| n.contains("marker_fn")).count(), 2);
+        assert!(!names.iter().any(|n| n.contains("[anon]")), "{names:?}");
+        assert_eq!((s.truncated, s.unresolved), (1, 0));
+        assert!(is_stack_bottom("runtime.goexit") && !is_stack_bottom("runtime.main"));
     }
 
     #[inline(never)]

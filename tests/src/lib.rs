@@ -348,6 +348,11 @@ impl Bg {
     pub fn alive(&mut self) -> bool {
         self.0.try_wait().expect("try_wait").is_none()
     }
+
+    /// Waits for it to exit; its status, as its parent sees it.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().expect("wait")
+    }
 }
 
 impl Drop for Bg {

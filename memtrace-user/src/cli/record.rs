@@ -180,6 +180,9 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let paths: Vec<String> = tracepoints.iter().map(|t| t.path()).collect();
     preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())?;
 
+    // Forked first, while memtrace has one thread: it undoes what memtrace
+    // writes into targets if memtrace is killed.
+    let guardian = crate::guard::Guardian::spawn().context("starting the guardian process")?;
     // Resolve and vet every target before touching the kernel.
     let (specs, gate) = if args.command.is_empty() {
         let specs = args
@@ -198,6 +201,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         }
         let kernel = Ebpf::load(&tracepoints, &preflight::tracefs_dir())?;
         let mut engine = Engine::new(kernel, Procfs, opts.clone());
+        engine.set_guardian(guardian);
         for s in &specs {
             engine.add(s.clone())?;
         }
@@ -235,6 +239,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     };
     let ended_by = rt.block_on(run::drive(&mut engine, &mut policy))?;
     engine.finish();
+    engine.release_guardian();
     let report = engine.report(None, &ended_by);
     let written = crate::report::write_report(&args.out, &report)?;
     super::terminal::print_record(&report, &written, engine.targets());

@@ -3,6 +3,7 @@
 //! GC view.
 
 use crate::engine::{Report, Target};
+use crate::lens::Lens;
 use crate::render::Profile;
 use crate::report::{human_bytes, short_stack, WrittenReport};
 
@@ -41,12 +42,18 @@ pub fn print_record<'a>(
     }
     for (p, w) in report.profiles.iter().zip(&written.profiles) {
         print_lens(p);
+        if p.lens == Lens::Rss {
+            print_net(&s.lenses["rss"].extra, p.total());
+        }
         println!(
             "  wrote {}, {}, {}",
             w.svg.display(),
             w.folded.display(),
             w.pprof.display()
         );
+        if let (Lens::Rss, Some((svg, folded))) = (p.lens, &written.net) {
+            println!("  wrote {}, {}", svg.display(), folded.display());
+        }
     }
     for t in &s.targets {
         if let (Some(a), Some(b)) = (t.vmrss_start, t.vmrss_end) {
@@ -93,6 +100,19 @@ fn print_lens(p: &Profile) {
             short_stack(&s.frames, 4)
         );
     }
+}
+
+/// `net +X (grew Y, released Z that was resident before tracing)`.
+fn print_net(extra: &crate::render::summary::Extras, grew: u64) {
+    let net = extra["net_growth"].as_i64().unwrap_or(0);
+    let released = extra["released_before_bytes"].as_u64().unwrap_or(0);
+    println!(
+        "  net {}{} (grew {}, released {} that was resident before tracing)",
+        if net >= 0 { "+" } else { "-" },
+        human_bytes(net.unsigned_abs()),
+        human_bytes(grew),
+        human_bytes(released)
+    );
 }
 
 fn print_gc(gc: &serde_json::Value) {

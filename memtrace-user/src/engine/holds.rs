@@ -47,6 +47,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             }
         }
         self.targets.insert(pid, t);
+        self.sync_guard(None);
         if stopped {
             self.host.resume(pid);
         }
@@ -97,5 +98,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         for links in self.probes.take_all() {
             self.kernel.detach(links);
         }
+        self.sync_guard(None);
     }
 }

@@ -20,6 +20,8 @@ pub trait Host {
     fn smaps(&self, pid: u32) -> Option<String>;
     /// The executable `pid` runs, as `/proc/PID/exe` names it.
     fn exe(&self, pid: u32) -> Option<PathBuf>;
+    /// The pages of `pid` resident now, as `[start, end)` ranges.
+    fn resident_pages(&self, pid: u32) -> std::io::Result<Vec<(u64, u64)>>;
     /// Reaps a child memtrace launched: its exit status once it exited.
     fn reap(&self, pid: u32) -> Option<i32>;
     /// Waits (briefly) until every thread of `pid` is stopped.
@@ -58,6 +60,10 @@ impl Host for Procfs {
 
     fn exe(&self, pid: u32) -> Option<PathBuf> {
         procfs::exe_path(pid).ok()
+    }
+
+    fn resident_pages(&self, pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
+        procfs::read_resident(pid)
     }
 
     fn reap(&self, pid: u32) -> Option<i32> {

@@ -211,6 +211,8 @@ pub struct Engine<K: Kernel, H: Host> {
     clock: Clock,
     /// Warnings already shown (each once).
     warned: HashSet<String>,
+    /// Undoes what memtrace wrote into targets if memtrace dies.
+    guard: Option<crate::guard::Guardian>,
 }
 
 impl<K: Kernel, H: Host> Engine<K, H> {
@@ -226,6 +228,43 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             sym: Symbolizer::default(),
             clock: Clock::now(),
             warned: HashSet::new(),
+            guard: None,
+        }
+    }
+
+    /// Has `guard` undo what this session writes into its targets (and
+    /// continue them) if memtrace dies.
+    pub fn set_guardian(&mut self, guard: crate::guard::Guardian) {
+        self.guard = Some(guard);
+    }
+
+    /// Tells the guardian which targets run and what was written into them.
+    fn sync_guard(&mut self, extra_target: Option<u32>) {
+        let Some(g) = self.guard.as_mut() else {
+            return;
+        };
+        let mut live: Vec<u32> = self
+            .targets
+            .values()
+            .filter(|t| t.exit.is_none())
+            .map(|t| t.pid)
+            .collect();
+        live.extend(extra_target);
+        let writes: Vec<(u32, u64, u64)> = self
+            .targets
+            .values()
+            .filter_map(|t| {
+                let (addr, v) = t.profile.as_ref()?.restore_point()?;
+                Some((t.pid, addr, v))
+            })
+            .collect();
+        g.sync(&live, &writes);
+    }
+
+    /// The session ended cleanly: everything written was restored.
+    pub fn release_guardian(&mut self) {
+        if let Some(g) = self.guard.take() {
+            g.done();
         }
     }
 
@@ -294,6 +333,8 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     /// (goroutines, the memory profile) in attach mode.
     pub fn add(&mut self, spec: TargetSpec) -> Result<(), EngineError> {
         let pid = spec.pid;
+        // Before any probe can stop it.
+        self.sync_guard(Some(pid));
         let profile = if self.opts.sampled() {
             Some(RuntimeProfile::new(
                 pid,
@@ -355,7 +396,23 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             self.read_running(&mut t)?;
         }
         self.targets.insert(pid, t);
+        self.sync_guard(None);
         Ok(())
+    }
+
+    /// The rss lens's starting point for a process that ran before tracing:
+    /// the pages resident now (what it releases of them counts against its
+    /// growth).
+    fn snapshot_resident(&mut self, pid: u32) {
+        let Some(rss) = self.agg.rss.as_mut() else {
+            return;
+        };
+        match self.host.resident_pages(pid) {
+            Ok(ranges) => rss.set_resident_before(pid, &ranges),
+            Err(e) => self.warn_once(format!(
+                "pid {pid}: cannot read which pages are resident ({e}); net growth counts no releases of them"
+            )),
+        }
     }
 
     /// What a process that ran before tracing already holds: its goroutines
@@ -363,6 +420,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     /// the memory profile's starting point.
     fn read_running(&mut self, t: &mut Target) -> Result<(), EngineError> {
         let pid = t.pid;
+        self.snapshot_resident(pid);
         let read = |what, source| EngineError::Read { pid, what, source };
         if let Some(gs) = self.agg.goroutines.as_mut() {
             if let Some(allgs) = t.bin.allgs.and_then(|a| t.runtime_addr(a)) {
@@ -496,6 +554,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             self.clock.last_second = Instant::now();
             self.every_second();
         }
+        if !exited.is_empty() {
+            self.sync_guard(None);
+        }
         exited
     }
 
@@ -526,6 +587,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             }
             self.targets.insert(pid, t);
         }
+        self.sync_guard(None);
     }
 
     /// Starts the window's clock now (once set-up is done and the targets

@@ -28,8 +28,25 @@ pub struct Report {
     pub summary: Summary,
     /// With the rss lens: each process's RSS timeline.
     pub timelines: Vec<Timeline>,
+    /// With the rss lens: the release, by the releasing stack, of memory
+    /// resident before the window (the other half of `rss-net`).
+    pub rss_released: Option<Profile>,
     /// Warnings for the terminal (e.g. a lens with nothing to show).
     pub warnings: Vec<String>,
+}
+
+/// The heap lens's caveat when sampling began at attach.
+fn heap_note(total: u64, live: u64) -> String {
+    let coverage = if live > 0 {
+        format!(
+            "; it accounts for {:.0}% of the Go heap's {} live bytes",
+            total as f64 / live as f64 * 100.0,
+            crate::report::human_bytes(live)
+        )
+    } else {
+        String::new()
+    };
+    format!("heap lens: the program had memory profiling off, so sampling began when memtrace attached and objects allocated before are not attributed{coverage}")
 }
 
 impl<K: Kernel, H: Host> Engine<K, H> {
@@ -62,12 +79,18 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         // The sampled lenses' cells, from each target's memory profile.
         let mut sampled: HashMap<Lens, HashMap<StackKey, Cell>> = HashMap::new();
         let mut rate = 0;
+        let mut since = lens::sampled::SampledSince::Start;
         if self.opts.sampled() {
             for pid in &pids {
                 let Some(p) = self.targets[pid].profile.as_ref() else {
                     continue;
                 };
                 rate = rate.max(p.rate);
+                if p.since == lens::sampled::SampledSince::Attach
+                    || since == lens::sampled::SampledSince::Start
+                {
+                    since = p.since;
+                }
                 match p.cells(&mut self.resolver.stacks) {
                     Some(by_lens) => {
                         for (lens, cells) in by_lens {
@@ -82,6 +105,20 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         }
 
         let vmrss = |t: &super::Target| (t.vmrss_start, t.timeline.last().map(|p| p.vm_rss));
+        let rss_released = self.agg.rss.as_ref().map(|r| {
+            let mut cells = r.released_before.clone();
+            cells.retain(|k, _| pids.contains(&k.0));
+            cells
+        });
+        let rss_released = rss_released.map(|cells| {
+            self.profile(
+                Lens::Rss,
+                &cells,
+                &images,
+                duration_secs,
+                target_desc.clone(),
+            )
+        });
         let mut lens_summaries = BTreeMap::new();
         let mut profiles = Vec::new();
         let lenses = self.opts.lenses.clone();
@@ -98,13 +135,25 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                         let (a, b) = vmrss(&self.targets[p]);
                         (s + a.unwrap_or(0), e + b.unwrap_or(0))
                     });
-                    lens::rss::extras(self.agg.rss.as_ref().expect("rss on"), start, end)
+                    lens::rss::extras(self.agg.rss.as_ref().expect("rss on"), &pids, start, end)
                 }
                 Lens::Mmap => lens::mmap::extras(self.agg.mmap.as_ref().expect("mmap on")),
                 Lens::AllocExact => {
                     lens::alloc_exact::extras(self.agg.alloc_exact.as_ref().expect("on"))
                 }
-                Lens::Alloc | Lens::Heap => lens::sampled::extras(rate),
+                Lens::Alloc => lens::sampled::extras(rate, since, None),
+                Lens::Heap => {
+                    let total = cells.values().map(|c| c.bytes).sum::<u64>();
+                    let live = pids
+                        .iter()
+                        .filter_map(|p| self.targets[p].final_state.as_ref()?.heap_live)
+                        .sum::<u64>();
+                    let e = lens::sampled::extras(rate, since, Some((total, live)));
+                    if since == lens::sampled::SampledSince::Attach {
+                        warnings.push(heap_note(total, live));
+                    }
+                    e
+                }
                 Lens::Goroutines => self.goroutine_extras(&pids, &images, duration_secs),
             };
             let p = self.profile(lens, &cells, &images, duration_secs, target_desc.clone());
@@ -151,6 +200,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 syscall_unpaired: self.resolver.unpaired,
                 alloc_probe_hits: k.alloc_hits,
                 unresolved_frames: self.sym.unresolved,
+                truncated_stacks: self.sym.truncated,
                 decode_errors: self.resolver.decode_errors,
                 hold_failures: k.hold_failures,
                 events: self.agg.events,
@@ -177,6 +227,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             profiles,
             summary,
             timelines,
+            rss_released,
             warnings,
         }
     }

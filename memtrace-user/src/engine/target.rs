@@ -57,6 +57,8 @@ impl Exit {
 #[derive(Clone, Debug, Default)]
 pub struct FinalState {
     pub breakdown: Option<Breakdown>,
+    /// The Go heap's live bytes (`gcController.heapLive`).
+    pub heap_live: Option<u64>,
     /// Stack bytes of each live goroutine (by `*g`).
     pub goroutine_stacks: HashMap<u64, u64>,
 }
@@ -195,7 +197,17 @@ impl Target {
                     .collect()
             })
             .unwrap_or_default();
+        let heap_live = self
+            .bin
+            .gc
+            .as_ref()
+            .ok()
+            .and_then(|g| g.heap_live)
+            .and_then(|a| self.runtime_addr(a))
+            .zip(mem.as_deref())
+            .and_then(|(a, m)| m.read_u64(a).ok());
         self.final_state = Some(FinalState {
+            heap_live,
             breakdown: host
                 .smaps(self.pid)
                 .map(|s| breakdown::from_smaps(&s, stacks_total)),

@@ -46,6 +46,9 @@ impl Host for FakeHost {
     fn exe(&self, _pid: u32) -> Option<PathBuf> {
         None
     }
+    fn resident_pages(&self, _pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
+        Ok(vec![(0x7000_0000, 0x7000_0000 + (1 << 20))])
+    }
     fn reap(&self, _pid: u32) -> Option<i32> {
         None
     }

@@ -69,6 +69,9 @@ impl Thp {
 pub(crate) struct RssProc {
     /// Pages that became resident in the window and still are.
     resident: RangeMap<StackKey>,
+    /// Pages that were resident when the window began and still are (from
+    /// `/proc/PID/pagemap`; empty for a program traced from exec).
+    before: RangeMap<()>,
     /// `MADV_HUGEPAGE` ranges.
     hugepage: RangeMap<()>,
     /// Anonymous writable mappings (for THP `always`), from /proc/PID/maps.
@@ -79,22 +82,30 @@ pub(crate) struct RssProc {
 /// `rss`: bytes that became resident during the window (page faults, THP
 /// faults as 2 MiB) and are still resident at its end (not released by
 /// munmap, MADV_DONTNEED/REMOVE/PAGEOUT, mremap, brk shrink or a MAP_FIXED
-/// mapping on top), by the stack that touched them first.
+/// mapping on top), by the stack that touched them first. Net growth also
+/// subtracts the pages that were resident before the window and released
+/// during it, by the stack that released them.
 #[derive(Default)]
 pub struct RssAgg {
     pub(crate) procs: HashMap<u32, RssProc>,
     pub thp: Thp,
     /// Resident bytes that were released again within the window.
     pub released_bytes: u64,
-    /// Bytes covered by release requests (including pages that were resident
-    /// before the window, which the lens cannot size).
+    /// Bytes covered by release requests (resident or not).
     pub release_requested_bytes: u64,
+    /// Bytes resident before the window and released during it, by the
+    /// releasing stack (the caller of munmap, madvise, ...).
+    pub released_before: HashMap<StackKey, Cell>,
     /// `MADV_FREE`d bytes: lazily freed, still resident until reclaimed.
     pub lazy_free_bytes: u64,
     /// Faults on pages already counted (e.g. write after read of the zero page).
     pub repeat_faults: u64,
     /// Faults counted after the range limit, without per-page tracking.
     pub untracked: HashMap<StackKey, Cell>,
+}
+
+fn len_of<V>(pieces: &[(u64, u64, V)]) -> u64 {
+    pieces.iter().map(|(s, e, _)| e - s).sum()
 }
 
 impl RssAgg {
@@ -110,6 +121,15 @@ impl RssAgg {
         self.procs.entry(pid).or_default().anon_vmas = vmas;
     }
 
+    /// The pages of `pid` resident when the window began: `(start, end)`
+    /// page ranges.
+    pub fn set_resident_before(&mut self, pid: u32, ranges: &[(u64, u64)]) {
+        let p = self.procs.entry(pid).or_default();
+        for &(s, e) in ranges {
+            p.before.insert(s, e, ());
+        }
+    }
+
     fn thp_block(thp: Thp, p: &RssProc, page: u64) -> Option<(u64, u64)> {
         let b = page & !(HUGE - 1);
         let fits = |(s, e): (u64, u64)| s <= b && b + HUGE <= e;
@@ -119,7 +139,8 @@ impl RssAgg {
             Thp::Always => p.anon_vmas.iter().copied().any(fits),
         };
         // A huge page is only allocated into an empty PMD.
-        (eligible && !p.resident.any_in(b, b + HUGE)).then_some((b, b + HUGE))
+        (eligible && !p.resident.any_in(b, b + HUGE) && !p.before.any_in(b, b + HUGE))
+            .then_some((b, b + HUGE))
     }
 
     pub fn fault(&mut self, key: StackKey, addr: u64) {
@@ -129,6 +150,9 @@ impl RssAgg {
             self.repeat_faults += 1;
             return;
         }
+        // A fault on a page the snapshot saw (it came in between the probes
+        // and the snapshot, or was the zero page): it became resident now.
+        p.before.remove(page, page + PAGE);
         let (s, e) = Self::thp_block(self.thp, p, page).unwrap_or((page, page + PAGE));
         if p.resident.len() >= MAX_RESIDENT_RANGES {
             let c = self.untracked.entry(key).or_default();
@@ -139,55 +163,55 @@ impl RssAgg {
         p.resident.insert(s, e, key);
     }
 
-    fn release(&mut self, pid: u32, start: u64, end: u64) {
+    /// `[start, end)` stops being resident, released by `key`'s stack.
+    fn release(&mut self, key: StackKey, start: u64, end: u64) {
         if end <= start {
             return;
         }
         self.release_requested_bytes += end - start;
-        if let Some(p) = self.procs.get_mut(&pid) {
-            self.released_bytes += p
-                .resident
-                .remove(start, end)
-                .iter()
-                .map(|(s, e, _)| e - s)
-                .sum::<u64>();
+        let Some(p) = self.procs.get_mut(&key.0) else {
+            return;
+        };
+        self.released_bytes += len_of(&p.resident.remove(start, end));
+        let before = len_of(&p.before.remove(start, end));
+        if before > 0 {
+            let c = self.released_before.entry(key).or_default();
+            c.bytes += before;
+            c.objects += 1;
         }
     }
 
-    pub fn munmap(&mut self, pid: u32, addr: u64, len: u64) {
-        self.release(pid, addr, addr + page_round(len));
+    pub fn munmap(&mut self, key: StackKey, addr: u64, len: u64) {
+        self.release(key, addr, addr + page_round(len));
     }
 
     /// A new mapping replaces whatever was resident underneath (MAP_FIXED).
-    pub fn mmap(&mut self, pid: u32, addr: u64, len: u64) {
+    pub fn mmap(&mut self, key: StackKey, addr: u64, len: u64) {
         let end = addr + page_round(len);
-        if let Some(p) = self.procs.get_mut(&pid) {
-            self.released_bytes += p
-                .resident
-                .remove(addr, end)
-                .iter()
-                .map(|(s, e, _)| e - s)
-                .sum::<u64>();
+        if let Some(p) = self.procs.get_mut(&key.0) {
             p.hugepage.remove(addr, end);
+            if p.resident.any_in(addr, end) || p.before.any_in(addr, end) {
+                self.release(key, addr, end);
+            }
         }
     }
 
-    pub fn madvise(&mut self, pid: u32, addr: u64, len: u64, advice: u32) {
+    pub fn madvise(&mut self, key: StackKey, addr: u64, len: u64, advice: u32) {
         let end = addr + page_round(len);
         match advice {
             madv::DONTNEED | madv::REMOVE | madv::PAGEOUT | madv::DONTNEED_LOCKED => {
-                self.release(pid, addr, end)
+                self.release(key, addr, end)
             }
             madv::FREE => self.lazy_free_bytes += end - addr,
             madv::HUGEPAGE => self
                 .procs
-                .entry(pid)
+                .entry(key.0)
                 .or_default()
                 .hugepage
                 .insert(addr, end, ()),
             madv::NOHUGEPAGE => {
                 self.procs
-                    .entry(pid)
+                    .entry(key.0)
                     .or_default()
                     .hugepage
                     .remove(addr, end);
@@ -196,14 +220,14 @@ impl RssAgg {
         }
     }
 
-    pub fn mremap(&mut self, pid: u32, old: u64, old_len: u64, new: u64, new_len: u64) {
+    pub fn mremap(&mut self, key: StackKey, old: u64, old_len: u64, new: u64, new_len: u64) {
         let (old_len, new_len) = (page_round(old_len), page_round(new_len));
-        let Some(p) = self.procs.get_mut(&pid) else {
+        let Some(p) = self.procs.get_mut(&key.0) else {
             return;
         };
-        let pieces = p.resident.remove(old, old + old_len);
+        // Pages move with the mapping; what falls past its new end is gone.
         let mut released = 0;
-        for (s, e, k) in pieces {
+        for (s, e, k) in p.resident.remove(old, old + old_len) {
             let (os, oe) = (s - old, e - old);
             let cut = new_len.clamp(os, oe);
             if os < cut {
@@ -211,15 +235,29 @@ impl RssAgg {
             }
             released += oe - cut;
         }
+        let mut released_before = 0;
+        for (s, e, ()) in p.before.remove(old, old + old_len) {
+            let (os, oe) = (s - old, e - old);
+            let cut = new_len.clamp(os, oe);
+            if os < cut {
+                p.before.insert(new + os, new + cut, ());
+            }
+            released_before += oe - cut;
+        }
         self.released_bytes += released;
         self.release_requested_bytes += old_len.saturating_sub(new_len);
+        if released_before > 0 {
+            let c = self.released_before.entry(key).or_default();
+            c.bytes += released_before;
+            c.objects += 1;
+        }
     }
 
-    pub fn brk(&mut self, pid: u32, result: u64) {
-        let prev = self.procs.entry(pid).or_default().brk.replace(result);
+    pub fn brk(&mut self, key: StackKey, result: u64) {
+        let prev = self.procs.entry(key.0).or_default().brk.replace(result);
         if let Some(prev) = prev {
             if result < prev {
-                self.release(pid, result, prev);
+                self.release(key, result, prev);
             }
         }
     }
@@ -232,13 +270,59 @@ impl RssAgg {
         }
         out
     }
+
+    /// Bytes that grew and stayed, less bytes resident before the window
+    /// and released in it, for the processes `pids`.
+    pub fn net_growth(&self, pids: &[u32]) -> (u64, u64) {
+        let grew = self
+            .by_stack()
+            .iter()
+            .filter(|(k, _)| pids.contains(&k.0))
+            .map(|(_, c)| c.bytes)
+            .sum();
+        let released = self
+            .released_before
+            .iter()
+            .filter(|(k, _)| pids.contains(&k.0))
+            .map(|(_, c)| c.bytes)
+            .sum();
+        (grew, released)
+    }
+
+    /// A new window: what is resident now is "before" for it.
+    pub fn rotate(&mut self) -> Self {
+        let mut next = RssAgg::new(self.thp);
+        for (pid, p) in self.procs.drain() {
+            let mut before = p.before;
+            for (s, e, _) in p.resident.iter() {
+                before.insert(s, e, ());
+            }
+            next.procs.insert(
+                pid,
+                RssProc {
+                    before,
+                    hugepage: p.hugepage,
+                    anon_vmas: p.anon_vmas,
+                    brk: p.brk,
+                    ..Default::default()
+                },
+            );
+        }
+        next
+    }
 }
 
-/// The lens's extras in `summary.json`.
-pub fn extras(r: &RssAgg, vmrss_start: u64, vmrss_end: u64) -> Extras {
+/// The lens's extras in `summary.json` for the processes `pids`.
+pub fn extras(r: &RssAgg, pids: &[u32], vmrss_start: u64, vmrss_end: u64) -> Extras {
     let untracked: u64 = r.untracked.values().map(|c| c.bytes).sum();
+    let (grew, released) = r.net_growth(pids);
     let j = |k: &str, v: serde_json::Value| (k.to_string(), v);
     Extras::from([
+        j(
+            "net_growth",
+            serde_json::json!(grew as i64 - released as i64),
+        ),
+        j("released_before_bytes", serde_json::json!(released)),
         j("released_bytes", serde_json::json!(r.released_bytes)),
         j(
             "release_requested_bytes",
@@ -265,6 +349,9 @@ mod tests {
     use super::*;
     use crate::stack::Stack;
 
+    /// The stack that releases memory in these tests.
+    const REL: StackKey = (1, Stack::Id(99));
+
     #[test]
     fn rss_counts_first_touch_once_and_releases() {
         let mut r = RssAgg::new(Thp::Madvise);
@@ -274,14 +361,14 @@ mod tests {
         r.fault((1, Stack::Id(6)), 0x10000); // write after read: same page
         assert_eq!(r.repeat_faults, 1);
         assert_eq!(r.by_stack()[&(1, Stack::Id(5))].bytes, 10 * PAGE);
-        r.madvise(1, 0x10000, 2 * PAGE, madv::DONTNEED);
-        r.madvise(1, 0x12000, PAGE, madv::FREE); // lazy: still resident
+        r.madvise(REL, 0x10000, 2 * PAGE, madv::DONTNEED);
+        r.madvise(REL, 0x12000, PAGE, madv::FREE); // lazy: still resident
         assert_eq!(r.by_stack()[&(1, Stack::Id(5))].bytes, 8 * PAGE);
         assert_eq!(r.released_bytes, 2 * PAGE);
         assert_eq!(r.lazy_free_bytes, PAGE);
         r.fault((1, Stack::Id(6)), 0x10000); // re-faulted after release: counts again
         assert_eq!(r.by_stack()[&(1, Stack::Id(6))].bytes, PAGE);
-        r.munmap(1, 0, 1 << 30);
+        r.munmap(REL, 0, 1 << 30);
         assert!(r.by_stack().is_empty());
         assert_eq!(r.released_bytes, 11 * PAGE);
     }
@@ -290,7 +377,7 @@ mod tests {
     fn rss_thp_faults_count_two_mib() {
         let mut r = RssAgg::new(Thp::Madvise);
         let base = 0x4000_0000;
-        r.madvise(1, base, 2 * HUGE, madv::HUGEPAGE);
+        r.madvise(REL, base, 2 * HUGE, madv::HUGEPAGE);
         r.fault((1, Stack::Id(1)), base + 5 * PAGE);
         assert_eq!(r.by_stack()[&(1, Stack::Id(1))].bytes, HUGE);
         r.fault((1, Stack::Id(1)), base + HUGE + 7);
@@ -315,18 +402,18 @@ mod tests {
             r.fault((1, Stack::Id(1)), 0x100000 + p * PAGE);
         }
         // Move and shrink to 3 pages: one page released, three moved.
-        r.mremap(1, 0x100000, 4 * PAGE, 0x900000, 3 * PAGE);
+        r.mremap(REL, 0x100000, 4 * PAGE, 0x900000, 3 * PAGE);
         let moved: Vec<_> = r.procs[&1].resident.iter().collect();
         assert_eq!(
             moved,
             vec![(0x900000, 0x900000 + 3 * PAGE, (1, Stack::Id(1)))]
         );
         assert_eq!(r.released_bytes, PAGE);
-        r.brk(1, 0x600000);
+        r.brk(REL, 0x600000);
         for p in 0..8 {
             r.fault((1, Stack::Id(2)), 0x5f8000 + p * PAGE);
         }
-        r.brk(1, 0x5fc000); // shrink by 4 pages
+        r.brk(REL, 0x5fc000); // shrink by 4 pages
         assert_eq!(r.by_stack()[&(1, Stack::Id(2))].bytes, 4 * PAGE);
     }
 
@@ -334,7 +421,60 @@ mod tests {
     fn rss_mmap_fixed_drops_old_pages() {
         let mut r = RssAgg::new(Thp::Never);
         r.fault((1, Stack::Id(1)), 0x7000);
-        r.mmap(1, 0x7000, PAGE);
+        r.mmap(REL, 0x7000, PAGE);
         assert!(r.by_stack().is_empty());
+    }
+
+    #[test]
+    fn net_growth_subtracts_what_was_resident_before_and_released() {
+        let mut r = RssAgg::new(Thp::Never);
+        // 64 pages resident when the window began.
+        r.set_resident_before(1, &[(0x100000, 0x100000 + 64 * PAGE)]);
+        // 16 new pages stay; 8 more come and go.
+        for p in 0..24 {
+            r.fault((1, Stack::Id(1)), 0x900000 + p * PAGE);
+        }
+        r.munmap(REL, 0x900000 + 16 * PAGE, 8 * PAGE);
+        // The old region is unmapped in two calls (32 pages each) and a
+        // third that touches nothing resident.
+        r.munmap(REL, 0x100000, 32 * PAGE);
+        r.madvise(
+            (1, Stack::Id(98)),
+            0x100000 + 32 * PAGE,
+            32 * PAGE,
+            madv::DONTNEED,
+        );
+        r.munmap(REL, 0x100000, 64 * PAGE);
+        assert_eq!(r.net_growth(&[1]), (16 * PAGE, 64 * PAGE));
+        assert_eq!(r.released_bytes, 8 * PAGE, "in-window releases stay apart");
+        assert_eq!(r.released_before[&REL].bytes, 32 * PAGE);
+        assert_eq!(r.released_before[&(1, Stack::Id(98))].bytes, 32 * PAGE);
+        // Moving pre-window pages is neither growth nor release; the tail an
+        // mremap drops is a release.
+        let mut m = RssAgg::new(Thp::Never);
+        m.set_resident_before(1, &[(0x100000, 0x100000 + 4 * PAGE)]);
+        m.mremap(REL, 0x100000, 4 * PAGE, 0x800000, 3 * PAGE);
+        assert_eq!(m.net_growth(&[1]), (0, PAGE));
+        m.munmap(REL, 0x800000, 3 * PAGE);
+        assert_eq!(m.net_growth(&[1]), (0, 4 * PAGE));
+        // A fault on a page the snapshot saw counts as growth, once.
+        let mut f = RssAgg::new(Thp::Never);
+        f.set_resident_before(1, &[(0x100000, 0x102000)]);
+        f.fault((1, Stack::Id(1)), 0x100000);
+        f.munmap(REL, 0x100000, 2 * PAGE);
+        assert_eq!(f.net_growth(&[1]), (0, PAGE));
+        assert_eq!(f.released_bytes, PAGE);
+    }
+
+    #[test]
+    fn a_new_window_starts_from_what_is_resident() {
+        let mut r = RssAgg::new(Thp::Never);
+        r.set_resident_before(1, &[(0x100000, 0x100000 + 2 * PAGE)]);
+        r.fault((1, Stack::Id(1)), 0x900000);
+        let mut next = r.rotate();
+        assert!(next.by_stack().is_empty());
+        next.munmap(REL, 0, 1 << 40);
+        assert_eq!(next.net_growth(&[1]), (0, 3 * PAGE));
+        assert_eq!(next.net_growth(&[2]), (0, 0), "other processes untouched");
     }
 }

@@ -18,6 +18,21 @@ use crate::remote::RemoteMemory;
 use crate::render::summary::Extras;
 use crate::stack::{StackKey, StackTable};
 
+/// Since when the runtime's memory profile has been sampling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampledSince {
+    /// Since the program started: memtrace set the rate before any user
+    /// code ran (launch mode).
+    Exec,
+    /// Since memtrace attached: the program had sampling off, so what it
+    /// allocated before is not in the profile.
+    Attach,
+    /// The program's own rate, on all along.
+    #[default]
+    Start,
+}
+
 pub struct RuntimeProfile {
     pid: u32,
     link_rate: u64,
@@ -31,6 +46,7 @@ pub struct RuntimeProfile {
     pub rate: u64,
     pub start: Option<Vec<Bucket>>,
     pub last: Option<Vec<Bucket>>,
+    pub since: SampledSince,
 }
 
 impl RuntimeProfile {
@@ -58,6 +74,7 @@ impl RuntimeProfile {
             rate: 0,
             start: None,
             last: None,
+            since: SampledSince::Start,
         })
     }
 
@@ -97,6 +114,11 @@ impl RuntimeProfile {
             .ok_or_else(mapped)?;
         self.addrs = Some((rate_addr, mbuckets));
         self.ensure_rate(mem)?;
+        self.since = match (from_exec, self.replaced.is_some()) {
+            (true, _) => SampledSince::Exec,
+            (false, true) => SampledSince::Attach,
+            (false, false) => SampledSince::Start,
+        };
         self.start = Some(if from_exec {
             Vec::new()
         } else {
@@ -190,9 +212,22 @@ impl RuntimeProfile {
     }
 }
 
-/// The lenses' extras in `summary.json`.
-pub fn extras(rate: u64) -> Extras {
-    Extras::from([("sample_rate_bytes".to_string(), serde_json::json!(rate))])
+/// The lenses' extras in `summary.json`. For `heap` with `heap_live`
+/// (the Go heap's live bytes at the end, from the GC controller): how much
+/// of it the lens accounts for.
+pub fn extras(rate: u64, since: SampledSince, heap: Option<(u64, u64)>) -> Extras {
+    let mut e = Extras::from([
+        ("sample_rate_bytes".to_string(), serde_json::json!(rate)),
+        ("sampled_since".to_string(), serde_json::json!(since)),
+    ]);
+    if let Some((total, live)) = heap.filter(|(_, live)| *live > 0) {
+        e.insert("heap_live_bytes".into(), serde_json::json!(live));
+        e.insert(
+            "heap_live_coverage".into(),
+            serde_json::json!((total as f64 / live as f64 * 1000.0).round() / 1000.0),
+        );
+    }
+    e
 }
 
 #[cfg(test)]
@@ -217,6 +252,7 @@ mod tests {
             rate: 0,
             start: None,
             last: None,
+            since: SampledSince::Start,
         };
         p.addrs = Some((0x1000, 0x2000));
         p.ensure_rate(&mem).unwrap();

@@ -2,7 +2,11 @@
 //! SVG where frames that grew are red and frames that shrank are blue,
 //! as inferno's differential mode draws them (widths are the "after" sizes).
 
+use std::collections::BTreeMap;
+
 use inferno::{differential, flamegraph};
+
+use super::{folded, Profile};
 
 /// One stack's values in the two profiles.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +58,39 @@ pub fn merge(before: &str, after: &str) -> Result<Vec<Delta>, DiffError> {
     Ok(deltas)
 }
 
+/// The `rss-net` view of one window: every stack that grew (`grew`) and
+/// every stack that released memory resident before the window
+/// (`released`), as differential lines whose widths are bytes grown plus
+/// bytes released, red where growth outweighs release and blue where
+/// release does: a growth stack is `0 → g`, a release stack `2r → r`, so
+/// after merging, each frame's change is exactly its net growth.
+pub fn net(grew: &Profile, released: &Profile) -> Vec<Delta> {
+    let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for s in &grew.samples {
+        by.entry(folded::stack(&s.frames)).or_default().1 += s.value;
+    }
+    for s in &released.samples {
+        let e = by.entry(folded::stack(&s.frames)).or_default();
+        e.0 += 2 * s.value;
+        e.1 += s.value;
+    }
+    by.into_iter()
+        .map(|(stack, (before, after))| Delta {
+            stack,
+            before,
+            after,
+        })
+        .collect()
+}
+
+/// The differential folded lines (`stack before after`) of `deltas`.
+pub fn folded(deltas: &[Delta]) -> String {
+    deltas
+        .iter()
+        .map(|d| format!("{} {} {}\n", d.stack, d.before, d.after))
+        .collect()
+}
+
 /// Renders the differential flame graph of `deltas`.
 pub fn render(deltas: &[Delta], title: &str, unit: &str) -> Result<Vec<u8>, DiffError> {
     let lines: Vec<String> = deltas
@@ -101,6 +138,41 @@ mod tests {
             .collect();
         assert!(fills.iter().any(|f| f.starts_with("255,")), "{fills:?}");
         assert!(fills.iter().any(|f| f.ends_with(",255")), "{fills:?}");
+    }
+
+    #[test]
+    fn net_view_changes_by_net_growth() {
+        use crate::lens::Lens;
+        use crate::render::sample;
+        let grew = Profile::new(
+            Lens::Rss,
+            [
+                sample(&["main", "cache"], 300, 1),
+                sample(&["main", "both"], 50, 1),
+            ],
+            1.0,
+            "t".into(),
+        );
+        let released = Profile::new(
+            Lens::Rss,
+            [
+                sample(&["main", "free"], 100, 1),
+                sample(&["main", "both"], 80, 1),
+            ],
+            1.0,
+            "t".into(),
+        );
+        let d = net(&grew, &released);
+        let by = |s: &str| d.iter().find(|x| x.stack == s).unwrap().clone();
+        assert_eq!(by("main;cache").change(), 300);
+        assert_eq!(by("main;free").change(), -100);
+        assert_eq!(by("main;both").change(), -30);
+        assert_eq!(by("main;free").after, 100, "releases keep their width");
+        let total: i128 = d.iter().map(Delta::change).sum();
+        assert_eq!(total, 350 - 180, "the root's change is the net growth");
+        assert!(folded(&d).contains("main;free 200 100\n"));
+        let svg = String::from_utf8(render(&d, "rss-net", "bytes").unwrap()).unwrap();
+        assert!(svg.contains("cache") && svg.contains("free"));
     }
 
     #[test]

@@ -7,16 +7,22 @@ pub fn clean(frame: &str) -> String {
     frame.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
+/// One stack as a folded line's first field (root first, `;`-separated).
+pub fn stack(frames: &[String]) -> String {
+    if frames.is_empty() {
+        return "[no frames]".to_string();
+    }
+    frames
+        .iter()
+        .map(|f| clean(f))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 pub fn render(p: &Profile) -> String {
     let mut out = String::new();
     for s in &p.samples {
-        let frames: Vec<String> = s.frames.iter().map(|f| clean(f)).collect();
-        let line = if frames.is_empty() {
-            "[no frames]".to_string()
-        } else {
-            frames.join(";")
-        };
-        out.push_str(&format!("{line} {}\n", s.value));
+        out.push_str(&format!("{} {}\n", stack(&s.frames), s.value));
     }
     out
 }

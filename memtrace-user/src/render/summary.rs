@@ -92,6 +92,9 @@ pub struct Counters {
     pub alloc_probe_hits: u64,
     /// Frames no symbol could be found for.
     pub unresolved_frames: u64,
+    /// Stacks cut where the frame-pointer walk left the stack (junk past
+    /// the last real frame, e.g. on a thread that was just cloned).
+    pub truncated_stacks: u64,
     /// Records user space failed to decode.
     pub decode_errors: u64,
     /// Holds whose stop signal could not be sent (the target's state was
