@@ -235,6 +235,21 @@ pub fn output_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// The target's `runtime.MemProfileRate`, read from its memory (the
+/// binary must have a symbol table and be non-PIE).
+pub fn mem_profile_rate(bin: &Path, pid: u32) -> u64 {
+    let nm = output_ok(Command::new("nm").arg(bin));
+    let addr = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .find(|l| l.ends_with(" runtime.MemProfileRate"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .expect("runtime.MemProfileRate in the symbol table");
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut b = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&mem, &mut b, addr).unwrap();
+    u64::from_le_bytes(b)
+}
+
 /// Names of loaded BPF programs (from bpftool).
 pub fn bpf_program_names() -> Vec<String> {
     let out = output_ok(Command::new("bpftool").args(["-j", "prog", "show"]));

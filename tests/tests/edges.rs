@@ -250,3 +250,58 @@ fn net_growth_tracks_vmrss() {
         }
     }
 }
+
+/// memtrace killed with SIGKILL while it has the target sampling (it wrote
+/// runtime.MemProfileRate): the target's rate is back to 0 within a second,
+/// and the target runs on.
+#[test]
+fn a_killed_recorder_leaves_the_target_as_it_was() {
+    let v = go_versions().pop().unwrap();
+    let bin = fixture(&v, "allocs");
+    let mut bg = Bg::spawn(&bin, &["-objects", "1000", "-maps", "1", "-loop"]);
+    let lines = collect_stdout(&mut bg);
+    assert!(wait_until(Duration::from_secs(10), || last_heartbeat(
+        &lines
+    ) >= 1));
+    assert_eq!(
+        mem_profile_rate(&bin, bg.pid()),
+        0,
+        "the fixture does not sample"
+    );
+    let out = out_dir("killed");
+    let mut memtrace = Bg::spawn(
+        &memtrace(),
+        &[
+            "record",
+            "--pid",
+            &bg.pid().to_string(),
+            "--lens",
+            "alloc",
+            "--duration",
+            "60",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || mem_profile_rate(&bin, bg.pid())
+            != 0),
+        "memtrace never set the rate"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(memtrace.pid() as i32, libc::SIGKILL) };
+    memtrace.wait();
+    assert!(
+        wait_until(Duration::from_secs(2), || mem_profile_rate(&bin, bg.pid())
+            == 0),
+        "runtime.MemProfileRate left at {} after memtrace was killed",
+        mem_profile_rate(&bin, bg.pid())
+    );
+    let before = last_heartbeat(&lines);
+    assert!(
+        wait_until(Duration::from_secs(5), || last_heartbeat(&lines)
+            >= before + 2),
+        "the target stopped making progress"
+    );
+    assert_no_memtrace_programs();
+}

@@ -1,7 +1,6 @@
 //! End-to-end tests of the alloc and heap lenses, which read the Go runtime's
 //! own memory profile from outside the process.
 
-use std::process::Command;
 use std::time::Duration;
 
 use memtrace_tests::*;
@@ -14,20 +13,6 @@ fn bytes_ending_in(s: &serde_json::Value, lens: &str, func: &str) -> u64 {
         .filter(|(f, _)| f.last().is_some_and(|l| l == func))
         .map(|(_, v)| v)
         .sum()
-}
-
-/// The target's `runtime.MemProfileRate`, read from its memory.
-fn mem_profile_rate(bin: &std::path::Path, pid: u32) -> u64 {
-    let nm = output_ok(Command::new("nm").arg(bin));
-    let addr = String::from_utf8_lossy(&nm.stdout)
-        .lines()
-        .find(|l| l.ends_with(" runtime.MemProfileRate"))
-        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
-        .expect("runtime.MemProfileRate in the symbol table");
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut b = [0u8; 8];
-    std::os::unix::fs::FileExt::read_exact_at(&mem, &mut b, addr).unwrap();
-    u64::from_le_bytes(b)
 }
 
 /// A leak into a global slice beside heavy churn: the heap lens puts the

@@ -18,17 +18,14 @@ const BIG: u64 = 1_000_000;
 /// Every-allocation probing costs ~10 µs per hit: a smaller run keeps the
 /// bench short; ratios are per allocation, so they compare.
 const SMALL: u64 = 100_000;
-/// The fixture sleeps this long before allocating, so that lenses that start
-/// sampling after exec (alloc, heap) are on when the loop runs.
-const WAIT: &str = "1500ms";
 /// Goroutines started and joined by the goroutine-churn fixture.
 const SPAWN: u64 = 100_000;
 
 /// How a variant runs the fixture.
 enum Runner {
     Untraced,
-    /// `memtrace record --lens LENS -- fixture`.
-    Memtrace(&'static str),
+    /// `memtrace record --lens LENS [ARGS] -- fixture`.
+    Memtrace(&'static str, &'static [&'static str]),
     /// `bpftrace -e PROGRAM -c fixture`; `{bin}` stands for the fixture path.
     Bpftrace(&'static str),
 }
@@ -131,7 +128,7 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     };
     let mut variants = vec![
         v("untraced", Runner::Untraced, BIG),
-        v("memtrace rss", Runner::Memtrace("rss"), BIG),
+        v("memtrace rss", Runner::Memtrace("rss", &[]), BIG),
         v(
             "bpftrace page_fault_user+ustack",
             Runner::Bpftrace(
@@ -139,13 +136,18 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
             ),
             BIG,
         ),
-        v("memtrace mmap", Runner::Memtrace("mmap"), BIG),
-        v("memtrace alloc", Runner::Memtrace("alloc"), BIG),
-        v("memtrace heap", Runner::Memtrace("heap"), BIG),
+        v("memtrace mmap", Runner::Memtrace("mmap", &[]), BIG),
+        v("memtrace alloc", Runner::Memtrace("alloc", &[]), BIG),
+        v("memtrace heap", Runner::Memtrace("heap", &[]), BIG),
         v("untraced (small)", Runner::Untraced, SMALL),
         v(
             "memtrace alloc-exact (small)",
-            Runner::Memtrace("alloc-exact"),
+            Runner::Memtrace("alloc-exact", &[]),
+            SMALL,
+        ),
+        v(
+            "memtrace alloc rate=1 (small)",
+            Runner::Memtrace("alloc", &["--memprofile-rate", "1"]),
             SMALL,
         ),
         v(
@@ -159,7 +161,7 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
          uprobe:{bin}:runtime.goexit0 /pid == cpid/ { @exits = count(); }";
     for (name, runner) in [
         ("untraced (goroutines)", Runner::Untraced),
-        ("memtrace goroutines", Runner::Memtrace("goroutines")),
+        ("memtrace goroutines", Runner::Memtrace("goroutines", &[])),
         (
             "bpftrace newproc1+goexit0 (goroutines)",
             Runner::Bpftrace(bpftrace_go),
@@ -190,18 +192,18 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
                     "0",
                     "-inlined",
                     "0",
-                    "-wait",
-                    WAIT,
                 ];
                 (&allocs, a.to_vec())
             };
             let output = match v.runner {
                 Runner::Untraced => Command::new(fixture).args(&fixture_args).output()?,
-                Runner::Memtrace(lens) => {
-                    let dir = out.join(lens);
+                Runner::Memtrace(lens, extra) => {
+                    let dir = out.join(v.name.replace(' ', "-"));
                     let (o, cpu, hwm) = run_sampled(
                         Command::new(memtrace)
-                            .args(["record", "--lens", lens, "--out"])
+                            .args(["record", "--lens", lens])
+                            .args(extra)
+                            .arg("--out")
                             .arg(&dir)
                             .arg("--")
                             .arg(fixture)
