@@ -1,8 +1,9 @@
 //! Symbolization speed, run by `cargo xtask bench`: resolves N unique
-//! program counters of a Go binary (inlined frames included) from a cold
-//! start (reading and parsing the file counts), then the same pcs again
-//! from the cache; for comparison, blazesym resolving them from the
-//! unstripped build's symbol table and DWARF.
+//! program counters of a Go binary to frames with their file and line
+//! (inlined frames included) from a cold start (reading and parsing the
+//! file counts), then the same pcs again from the cache; for comparison,
+//! blazesym resolving them (with lines) from the unstripped build's symbol
+//! table and DWARF.
 //!
 //! Usage: symbolize_bench GO_BINARY [UNSTRIPPED_BUILD] [N]
 
@@ -52,9 +53,12 @@ fn main() -> anyhow::Result<()> {
     let mut sym = Symbolizer::default();
     let table = Arc::new(GoTable::parse(std::fs::read(&bin)?.into())?);
     sym.add_go_binary(&bin, table);
-    let mut frames = 0usize;
+    let (mut frames, mut with_lines) = (0usize, 0usize);
     for &pc in &pcs {
-        frames += sym.stack(&image, &[pc]).len();
+        for loc in sym.stack(&image, &[pc]) {
+            frames += loc.frames.len();
+            with_lines += loc.frames.iter().filter(|f| f.line > 0).count();
+        }
     }
     let cold = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -63,9 +67,10 @@ fn main() -> anyhow::Result<()> {
     }
     let warm = t1.elapsed().as_secs_f64();
     println!(
-        "pclntab: {} unique pcs ({} frames with inlining, {} unresolved) in {:.1} ms cold, {:.1} ms cached",
+        "pclntab: {} unique pcs ({} frames with inlining, {} with a line, {} unresolved) in {:.1} ms cold, {:.1} ms cached",
         pcs.len(),
         frames,
+        with_lines,
         sym.unresolved,
         cold * 1e3,
         warm * 1e3

@@ -56,6 +56,21 @@ pub struct Function<'t> {
     pub end: u64,
 }
 
+/// One source frame at a pc.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SrcFrame {
+    /// As Go prints it (`runtime.funcNameForPrint`).
+    pub function: String,
+    /// The source file, as the compiler recorded it ("" when unknown).
+    pub file: String,
+    /// The line at this pc (for an outer frame: of the call), 0 when unknown.
+    pub line: u32,
+    /// The line the function starts on (Go 1.20+; 0 when unknown).
+    pub start_line: u32,
+    /// Inlined into the frame before it (its caller).
+    pub inlined: bool,
+}
+
 /// A parsed `.gopclntab` with what it needs from the rest of the file.
 pub struct GoTable {
     data: Arc<[u8]>,
@@ -66,6 +81,8 @@ pub struct GoTable {
     text: u64,
     /// File offsets of the tables.
     funcnametab: usize,
+    cutab: usize,
+    filetab: usize,
     pctab: usize,
     pclntable: usize,
     /// File offset of `moduledata.gofunc`, when the moduledata was found.
@@ -228,6 +245,8 @@ impl GoTable {
             min_lc: min_lc.max(1),
             text,
             funcnametab: at(3)?,
+            cutab: at(4)?,
+            filetab: at(5)?,
             pctab: at(6)?,
             pclntable: at(7)?,
             gofunc,
@@ -251,6 +270,8 @@ impl GoTable {
             min_lc: 1,
             text: 0,
             funcnametab: 0,
+            cutab: 0,
+            filetab: 0,
             pctab: 0,
             pclntable: 0,
             gofunc: None,
@@ -298,6 +319,15 @@ impl GoTable {
             .max_by_key(|f| f.end - f.entry)
     }
 
+    /// Whether `pc` is within the range of Go's function table.
+    pub fn covers(&self, pc: u64) -> bool {
+        let (Some((first, _)), Some((last, _))) = (self.ftab(0), self.ftab(self.nfunc)) else {
+            return false;
+        };
+        let (first, last) = (self.text + u64::from(first), self.text + u64::from(last));
+        (first..last).contains(&pc)
+    }
+
     /// Index of the function containing `pc`.
     fn index_of(&self, pc: u64) -> Option<usize> {
         let rel = u32::try_from(pc.checked_sub(self.text)?).ok()?;
@@ -322,22 +352,81 @@ impl GoTable {
     /// Names at `pc`, outermost first: the function containing it, then each
     /// function inlined into it at that pc, down to the innermost.
     pub fn frames(&self, pc: u64) -> Option<Vec<String>> {
-        let i = self.index_of(pc)?;
-        let f = self.function_at(i)?;
-        let mut names = vec![name_for_print(f.name).into_owned()];
-        let func = self.pclntable + self.ftab(i)?.1 as usize;
-        let mut inlined = self.inlined(func, f.entry, pc).unwrap_or_default();
-        inlined.reverse();
-        names.extend(inlined);
-        Some(names)
+        Some(self.locate(pc)?.into_iter().map(|f| f.function).collect())
     }
 
-    /// Functions inlined at `pc` in the `_func` at file offset `func`,
-    /// innermost first.
-    fn inlined(&self, func: usize, entry: u64, pc: u64) -> Option<Vec<String>> {
+    /// The source frames at `pc`, outermost first: the function containing
+    /// it at the line of the call into the first inlined function, then each
+    /// inlined function at its line, the innermost at `pc`'s own line
+    /// (`runtime.CallersFrames` does the same walk).
+    pub fn locate(&self, pc: u64) -> Option<Vec<SrcFrame>> {
+        let i = self.index_of(pc)?;
+        let f = self.function_at(i)?;
+        let func = self.pclntable + self.ftab(i)?.1 as usize;
+        let tree = self.inline_tree(func);
+        let mut out = Vec::new();
+        let mut at = pc;
+        // Each step moves to the call site in the parent; bound the walk.
+        for _ in 0..64 {
+            let (file, line) = self.position(func, f.entry, at);
+            let call = tree.and_then(|(pcdata, tree)| {
+                let idx = pcvalue(&self.data, self.pctab + pcdata, f.entry, self.min_lc, at)?;
+                usize::try_from(idx)
+                    .ok()
+                    .map(|idx| tree + self.inline_size() * idx)
+            });
+            let Some(call) = call else {
+                out.push(SrcFrame {
+                    function: name_for_print(f.name).into_owned(),
+                    file,
+                    line,
+                    start_line: self.start_line(func),
+                    inlined: false,
+                });
+                break;
+            };
+            let (name_at, parent_at, start_at) = if self.go118 {
+                (12, 16, None)
+            } else {
+                (4, 8, Some(12))
+            };
+            let d = &self.data;
+            out.push(SrcFrame {
+                function: name_for_print(self.name(u32_at(d, call + name_at)?)?).into_owned(),
+                file,
+                line,
+                start_line: start_at.and_then(|o| u32_at(d, call + o)).unwrap_or(0),
+                inlined: true,
+            });
+            let parent_pc = u32_at(d, call + parent_at)? as i32;
+            at = f.entry.checked_add_signed(i64::from(parent_pc))?;
+        }
+        out.reverse();
+        Some(out)
+    }
+
+    fn func_header(&self) -> usize {
+        if self.go118 {
+            40
+        } else {
+            44
+        }
+    }
+
+    fn inline_size(&self) -> usize {
+        if self.go118 {
+            20
+        } else {
+            16
+        }
+    }
+
+    /// The inline tree of the `_func` at file offset `func`: the offset of
+    /// its index table in pctab and the tree's file offset.
+    fn inline_tree(&self, func: usize) -> Option<(usize, usize)> {
         let d = &self.data;
         let gofunc = self.gofunc?;
-        let header = if self.go118 { 40 } else { 44 };
+        let header = self.func_header();
         let npcdata = u32_at(d, func + 28)? as usize;
         let nfuncdata = usize::from(*d.get(func + header - 1)?);
         if npcdata <= PCDATA_INL_TREE_INDEX || nfuncdata <= FUNCDATA_INL_TREE {
@@ -348,23 +437,47 @@ impl GoTable {
         if pcdata == 0 || fdata == u32::MAX {
             return None;
         }
-        let tree = gofunc + fdata as usize;
-        let (size, name_at, parent_pc_at) = if self.go118 { (20, 12, 16) } else { (16, 4, 8) };
-        let mut out = Vec::new();
-        let mut at = pc;
-        // Each step moves to the call site in the parent; bound the walk.
-        for _ in 0..64 {
-            let idx = pcvalue(d, self.pctab + pcdata, entry, self.min_lc, at)?;
-            if idx < 0 {
-                return Some(out);
-            }
-            let call = tree + size * idx as usize;
-            let name_off = u32_at(d, call + name_at)?;
-            out.push(name_for_print(self.name(name_off)?).into_owned());
-            let parent_pc = u32_at(d, call + parent_pc_at)? as i32;
-            at = entry.checked_add_signed(i64::from(parent_pc))?;
+        Some((pcdata, gofunc + fdata as usize))
+    }
+
+    /// `_func.startLine` (Go 1.20+; 0 before).
+    fn start_line(&self, func: usize) -> u32 {
+        if self.go118 {
+            return 0;
         }
-        Some(out)
+        u32_at(&self.data, func + 36).unwrap_or(0)
+    }
+
+    /// The file and line at `pc` of the `_func` at `func` (pcfile and pcln
+    /// tables); `("", 0)` where the tables say nothing.
+    fn position(&self, func: usize, entry: u64, pc: u64) -> (String, u32) {
+        let d = &self.data;
+        let table = |field: usize| -> Option<i64> {
+            let off = u32_at(d, func + field)? as usize;
+            (off != 0).then_some(())?;
+            pcvalue(d, self.pctab + off, entry, self.min_lc, pc)
+        };
+        let file = table(20)
+            .and_then(|fileno| u32::try_from(fileno).ok())
+            .and_then(|fileno| {
+                let cu = u32_at(d, func + 32)?;
+                let at = self.cutab + 4 * (cu as usize + fileno as usize);
+                let off = u32_at(d, at)?;
+                (off != u32::MAX).then_some(())?;
+                cstr(d, self.filetab + off as usize).map(str::to_string)
+            })
+            .unwrap_or_default();
+        let line = table(24).and_then(|l| u32::try_from(l).ok()).unwrap_or(0);
+        (file, line)
+    }
+
+    /// The loaded segment holding the text: (start, end, file offset), at
+    /// link-time addresses.
+    pub fn text_segment(&self) -> Option<(u64, u64, u64)> {
+        self.segments
+            .iter()
+            .find(|s| self.text >= s.vaddr && self.text < s.vaddr + s.memsz)
+            .map(|s| (s.vaddr, s.vaddr + s.memsz, s.offset))
     }
 
     /// The file offset of a link-time virtual address.

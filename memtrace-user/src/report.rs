@@ -8,11 +8,15 @@ use std::path::{Path, PathBuf};
 
 use crate::aggregate::Cell;
 use crate::lens::Lens;
-use crate::render::{self, summary::Summary, Profile, Sample};
+use crate::render::{
+    self, summary::Summary, Frame, FrameMode, Location, Locations, Mapping, Profile, Sample,
+};
 use crate::stack::{Stack, StackKey};
-use crate::symbolize::{hide_allocator_leaf, Image, Symbolizer, STACK_UNAVAILABLE};
+use crate::symbolize::{
+    hide_allocator_leaf, pop_leaf_frames, Image, StackLoc, Symbolizer, STACK_UNAVAILABLE,
+};
 
-/// Symbolizes every stack of one lens and merges identical frame lists.
+/// Symbolizes every stack of one lens into a profile of locations.
 pub fn build_profile(
     lens: Lens,
     cells: &HashMap<StackKey, Cell>,
@@ -23,50 +27,99 @@ pub fn build_profile(
     target: String,
 ) -> Profile {
     let multi = images.len() > 1;
+    let mut locs = Locations::default();
+    let mut mappings = Mappings::default();
     let samples: Vec<Sample> = cells
         .iter()
         .map(|(&(pid, stack), cell)| {
-            let mut frames = match (stack_of(stack), images.get(&pid)) {
-                (Some(ips), Some((_, image))) if !ips.is_empty() => sym.stack(image, &ips),
-                _ => vec![format!("{STACK_UNAVAILABLE}: {}", stack.reason())],
+            let image = images.get(&pid).map(|(_, i)| i);
+            let mut stack_locs = match (stack_of(stack), image) {
+                (Some(ips), Some(image)) if !ips.is_empty() => sym.stack(image, &ips),
+                _ => vec![named(&format!("{STACK_UNAVAILABLE}: {}", stack.reason()))],
             };
             if lens.spec().allocation_stacks {
-                hide_allocator_leaf(&mut frames);
+                hide_allocator_leaf(&mut stack_locs);
             }
             if lens == Lens::Goroutines {
-                hide_newproc_frames(&mut frames);
+                hide_newproc_frames(&mut stack_locs);
             }
             if multi {
                 let name = images.get(&pid).map_or("?", |(n, _)| n.as_str());
-                frames.insert(0, format!("{name} (pid {pid})"));
+                stack_locs.insert(0, named(&format!("{name} (pid {pid})")));
             }
+            let stack = stack_locs
+                .into_iter()
+                .map(|l| {
+                    let mapping = match (image, l.address) {
+                        (Some(image), a) if a != 0 => mappings.of(sym, image, a),
+                        _ => None,
+                    };
+                    locs.intern(Location {
+                        address: l.address,
+                        mapping,
+                        frames: l.frames,
+                    })
+                })
+                .collect();
             Sample {
-                frames,
+                stack,
                 value: cell.bytes,
                 objects: cell.objects,
             }
         })
         .collect();
-    Profile::new(lens, samples, duration_secs, target)
+    Profile::new(
+        lens,
+        locs.locations,
+        mappings.list,
+        samples,
+        duration_secs,
+        target,
+    )
+}
+
+fn named(name: &str) -> StackLoc {
+    StackLoc {
+        address: 0,
+        frames: vec![Frame::named(name)],
+    }
+}
+
+/// The binaries of a profile, each once, the executable first.
+#[derive(Default)]
+struct Mappings {
+    list: Vec<Mapping>,
+    index: HashMap<Mapping, usize>,
+}
+
+impl Mappings {
+    /// The mapping holding `addr` in `image`.
+    fn of(&mut self, sym: &Symbolizer, image: &Image, addr: u64) -> Option<usize> {
+        let m = sym.mapping_of(image, addr)?;
+        let next = self.list.len();
+        let i = *self.index.entry(m.clone()).or_insert(next);
+        if i == next {
+            self.list.push(m);
+        }
+        Some(i)
+    }
 }
 
 /// In a goroutine's creation stack (root first, the start function last),
 /// drops the runtime's `go`-statement plumbing between the creator and the
 /// start function.
-pub fn hide_newproc_frames(frames: &mut Vec<String>) {
-    let Some(start) = frames.pop() else { return };
-    while frames.last().is_some_and(|f| {
+pub fn hide_newproc_frames(stack: &mut Vec<StackLoc>) {
+    let Some(start) = stack.pop() else { return };
+    pop_leaf_frames(stack, 0, |f| {
         matches!(
-            f.as_str(),
+            f,
             "runtime.newproc1"
                 | "runtime.newproc.func1"
                 | "runtime.systemstack"
                 | "runtime.newproc"
         )
-    }) {
-        frames.pop();
-    }
-    frames.push(start);
+    });
+    stack.push(start);
 }
 
 /// A report file that could not be written.
@@ -91,15 +144,16 @@ pub struct Written {
     pub pprof: PathBuf,
 }
 
-/// Writes `LENS.svg`, `LENS.folded` and `LENS.pb.gz` into `out`.
-pub fn write_profile(out: &Path, p: &Profile) -> Result<Written, WriteError> {
+/// Writes `LENS.svg`, `LENS.folded` (frames named as `mode` says) and
+/// `LENS.pb.gz` into `out`.
+pub fn write_profile(out: &Path, p: &Profile, mode: FrameMode) -> Result<Written, WriteError> {
     let w = Written {
         svg: out.join(format!("{}.svg", p.lens)),
         folded: out.join(format!("{}.folded", p.lens)),
         pprof: out.join(format!("{}.pb.gz", p.lens)),
     };
-    write_file(&w.svg, &render::svg::render(p)?)?;
-    write_file(&w.folded, render::folded::render(p).as_bytes())?;
+    write_file(&w.svg, &render::svg::render(p, mode)?)?;
+    write_file(&w.folded, render::folded::render(p, mode).as_bytes())?;
     let pb = render::pprof::render(p).map_err(|source| WriteError::Io {
         path: w.pprof.clone(),
         source,
@@ -127,16 +181,20 @@ pub struct WrittenReport {
 
 /// Writes a whole report into `out`: every lens's files, `summary.json`,
 /// and `timeline.svg` (`timeline-PID.svg` when there are several).
-pub fn write_report(out: &Path, r: &crate::engine::Report) -> Result<WrittenReport, WriteError> {
+pub fn write_report(
+    out: &Path,
+    r: &crate::engine::Report,
+    mode: FrameMode,
+) -> Result<WrittenReport, WriteError> {
     let profiles = r
         .profiles
         .iter()
-        .map(|p| write_profile(out, p))
+        .map(|p| write_profile(out, p, mode))
         .collect::<Result<_, _>>()?;
     let summary = write_summary(out, &r.summary)?;
     let grew = r.profiles.iter().find(|p| p.lens == Lens::Rss);
     let net = match (grew, &r.rss_released) {
-        (Some(grew), Some(released)) => Some(write_net(out, grew, released, &r.summary)?),
+        (Some(grew), Some(released)) => Some(write_net(out, grew, released, &r.summary, mode)?),
         _ => None,
     };
     let mut timelines = Vec::new();
@@ -168,8 +226,9 @@ fn write_net(
     grew: &Profile,
     released: &Profile,
     s: &Summary,
+    mode: FrameMode,
 ) -> Result<(PathBuf, PathBuf), WriteError> {
-    let deltas = render::diff::net(grew, released);
+    let deltas = render::diff::net(grew, released, mode);
     let net = s.lenses["rss"].extra["net_growth"].as_i64().unwrap_or(0);
     let title = format!(
         "memtrace rss-net: {} ({:.1} s): net {}{} (red grew, blue released memory resident before tracing; widths: bytes grown plus released)",
@@ -181,7 +240,8 @@ fn write_net(
     let svg_path = out.join("rss-net.svg");
     let folded_path = out.join("rss-net.folded");
     let svg = if deltas.is_empty() {
-        render::svg::render(&Profile::new(Lens::Rss, [], grew.duration_secs, title))?
+        let empty = Profile::from_names(Lens::Rss, [], grew.duration_secs, title);
+        render::svg::render(&empty, mode)?
     } else {
         render::diff::render(&deltas, &title, "bytes").map_err(|e| WriteError::Io {
             path: svg_path.clone(),
@@ -208,7 +268,7 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), WriteError> {
 
 /// Frames of the Go runtime and syscall plumbing, which rarely explain who
 /// asked for memory.
-fn is_plumbing(frame: &str) -> bool {
+pub fn is_plumbing(frame: &str) -> bool {
     [
         "runtime.",
         "syscall.",
@@ -291,7 +351,7 @@ mod tests {
         );
         assert_eq!(p.samples.len(), 1);
         assert_eq!(
-            p.samples[0].frames,
+            p.named(FrameMode::Func)[0].names,
             vec![format!("{STACK_UNAVAILABLE}: user stack unreadable")]
         );
         assert_eq!(p.total(), 100);
@@ -299,7 +359,7 @@ mod tests {
 
     #[test]
     fn goroutine_stacks_lose_newproc_plumbing() {
-        let mut f: Vec<String> = [
+        let mut s: Vec<StackLoc> = [
             "main.main",
             "main.handle",
             "runtime.newproc",
@@ -308,10 +368,11 @@ mod tests {
             "runtime.newproc1",
             "main.worker",
         ]
-        .map(String::from)
+        .map(named)
         .to_vec();
-        hide_newproc_frames(&mut f);
-        assert_eq!(f, ["main.main", "main.handle", "main.worker"]);
+        hide_newproc_frames(&mut s);
+        let names: Vec<&str> = s.iter().map(|l| &*l.frames[0].function).collect();
+        assert_eq!(names, ["main.main", "main.handle", "main.worker"]);
     }
 
     #[test]

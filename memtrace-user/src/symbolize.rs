@@ -12,10 +12,21 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer as Blaze};
+use blazesym::symbolize::{
+    source::Elf, source::Source, CodeInfo, Input, Symbolized, Symbolizer as Blaze,
+};
 
 use crate::gopclntab::GoTable;
 use crate::procfs::MapEntry;
+use crate::render::Frame;
+
+/// The frames at one address of a stack, outermost first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackLoc {
+    /// The address as the stack had it (a return address, except the leaf).
+    pub address: u64,
+    pub frames: Vec<Frame>,
+}
 
 /// A pseudo return address at the root of the stacks of goroutines that
 /// existed before tracing (only their creator's pc is known).
@@ -52,13 +63,16 @@ enum Where {
 /// A caching symbolizer.
 pub struct Symbolizer {
     blaze: Blaze,
-    cache: HashMap<Where, Vec<String>>,
-    /// Go tables, one per build ID.
+    cache: HashMap<Where, Vec<Frame>>,
+    /// Go tables, one per build ID, with a path of the file each is from.
     tables: Vec<Arc<GoTable>>,
+    table_paths: Vec<PathBuf>,
     /// Path (as `/proc/PID/maps` names it) → index in `tables`.
     go_paths: HashMap<PathBuf, usize>,
     /// Frames that resolved to no name.
     pub unresolved: u64,
+    /// Of those, frames in Go binaries (outside C code they link).
+    pub unresolved_go: u64,
     /// Stacks cut where the frame-pointer walk left the stack (an address
     /// in no mapping, or in the Go binary but in no function).
     pub truncated: u64,
@@ -73,8 +87,10 @@ impl Default for Symbolizer {
                 .build(),
             cache: HashMap::new(),
             tables: Vec::new(),
+            table_paths: Vec::new(),
             go_paths: HashMap::new(),
             unresolved: 0,
+            unresolved_go: 0,
             truncated: 0,
         }
     }
@@ -90,17 +106,19 @@ impl Symbolizer {
         });
         let idx = same.unwrap_or_else(|| {
             self.tables.push(table);
+            self.table_paths.push(strip_deleted(path));
             self.tables.len() - 1
         });
         self.go_paths.insert(strip_deleted(path), idx);
     }
 
-    /// Names for a kernel stack (leaf first), returned root first with inlined
-    /// frames expanded in call order. The frame-pointer walk does not know
-    /// where a Go stack ends and may go on into junk; like Go's own
-    /// unwinder, the stack ends at the function every goroutine or thread
-    /// starts in.
-    pub fn stack(&mut self, image: &Image, ips: &[u64]) -> Vec<String> {
+    /// The frames of a kernel stack (leaf first), returned root first, one
+    /// entry per address with its inlined frames expanded in call order. The
+    /// frame-pointer walk does not know where a Go stack ends and may go on
+    /// into junk; like Go's own unwinder, the stack ends at the function
+    /// every goroutine or thread starts in, or where an address cannot be a
+    /// return address.
+    pub fn stack(&mut self, image: &Image, ips: &[u64]) -> Vec<StackLoc> {
         let mut out = Vec::new();
         for (i, &ip) in ips.iter().enumerate() {
             // Non-leaf entries are return addresses: look up the call itself.
@@ -109,9 +127,12 @@ impl Symbolizer {
                 self.truncated += 1;
                 break;
             }
-            let names = self.frame(image, pc);
-            let bottom = names.first().is_some_and(|n| is_stack_bottom(n));
-            out.extend(names.into_iter().rev());
+            let frames = self.frame(image, pc);
+            let bottom = frames.first().is_some_and(|f| is_stack_bottom(&f.function));
+            out.push(StackLoc {
+                address: ip,
+                frames,
+            });
             if bottom {
                 break;
             }
@@ -120,45 +141,115 @@ impl Symbolizer {
         out
     }
 
-    /// Whether a return address cannot be one: it is in no mapping, or in a
-    /// Go binary's image but in none of its functions.
+    /// The names of a kernel stack, root first (see [`Symbolizer::stack`]).
+    pub fn names(&mut self, image: &Image, ips: &[u64]) -> Vec<String> {
+        self.stack(image, ips)
+            .into_iter()
+            .flat_map(|l| l.frames)
+            .map(|f| f.function.to_string())
+            .collect()
+    }
+
+    /// The binary `addr` is in, as pprof wants it: the mapping of the
+    /// process's maps that holds it, or (maps unknown) the executable's text
+    /// segment at its link-time address.
+    pub fn mapping_of(&self, image: &Image, addr: u64) -> Option<crate::render::Mapping> {
+        let build_id = |path: &Path| {
+            self.go_paths
+                .get(path)
+                .map(|&i| self.tables[i].build_id.clone())
+                .unwrap_or_default()
+        };
+        match &image.maps {
+            Some(maps) => {
+                let m = maps.iter().find(|m| m.contains(addr))?;
+                let path = strip_deleted(m.path.as_deref()?);
+                Some(crate::render::Mapping {
+                    start: m.start,
+                    limit: m.end,
+                    offset: m.offset,
+                    build_id: build_id(&path),
+                    file: path.to_string_lossy().into_owned(),
+                })
+            }
+            None => {
+                let exe = strip_deleted(&image.exe);
+                let table = &self.tables[*self.go_paths.get(&exe)?];
+                let (start, limit, offset) = table.text_segment()?;
+                (start..limit)
+                    .contains(&addr)
+                    .then(|| crate::render::Mapping {
+                        start,
+                        limit,
+                        offset,
+                        build_id: table.build_id.clone(),
+                        file: exe.to_string_lossy().into_owned(),
+                    })
+            }
+        }
+    }
+
+    /// Whether a return address cannot be one: it is in no mapping, or in
+    /// one that holds no code (data, a stack). Without the process's maps
+    /// nothing can be told.
     fn is_junk(&self, image: &Image, pc: u64) -> bool {
         if pc >= EXISTING_GOROUTINE - 1 {
             return false;
         }
-        match locate(image, pc) {
-            Where::Unmapped(_) => true,
-            // In the Go binary's image (its data, say) but not its code.
-            Where::File(path, _) | Where::Virt(path, _) if self.go_paths.contains_key(&path) => {
-                !matches!(self.rekey(image, locate(image, pc)), Where::Go(i, a) if self.tables[i].frames(a).is_some())
-            }
-            _ => false,
+        match &image.maps {
+            Some(maps) => maps
+                .iter()
+                .find(|m| m.contains(pc))
+                .is_none_or(|m| !m.perms.contains('x')),
+            None => false,
         }
     }
 
-    /// Names at one pc, outermost first.
-    fn frame(&mut self, image: &Image, pc: u64) -> Vec<String> {
+    /// The frames at one pc, outermost first.
+    fn frame(&mut self, image: &Image, pc: u64) -> Vec<Frame> {
         if pc >= EXISTING_GOROUTINE - 1 {
-            return vec!["[created before tracing]".to_string()];
+            return vec![Frame::named("[created before tracing]")];
         }
         let at = self.rekey(image, locate(image, pc));
         if let Some(hit) = self.cache.get(&at) {
             return hit.clone();
         }
-        let names = match &at {
-            Where::Anon(pc) | Where::Unmapped(pc) => vec![format!("[anon] {pc:#x}")],
+        let frames = match &at {
+            Where::Anon(pc) | Where::Unmapped(pc) => vec![Frame::named(&format!("[anon] {pc:#x}"))],
             Where::File(path, off) => self.lookup(path, Input::FileOffset(&[*off][..]), *off),
             Where::Virt(path, addr) => self.lookup(path, Input::VirtOffset(&[*addr][..]), *addr),
-            Where::Go(idx, addr) => match self.tables[*idx].frames(*addr) {
-                Some(names) => names,
-                None => {
+            Where::Go(idx, addr) => match self.tables[*idx].locate(*addr) {
+                Some(src) => src
+                    .into_iter()
+                    .map(|f| Frame {
+                        function: f.function.into(),
+                        file: f.file.into(),
+                        line: f.line,
+                        start_line: f.start_line,
+                        inlined: f.inlined,
+                    })
+                    .collect(),
+                None if self.tables[*idx].covers(*addr) => {
                     self.unresolved += 1;
-                    vec![format!("[unknown Go pc] {addr:#x}")]
+                    self.unresolved_go += 1;
+                    vec![Frame::named(&format!("[unknown Go pc] {addr:#x}"))]
+                }
+                // Not Go: C code linked in (cgo's start-up, `_start`), named
+                // from the file's own symbols if it has them.
+                None => {
+                    let path = self.table_paths[*idx].clone();
+                    let path = match &image.root {
+                        Some(root) if !path.exists() => {
+                            root.join(path.strip_prefix("/").unwrap_or(&path))
+                        }
+                        _ => path,
+                    };
+                    self.lookup(&path, Input::VirtOffset(&[*addr][..]), *addr)
                 }
             },
         };
-        self.cache.insert(at, names.clone());
-        names
+        self.cache.insert(at, frames.clone());
+        frames
     }
 
     /// Re-keys an address in a registered Go binary by its table, and one in
@@ -184,20 +275,45 @@ impl Symbolizer {
         }
     }
 
-    fn lookup(&mut self, path: &Path, input: Input<&[u64]>, addr: u64) -> Vec<String> {
+    fn lookup(&mut self, path: &Path, input: Input<&[u64]>, addr: u64) -> Vec<Frame> {
         let src = Source::Elf(Elf::new(path));
         let result = self.blaze.symbolize(&src, input);
+        let position = |c: Option<&CodeInfo<'_>>| match c {
+            Some(c) => (
+                c.to_path().to_string_lossy().into_owned(),
+                c.line.unwrap_or(0),
+            ),
+            None => (String::new(), 0),
+        };
         match result.as_deref() {
-            Ok([Symbolized::Sym(sym)]) => std::iter::once(sym.name.to_string())
-                .chain(sym.inlined.iter().map(|f| f.name.to_string()))
-                .collect(),
+            Ok([Symbolized::Sym(sym)]) => {
+                let (file, line) = position(sym.code_info.as_deref());
+                let mut frames = vec![Frame {
+                    function: sym.name.as_ref().into(),
+                    file: file.into(),
+                    line,
+                    start_line: 0,
+                    inlined: false,
+                }];
+                for f in sym.inlined.iter() {
+                    let (file, line) = position(f.code_info.as_ref());
+                    frames.push(Frame {
+                        function: f.name.as_ref().into(),
+                        file: file.into(),
+                        line,
+                        start_line: 0,
+                        inlined: true,
+                    });
+                }
+                frames
+            }
             _ => {
                 self.unresolved += 1;
                 let base = path
                     .file_name()
                     .unwrap_or(path.as_os_str())
                     .to_string_lossy();
-                vec![format!("{base}+{addr:#x}")]
+                vec![Frame::named(&format!("{base}+{addr:#x}"))]
             }
         }
     }
@@ -266,9 +382,28 @@ pub fn is_allocator_frame(frame: &str) -> bool {
 /// for memory. Only the entry chain goes: an allocation the runtime makes
 /// while serving another (say, starting GC workers inside `mallocgc`) keeps
 /// its runtime frames, so it is never charged to the outer caller.
-pub fn hide_allocator_leaf(frames: &mut Vec<String>) {
-    while frames.len() > 1 && frames.last().is_some_and(|f| is_allocator_frame(f)) {
-        frames.pop();
+pub fn hide_allocator_leaf(stack: &mut Vec<StackLoc>) {
+    pop_leaf_frames(stack, 1, is_allocator_frame);
+}
+
+/// Pops frames from the leaf end of `stack` (root first) while `pred`
+/// holds and more than `keep` frames remain; an address left without
+/// frames goes too.
+pub fn pop_leaf_frames(stack: &mut Vec<StackLoc>, keep: usize, pred: impl Fn(&str) -> bool) {
+    let mut total: usize = stack.iter().map(|l| l.frames.len()).sum();
+    while total > keep {
+        let Some(leaf) = stack.last_mut() else { return };
+        match leaf.frames.last() {
+            Some(f) if pred(&f.function) => {
+                leaf.frames.pop();
+                total -= 1;
+            }
+            Some(_) => return,
+            None => {}
+        }
+        if leaf.frames.is_empty() {
+            stack.pop();
+        }
     }
 }
 
@@ -318,22 +453,58 @@ mod tests {
         f.iter().map(|s| s.to_string()).collect()
     }
 
+    /// A stack of one frame per address, from names.
+    fn locs(names: &[&str]) -> Vec<StackLoc> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| StackLoc {
+                address: 0x1000 + i as u64,
+                frames: vec![Frame::named(n)],
+            })
+            .collect()
+    }
+
+    fn names_of(stack: &[StackLoc]) -> Vec<String> {
+        stack
+            .iter()
+            .flat_map(|l| l.frames.iter().map(|f| f.function.to_string()))
+            .collect()
+    }
+
+    fn hide(names: &[&str]) -> Vec<String> {
+        let mut s = locs(names);
+        hide_allocator_leaf(&mut s);
+        names_of(&s)
+    }
+
+    #[test]
+    fn hides_allocator_frames_even_inside_an_address() {
+        // newobject inlined into the caller's location: only it goes.
+        let mut s = locs(&["main.main", "runtime.mallocgc"]);
+        s[0].frames.push(Frame {
+            inlined: true,
+            ..Frame::named("runtime.newobject")
+        });
+        hide_allocator_leaf(&mut s);
+        assert_eq!(names_of(&s), v(&["main.main"]));
+        assert_eq!(s[0].address, 0x1000, "the caller keeps its address");
+    }
+
     #[test]
     fn hides_allocator_frames() {
-        let mut f = v(&[
+        let f = hide(&[
             "runtime.main",
             "main.main",
             "main.leak",
             "runtime.newobject",
             "runtime.mallocgc",
         ]);
-        hide_allocator_leaf(&mut f);
         assert_eq!(f, v(&["runtime.main", "main.main", "main.leak"]));
-        let mut sc = v(&["main.main", "runtime.mallocgcSmallNoScanSC2"]);
-        hide_allocator_leaf(&mut sc);
+        let sc = hide(&["main.main", "runtime.mallocgcSmallNoScanSC2"]);
         assert_eq!(sc, v(&["main.main"]));
         // A nested runtime allocation keeps the runtime frames that made it.
-        let mut nested = v(&[
+        let nested = hide(&[
             "main.leak",
             "runtime.mallocgc",
             "runtime.gcStart",
@@ -341,7 +512,6 @@ mod tests {
             "runtime.newobject",
             "runtime.mallocgc",
         ]);
-        hide_allocator_leaf(&mut nested);
         assert_eq!(
             nested,
             v(&[
@@ -351,8 +521,7 @@ mod tests {
                 "runtime.malg"
             ])
         );
-        let mut only = v(&["runtime.mallocgc"]);
-        hide_allocator_leaf(&mut only);
+        let only = hide(&["runtime.mallocgc"]);
         assert_eq!(only, v(&["runtime.mallocgc"]));
     }
 
@@ -393,8 +562,17 @@ mod tests {
         };
         let mut s = Symbolizer::default();
         let pc = marker_fn as *const () as usize as u64;
-        let names = s.stack(&image, &[pc]);
+        let names = s.names(&image, &[pc]);
         assert!(names.iter().any(|n| n.contains("marker_fn")), "{names:?}");
+        let loc = s.stack(&image, &[pc]);
+        assert_eq!(loc[0].address, pc);
+        assert!(
+            loc[0]
+                .frames
+                .iter()
+                .any(|f| f.file.ends_with("symbolize.rs") && f.line > 0),
+            "blazesym gives the position from DWARF: {loc:?}"
+        );
         assert_eq!(s.unresolved, 0);
     }
 
@@ -409,7 +587,7 @@ mod tests {
         let mut s = Symbolizer::default();
         let pc = marker_fn as *const () as usize as u64;
         // Past the marker: an address in no mapping, then anything.
-        let names = s.stack(&image, &[pc, pc + 1, 0x10, pc + 1]);
+        let names = s.names(&image, &[pc, pc + 1, 0x10, pc + 1]);
         assert_eq!(names.iter().filter(|n| n.contains("marker_fn")).count(), 2);
         assert!(!names.iter().any(|n| n.contains("[anon]")), "{names:?}");
         assert_eq!((s.truncated, s.unresolved), (1, 0));

@@ -67,6 +67,112 @@ fn pprof_traces(profile: &std::path::Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `go tool pprof ARGS PROFILE`, stdout and stderr together.
+fn pprof(args: &[&str], profile: &std::path::Path) -> String {
+    let out = output_ok(
+        Command::new(env_path("MEMTRACE_GO"))
+            .arg("tool")
+            .arg("pprof")
+            .args(args)
+            .arg(profile)
+            .env("GOTOOLCHAIN", "local")
+            .env("PPROF_TMPDIR", std::env::temp_dir()),
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `file:line` of `func`'s own frame in Go's heap profile, as `-traces
+/// -lines` prints it (the sample whose leaf it is).
+fn own_line(own: &std::path::Path, func: &str) -> String {
+    let text = pprof(&["-traces", "-lines", "-sample_index=alloc_space"], own);
+    text.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            // The leaf line: "VALUE FUNC FILE:LINE [(inline)]".
+            let (_value, f, at) = (w.next()?, w.next()?, w.next()?);
+            (f == func).then(|| at.rsplit('/').next().unwrap_or(at).to_string())
+        })
+        .unwrap_or_else(|| panic!("Go's own profile has no {func}:\n{text}"))
+}
+
+/// The source lines `-list FUNC` shows a value on.
+fn listed_lines(list: &str) -> Vec<String> {
+    list.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (flat, cum, line) = (w.next()?, w.next()?, w.next()?);
+            let n = line.strip_suffix(':')?;
+            (n.parse::<u32>().is_ok() && (flat != "." || cum != ".")).then(|| n.to_string())
+        })
+        .collect()
+}
+
+/// Our pprof file: the allocating lines are Go's own, `-list` and `-lines`
+/// show them (the inlined constructor's too), `-raw` addresses fall in the
+/// mapping, and pprof finds the binary's name.
+fn check_lines(pb: &std::path::Path, own_records: &str, own_point: &str, label: &str) {
+    for (func, want) in [
+        ("main.allocateRecords", own_records),
+        ("main.newPoint", own_point),
+    ] {
+        let list = pprof(&["-list", &format!("^{func}$")], pb);
+        let line = want.rsplit(':').next().unwrap();
+        assert_eq!(
+            listed_lines(&list),
+            vec![line.to_string()],
+            "{label}: -list {func} should show its bytes on line {line} only:\n{list}"
+        );
+    }
+    let top = pprof(&["-top", "-lines"], pb);
+    let first = top
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        first.contains("main.allocateRecords") && first.ends_with(own_records),
+        "{label}: -top -lines should lead with main.allocateRecords {own_records}:\n{top}"
+    );
+    let raw = pprof(&["-raw"], pb);
+    assert!(
+        !raw.contains("Main binary filename not available"),
+        "{label}: {raw}"
+    );
+    let mapping = raw
+        .lines()
+        .skip_while(|l| !l.starts_with("Mappings"))
+        .nth(1)
+        .and_then(|l| {
+            let range = l.split_whitespace().nth(1)?;
+            let mut it = range.split('/');
+            let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok();
+            Some((hex(it.next()?)?, hex(it.next()?)?))
+        })
+        .unwrap_or_else(|| panic!("{label}: no mapping in -raw:\n{raw}"));
+    let addrs: Vec<u64> = raw
+        .lines()
+        .skip_while(|l| !l.starts_with("Locations"))
+        .filter(|l| l.contains(" M=1 "))
+        .filter_map(|l| {
+            u64::from_str_radix(l.split_whitespace().nth(1)?.trim_start_matches("0x"), 16).ok()
+        })
+        .collect();
+    assert!(
+        addrs.len() >= 10,
+        "{label}: too few mapped locations:\n{raw}"
+    );
+    assert!(
+        addrs
+            .iter()
+            .all(|a| *a != 0 && (mapping.0..mapping.1).contains(a)),
+        "{label}: addresses outside {mapping:x?}: {addrs:x?}"
+    );
+}
+
 #[test]
 fn every_build_mode_names_the_same_functions() {
     for v in go_versions() {
@@ -80,6 +186,8 @@ fn every_build_mode_names_the_same_functions() {
                 .arg(&own_profile),
         );
         let own = pprof_traces(&own_profile);
+        let own_records = own_line(&own_profile, "main.allocateRecords");
+        let own_point = own_line(&own_profile, "main.newPoint");
         let mut stacks_by_mode = Vec::new();
         for mode in MODES {
             let bin = fixture(&v, mode);
@@ -131,6 +239,29 @@ fn every_build_mode_names_the_same_functions() {
             }
             let svg = std::fs::read_to_string(out.join("alloc-exact.svg")).unwrap();
             assert!(svg.contains("main.allocateRecords"), "go{v} {mode}");
+            // Lines: in pprof, and in summary.json's frames.
+            check_lines(
+                &out.join("alloc-exact.pb.gz"),
+                &own_records,
+                &own_point,
+                &format!("go{v} {mode}"),
+            );
+            let leaf_frame = s["lenses"]["alloc-exact"]["top"][0]["frames"]
+                .as_array()
+                .and_then(|f| f.last())
+                .cloned()
+                .unwrap_or_default();
+            let at = format!(
+                "{}:{}",
+                leaf_frame["file"]
+                    .as_str()
+                    .unwrap_or("")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(""),
+                leaf_frame["line"]
+            );
+            assert_eq!(at, own_records, "go{v} {mode}: {leaf_frame}");
 
             // rss: the off-heap mapping is the largest resident growth.
             let r = top(&s, "rss");
@@ -140,10 +271,18 @@ fn every_build_mode_names_the_same_functions() {
                 "go{v} {mode}: {} bytes < {MAPS_MIB} MiB",
                 r[0].1
             );
-            let unresolved = s["counters"]["unresolved_frames"]
-                .as_u64()
-                .expect("counters.unresolved_frames");
-            assert_eq!(unresolved, 0, "go{v} {mode}: {s}");
+            // Every Go frame is named; so is every frame of a pure Go build
+            // (a cgo build starts in the dynamic loader and libc, whose
+            // local symbols Debian strips).
+            let count = |k: &str| {
+                s["counters"][k]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("counters.{k}"))
+            };
+            assert_eq!(count("unresolved_go_frames"), 0, "go{v} {mode}: {s}");
+            if *mode != "allocs-cgo" {
+                assert_eq!(count("unresolved_frames"), 0, "go{v} {mode}: {s}");
+            }
             stacks_by_mode.push((mode, big_stacks(&out.join("alloc-exact.folded"), 100_000)));
         }
         // The other builds' large stacks are those of the default.

@@ -63,3 +63,64 @@ fn diff_names_what_grew() {
     let o = run_memtrace(&["diff", "/no/such", b.to_str().unwrap()], &[]);
     assert_one_line_error(&o, "/no/such does not exist");
 }
+
+/// By source line: the reports' pprof files carry the lines, so the growth
+/// is named at the line of the allocation, and the report written with
+/// `--frames line` has lines in its folded stacks too.
+#[test]
+fn diff_by_line_names_the_line_that_grew() {
+    let v = go_versions().pop().unwrap();
+    let a = report(&v, "10000", "diff-line-a");
+    let b = Record::new("diff-line-b")
+        .lens("alloc-exact")
+        .arg("--frames")
+        .arg("line")
+        .launch(&fixture(&v, "allocs"), &["-objects", "60000", "-maps", "1"])
+        .ok()
+        .out;
+    let folded = std::fs::read_to_string(b.join("alloc-exact.folded")).unwrap();
+    assert!(
+        folded.contains(";main.allocateRecords main.go:29 "),
+        "--frames line: {folded}"
+    );
+    let o = run_memtrace(
+        &[
+            "diff",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--lens",
+            "alloc-exact",
+            "--frames",
+            "line",
+            "-o",
+            out_dir("diff-line-out").join("d.svg").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("grew most:"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        first.contains("main.allocateRecords main.go:29")
+            && first.contains(&format!("+{}", 50_000 * 64)),
+        "{stdout}"
+    );
+    // A bare folded file has no lines to compare by.
+    let o = run_memtrace(
+        &[
+            "diff",
+            a.join("alloc-exact.folded").to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--lens",
+            "alloc-exact",
+            "--frames",
+            "line",
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, "has no source lines");
+}

@@ -185,14 +185,7 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
             let (fixture, fixture_args): (&Path, Vec<&str>) = if v.goroutines {
                 (&spawner, vec!["-spawn", objects.as_str()])
             } else {
-                let a = [
-                    "-objects",
-                    objects.as_str(),
-                    "-maps",
-                    "0",
-                    "-inlined",
-                    "0",
-                ];
+                let a = ["-objects", objects.as_str(), "-maps", "0", "-inlined", "0"];
                 (&allocs, a.to_vec())
             };
             let output = match v.runner {

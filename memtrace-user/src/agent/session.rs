@@ -19,6 +19,7 @@ use crate::goruntime::GoBinary;
 use crate::kernel::Kernel;
 use crate::lens::Lens;
 use crate::procfs;
+use crate::render::FrameMode;
 use crate::report::{human_bytes, write_report};
 
 /// Which processes the agent traces.
@@ -345,7 +346,9 @@ impl AgentPolicy {
                 let dir = self.last_window_dir.join(pid.to_string());
                 if let Err(e) = std::fs::create_dir_all(&dir)
                     .map_err(|e| e.to_string())
-                    .and_then(|_| write_report(&dir, &report).map_err(|e| e.to_string()))
+                    .and_then(|_| {
+                        write_report(&dir, &report, FrameMode::Func).map_err(|e| e.to_string())
+                    })
                 {
                     eprintln!("memtrace: agent: writing the last window of pid {pid}: {e}");
                 }
@@ -367,8 +370,8 @@ impl AgentPolicy {
         for p in &report.profiles {
             let r = (|| -> Result<Rendered, Box<dyn std::error::Error>> {
                 Ok(Rendered {
-                    svg: crate::render::svg::render(p)?,
-                    folded: crate::render::folded::render(p),
+                    svg: crate::render::svg::render(p, FrameMode::Func)?,
+                    folded: crate::render::folded::render(p, FrameMode::Func),
                     pprof: crate::render::pprof::render(p)?,
                 })
             })();
@@ -412,7 +415,7 @@ impl AgentPolicy {
         }));
         let written = std::fs::create_dir_all(&dir)
             .map_err(|e| e.to_string())
-            .and_then(|_| write_report(&dir, &report).map_err(|e| e.to_string()));
+            .and_then(|_| write_report(&dir, &report, FrameMode::Func).map_err(|e| e.to_string()));
         match written {
             Ok(_) => {
                 prune(root, self.snapshots.keep);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use crate::render::diff;
+use crate::render::{self, diff, FrameMode};
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
@@ -22,34 +22,61 @@ pub struct DiffArgs {
     /// Stacks to list on the terminal for growth and for shrinkage.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
+    /// Compare by function or by source line (line needs the reports'
+    /// `.pb.gz` profiles, which carry the lines).
+    #[arg(long, value_enum, default_value_t = FrameMode::Func)]
+    pub frames: FrameMode,
 }
 
-/// The folded file a path names: itself, or `LENS.folded` in a directory.
-fn folded_path(p: &Path, lens: &str) -> anyhow::Result<PathBuf> {
+/// The folded stacks a path names: a report directory's `LENS.pb.gz` (or
+/// `LENS.folded`), a `.pb.gz` profile, or a `.folded` file.
+fn folded(p: &Path, lens: &str, mode: FrameMode) -> anyhow::Result<String> {
+    let pb = |f: &Path| -> anyhow::Result<String> {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let prof = render::pprof::decode(&bytes)
+            .with_context(|| format!("{} is not a pprof profile", f.display()))?;
+        Ok(render::pprof::folded(&prof, mode))
+    };
     if p.is_dir() {
-        let f = p.join(format!("{lens}.folded"));
-        if !f.is_file() {
+        let (pbf, folded) = (
+            p.join(format!("{lens}.pb.gz")),
+            p.join(format!("{lens}.folded")),
+        );
+        if pbf.is_file() {
+            return pb(&pbf);
+        }
+        if !folded.is_file() {
             bail!(
                 "{} has no {lens}.folded: pick a lens this report has with --lens",
                 p.display()
             );
         }
-        return Ok(f);
+        return read_folded(&folded, mode);
     }
     if !p.exists() {
         bail!(
-            "{} does not exist: give a report directory or a .folded file",
+            "{} does not exist: give a report directory, a .pb.gz or a .folded file",
             p.display()
         );
     }
-    Ok(p.to_owned())
+    if p.to_string_lossy().ends_with(".pb.gz") {
+        return pb(p);
+    }
+    read_folded(p, mode)
+}
+
+fn read_folded(f: &Path, mode: FrameMode) -> anyhow::Result<String> {
+    if mode == FrameMode::Line {
+        bail!(
+            "{} has no source lines: compare by line with report directories or .pb.gz profiles",
+            f.display()
+        );
+    }
+    std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))
 }
 
 pub fn run(args: DiffArgs) -> anyhow::Result<()> {
-    let read = |p: &Path| -> anyhow::Result<String> {
-        let f = folded_path(p, &args.lens)?;
-        std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))
-    };
+    let read = |p: &Path| folded(p, &args.lens, args.frames);
     let (before, after) = (read(&args.before)?, read(&args.after)?);
     let mut deltas = diff::merge(&before, &after)?;
     let unit = if args.lens == "goroutines" {

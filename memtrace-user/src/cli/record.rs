@@ -17,6 +17,7 @@ use crate::kernel::{ebpf::Ebpf, Kernel};
 use crate::launch::{self, Gated};
 use crate::lens::Lens;
 use crate::preflight;
+use crate::render::FrameMode;
 
 #[derive(Debug, clap::Args)]
 pub struct RecordArgs {
@@ -39,6 +40,11 @@ pub struct RecordArgs {
     /// the target is used as it is. 1 samples every allocation.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub memprofile_rate: u64,
+    /// How flame graphs and folded stacks name frames: by function
+    /// (`main.handle`) or by source line (`main.handle server.go:42`).
+    /// pprof profiles and summary.json always carry both.
+    #[arg(long, value_enum, default_value_t = FrameMode::Func)]
+    pub frames: FrameMode,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -241,7 +247,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     engine.finish();
     engine.release_guardian();
     let report = engine.report(None, &ended_by);
-    let written = crate::report::write_report(&args.out, &report)?;
+    let written = crate::report::write_report(&args.out, &report, args.frames)?;
     super::terminal::print_record(&report, &written, engine.targets());
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use crate::engine::{Report, Target};
 use crate::lens::Lens;
-use crate::render::Profile;
-use crate::report::{human_bytes, short_stack, WrittenReport};
+use crate::render::{FrameMode, Profile};
+use crate::report::{human_bytes, is_plumbing, short_stack, WrittenReport};
 
 fn fmt_value(unit: &str, v: u64) -> String {
     if unit == "bytes" {
@@ -92,12 +92,26 @@ fn print_lens(p: &Profile) {
         fmt_value(unit, p.total()),
         p.samples.len()
     );
-    for (i, s) in p.samples.iter().take(3).enumerate() {
+    for (i, s) in p.named(FrameMode::Func).iter().take(3).enumerate() {
+        // The position of the deepest frame of the program's own code (the
+        // one the short stack ends at), else of the leaf.
+        let at = s
+            .frames
+            .iter()
+            .rev()
+            .find(|f| !is_plumbing(&f.function))
+            .or(s.frames.last())
+            .filter(|f| f.line > 0 && !f.file.is_empty())
+            .map(|f| {
+                let base = f.file.rsplit('/').next().unwrap_or(&f.file);
+                format!("  ({base}:{})", f.line)
+            })
+            .unwrap_or_default();
         println!(
-            "  #{} {:>12}  {}",
+            "  #{} {:>12}  {}{at}",
             i + 1,
             fmt_value(unit, s.value),
-            short_stack(&s.frames, 4)
+            short_stack(&s.names, 4)
         );
     }
 }

@@ -200,6 +200,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 syscall_unpaired: self.resolver.unpaired,
                 alloc_probe_hits: k.alloc_hits,
                 unresolved_frames: self.sym.unresolved,
+                unresolved_go_frames: self.sym.unresolved_go,
                 truncated_stacks: self.sym.truncated,
                 decode_errors: self.resolver.decode_errors,
                 hold_failures: k.hold_failures,

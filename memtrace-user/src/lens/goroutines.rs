@@ -9,7 +9,7 @@ use crate::aggregate::Cell;
 use crate::goruntime::GoBinary;
 use crate::gtypes::{G_DEAD, G_SCAN};
 use crate::remote::RemoteMemory;
-use crate::render::{summary::Extras, Profile};
+use crate::render::{summary::Extras, FrameMode, Profile};
 use crate::stack::{StackKey, StackTable};
 use crate::symbolize::EXISTING_GOROUTINE;
 
@@ -113,8 +113,8 @@ pub fn extras(
 ) -> Extras {
     let mut sites: BTreeMap<Vec<String>, [u64; 3]> = BTreeMap::new();
     for (i, p) in by_site.iter().take(3).enumerate() {
-        for s in &p.samples {
-            sites.entry(s.frames.clone()).or_default()[i] += s.value;
+        for s in p.named(FrameMode::Func) {
+            sites.entry(s.names).or_default()[i] += s.value;
         }
     }
     let total = |i: usize| by_site.get(i).map_or(0, Profile::total);

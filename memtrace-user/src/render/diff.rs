@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use inferno::{differential, flamegraph};
 
-use super::{folded, Profile};
+use super::{folded, FrameMode, Profile};
 
 /// One stack's values in the two profiles.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,13 +64,13 @@ pub fn merge(before: &str, after: &str) -> Result<Vec<Delta>, DiffError> {
 /// bytes released, red where growth outweighs release and blue where
 /// release does: a growth stack is `0 → g`, a release stack `2r → r`, so
 /// after merging, each frame's change is exactly its net growth.
-pub fn net(grew: &Profile, released: &Profile) -> Vec<Delta> {
+pub fn net(grew: &Profile, released: &Profile, mode: FrameMode) -> Vec<Delta> {
     let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for s in &grew.samples {
-        by.entry(folded::stack(&s.frames)).or_default().1 += s.value;
+    for s in grew.named(mode) {
+        by.entry(folded::stack(&s.names)).or_default().1 += s.value;
     }
-    for s in &released.samples {
-        let e = by.entry(folded::stack(&s.frames)).or_default();
+    for s in released.named(mode) {
+        let e = by.entry(folded::stack(&s.names)).or_default();
         e.0 += 2 * s.value;
         e.1 += s.value;
     }
@@ -143,26 +143,16 @@ mod tests {
     #[test]
     fn net_view_changes_by_net_growth() {
         use crate::lens::Lens;
-        use crate::render::sample;
-        let grew = Profile::new(
+        use crate::render::profile;
+        let grew = profile(
             Lens::Rss,
-            [
-                sample(&["main", "cache"], 300, 1),
-                sample(&["main", "both"], 50, 1),
-            ],
-            1.0,
-            "t".into(),
+            &[(&["main", "cache"], 300, 1), (&["main", "both"], 50, 1)],
         );
-        let released = Profile::new(
+        let released = profile(
             Lens::Rss,
-            [
-                sample(&["main", "free"], 100, 1),
-                sample(&["main", "both"], 80, 1),
-            ],
-            1.0,
-            "t".into(),
+            &[(&["main", "free"], 100, 1), (&["main", "both"], 80, 1)],
         );
-        let d = net(&grew, &released);
+        let d = net(&grew, &released, FrameMode::Func);
         let by = |s: &str| d.iter().find(|x| x.stack == s).unwrap().clone();
         assert_eq!(by("main;cache").change(), 300);
         assert_eq!(by("main;free").change(), -100);

@@ -1,6 +1,6 @@
 //! Brendan Gregg's folded format: `root;...;leaf VALUE` per line.
 
-use super::Profile;
+use super::{FrameMode, Profile};
 
 /// Frame names may not contain the separators of the format.
 pub fn clean(frame: &str) -> String {
@@ -19,30 +19,29 @@ pub fn stack(frames: &[String]) -> String {
         .join(";")
 }
 
-pub fn render(p: &Profile) -> String {
+pub fn render(p: &Profile, mode: FrameMode) -> String {
     let mut out = String::new();
-    for s in &p.samples {
-        out.push_str(&format!("{} {}\n", stack(&s.frames), s.value));
+    for s in p.named(mode) {
+        out.push_str(&format!("{} {}\n", stack(&s.names), s.value));
     }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{sample, Profile};
+    use super::super::profile;
     use super::*;
+    use crate::lens::Lens;
 
     #[test]
     fn renders_lines() {
-        let p = Profile::new(
-            crate::lens::Lens::AllocExact,
-            [
-                sample(&["main.main", "main.(*T).add;x"], 64, 1),
-                sample(&[], 1, 1),
-            ],
-            1.0,
-            "t".into(),
+        let p = profile(
+            Lens::AllocExact,
+            &[(&["main.main", "main.(*T).add;x"], 64, 1), (&[], 1, 1)],
         );
-        assert_eq!(render(&p), "main.main;main.(*T).add:x 64\n[no frames] 1\n");
+        assert_eq!(
+            render(&p, FrameMode::Func),
+            "main.main;main.(*T).add:x 64\n[no frames] 1\n"
+        );
     }
 }

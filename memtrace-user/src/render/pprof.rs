@@ -2,7 +2,10 @@
 //!
 //! The message types below mirror the upstream schema field for field
 //! (github.com/google/pprof/proto/profile.proto); prost does the encoding.
-//! Each distinct frame name becomes one function and one location.
+//! Every binary is a Mapping, every program counter a Location with its
+//! address and one Line per frame there (the innermost inlined function
+//! first, as pprof orders them), and every function a Function with its
+//! file and start line: `-list`, `-lines`, `-addresses` and `-traces` work.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -18,8 +21,10 @@ pub struct PbProfile {
     pub sample_type: Vec<ValueType>,
     #[prost(message, repeated, tag = "2")]
     pub sample: Vec<PbSample>,
+    #[prost(message, repeated, tag = "3")]
+    pub mapping: Vec<PbMapping>,
     #[prost(message, repeated, tag = "4")]
-    pub location: Vec<Location>,
+    pub location: Vec<PbLocation>,
     #[prost(message, repeated, tag = "5")]
     pub function: Vec<Function>,
     #[prost(string, repeated, tag = "6")]
@@ -55,9 +60,37 @@ pub struct PbSample {
 }
 
 #[derive(Clone, PartialEq, Message)]
-pub struct Location {
+pub struct PbMapping {
     #[prost(uint64, tag = "1")]
     pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    pub memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    pub file_offset: u64,
+    #[prost(int64, tag = "5")]
+    pub filename: i64,
+    #[prost(int64, tag = "6")]
+    pub build_id: i64,
+    #[prost(bool, tag = "7")]
+    pub has_functions: bool,
+    #[prost(bool, tag = "8")]
+    pub has_filenames: bool,
+    #[prost(bool, tag = "9")]
+    pub has_line_numbers: bool,
+    #[prost(bool, tag = "10")]
+    pub has_inline_frames: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbLocation {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub mapping_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub address: u64,
     #[prost(message, repeated, tag = "4")]
     pub line: Vec<Line>,
 }
@@ -66,6 +99,8 @@ pub struct Location {
 pub struct Line {
     #[prost(uint64, tag = "1")]
     pub function_id: u64,
+    #[prost(int64, tag = "2")]
+    pub line: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -76,6 +111,10 @@ pub struct Function {
     pub name: i64,
     #[prost(int64, tag = "3")]
     pub system_name: i64,
+    #[prost(int64, tag = "4")]
+    pub filename: i64,
+    #[prost(int64, tag = "5")]
+    pub start_line: i64,
 }
 
 #[derive(Default)]
@@ -119,50 +158,88 @@ pub fn build(p: &Profile) -> PbProfile {
         r#type: space,
         unit,
     });
-    let mut ids: HashMap<&str, u64> = HashMap::new();
-    let mut function = Vec::new();
-    let mut location = Vec::new();
-    let mut sample = Vec::new();
-    for s in &p.samples {
-        let mut location_id = Vec::with_capacity(s.frames.len());
-        for f in s.frames.iter().rev() {
-            let id = *ids.entry(f.as_str()).or_insert_with(|| {
-                let id = function.len() as u64 + 1;
-                let name = strings.get(f);
-                function.push(Function {
-                    id,
-                    name,
-                    system_name: name,
+    let mapping: Vec<PbMapping> = p
+        .mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| PbMapping {
+            id: i as u64 + 1,
+            memory_start: m.start,
+            memory_limit: m.limit,
+            file_offset: m.offset,
+            filename: strings.get(&m.file),
+            build_id: strings.get(&m.build_id),
+            has_functions: true,
+            has_filenames: true,
+            has_line_numbers: true,
+            has_inline_frames: true,
+        })
+        .collect();
+    let mut function: Vec<Function> = Vec::new();
+    let mut function_ids: HashMap<(&str, &str, u32), u64> = HashMap::new();
+    let mut location = Vec::with_capacity(p.locations.len());
+    for (i, loc) in p.locations.iter().enumerate() {
+        let line = loc
+            .frames
+            .iter()
+            .rev()
+            .map(|f| {
+                let key = (&*f.function, &*f.file, f.start_line);
+                let id = *function_ids.entry(key).or_insert_with(|| {
+                    let id = function.len() as u64 + 1;
+                    let name = strings.get(&f.function);
+                    function.push(Function {
+                        id,
+                        name,
+                        system_name: name,
+                        filename: strings.get(&f.file),
+                        start_line: i64::from(f.start_line),
+                    });
+                    id
                 });
-                location.push(Location {
-                    id,
-                    line: vec![Line { function_id: id }],
-                });
-                id
-            });
-            location_id.push(id);
-        }
-        let mut value = Vec::new();
-        if p.has_objects {
-            value.push(s.objects as i64);
-        }
-        value.push(s.value as i64);
-        sample.push(PbSample { location_id, value });
+                Line {
+                    function_id: id,
+                    line: i64::from(f.line),
+                }
+            })
+            .collect();
+        location.push(PbLocation {
+            id: i as u64 + 1,
+            mapping_id: loc.mapping.map_or(0, |m| m as u64 + 1),
+            address: loc.address,
+            line,
+        });
     }
+    let sample = p
+        .samples
+        .iter()
+        .map(|s| {
+            let mut value = Vec::new();
+            if p.has_objects {
+                value.push(s.objects as i64);
+            }
+            value.push(s.value as i64);
+            PbSample {
+                // Leaf first.
+                location_id: s.stack.iter().rev().map(|&l| l as u64 + 1).collect(),
+                value,
+            }
+        })
+        .collect();
     let comment = vec![strings.get(&p.title())];
-    let default_sample_type = space;
     PbProfile {
         period_type: sample_type.last().cloned(),
         period: 1,
         sample_type,
         sample,
+        mapping,
         location,
         function,
         string_table: strings.table,
         time_nanos: 0,
         duration_nanos: (p.duration_secs * 1e9) as i64,
         comment,
-        default_sample_type,
+        default_sample_type: space,
     }
 }
 
@@ -173,33 +250,132 @@ pub fn render(p: &Profile) -> std::io::Result<Vec<u8>> {
     gz.finish()
 }
 
+/// Reads a `.pb.gz` (or plain) profile.
+pub fn decode(bytes: &[u8]) -> std::io::Result<PbProfile> {
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out)?;
+        out
+    } else {
+        bytes.to_vec()
+    };
+    PbProfile::decode(raw.as_slice()).map_err(std::io::Error::other)
+}
+
+/// A decoded profile as folded lines (root first; the last sample value),
+/// frames named by function or by source line.
+pub fn folded(pb: &PbProfile, mode: super::FrameMode) -> String {
+    let s = |i: i64| pb.string_table.get(i as usize).map_or("", String::as_str);
+    let functions: HashMap<u64, &Function> = pb.function.iter().map(|f| (f.id, f)).collect();
+    let locations: HashMap<u64, &PbLocation> = pb.location.iter().map(|l| (l.id, l)).collect();
+    let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
+    for sample in &pb.sample {
+        let mut names = Vec::new();
+        for id in sample.location_id.iter().rev() {
+            let Some(loc) = locations.get(id) else {
+                continue;
+            };
+            for line in loc.line.iter().rev() {
+                let Some(f) = functions.get(&line.function_id) else {
+                    continue;
+                };
+                let frame = super::Frame {
+                    function: s(f.name).into(),
+                    file: s(f.filename).into(),
+                    line: u32::try_from(line.line).unwrap_or(0),
+                    start_line: 0,
+                    inlined: false,
+                };
+                names.push(match mode {
+                    super::FrameMode::Func => frame.function.to_string(),
+                    super::FrameMode::Line => frame.with_line(),
+                });
+            }
+        }
+        *sums.entry(super::folded::stack(&names)).or_default() +=
+            sample.value.last().copied().unwrap_or(0);
+    }
+    sums.into_iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k} {v}\n"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::{sample, Profile};
+    use super::super::{Frame, Location, Mapping, Sample};
     use super::*;
+    use crate::lens::Lens;
 
     #[test]
-    fn encodes_and_decodes() {
+    fn encodes_mappings_addresses_lines_and_inlining() {
+        let f = |name: &str, line, inlined| Frame {
+            function: name.into(),
+            file: "/src/app/main.go".into(),
+            line,
+            start_line: 10,
+            inlined,
+        };
         let p = Profile::new(
-            crate::lens::Lens::AllocExact,
-            [
-                sample(&["main.main", "main.leak"], 640, 10),
-                sample(&["main.main"], 64, 1),
+            Lens::AllocExact,
+            vec![
+                Location {
+                    address: 0,
+                    mapping: None,
+                    frames: vec![Frame::named("main.main")],
+                },
+                Location {
+                    address: 0x401234,
+                    mapping: Some(0),
+                    frames: vec![f("main.outer", 20, false), f("main.newPoint", 42, true)],
+                },
             ],
+            vec![Mapping {
+                start: 0x401000,
+                limit: 0x480000,
+                offset: 0x1000,
+                file: "/srv/app".into(),
+                build_id: "abc".into(),
+            }],
+            [Sample {
+                stack: vec![0, 1],
+                value: 640,
+                objects: 10,
+            }],
             1.0,
             "t".into(),
         );
         let pb = build(&p);
-        assert_eq!(pb.string_table[0], "");
-        assert_eq!(pb.sample_type.len(), 2);
+        let s = |i: i64| pb.string_table[i as usize].as_str();
+        assert_eq!(s(0), "");
         assert_eq!(pb.sample[0].value, vec![10, 640]);
-        // leaf first
-        let leaf = pb.sample[0].location_id[0];
-        let f = &pb.function[(leaf - 1) as usize];
-        assert_eq!(pb.string_table[f.name as usize], "main.leak");
-        let bytes = build(&p).encode_to_vec();
-        assert_eq!(PbProfile::decode(bytes.as_slice()).unwrap(), pb);
+        assert_eq!(pb.mapping.len(), 1);
+        assert_eq!(s(pb.mapping[0].filename), "/srv/app");
+        assert!(pb.mapping[0].has_line_numbers && pb.mapping[0].has_inline_frames);
+        // Leaf first: the inlined location, innermost line first.
+        let leaf = &pb.location[(pb.sample[0].location_id[0] - 1) as usize];
+        assert_eq!((leaf.address, leaf.mapping_id), (0x401234, 1));
+        let names: Vec<&str> = leaf
+            .line
+            .iter()
+            .map(|l| s(pb.function[(l.function_id - 1) as usize].name))
+            .collect();
+        assert_eq!(names, ["main.newPoint", "main.outer"]);
+        assert_eq!(leaf.line[0].line, 42);
+        let func = &pb.function[(leaf.line[0].function_id - 1) as usize];
+        assert_eq!(
+            (s(func.filename), func.start_line),
+            ("/src/app/main.go", 10)
+        );
         let gz = render(&p).unwrap();
-        assert_eq!(&gz[..2], &[0x1f, 0x8b]);
+        assert_eq!(decode(&gz).unwrap(), pb, "round trip through gzip");
+        assert_eq!(
+            folded(&pb, crate::render::FrameMode::Func),
+            "main.main;main.outer;main.newPoint 640\n"
+        );
+        assert_eq!(
+            folded(&pb, crate::render::FrameMode::Line),
+            "main.main;main.outer main.go:20;main.newPoint main.go:42 640\n"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Profile;
+use super::{FrameMode, Profile};
 
 /// Lens-specific fields of a lens's summary entry.
 pub type Extras = BTreeMap<String, serde_json::Value>;
@@ -44,9 +44,25 @@ pub struct TargetSummary {
     pub labels: Option<serde_json::Value>,
 }
 
+/// One frame of a top stack, with its source position.
+#[derive(Debug, Serialize)]
+pub struct FrameEntry {
+    pub function: String,
+    /// Empty when unknown.
+    pub file: String,
+    /// 0 when unknown.
+    pub line: u32,
+    /// Inlined into the frame before it.
+    pub inlined: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct TopEntry {
+    /// Function names, root first.
     pub stack: Vec<String>,
+    /// The same frames with file and line (of the largest of the sites
+    /// merged into this stack when several lines of a function are).
+    pub frames: Vec<FrameEntry>,
     pub value: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects: Option<u64>,
@@ -92,6 +108,9 @@ pub struct Counters {
     pub alloc_probe_hits: u64,
     /// Frames no symbol could be found for.
     pub unresolved_frames: u64,
+    /// Of those, frames in Go code (the rest are C code without symbols,
+    /// e.g. the dynamic loader's entry).
+    pub unresolved_go_frames: u64,
     /// Stacks cut where the frame-pointer walk left the stack (junk past
     /// the last real frame, e.g. on a thread that was just cloned).
     pub truncated_stacks: u64,
@@ -128,11 +147,21 @@ pub fn lens_summary(p: &Profile, extra: BTreeMap<String, serde_json::Value>) -> 
         objects: p.has_objects.then(|| p.objects()),
         stacks: p.samples.len(),
         top: p
-            .samples
-            .iter()
+            .named(FrameMode::Func)
+            .into_iter()
             .take(TOP_N)
             .map(|s| TopEntry {
-                stack: s.frames.clone(),
+                stack: s.names,
+                frames: s
+                    .frames
+                    .iter()
+                    .map(|f| FrameEntry {
+                        function: f.function.to_string(),
+                        file: f.file.to_string(),
+                        line: f.line,
+                        inlined: f.inlined,
+                    })
+                    .collect(),
                 value: s.value,
                 objects: p.has_objects.then_some(s.objects),
             })
@@ -143,16 +172,14 @@ pub fn lens_summary(p: &Profile, extra: BTreeMap<String, serde_json::Value>) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::{sample, Profile};
+    use super::super::profile;
     use super::*;
 
     #[test]
     fn json_shape() {
-        let p = Profile::new(
+        let p = profile(
             crate::lens::Lens::AllocExact,
-            [sample(&["main.main", "main.leak"], 640, 10)],
-            1.0,
-            "t".into(),
+            &[(&["main.main", "main.leak"], 640, 10)],
         );
         let mut lenses = BTreeMap::new();
         lenses.insert(
@@ -194,6 +221,10 @@ mod tests {
             "main.leak"
         );
         assert_eq!(v["lenses"]["alloc-exact"]["x"], 1);
+        assert_eq!(
+            v["lenses"]["alloc-exact"]["top"][0]["frames"][1]["function"],
+            "main.leak"
+        );
         assert_eq!(v["targets"][0]["go_version"], "go1.21.13");
         assert_eq!(v["targets"][0]["vmrss_start"], 1);
         assert!(v["targets"][0].get("breakdown").is_none());

@@ -2,14 +2,14 @@
 
 use inferno::flamegraph::{self, Options};
 
-use super::{folded, Profile};
+use super::{folded, FrameMode, Profile};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot render flame graph: {0}")]
 pub struct SvgError(String);
 
-pub fn render(p: &Profile) -> Result<Vec<u8>, SvgError> {
-    let folded = folded::render(p);
+pub fn render(p: &Profile, mode: FrameMode) -> Result<Vec<u8>, SvgError> {
+    let folded = folded::render(p, mode);
     let mut opts = Options::default();
     opts.title = p.title();
     opts.count_name = p.unit.to_string();
@@ -39,26 +39,27 @@ fn empty_svg(title: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{sample, Profile};
+    use super::super::profile;
     use super::*;
+    use crate::lens::Lens;
 
     #[test]
     fn svg_has_title_and_frames() {
-        let p = Profile::new(
-            crate::lens::Lens::Mmap,
-            [sample(&["main.main", "main.mapOffHeap"], 1 << 20, 1)],
-            2.5,
-            "app (pid 42)".into(),
+        let mut p = profile(
+            Lens::Mmap,
+            &[(&["main.main", "main.mapOffHeap"], 1 << 20, 1)],
         );
-        let svg = String::from_utf8(render(&p).unwrap()).unwrap();
+        p.duration_secs = 2.5;
+        p.target = "app (pid 42)".into();
+        let svg = String::from_utf8(render(&p, FrameMode::Func).unwrap()).unwrap();
         assert!(svg.contains("memtrace mmap lens: app (pid 42) (bytes, 2.5 s)"));
         assert!(svg.contains("main.mapOffHeap"));
     }
 
     #[test]
     fn empty_profile_still_renders() {
-        let p = Profile::new(crate::lens::Lens::Mmap, [], 1.0, "t".into());
-        let svg = String::from_utf8(render(&p).unwrap()).unwrap();
+        let p = profile(Lens::Mmap, &[]);
+        let svg = String::from_utf8(render(&p, FrameMode::Func).unwrap()).unwrap();
         assert!(svg.contains("<svg") && svg.contains("no samples"));
     }
 }
