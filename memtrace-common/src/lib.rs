@@ -42,8 +42,9 @@ pub enum EventKind {
     GoCreated = 12,
     /// `runtime.goexit0` for the goroutine `addr` (its `*g`).
     GoExit = 13,
-    /// A GC cycle's mark termination, with the heap's live bytes and goal
-    /// (0 when the runtime's layout is unknown).
+    /// A GC cycle's mark termination, with the heap's size, goal, and the
+    /// bytes the previous cycle marked live (0 when the runtime's layout is
+    /// unknown).
     GcCycle = 14,
     /// The world is being stopped.
     StwStop = 15,
@@ -256,8 +257,14 @@ impl Event {
     }
 
     /// A GC cycle's mark termination.
-    pub const fn gc_cycle(tgid: u32, tid: u32, heap_live: u64, heap_goal: u64) -> Self {
-        Self::new(EventKind::GcCycle, tgid, tid).with(0, 0, heap_live, heap_goal)
+    pub const fn gc_cycle(
+        tgid: u32,
+        tid: u32,
+        heap_live: u64,
+        heap_goal: u64,
+        heap_marked: u64,
+    ) -> Self {
+        Self::new(EventKind::GcCycle, tgid, tid).with(0, heap_marked, heap_live, heap_goal)
     }
 
     /// The target holds itself at `point`; `code` is the exit code or the
@@ -292,9 +299,14 @@ impl Event {
         self.arg
     }
 
-    /// The heap's live bytes and goal at a GC cycle.
+    /// The heap's size and goal at a GC cycle.
     pub const fn heap(&self) -> (u64, u64) {
         (self.arg, self.arg2)
+    }
+
+    /// The bytes the previous GC cycle marked live.
+    pub const fn heap_marked(&self) -> u64 {
+        self.size
     }
 
     /// Where a target holds itself.
@@ -327,6 +339,8 @@ pub struct TargetConfig {
     /// `gcController.gcPercentHeapGoal` (0: unknown).
     pub heap_live: u64,
     pub heap_goal: u64,
+    /// Runtime address of `gcController.heapMarked` (0: unknown).
+    pub heap_marked: u64,
     /// Whether the target may hold itself at the `go_hold` probes (1) or
     /// not (0).
     pub hold: u64,
@@ -430,7 +444,8 @@ mod tests {
         assert_eq!(Event::madvise(1, 2, 0x1000, 4096, 4).advice(), 4);
         assert_eq!(Event::mremap_enter(1, 2, 0x1000, 1, 9).new_len(), 9);
         assert_eq!(Event::go_create(1, 2, 0x4010).start_pc(), 0x4010);
-        assert_eq!(Event::gc_cycle(1, 2, 5, 10).heap(), (5, 10));
+        let gc = Event::gc_cycle(1, 2, 5, 10, 3);
+        assert_eq!((gc.heap(), gc.heap_marked()), ((5, 10), 3));
         let h = Event::hold(1, 2, HoldPoint::Exit, 3, true);
         assert_eq!((h.hold_point(), h.size), (Some(HoldPoint::Exit), 3));
         assert!(h.hold_stopped());

@@ -143,12 +143,14 @@ impl Aggregator {
             Op::GcCycle {
                 heap_live,
                 heap_goal,
+                heap_marked,
                 ts,
             } => self.gc.cycles.push(GcCycle {
                 pid,
                 ts_ns: ts,
                 heap_live,
                 heap_goal,
+                heap_marked,
             }),
             Op::Stw { stop, ts } => self.gc.stw(pid, stop, ts),
             // Process lifecycle and holds are the engine's business.

@@ -59,6 +59,8 @@ pub enum Op {
     GcCycle {
         heap_live: u64,
         heap_goal: u64,
+        /// Marked live by the previous cycle.
+        heap_marked: u64,
         ts: u64,
     },
     /// The world stopped (`stop`) or restarted.
@@ -218,6 +220,7 @@ impl Resolver {
                 Op::GcCycle {
                     heap_live,
                     heap_goal,
+                    heap_marked: ev.heap_marked(),
                     ts: ev.ts_ns,
                 }
             }

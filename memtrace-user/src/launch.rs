@@ -37,8 +37,12 @@ pub fn resolve(cmd: &str) -> Result<PathBuf, TargetError> {
 }
 
 /// Forks a child that blocks until [`Gated::release`], then execs `path`
-/// with `args` (args[0] included).
-pub fn spawn_gated(path: &Path, args: &[String]) -> Result<Gated, TargetError> {
+/// with `args` (args[0] included), its standard output on `stdout` if given.
+pub fn spawn_gated(
+    path: &Path,
+    args: &[String],
+    stdout: Option<OwnedFd>,
+) -> Result<Gated, TargetError> {
     let err = |reason: String| TargetError::Read {
         path: path.to_owned(),
         reason,
@@ -63,9 +67,13 @@ pub fn spawn_gated(path: &Path, args: &[String]) -> Result<Gated, TargetError> {
     if pid < 0 {
         return Err(err(std::io::Error::last_os_error().to_string()));
     }
+    let out_fd = stdout.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     if pid == 0 {
         unsafe {
             libc::close(fds[1]);
+            if let Some(fd) = out_fd {
+                libc::dup2(fd, 1);
+            }
             let mut b = 0u8;
             let n = libc::read(fds[0], (&mut b as *mut u8).cast(), 1);
             if n != 1 {
@@ -77,6 +85,7 @@ pub fn spawn_gated(path: &Path, args: &[String]) -> Result<Gated, TargetError> {
     }
     // SAFETY: fds are ours; the read end is only needed by the child.
     unsafe { libc::close(fds[0]) };
+    drop(stdout);
     Ok(Gated {
         pid: pid as u32,
         // SAFETY: a fresh descriptor from pipe2 that nothing else owns.
@@ -144,7 +153,7 @@ mod tests {
     #[test]
     fn gated_child_runs_only_after_release() {
         let path = resolve("true").unwrap();
-        let g = spawn_gated(&path, &["true".into()]).unwrap();
+        let g = spawn_gated(&path, &["true".into()], None).unwrap();
         let pid = g.pid;
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(try_wait(pid), None, "child must wait at the gate");

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod decode;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod gopclntab;
 pub mod goruntime;
 pub mod gtypes;

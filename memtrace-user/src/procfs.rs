@@ -171,6 +171,42 @@ pub fn read_resident(pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
     }))
 }
 
+/// (inode, port) of the listening sockets in a `/proc/PID/net/tcp` or
+/// `tcp6` text.
+pub fn parse_listening(text: &str) -> Vec<(u64, u16)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            (*f.get(3)? == "0A").then_some(())?; // TCP_LISTEN
+            Some((f.get(9)?.parse().ok()?, port))
+        })
+        .collect()
+}
+
+/// The TCP ports `pid` listens on.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let dir = proc_dir(pid);
+    let inodes: std::collections::HashSet<u64> = std::fs::read_dir(dir.join("fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.path()).ok()?;
+            let l = link.to_str()?;
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    ["net/tcp", "net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .flat_map(|t| parse_listening(&t))
+        .filter(|(inode, _)| inodes.contains(inode))
+        .map(|(_, port)| port)
+        .collect()
+}
+
 /// The state letter of a `/proc/.../stat` line (after the command name).
 pub fn parse_state(stat: &str) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
@@ -280,6 +316,18 @@ garbage
         // This process has resident pages, readable through pagemap.
         let mine = read_resident(std::process::id()).unwrap();
         assert!(mine.iter().map(|(s, e)| e - s).sum::<u64>() > 1 << 20);
+    }
+
+    #[test]
+    fn finds_listening_sockets() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:A4C2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 12399 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(parse_listening(text), vec![(12345, 8080)]);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listening_ports(std::process::id()).contains(&port));
     }
 
     #[test]

@@ -323,3 +323,82 @@ pub fn symbolize(bench: &Path, fixtures: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// One gate case: a candidate keeping `keep` bytes per request against a
+/// baseline keeping 6400.
+struct GateCase {
+    name: &'static str,
+    keep: u32,
+    verdicts: Vec<String>,
+    increases: Vec<f64>,
+    walls: Vec<f64>,
+}
+
+/// `memtrace gate`'s error rates: `trials` gates each of the same build
+/// (false positives), +10% and +25% kept per request (detection), with the
+/// default 5 runs a build, on the `service` fixture.
+pub fn gate(memtrace: &Path, fixtures: &Path, out: &Path, trials: usize) -> anyhow::Result<()> {
+    let svc = fixtures.join("service");
+    let mut cases = [
+        ("same build", 6400),
+        ("+10% kept", 7040),
+        ("+25% kept", 8000),
+    ]
+    .map(|(name, keep)| GateCase {
+        name,
+        keep,
+        verdicts: vec![],
+        increases: vec![],
+        walls: vec![],
+    });
+    for trial in 0..trials {
+        eprintln!("xtask: gate trial {}/{trials}", trial + 1);
+        for c in cases.iter_mut() {
+            let dir = out.join(format!("gate-{}", c.keep));
+            let _ = std::fs::remove_dir_all(&dir);
+            let start = Instant::now();
+            let o = Command::new(memtrace)
+                .arg("gate")
+                .arg("--baseline")
+                .arg(format!("{} -keep 6400", svc.display()))
+                .arg("--candidate")
+                .arg(format!("{} -keep {}", svc.display(), c.keep))
+                .args(["--duration", "3", "--per-request", r"requests (\d+)", "--out"])
+                .arg(&dir)
+                .output()?;
+            c.walls.push(start.elapsed().as_secs_f64());
+            if o.status.code() == Some(2) {
+                bail!("gate failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            let g: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("gate.json"))?)?;
+            c.verdicts
+                .push(g["verdict"].as_str().unwrap_or("?").to_string());
+            c.increases.push(g["increase_pct"].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    println!(
+        "\nmemtrace gate on the service fixture (baseline keeps 6400 B/request; 5 runs a build, 3 s each, per request, threshold +8%), {trials} trials each"
+    );
+    println!(
+        "{:<12} {:>6} {:>6} {:>6} {:>13}   {:<28} {:>10}",
+        "case", "trials", "fail", "pass", "inconclusive", "increase: median (min … max)", "wall time"
+    );
+    for c in &cases {
+        let n = |v: &str| c.verdicts.iter().filter(|x| *x == v).count();
+        let lo = c.increases.iter().copied().fold(f64::MAX, f64::min);
+        let hi = c.increases.iter().copied().fold(f64::MIN, f64::max);
+        println!(
+            "{:<12} {:>6} {:>6} {:>6} {:>13}   {:<28} {:>8.1} s",
+            c.name,
+            c.verdicts.len(),
+            n("fail"),
+            n("pass"),
+            n("inconclusive"),
+            format!("{:+.1}% ({lo:+.1} … {hi:+.1})", median(&c.increases)),
+            median(&c.walls)
+        );
+    }
+    println!("(same build: a fail is a false positive; +10% and +25%: a fail is a detection)");
+    Ok(())
+}

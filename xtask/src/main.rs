@@ -38,8 +38,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         secs: u64,
     },
-    /// Measure each lens's slowdown on an allocation-heavy Go fixture.
-    Bench,
+    /// Measure each lens's slowdown on an allocation-heavy Go fixture, the
+    /// symbolizer, and memtrace gate's error rates.
+    Bench {
+        /// Gates per case for the gate's error rates.
+        #[arg(long, default_value_t = 20)]
+        gate_trials: usize,
+        /// Only the gate's error rates.
+        #[arg(long)]
+        gate_only: bool,
+    },
     /// Lint, then run every unit and end-to-end test (as root).
     Test {
         /// Run the end-to-end tests against every Go version in the matrix.
@@ -60,12 +68,18 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Demo { secs } => demo(&root, secs),
         Cmd::Test { all_go } => test(&root, all_go),
-        Cmd::Bench => {
+        Cmd::Bench {
+            gate_trials,
+            gate_only,
+        } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
             let built = fixtures::build(&root, &env, &[bootstrap::newest()])?;
             let out = root.join("target/bench-out");
             std::fs::create_dir_all(&out)?;
+            if gate_only {
+                return bench::gate(&memtrace, &built.dir, &out, gate_trials);
+            }
             bench::run(&memtrace, &built.dir, &out)?;
             run(cargo().current_dir(&root).args([
                 "build",
@@ -78,7 +92,8 @@ fn main() -> anyhow::Result<()> {
             bench::symbolize(
                 &root.join("target/release/examples/symbolize_bench"),
                 &built.dir,
-            )
+            )?;
+            bench::gate(&memtrace, &built.dir, &out, gate_trials)
         }
     }
 }

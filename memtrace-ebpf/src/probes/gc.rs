@@ -31,6 +31,7 @@ pub fn go_gc_cycle(_ctx: ProbeContext) -> u32 {
         tid,
         read(cfg.heap_live),
         read(cfg.heap_goal),
+        read(cfg.heap_marked),
     ));
     0
 }

@@ -1,22 +1,16 @@
 //! `memtrace record`: one window over the given processes (or a launched
 //! command), then a report.
 
-use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
 use crate::engine::host::Procfs;
 use crate::engine::run::{self, Policy, Step};
-use crate::engine::{Engine, Options, TargetSpec};
-use crate::error::TargetError;
-use crate::goruntime::GoBinary;
+use crate::engine::{setup, Engine, Options};
 use crate::kernel::{ebpf::Ebpf, Kernel};
-use crate::launch::{self, Gated};
 use crate::lens::Lens;
-use crate::preflight;
 use crate::render::FrameMode;
 
 #[derive(Debug, clap::Args)]
@@ -78,95 +72,6 @@ impl<K: Kernel, H: crate::engine::Host> Policy<K, H> for RecordPolicy {
     }
 }
 
-/// Error messages should name the path the user knows, not /proc/PID/exe.
-fn relabel(e: TargetError, via: &Path, exe: &Path) -> TargetError {
-    let fix = |p: PathBuf| if p == via { exe.to_owned() } else { p };
-    match e {
-        TargetError::NotGo(p) => TargetError::NotGo(fix(p)),
-        TargetError::Stripped {
-            path,
-            symbol,
-            needed_by,
-        } => TargetError::Stripped {
-            path: fix(path),
-            symbol,
-            needed_by,
-        },
-        TargetError::GoVersion { path, version } => TargetError::GoVersion {
-            path: fix(path),
-            version,
-        },
-        TargetError::MissingSymbol { path, symbol } => TargetError::MissingSymbol {
-            path: fix(path),
-            symbol,
-        },
-        TargetError::Prologue { path, symbol } => TargetError::Prologue {
-            path: fix(path),
-            symbol,
-        },
-        TargetError::Read { path, reason } => TargetError::Read {
-            path: fix(path),
-            reason,
-        },
-        other => other,
-    }
-}
-
-/// A running process, vetted.
-fn attach_spec(pid: u32) -> Result<TargetSpec, TargetError> {
-    crate::procfs::check_pid(pid)?;
-    let exe = crate::procfs::exe_path(pid)?;
-    // /proc/PID/exe reaches the file even in another mount namespace or
-    // after it was deleted.
-    let via = crate::procfs::proc_dir(pid).join("exe");
-    let mut bin = GoBinary::open(&via).map_err(|e| relabel(e, &via, &exe))?;
-    bin.path = exe;
-    TargetSpec::running(pid, Arc::new(bin))
-}
-
-/// Refuses lenses that need data symbols a binary lacks, before anything is
-/// attached (or a launched program left waiting).
-fn vet(spec: &TargetSpec, opts: &Options) -> Result<(), TargetError> {
-    let bin = &spec.bin;
-    let needs: &[(bool, Option<u64>, &str, &str)] = &[
-        (
-            opts.has(Lens::Goroutines) && !spec.launched,
-            bin.allgs,
-            "runtime.allgs",
-            "goroutines lens (attach mode)",
-        ),
-        (
-            opts.sampled(),
-            bin.mbuckets,
-            "runtime.mbuckets",
-            "alloc and heap lenses",
-        ),
-    ];
-    match needs.iter().find(|n| n.0 && n.1.is_none()) {
-        Some((_, _, symbol, needed_by)) => Err(bin.missing(symbol, needed_by)),
-        None => Ok(()),
-    }
-}
-
-/// The targets of a launch: the command, resolved, held before exec.
-fn launch_spec(command: &[String]) -> anyhow::Result<(TargetSpec, Gated)> {
-    let path = launch::resolve(&command[0])?;
-    let bin = GoBinary::open(&path)?;
-    let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
-    let gate = launch::spawn_gated(&path, command)?;
-    Ok((
-        TargetSpec {
-            pid: gate.pid,
-            exe: path.clone(),
-            attach_path: path,
-            binary: (meta.dev(), meta.ino()),
-            bin: Arc::new(bin),
-            launched: true,
-        },
-        gate,
-    ))
-}
-
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     if args.pids.is_empty() == args.command.is_empty() {
         bail!("give either --pid PID (repeatable) or -- CMD ARGS, not both and not neither: e.g. `memtrace record --pid 1234`");
@@ -182,10 +87,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let mut opts = Options::new(args.lens.clone());
     opts.memprofile_rate = args.memprofile_rate;
     opts.holds = true;
-    let tracepoints = opts.tracepoints();
-    let paths: Vec<String> = tracepoints.iter().map(|t| t.path()).collect();
-    preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())?;
+    setup::check_host(&opts)?;
 
+    std::fs::create_dir_all(&args.out).with_context(|| {
+        format!(
+            "cannot create output directory {}: choose another with --out",
+            args.out.display()
+        )
+    })?;
     // Forked first, while memtrace has one thread: it undoes what memtrace
     // writes into targets if memtrace is killed.
     let guardian = crate::guard::Guardian::spawn().context("starting the guardian process")?;
@@ -194,40 +103,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         let specs = args
             .pids
             .iter()
-            .map(|&p| attach_spec(p))
+            .map(|&p| setup::running(p))
             .collect::<Result<Vec<_>, _>>()?;
         (specs, None)
     } else {
-        let (spec, gate) = launch_spec(&args.command)?;
+        let (spec, gate) = setup::launch(&args.command, None)?;
         (vec![spec], Some(gate))
     };
-    let setup = || -> anyhow::Result<Engine<Ebpf, Procfs>> {
-        for s in &specs {
-            vet(s, &opts)?;
-        }
-        let kernel = Ebpf::load(&tracepoints, &preflight::tracefs_dir())?;
-        let mut engine = Engine::new(kernel, Procfs, opts.clone());
-        engine.set_guardian(guardian);
-        for s in &specs {
-            engine.add(s.clone())?;
-        }
-        std::fs::create_dir_all(&args.out).with_context(|| {
-            format!(
-                "cannot create output directory {}: choose another with --out",
-                args.out.display()
-            )
-        })?;
-        Ok(engine)
-    };
-    let mut engine = match setup() {
-        Ok(e) => e,
-        Err(e) => {
-            if let Some(g) = gate {
-                g.abandon();
-            }
-            return Err(e);
-        }
-    };
+    let (mut engine, gate) = setup::start(&opts, &specs, gate, guardian)?;
     announce(&engine, &args);
     engine.begin();
     let started = Instant::now();

@@ -32,6 +32,7 @@ pub mod probes;
 pub mod report;
 pub mod rolling;
 pub mod run;
+pub mod setup;
 pub mod target;
 #[cfg(test)]
 mod tests;
@@ -379,6 +380,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 .unwrap_or(0);
             config.heap_goal = points
                 .heap_goal
+                .and_then(|a| t.runtime_addr(a))
+                .unwrap_or(0);
+            config.heap_marked = points
+                .heap_marked
                 .and_then(|a| t.runtime_addr(a))
                 .unwrap_or(0);
         }

@@ -153,6 +153,7 @@ impl Binary<'_> {
             stw_start: at("runtime.startTheWorldWithSema")?,
             heap_live: field("heapLive"),
             heap_goal: field("gcPercentHeapGoal"),
+            heap_marked: field("heapMarked"),
         })
     }
 
@@ -270,6 +271,8 @@ pub struct GcPoints {
     pub stw_start: ProbePoint,
     pub heap_live: Option<u64>,
     pub heap_goal: Option<u64>,
+    /// `gcController.heapMarked`: the bytes the last cycle marked live.
+    pub heap_marked: Option<u64>,
 }
 
 /// Offset, from the function start, of the first instruction after Go's

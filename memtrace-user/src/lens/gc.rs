@@ -15,6 +15,8 @@ pub struct GcCycle {
     pub ts_ns: u64,
     pub heap_live: u64,
     pub heap_goal: u64,
+    /// Marked live by the previous cycle: the live heap after it.
+    pub heap_marked: u64,
 }
 
 /// The GC view: cycles and stop-the-world pauses.
@@ -78,6 +80,7 @@ pub fn summary(gc: &GcAgg, start_ns: u64) -> serde_json::Value {
             "t": c.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
             "heap_live": c.heap_live,
             "heap_goal": c.heap_goal,
+            "heap_marked": c.heap_marked,
         })).collect::<Vec<_>>(),
     })
 }

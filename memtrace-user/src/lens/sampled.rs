@@ -185,6 +185,17 @@ impl RuntimeProfile {
         }
     }
 
+    /// Estimated bytes allocated between the first and the latest snapshot.
+    pub fn allocated(&self) -> Option<u64> {
+        let (start, end) = (self.start.as_ref()?, self.last.as_ref()?);
+        Some(
+            memprof::alloc_delta(start, end, self.rate)
+                .iter()
+                .map(|(_, b, _)| b)
+                .sum(),
+        )
+    }
+
     /// The alloc and heap cells of this target, stacks interned in `stacks`.
     pub fn cells(&self, stacks: &mut StackTable) -> Option<[(Lens, HashMap<StackKey, Cell>); 2]> {
         let (start, end) = (self.start.as_ref()?, self.last.as_ref()?);

@@ -1,0 +1,166 @@
+//! Setting a session up: finding and vetting the processes to trace, a
+//! command held before its first instruction, and an engine with the
+//! probes in place. `record` and `gate` start the same way.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::host::Procfs;
+use super::{Engine, EngineError, Options, TargetSpec};
+use crate::error::{EnvError, TargetError};
+use crate::goruntime::GoBinary;
+use crate::guard::Guardian;
+use crate::kernel::{ebpf::Ebpf, KernelError};
+use crate::launch::{self, Gated};
+use crate::lens::Lens;
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Error messages should name the path the user knows, not /proc/PID/exe.
+fn relabel(e: TargetError, via: &Path, exe: &Path) -> TargetError {
+    let fix = |p: PathBuf| if p == via { exe.to_owned() } else { p };
+    match e {
+        TargetError::NotGo(p) => TargetError::NotGo(fix(p)),
+        TargetError::Stripped {
+            path,
+            symbol,
+            needed_by,
+        } => TargetError::Stripped {
+            path: fix(path),
+            symbol,
+            needed_by,
+        },
+        TargetError::GoVersion { path, version } => TargetError::GoVersion {
+            path: fix(path),
+            version,
+        },
+        TargetError::MissingSymbol { path, symbol } => TargetError::MissingSymbol {
+            path: fix(path),
+            symbol,
+        },
+        TargetError::Prologue { path, symbol } => TargetError::Prologue {
+            path: fix(path),
+            symbol,
+        },
+        TargetError::Read { path, reason } => TargetError::Read {
+            path: fix(path),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// A running process, vetted.
+pub fn running(pid: u32) -> Result<TargetSpec, TargetError> {
+    crate::procfs::check_pid(pid)?;
+    let exe = crate::procfs::exe_path(pid)?;
+    // /proc/PID/exe reaches the file even in another mount namespace or
+    // after it was deleted.
+    let via = crate::procfs::proc_dir(pid).join("exe");
+    let mut bin = GoBinary::open(&via).map_err(|e| relabel(e, &via, &exe))?;
+    bin.path = exe;
+    TargetSpec::running(pid, Arc::new(bin))
+}
+
+/// Refuses lenses that need data symbols a binary lacks, before anything is
+/// attached (or a launched program left waiting).
+pub fn vet(spec: &TargetSpec, opts: &Options) -> Result<(), TargetError> {
+    let bin = &spec.bin;
+    let needs: &[(bool, Option<u64>, &str, &str)] = &[
+        (
+            opts.has(Lens::Goroutines) && !spec.launched,
+            bin.allgs,
+            "runtime.allgs",
+            "goroutines lens (attach mode)",
+        ),
+        (
+            opts.sampled(),
+            bin.mbuckets,
+            "runtime.mbuckets",
+            "alloc and heap lenses",
+        ),
+    ];
+    match needs.iter().find(|n| n.0 && n.1.is_none()) {
+        Some((_, _, symbol, needed_by)) => Err(bin.missing(symbol, needed_by)),
+        None => Ok(()),
+    }
+}
+
+/// A command, resolved and held before exec (its standard output to
+/// `stdout` when given).
+pub fn launch(
+    command: &[String],
+    stdout: Option<OwnedFd>,
+) -> Result<(TargetSpec, Gated), TargetError> {
+    let path = launch::resolve(&command[0])?;
+    let bin = GoBinary::open(&path)?;
+    let meta = std::fs::metadata(&path).map_err(|e| TargetError::Read {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let gate = launch::spawn_gated(&path, command, stdout)?;
+    Ok((
+        TargetSpec {
+            pid: gate.pid,
+            exe: path.clone(),
+            attach_path: path,
+            binary: (meta.dev(), meta.ino()),
+            bin: Arc::new(bin),
+            launched: true,
+        },
+        gate,
+    ))
+}
+
+/// Checks that this host can run the session's probes (privileges, BTF,
+/// tracefs, tracepoints): first, before any target is looked at.
+pub fn check_host(opts: &Options) -> Result<(), EnvError> {
+    let paths: Vec<String> = opts.tracepoints().iter().map(|t| t.path()).collect();
+    crate::preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Loads the probes and adds `specs` (vetted first), with `guardian`
+/// watching what is written into them. On failure a held command is killed
+/// before it ran anything.
+pub fn start(
+    opts: &Options,
+    specs: &[TargetSpec],
+    gate: Option<Gated>,
+    guardian: Guardian,
+) -> Result<(Engine<Ebpf, Procfs>, Option<Gated>), SetupError> {
+    let go = || -> Result<Engine<Ebpf, Procfs>, SetupError> {
+        let tracepoints = opts.tracepoints();
+        for s in specs {
+            vet(s, opts)?;
+        }
+        let kernel = Ebpf::load(&tracepoints, &crate::preflight::tracefs_dir())?;
+        let mut engine = Engine::new(kernel, Procfs, opts.clone());
+        engine.set_guardian(guardian);
+        for s in specs {
+            engine.add(s.clone())?;
+        }
+        Ok(engine)
+    };
+    match go() {
+        Ok(e) => Ok((e, gate)),
+        Err(e) => {
+            if let Some(g) = gate {
+                g.abandon();
+            }
+            Err(e)
+        }
+    }
+}
