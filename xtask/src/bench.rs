@@ -363,7 +363,13 @@ pub fn gate(memtrace: &Path, fixtures: &Path, out: &Path, trials: usize) -> anyh
                 .arg(format!("{} -keep 6400", svc.display()))
                 .arg("--candidate")
                 .arg(format!("{} -keep {}", svc.display(), c.keep))
-                .args(["--duration", "3", "--per-request", r"requests (\d+)", "--out"])
+                .args([
+                    "--duration",
+                    "3",
+                    "--per-request",
+                    r"requests (\d+)",
+                    "--out",
+                ])
                 .arg(&dir)
                 .output()?;
             c.walls.push(start.elapsed().as_secs_f64());
@@ -374,7 +380,8 @@ pub fn gate(memtrace: &Path, fixtures: &Path, out: &Path, trials: usize) -> anyh
                 serde_json::from_str(&std::fs::read_to_string(dir.join("gate.json"))?)?;
             c.verdicts
                 .push(g["verdict"].as_str().unwrap_or("?").to_string());
-            c.increases.push(g["increase_pct"].as_f64().unwrap_or(f64::NAN));
+            c.increases
+                .push(g["increase_pct"].as_f64().unwrap_or(f64::NAN));
         }
     }
     println!(
@@ -382,7 +389,13 @@ pub fn gate(memtrace: &Path, fixtures: &Path, out: &Path, trials: usize) -> anyh
     );
     println!(
         "{:<12} {:>6} {:>6} {:>6} {:>13}   {:<28} {:>10}",
-        "case", "trials", "fail", "pass", "inconclusive", "increase: median (min … max)", "wall time"
+        "case",
+        "trials",
+        "fail",
+        "pass",
+        "inconclusive",
+        "increase: median (min … max)",
+        "wall time"
     );
     for c in &cases {
         let n = |v: &str| c.verdicts.iter().filter(|x| *x == v).count();
