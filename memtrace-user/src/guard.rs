@@ -57,7 +57,10 @@ impl Undo {
 
 /// memtrace's end of the pipe.
 pub struct Guardian {
-    pipe: std::fs::File,
+    /// `None` once closed, which tells the guardian memtrace is gone.
+    pipe: Option<std::fs::File>,
+    /// The guardian's pid, reaped when it ends.
+    child: libc::pid_t,
     /// What was already said (so repeated syncs stay quiet).
     said: Undo,
 }
@@ -80,15 +83,20 @@ impl Guardian {
                 drop(write);
                 guardian_main(read)
             }
-            _ => Ok(Self {
-                pipe: std::fs::File::from(write),
+            child => Ok(Self {
+                pipe: Some(std::fs::File::from(write)),
+                child,
                 said: Undo::default(),
             }),
         }
     }
 
     fn say(&mut self, line: &str) {
-        if self.pipe.write_all(format!("{line}\n").as_bytes()).is_ok() {
+        let ok = self
+            .pipe
+            .as_mut()
+            .is_some_and(|p| p.write_all(format!("{line}\n").as_bytes()).is_ok());
+        if ok {
             self.said.apply(line);
         } else {
             log::warn!("the guardian is gone; a kill -9 of memtrace would not be undone");
@@ -134,6 +142,18 @@ impl Guardian {
     /// Everything was undone by memtrace itself: the guardian exits quietly.
     pub fn done(mut self) {
         self.say("done");
+    }
+}
+
+impl Drop for Guardian {
+    /// Closes the pipe and reaps the guardian, so a long-lived memtrace
+    /// (gate, agent) leaves no zombie per session. Without `done` first, the
+    /// guardian undoes the writes before it exits.
+    fn drop(&mut self) {
+        drop(self.pipe.take());
+        let mut status = 0;
+        // SAFETY: waits for our own child; status is a valid out-pointer.
+        unsafe { libc::waitpid(self.child, &mut status, 0) };
     }
 }
 

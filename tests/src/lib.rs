@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+pub mod agent;
+pub mod prometheus;
+
 use std::time::{Duration, Instant};
 
 pub fn env_path(var: &str) -> PathBuf {

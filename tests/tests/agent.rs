@@ -10,150 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use memtrace_tests::agent::*;
+use memtrace_tests::prometheus::{self, Prometheus};
 use memtrace_tests::*;
-
-struct Agent {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-}
-
-impl Agent {
-    fn start(name: &str, args: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let out = out_dir(name);
-        let log = std::fs::File::create(out.join("agent.log")).unwrap();
-        // Exactly the capabilities deploy/daemonset.yaml grants, nothing else.
-        let caps = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin";
-        let child = Command::new("setpriv")
-            .arg(format!("--bounding-set={caps}"))
-            .arg(format!("--inh-caps={caps}"))
-            .arg(format!("--ambient-caps={caps}"))
-            .arg("--")
-            .arg(memtrace())
-            .arg("agent")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--out")
-            .arg(&out)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting memtrace agent");
-        let mut a = Self { child, port, out };
-        let up = wait_until(Duration::from_secs(20), || {
-            http_get(a.port, "/healthz").is_some_and(|(s, _)| s == 200)
-        });
-        assert!(up, "agent never served /healthz: {}", a.log());
-        assert!(a.child.try_wait().unwrap().is_none(), "{}", a.log());
-        a
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.out.join("agent.log")).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        http_get(self.port, path).unwrap_or_else(|| panic!("GET {path} failed: {}", self.log()))
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = self.get("/metrics");
-        assert_eq!(status, 200);
-        String::from_utf8(body).unwrap()
-    }
-
-    /// SIGTERM; returns the exit status.
-    fn stop(mut self) -> (Option<i32>, PathBuf, String) {
-        // SAFETY: signalling a child we started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let done = wait_until(Duration::from_secs(20), || {
-            self.child.try_wait().unwrap().is_some()
-        });
-        assert!(done, "agent ignored SIGTERM: {}", self.log());
-        let code = self.child.wait().unwrap().code();
-        (code, self.out.clone(), self.log())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A raw HTTP/1.1 GET (the path is sent exactly as given).
-fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let mut body = buf[head_end + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    Some((status, body))
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if size == 0 || b.len() < eol + 2 + size {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
-        b = &b[(eol + 4 + size).min(b.len())..];
-    }
-}
-
-/// The line of `family` for `pid`, if any.
-fn series<'a>(metrics: &'a str, family: &str, pid: u32) -> Option<&'a str> {
-    let needle = format!("pid=\"{pid}\"");
-    metrics
-        .lines()
-        .find(|l| l.starts_with(&format!("{family}{{")) && l.contains(&needle))
-}
-
-fn value(line: &str) -> f64 {
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// Leaf of the heaviest stack in a folded profile.
-fn top_leaf(folded: &str) -> String {
-    folded
-        .lines()
-        .filter_map(|l| {
-            let (stack, v) = l.rsplit_once(' ')?;
-            Some((
-                v.parse::<u64>().ok()?,
-                stack.rsplit(';').next()?.to_string(),
-            ))
-        })
-        .max()
-        .map(|(_, leaf)| leaf)
-        .unwrap_or_default()
-}
 
 #[test]
 fn agent_finds_serves_and_snapshots() {
@@ -423,6 +282,22 @@ fn pods_and_containers_are_labelled() {
             agent.log()
         );
     }
+    // The labels reach PromQL: a real Prometheus scrapes the agent.
+    let prom = Prometheus::start(&agent.out, &prometheus::config(agent.port, None), "");
+    let q = "memtrace_process_rss_bytes{pod_namespace=\"shop\",pod_name=\"cart-7d9\"}";
+    let found = wait_until(Duration::from_secs(20), || !prom.query(q).is_empty());
+    let r = prom.query(q);
+    assert!(found, "{q}: nothing; {}", prom.log());
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].0["pid"], procs[0].0.pid().to_string(), "{r:?}");
+    assert_eq!(r[0].0["container_id"], procs[0].2, "{r:?}");
+    assert!(r[0].1 > 0.0);
+    let by_uid = prom.query(&format!(
+        "memtrace_process_rss_bytes{{pod_uid=\"{uid_b}\"}}"
+    ));
+    assert_eq!(by_uid.len(), 1, "{by_uid:?}");
+    assert_eq!(by_uid[0].0["pid"], procs[1].0.pid().to_string());
+    drop(prom);
     drop(procs);
     std::thread::sleep(Duration::from_millis(300));
     drop(groups);

@@ -36,6 +36,7 @@ fn daemonset_is_valid_for_current_kubernetes() {
             "serviceaccount",
             "clusterrole",
             "clusterrolebinding",
+            "networkpolicy",
         ] {
             assert!(text.contains(&format!("{kind}/memtrace-agent")), "{text}");
         }

@@ -9,6 +9,8 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -414,4 +416,223 @@ pub fn gate(memtrace: &Path, fixtures: &Path, out: &Path, trials: usize) -> anyh
     }
     println!("(same build: a fail is a false positive; +10% and +25%: a fail is a detection)");
     Ok(())
+}
+
+/// A receiver that takes every HTTP/1.1 POST with 200 and counts
+/// (requests, body bytes): Pyroscope stand-in for the agent bench.
+fn counting_receiver() -> anyhow::Result<(u16, Arc<AtomicU64>, Arc<AtomicU64>)> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let (requests, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (r, b) = (requests.clone(), bytes.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (r, b) = (r.clone(), b.clone());
+            std::thread::spawn(move || {
+                let Ok(mut w) = conn.try_clone() else { return };
+                let mut rd = std::io::BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    if rd.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if rd.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if rd.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    r.fetch_add(1, Ordering::Relaxed);
+                    b.fetch_add(len as u64, Ordering::Relaxed);
+                    if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, requests, bytes))
+}
+
+/// A gauge or counter of the agent's /metrics, by exact name.
+fn agent_metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The agent's cost: `procs` Go services (the service fixture at 20
+/// requests a second each) traced by one agent with 10 s windows, pushing
+/// every window to a local Pyroscope stand-in. The services' own CPU is
+/// measured untraced first, then traced.
+pub fn agent(memtrace: &Path, fixtures: &Path, out: &Path, procs: usize) -> anyhow::Result<()> {
+    const WINDOW: u64 = 10;
+    const MEASURE: Duration = Duration::from_secs(60);
+    let svc = fixtures.join("service");
+    let mut services = Vec::new();
+    for _ in 0..procs {
+        services.push(
+            Command::new(&svc)
+                .args(["-rate", "20", "-keep", "64"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+    }
+    let kill_all = |services: &mut Vec<std::process::Child>| {
+        for c in services.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    };
+    let fleet_ticks = |services: &[std::process::Child]| -> u64 {
+        services.iter().filter_map(|c| cpu_ticks(c.id())).sum()
+    };
+    eprintln!("xtask: agent bench: {procs} services untraced for {MEASURE:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    let t0 = (fleet_ticks(&services), Instant::now());
+    std::thread::sleep(MEASURE);
+    let untraced = (fleet_ticks(&services) - t0.0) as f64 / 100.0 / t0.1.elapsed().as_secs_f64();
+
+    let (rport, requests, bytes) = counting_receiver()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = out.join("agent");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    let mut agent = Command::new(memtrace)
+        .arg("agent")
+        .args(["--window", &WINDOW.to_string(), "--exe", "service"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--out")
+        .arg(&dir)
+        .args(["--pyroscope", &format!("http://127.0.0.1:{rport}")])
+        .stderr(std::fs::File::create(dir.join("agent.log"))?)
+        .spawn()?;
+    let mut found = 0.0;
+    while started.elapsed() < Duration::from_secs(120) {
+        found = agent_metric(port, "memtrace_processes").unwrap_or(0.0);
+        if found >= procs as f64 || agent.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let discovery = started.elapsed().as_secs_f64();
+    if found < procs as f64 {
+        let _ = agent.kill();
+        kill_all(&mut services);
+        bail!(
+            "the agent found {found} of {procs} services in 120 s: see {}",
+            dir.join("agent.log").display()
+        );
+    }
+    eprintln!(
+        "xtask: agent bench: all {procs} traced after {discovery:.1} s; measuring {MEASURE:?}"
+    );
+    // One window to settle, then measure.
+    std::thread::sleep(Duration::from_secs(WINDOW));
+    let a0 = cpu_ticks(agent.id()).unwrap_or(0);
+    let f0 = fleet_ticks(&services);
+    let (r0, b0) = (
+        requests.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed),
+    );
+    let m0 = Instant::now();
+    let mut rss_max = 0u64;
+    while m0.elapsed() < MEASURE {
+        std::thread::sleep(Duration::from_secs(1));
+        rss_max = rss_max.max(vm_rss_kib(agent.id()).unwrap_or(0));
+    }
+    let secs = m0.elapsed().as_secs_f64();
+    let agent_cpu = (cpu_ticks(agent.id()).unwrap_or(0) - a0) as f64 / 100.0 / secs;
+    let traced = (fleet_ticks(&services) - f0) as f64 / 100.0 / secs;
+    let pushes = requests.load(Ordering::Relaxed) - r0;
+    let pushed_bytes = bytes.load(Ordering::Relaxed) - b0;
+    let hwm = peak_rss_kib(agent.id()).unwrap_or(0);
+    let failures = agent_metric(port, "memtrace_push_failures_total").unwrap_or(f64::NAN);
+    let dropped = agent_metric(port, "memtrace_push_dropped_total").unwrap_or(f64::NAN);
+    let ring = agent_metric(port, "memtrace_ringbuf_drops_total").unwrap_or(f64::NAN);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let stop = Instant::now();
+    let status = agent.wait()?;
+    let stop_secs = stop.elapsed().as_secs_f64();
+    kill_all(&mut services);
+    println!(
+        "\nmemtrace agent: {procs} Go services (service fixture, 20 requests/s each), windows of {WINDOW} s, \
+         pushing every window to a local receiver; measured over {secs:.0} s"
+    );
+    println!("{:<44} {:>14}", "figure", "value");
+    let row = |k: &str, v: String| println!("{k:<44} {v:>14}");
+    row("services found after", format!("{discovery:.1} s"));
+    row("agent CPU", format!("{agent_cpu:.3} core"));
+    row(
+        "agent CPU per service",
+        format!("{:.2} ms/s", agent_cpu * 1e3 / procs as f64),
+    );
+    row(
+        "agent RSS (max over the run / VmHWM)",
+        format!(
+            "{:.0} / {:.0} MiB",
+            rss_max as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
+    );
+    row("services' CPU untraced", format!("{untraced:.3} core"));
+    row("services' CPU traced", format!("{traced:.3} core"));
+    row(
+        "services' slowdown (CPU)",
+        format!("{:.2}x", traced / untraced),
+    );
+    row(
+        "pushes delivered",
+        format!(
+            "{pushes} ({:.1}/window)",
+            pushes as f64 * WINDOW as f64 / secs
+        ),
+    );
+    row(
+        "bytes pushed per service per window",
+        format!(
+            "{:.1} KiB",
+            pushed_bytes as f64 / 1024.0 / (secs / WINDOW as f64) / procs as f64
+        ),
+    );
+    row(
+        "push failures / dropped / ring drops",
+        format!("{failures} / {dropped} / {ring}"),
+    );
+    row("SIGTERM to exit", format!("{stop_secs:.1} s ({status})"));
+    Ok(())
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }

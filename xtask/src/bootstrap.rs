@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     // cgo fixtures: the external linker and libc headers.
     "gcc",
     "libc6-dev",
+    // A real Prometheus (and promtool) for the agent's tests.
+    "prometheus",
 ];
 
 pub fn cache_dir() -> PathBuf {

@@ -39,7 +39,8 @@ enum Cmd {
         secs: u64,
     },
     /// Measure each lens's slowdown on an allocation-heavy Go fixture, the
-    /// symbolizer, and memtrace gate's error rates.
+    /// symbolizer, the agent's cost on many services, and memtrace gate's
+    /// error rates.
     Bench {
         /// Gates per case for the gate's error rates.
         #[arg(long, default_value_t = 20)]
@@ -47,6 +48,12 @@ enum Cmd {
         /// Only the gate's error rates.
         #[arg(long)]
         gate_only: bool,
+        /// Only the agent's cost (services traced at once).
+        #[arg(long)]
+        agent_only: bool,
+        /// Go services the agent bench traces.
+        #[arg(long, default_value_t = 100)]
+        agent_procs: usize,
     },
     /// Lint, then run every unit and end-to-end test (as root).
     Test {
@@ -71,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             gate_trials,
             gate_only,
+            agent_only,
+            agent_procs,
         } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
@@ -79,6 +88,9 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             if gate_only {
                 return bench::gate(&memtrace, &built.dir, &out, gate_trials);
+            }
+            if agent_only {
+                return bench::agent(&memtrace, &built.dir, &out, agent_procs);
             }
             bench::run(&memtrace, &built.dir, &out)?;
             run(cargo().current_dir(&root).args([
@@ -93,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                 &root.join("target/release/examples/symbolize_bench"),
                 &built.dir,
             )?;
+            bench::agent(&memtrace, &built.dir, &out, agent_procs)?;
             bench::gate(&memtrace, &built.dir, &out, gate_trials)
         }
     }

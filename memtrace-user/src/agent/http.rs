@@ -1,16 +1,22 @@
 //! The agent's HTTP API. Profiles are served from memory by (pid, lens);
-//! no handler turns its input into a filesystem path.
+//! no handler turns its input into a filesystem path. With a token,
+//! `/metrics` and `/profiles` answer only requests that carry it
+//! (`Authorization: Bearer …`, compared in constant time); `/healthz`
+//! stays open for liveness probes.
 
 use std::sync::{Arc, Mutex};
 
 use axum::{
-    extract::{Path, State},
-    http::{header, StatusCode},
+    extract::{Path, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
     Router,
 };
+use subtle::ConstantTimeEq as _;
 
+use super::push::PushStats;
 use super::{metrics, Shared, LENSES};
 
 /// The formats a profile is served in.
@@ -37,33 +43,59 @@ pub fn parse_profile_file(file: &str) -> Option<(&'static str, Format)> {
 /// Reads the agent's own CPU time and RSS.
 pub type SelfUsageFn = fn() -> metrics::SelfUsage;
 
+/// What the handlers need.
 #[derive(Clone)]
-struct Ctx {
-    shared: Arc<Mutex<Shared>>,
-    usage: SelfUsageFn,
+pub struct Ctx {
+    pub shared: Arc<Mutex<Shared>>,
+    pub usage: SelfUsageFn,
+    /// Required as a bearer token by `/metrics` and `/profiles` when set.
+    pub token: Option<Arc<str>>,
+    pub push: Option<Arc<Mutex<PushStats>>>,
 }
 
-pub fn router(shared: Arc<Mutex<Shared>>, usage: SelfUsageFn) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+/// Whether the request's `Authorization` carries `token` (constant time).
+pub fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+async fn require_token(State(c): State<Ctx>, req: Request, next: Next) -> Response {
+    match &c.token {
+        Some(t) if !authorized(req.headers(), t) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "unauthorized\n",
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+pub fn router(ctx: Ctx) -> Router {
+    let guarded = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/profiles", get(list_handler))
         .route("/profiles/{pid}/{file}", get(profile_handler))
+        .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(guarded)
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(Ctx { shared, usage })
+        .with_state(ctx)
 }
 
 async fn metrics_handler(State(c): State<Ctx>) -> Response {
     let me = (c.usage)();
-    let text = metrics::render(&c.shared.lock().expect("agent state"), me);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    let push = c
+        .push
+        .as_ref()
+        .map(|p| p.lock().expect("push stats").clone());
+    let text = metrics::render(&c.shared.lock().expect("agent state"), me, push.as_ref());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn list_handler(State(c): State<Ctx>) -> Response {
@@ -135,6 +167,17 @@ async fn profile_handler(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_are_checked() {
+        let mut h = HeaderMap::new();
+        assert!(!authorized(&h, "s3cret"));
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(authorized(&h, "s3cret"));
+        assert!(!authorized(&h, "s3cre"));
+        h.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
+        assert!(!authorized(&h, "s3cret"));
+    }
 
     #[test]
     fn profile_files() {

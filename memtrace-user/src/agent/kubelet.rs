@@ -1,7 +1,9 @@
 //! Pod names from the kubelet's `/pods` endpoint (a `PodList`): UID →
-//! namespace and name, to label processes whose cgroup names a pod UID.
+//! namespace, name, labels and container names, to label processes whose
+//! cgroup names a pod UID. The kubelet's serving certificate is verified
+//! against the service account's CA unless `--kubelet-insecure-tls`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +13,10 @@ use std::time::{Duration, Instant};
 pub enum KubeletError {
     #[error("TLS set-up for the kubelet: {0}")]
     Tls(String),
+    #[error(
+        "cannot verify the kubelet's certificate: no CA at {0} ({1}): give --kubelet-ca-file, or --kubelet-insecure-tls to skip verification"
+    )]
+    NoCa(std::path::PathBuf, String),
     #[error("{0}")]
     Http(String),
     #[error("the kubelet's pod list is not JSON: {0}")]
@@ -18,10 +24,23 @@ pub enum KubeletError {
 }
 
 /// What the kubelet says about one pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodMeta {
     pub namespace: String,
     pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Container ID (without the runtime's `containerd://` prefix) → name.
+    pub containers: HashMap<String, String>,
+}
+
+impl PodMeta {
+    /// The pod's application: its `app.kubernetes.io/name` or `app` label.
+    pub fn app(&self) -> Option<&str> {
+        self.labels
+            .get("app.kubernetes.io/name")
+            .or_else(|| self.labels.get("app"))
+            .map(String::as_str)
+    }
 }
 
 /// Parses a `PodList`; pods without a UID, name or namespace are skipped.
@@ -34,11 +53,33 @@ pub fn parse_pods(json: &[u8]) -> Result<HashMap<String, PodMeta>, serde_json::E
                 .iter()
                 .filter_map(|p| {
                     let m = &p["metadata"];
+                    let labels = m["labels"]
+                        .as_object()
+                        .map(|l| {
+                            l.iter()
+                                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let containers = p["status"]["containerStatuses"]
+                        .as_array()
+                        .map(|cs| {
+                            cs.iter()
+                                .filter_map(|c| {
+                                    let id = c["containerID"].as_str()?;
+                                    let id = id.split_once("://").map_or(id, |(_, i)| i);
+                                    Some((id.to_string(), c["name"].as_str()?.to_string()))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     Some((
                         m["uid"].as_str()?.to_string(),
                         PodMeta {
                             namespace: m["namespace"].as_str()?.to_string(),
                             name: m["name"].as_str()?.to_string(),
+                            labels,
+                            containers,
                         },
                     ))
                 })
@@ -108,17 +149,39 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
 }
 
 impl Kubelet {
-    /// A client for `url`; `token_file` is read if it exists.
-    pub fn new(url: &str, token_file: &Path, insecure_tls: bool) -> Result<Self, KubeletError> {
+    /// A client for `url`; `token_file` is read if it exists. An https
+    /// kubelet's certificate is checked against the CA in `ca_file` (the
+    /// service account's), or not at all with `insecure_tls`.
+    pub fn new(
+        url: &str,
+        token_file: &Path,
+        ca_file: &Path,
+        insecure_tls: bool,
+    ) -> Result<Self, KubeletError> {
         let mut builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(3));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| KubeletError::Tls(e.to_string()))?;
         if insecure_tls {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| KubeletError::Tls(e.to_string()))?
+            let tls = tls
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
                 .with_no_client_auth();
+            builder = builder.tls_config(Arc::new(tls));
+        } else if url.starts_with("https://") {
+            use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+            let no_ca = |e: String| KubeletError::NoCa(ca_file.to_owned(), e);
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| no_ca(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| no_ca(e.to_string()))?)
+                    .map_err(|e| no_ca(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(no_ca("no certificate in it".into()));
+            }
+            let tls = tls.with_root_certificates(roots).with_no_client_auth();
             builder = builder.tls_config(Arc::new(tls));
         }
         let token = std::fs::read_to_string(token_file)
@@ -158,18 +221,24 @@ mod tests {
     #[test]
     fn reads_uid_namespace_and_name() {
         let list = br#"{"kind":"PodList","apiVersion":"v1","items":[
-            {"metadata":{"name":"cart-7d9","namespace":"shop","uid":"u-1"},"spec":{}},
+            {"metadata":{"name":"cart-7d9","namespace":"shop","uid":"u-1","labels":{"app":"cart"}},"spec":{},
+             "status":{"containerStatuses":[{"name":"server","containerID":"containerd://abc123"}]}},
             {"metadata":{"name":"nouid","namespace":"x"}}]}"#;
         let pods = parse_pods(list).unwrap();
         assert_eq!(pods.len(), 1);
+        let p = &pods["u-1"];
         assert_eq!(
-            pods["u-1"],
-            PodMeta {
-                namespace: "shop".into(),
-                name: "cart-7d9".into()
-            }
+            (p.namespace.as_str(), p.name.as_str()),
+            ("shop", "cart-7d9")
         );
+        assert_eq!(p.app(), Some("cart"));
+        assert_eq!(p.containers["abc123"], "server");
         assert!(parse_pods(b"{}").unwrap().is_empty());
+        // No CA: refused with the fix, unless verification is off.
+        let missing = Path::new("/nonexistent/ca.crt");
+        let e = Kubelet::new("https://10.0.0.1:10250", missing, missing, false).err();
+        assert!(matches!(e, Some(KubeletError::NoCa(..))), "{e:?}");
+        assert!(Kubelet::new("https://10.0.0.1:10250", missing, missing, true).is_ok());
         assert!(parse_pods(b"not json").is_err());
     }
 }

@@ -1,7 +1,15 @@
-//! Prometheus text exposition (format 0.0.4) of the agent's state.
+//! The agent's `/metrics`, through the `prometheus-client` crate (OpenMetrics
+//! text). The registry is built from the shared state at each scrape, so a
+//! process that exited has no series left behind.
 
-use std::fmt::Write as _;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
+use super::push::PushStats;
 use super::{ProcState, Shared};
 
 /// The agent's own resource use, read at scrape time.
@@ -11,173 +19,228 @@ pub struct SelfUsage {
     pub rss_bytes: u64,
 }
 
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+
+/// A label value as the exposition format wants it (the crate writes
+/// values as given).
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
-fn labels(p: &ProcState) -> String {
-    let mut l = format!(
-        "pid=\"{}\",exe=\"{}\",go_version=\"{}\"",
-        p.pid,
-        escape(&p.exe),
-        escape(&p.go_version)
-    );
+/// A process's labels: pid, exe and Go version, then where it runs.
+fn labels(p: &ProcState) -> Labels {
+    let mut l = vec![
+        ("pid".to_string(), p.pid.to_string()),
+        ("exe".to_string(), escape(&p.exe)),
+        ("go_version".to_string(), escape(&p.go_version)),
+    ];
     if let Some(c) = &p.labels.container_id {
-        let _ = write!(l, ",container_id=\"{}\"", escape(c));
+        l.push(("container_id".into(), escape(c)));
     }
     if let Some(u) = &p.labels.pod_uid {
-        let _ = write!(l, ",pod_uid=\"{}\"", escape(u));
+        l.push(("pod_uid".into(), escape(u)));
     }
     if let Some(pod) = &p.pod {
-        let _ = write!(
-            l,
-            ",pod_namespace=\"{}\",pod_name=\"{}\"",
-            escape(&pod.namespace),
-            escape(&pod.name)
-        );
+        l.push(("pod_namespace".into(), escape(&pod.namespace)));
+        l.push(("pod_name".into(), escape(&pod.name)));
     }
     l
 }
 
-struct Family<'a> {
-    out: &'a mut String,
+/// A per-process gauge: name, help, and how to read its value.
+type ProcGauge = (&'static str, &'static str, fn(&ProcState) -> Option<i64>);
+
+/// A per-process counter.
+type ProcCounter = (&'static str, &'static str, fn(&ProcState) -> u64);
+
+const PROC_GAUGES: &[ProcGauge] = &[
+    (
+        "memtrace_process_rss_bytes",
+        "Resident set size (VmRSS) of a traced Go process",
+        |p| Some(p.vmrss as i64),
+    ),
+    (
+        "memtrace_process_rss_growth_bytes",
+        "Resident memory that became resident in the last window and stayed, attributed to stacks",
+        |p| Some(p.growth_bytes as i64),
+    ),
+    (
+        "memtrace_process_rss_net_growth_bytes",
+        "Net resident growth in the last window: growth less memory resident before it and released",
+        |p| Some(p.net_growth_bytes),
+    ),
+    (
+        "memtrace_process_goroutines",
+        "Live goroutines",
+        |p| Some(p.goroutines as i64),
+    ),
+    (
+        "memtrace_process_go_heap_live_bytes",
+        "The Go heap's live bytes after the last GC cycle (from the GC controller)",
+        |p| p.heap_marked.map(|v| v as i64),
+    ),
+    (
+        "memtrace_process_go_heap_goal_bytes",
+        "The Go heap size the GC aims to stay under, as of the last GC cycle",
+        |p| p.heap_goal.map(|v| v as i64),
+    ),
+];
+
+const PROC_COUNTERS: &[ProcCounter] = &[
+    (
+        "memtrace_process_gc_cycles",
+        "GC cycles completed while traced",
+        |p| p.gc_cycles,
+    ),
+    (
+        "memtrace_process_snapshots",
+        "Automatic snapshots written for the process",
+        |p| p.snapshots,
+    ),
+];
+
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    reg.register(name, help, c);
 }
 
-impl Family<'_> {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-    fn sample(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
-        if labels.is_empty() {
-            let _ = writeln!(self.out, "{name} {v}");
-        } else {
-            let _ = writeln!(self.out, "{name}{{{labels}}} {v}");
-        }
-    }
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    reg.register(name, help, g);
 }
-
-/// A per-process family: name, type, help, and how to read its value.
-type ProcFamily = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ProcState) -> u64,
-);
 
 /// Renders every metric.
-pub fn render(s: &Shared, me: SelfUsage) -> String {
-    let mut out = String::new();
-    let mut f = Family { out: &mut out };
-    let per_proc: &[ProcFamily] = &[
-        (
-            "memtrace_process_rss_bytes",
-            "gauge",
-            "Resident set size (VmRSS) of a traced Go process.",
-            |p| p.vmrss,
-        ),
-        (
-            "memtrace_process_rss_growth_bytes",
-            "gauge",
-            "Resident memory that became resident in the last window and stayed, attributed to stacks.",
-            |p| p.growth_bytes,
-        ),
-        (
-            "memtrace_process_goroutines",
-            "gauge",
-            "Live goroutines.",
-            |p| p.goroutines,
-        ),
-        (
-            "memtrace_process_gc_cycles_total",
-            "counter",
-            "GC cycles completed while traced.",
-            |p| p.gc_cycles,
-        ),
-        (
-            "memtrace_process_snapshots_total",
-            "counter",
-            "Automatic snapshots written for the process.",
-            |p| p.snapshots,
-        ),
-    ];
-    for (name, kind, help, get) in per_proc {
-        f.head(name, kind, help);
+pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
+    let mut reg = Registry::default();
+    for (name, help, get) in PROC_GAUGES {
+        let fam = Family::<Labels, Gauge>::default();
         for p in s.procs.values() {
-            f.sample(name, &labels(p), get(p));
+            if let Some(v) = get(p) {
+                fam.get_or_create(&labels(p)).set(v);
+            }
         }
+        reg.register(*name, *help, fam);
     }
-    f.head(
-        "memtrace_process_top_growth_bytes",
-        "gauge",
-        "The largest resident-growth stacks of the last window, by leaf function (at most 5 per process).",
-    );
+    for (name, help, get) in PROC_COUNTERS {
+        let fam = Family::<Labels, Counter>::default();
+        for p in s.procs.values() {
+            fam.get_or_create(&labels(p)).inc_by(get(p));
+        }
+        reg.register(*name, *help, fam);
+    }
+    let top = Family::<Labels, Gauge>::default();
     for p in s.procs.values() {
         for (rank, (func, bytes)) in p.top.iter().enumerate() {
-            let l = format!(
-                "{},rank=\"{}\",function=\"{}\"",
-                labels(p),
-                rank + 1,
-                escape(func)
-            );
-            f.sample("memtrace_process_top_growth_bytes", &l, bytes);
+            let mut l = labels(p);
+            l.push(("rank".into(), (rank + 1).to_string()));
+            l.push(("function".into(), escape(func)));
+            top.get_or_create(&l).set(*bytes as i64);
         }
     }
-    let agent: &[(&str, &str, &str, String)] = &[
-        (
-            "memtrace_processes",
-            "gauge",
-            "Go processes traced now.",
-            s.procs.len().to_string(),
-        ),
-        (
-            "memtrace_processes_discovered_total",
-            "counter",
-            "Go processes the agent started tracing.",
-            s.discovered.to_string(),
-        ),
-        (
-            "memtrace_windows_total",
-            "counter",
-            "Profile windows completed.",
-            s.windows.to_string(),
-        ),
-        (
-            "memtrace_snapshots_total",
-            "counter",
-            "Automatic snapshots written.",
-            s.snapshots.to_string(),
-        ),
-        (
-            "memtrace_ringbuf_drops_total",
-            "counter",
-            "Events lost because the ring buffer was full.",
-            s.ring_drops.to_string(),
-        ),
-        (
-            "memtrace_stack_errors_total",
-            "counter",
-            "Events whose user stack could not be captured.",
-            s.stack_errors.to_string(),
-        ),
-        (
-            "memtrace_agent_cpu_seconds_total",
-            "counter",
-            "CPU time used by the agent.",
-            format!("{:.3}", me.cpu_seconds),
-        ),
-        (
-            "memtrace_agent_rss_bytes",
-            "gauge",
-            "The agent's own resident memory.",
-            me.rss_bytes.to_string(),
-        ),
-    ];
-    for (name, kind, help, v) in agent {
-        f.head(name, kind, help);
-        f.sample(name, "", v);
+    reg.register(
+        "memtrace_process_top_growth_bytes",
+        "The largest resident-growth stacks of the last window, by leaf function (at most 5 per process)",
+        top,
+    );
+    gauge(
+        &mut reg,
+        "memtrace_processes",
+        "Go processes traced now",
+        s.procs.len() as i64,
+    );
+    counter(
+        &mut reg,
+        "memtrace_processes_discovered",
+        "Go processes the agent started tracing",
+        s.discovered,
+    );
+    counter(
+        &mut reg,
+        "memtrace_windows",
+        "Profile windows completed",
+        s.windows,
+    );
+    counter(
+        &mut reg,
+        "memtrace_snapshots",
+        "Automatic snapshots written",
+        s.snapshots,
+    );
+    counter(
+        &mut reg,
+        "memtrace_ringbuf_drops",
+        "Events lost because the ring buffer was full",
+        s.ring_drops,
+    );
+    counter(
+        &mut reg,
+        "memtrace_stack_errors",
+        "Events whose user stack could not be captured",
+        s.stack_errors,
+    );
+    let cpu: Counter<f64> = Counter::default();
+    cpu.inc_by(me.cpu_seconds);
+    reg.register(
+        "memtrace_agent_cpu_seconds",
+        "CPU time used by the agent",
+        cpu,
+    );
+    gauge(
+        &mut reg,
+        "memtrace_agent_rss_bytes",
+        "The agent's own resident memory",
+        me.rss_bytes as i64,
+    );
+    if let Some(p) = push {
+        counter(
+            &mut reg,
+            "memtrace_push_profiles",
+            "Profiles delivered to the profile store",
+            p.pushed,
+        );
+        counter(
+            &mut reg,
+            "memtrace_push_failures",
+            "Push attempts that failed (each is retried)",
+            p.failed,
+        );
+        counter(
+            &mut reg,
+            "memtrace_push_dropped",
+            "Profiles dropped: the spool was full",
+            p.dropped,
+        );
+        gauge(
+            &mut reg,
+            "memtrace_push_spooled_profiles",
+            "Profiles waiting in the spool",
+            p.spooled as i64,
+        );
+        gauge(
+            &mut reg,
+            "memtrace_push_spooled_bytes",
+            "Bytes waiting in the spool",
+            p.spooled_bytes as i64,
+        );
+        let h = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        for l in &p.latencies {
+            h.observe(*l);
+        }
+        reg.register(
+            "memtrace_push_latency_seconds",
+            "Time to deliver one push",
+            h,
+        );
     }
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String");
     out
 }
 
@@ -201,21 +264,46 @@ mod tests {
                     container_id: Some("c".into()),
                 },
                 vmrss: 4096,
+                heap_marked: Some(1024),
                 top: vec![("main.leak".into(), 100)],
                 ..Default::default()
             },
         );
         s.ring_drops = 3;
-        let text = render(&s, SelfUsage::default());
+        let text = render(&s, SelfUsage::default(), None);
         assert!(text.contains(
             "memtrace_process_rss_bytes{pid=\"7\",exe=\"/srv/a\\\"b\",go_version=\"go1.27.3\",container_id=\"c\",pod_uid=\"u\"} 4096"
         ), "{text}");
         assert!(text.contains("rank=\"1\",function=\"main.leak\"} 100"));
         assert!(text.contains("memtrace_ringbuf_drops_total 3"));
+        assert!(text.contains("memtrace_process_go_heap_live_bytes{pid=\"7\""));
+        assert!(
+            !text.contains("memtrace_process_go_heap_goal_bytes{"),
+            "unknown values have no series"
+        );
+        assert!(text.contains("memtrace_process_gc_cycles_total{pid=\"7\""));
+        assert!(text.ends_with("# EOF\n"));
         // Every sample line belongs to a declared family.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let name = l.split(['{', ' ']).next().unwrap();
-            assert!(text.contains(&format!("# TYPE {name} ")), "{l}");
+            let family = name
+                .strip_suffix("_total")
+                .or_else(|| name.strip_suffix("_bucket"))
+                .or_else(|| name.strip_suffix("_sum"))
+                .or_else(|| name.strip_suffix("_count"))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {family} ")), "{l}");
         }
+        let pushing = render(
+            &s,
+            SelfUsage::default(),
+            Some(&PushStats {
+                pushed: 4,
+                latencies: vec![0.02],
+                ..Default::default()
+            }),
+        );
+        assert!(pushing.contains("memtrace_push_profiles_total 4"));
+        assert!(pushing.contains("memtrace_push_latency_seconds_count 1"));
     }
 }

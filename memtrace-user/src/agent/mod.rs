@@ -5,6 +5,7 @@
 pub mod http;
 pub mod kubelet;
 pub mod metrics;
+pub mod push;
 pub mod session;
 pub mod watch;
 
@@ -31,6 +32,12 @@ pub struct ProcState {
     pub vmrss: u64,
     /// Resident growth attributed to stacks in the last complete window.
     pub growth_bytes: u64,
+    /// Net resident growth in the last window (less what was resident
+    /// before it and released).
+    pub net_growth_bytes: i64,
+    /// The Go heap's live bytes after the last GC cycle, and its goal.
+    pub heap_marked: Option<u64>,
+    pub heap_goal: Option<u64>,
     /// (leaf function, bytes) of the largest growth stacks, last window.
     pub top: Vec<(String, u64)>,
     pub goroutines: u64,

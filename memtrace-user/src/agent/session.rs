@@ -65,6 +65,10 @@ pub struct AgentPolicy {
     started: Instant,
     last_second: Instant,
     me: u32,
+    /// Where profiles are pushed, if anywhere.
+    pub pusher: Option<super::push::Pusher>,
+    /// The `node` label of pushed profiles.
+    pub node: String,
 }
 
 fn unix_now() -> u64 {
@@ -99,6 +103,8 @@ impl AgentPolicy {
             started: Instant::now(),
             last_second: Instant::now(),
             me: std::process::id(),
+            pusher: None,
+            node: String::new(),
         }
     }
 
@@ -303,6 +309,16 @@ impl AgentPolicy {
         }
     }
 
+    /// What the HTTP state holds about `pid`, copied out.
+    fn proc_state(&self, pid: u32) -> Option<super::ProcState> {
+        self.shared
+            .lock()
+            .expect("agent state")
+            .procs
+            .get(&pid)
+            .cloned()
+    }
+
     /// A process's report, with its labels.
     fn report_of<K: Kernel, H: Host>(
         &self,
@@ -311,13 +327,7 @@ impl AgentPolicy {
         ended_by: &str,
     ) -> Report {
         let mut r = engine.report(Some(&[pid]), ended_by);
-        let state = self
-            .shared
-            .lock()
-            .expect("agent state")
-            .procs
-            .get(&pid)
-            .cloned();
+        let state = self.proc_state(pid);
         if let (Some(t), Some(s)) = (r.summary.targets.first_mut(), state) {
             t.labels = Some(serde_json::json!({
                 "cgroup": s.labels.cgroup,
@@ -380,6 +390,9 @@ impl AgentPolicy {
                 Err(e) => eprintln!("memtrace: agent: rendering pid {pid}: {e}"),
             }
         }
+        if let Some(pusher) = &self.pusher {
+            pusher.push(&self.push_request(pid, &rendered));
+        }
         let lens = |l: Lens| report.summary.lenses.get(l.name());
         let mut top: Vec<(String, u64)> = lens(Lens::Rss)
             .map(|s| {
@@ -396,10 +409,71 @@ impl AgentPolicy {
         }
         if let Some(p) = shared.procs.get_mut(&pid) {
             p.growth_bytes = lens(Lens::Rss).map_or(0, |s| s.total);
+            p.net_growth_bytes = lens(Lens::Rss)
+                .and_then(|s| s.extra.get("net_growth")?.as_i64())
+                .unwrap_or(0);
+            // The last GC cycle of the window, if there was one.
+            if let Some(c) = report.summary.gc["cycle_detail"]
+                .as_array()
+                .and_then(|c| c.last())
+            {
+                let v = |k: &str| c[k].as_u64().filter(|v| *v > 0);
+                p.heap_marked = v("heap_marked").or(p.heap_marked);
+                p.heap_goal = v("heap_goal").or(p.heap_goal);
+            }
             p.top = top;
             p.goroutines = lens(Lens::Goroutines).map_or(0, |s| s.total);
             p.gc_cycles += report.summary.gc["cycles"].as_u64().unwrap_or(0);
             p.window_end = Some(unix_now());
+        }
+    }
+
+    /// One window of `pid` for Pyroscope: a series per lens, labelled.
+    fn push_request(
+        &self,
+        pid: u32,
+        rendered: &[(&str, Arc<Rendered>)],
+    ) -> super::push::PushRequest {
+        let state = self.proc_state(pid);
+        let state = state.unwrap_or_default();
+        let exe_name = state
+            .exe
+            .rsplit('/')
+            .next()
+            .unwrap_or(&state.exe)
+            .to_string();
+        let container = state.pod.as_ref().and_then(|p| {
+            let id = state.labels.container_id.as_ref()?;
+            p.containers.get(id).cloned()
+        });
+        let service = state
+            .pod
+            .as_ref()
+            .and_then(|p| p.app().map(str::to_string))
+            .or_else(|| container.clone())
+            .unwrap_or_else(|| exe_name.trim_end_matches(" (deleted)").to_string());
+        let mut common = vec![
+            ("service_name".to_string(), service),
+            ("node".to_string(), self.node.clone()),
+            ("pid".to_string(), pid.to_string()),
+            ("go_version".to_string(), state.go_version.clone()),
+        ];
+        if let Some(p) = &state.pod {
+            common.push(("namespace".into(), p.namespace.clone()));
+            common.push(("pod".into(), p.name.clone()));
+        }
+        if let Some(c) = container {
+            common.push(("container".into(), c));
+        }
+        super::push::PushRequest {
+            series: rendered
+                .iter()
+                .map(|(lens, r)| {
+                    let mut labels = vec![("__name__".to_string(), format!("memtrace_{lens}"))];
+                    labels.extend(common.iter().cloned());
+                    super::push::series(&labels, r.pprof.clone())
+                })
+                .collect(),
         }
     }
 

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::agent::kubelet::Kubelet;
 use crate::agent::metrics::SelfUsage;
+use crate::agent::push::{self, Auth, PushConfig, Pusher};
 use crate::agent::session::{AgentPolicy, Filters, Snapshots};
 use crate::agent::{self, Shared};
 use crate::engine::host::Procfs;
@@ -54,9 +55,126 @@ pub struct AgentArgs {
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     )]
     pub kubelet_token_file: PathBuf,
-    /// Accept the kubelet's self-signed serving certificate.
+    /// The CA the kubelet's serving certificate is checked against.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub kubelet_ca_file: PathBuf,
+    /// Do not verify the kubelet's serving certificate.
     #[arg(long)]
     pub kubelet_insecure_tls: bool,
+    /// Require `Authorization: Bearer TOKEN` on /metrics and /profiles,
+    /// TOKEN being this file's content (/healthz stays open).
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Allow a --listen address other than loopback without a token.
+    #[arg(long)]
+    pub insecure_listen: bool,
+    /// Push every window's profiles to this Grafana Pyroscope (base URL).
+    #[arg(long, value_name = "URL")]
+    pub pyroscope: Option<String>,
+    /// Pyroscope tenant, sent as X-Scope-OrgID.
+    #[arg(long, value_name = "ID")]
+    pub pyroscope_tenant: Option<String>,
+    /// Bearer token for Pyroscope, read from this file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "pyroscope_basic_auth_file"
+    )]
+    pub pyroscope_token_file: Option<PathBuf>,
+    /// Basic auth for Pyroscope: a file holding `user:password`.
+    #[arg(long, value_name = "FILE")]
+    pub pyroscope_basic_auth_file: Option<PathBuf>,
+    /// Disk kept for profiles Pyroscope has not taken yet (an outage), MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub pyroscope_spool_mib: u64,
+    /// Also profile allocations (the runtime's sampled memory profile), at
+    /// the program's own MemProfileRate: served and pushed as `alloc`.
+    #[arg(long)]
+    pub alloc: bool,
+    /// The node's name for the `node` label (default: $NODE_NAME, else the
+    /// host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+/// A secret read from a file: trimmed, and not empty.
+fn read_secret(what: &str, f: &std::path::Path) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(f)
+        .with_context(|| format!("cannot read {what} {}", f.display()))?;
+    let s = s.trim().to_string();
+    anyhow::ensure!(!s.is_empty(), "{what} {} is empty", f.display());
+    Ok(s)
+}
+
+/// The push configuration the flags ask for.
+fn push_config(args: &AgentArgs) -> anyhow::Result<Option<PushConfig>> {
+    let Some(url) = &args.pyroscope else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        url.starts_with("http://") || url.starts_with("https://"),
+        "--pyroscope {url}: give the store's http(s) base URL, e.g. http://pyroscope:4040"
+    );
+    let auth = match (&args.pyroscope_token_file, &args.pyroscope_basic_auth_file) {
+        (Some(f), _) => Auth::Bearer(read_secret("--pyroscope-token-file", f)?),
+        (None, Some(f)) => {
+            let s = read_secret("--pyroscope-basic-auth-file", f)?;
+            let (user, password) = s.split_once(':').with_context(|| {
+                format!(
+                    "--pyroscope-basic-auth-file {}: write it as user:password",
+                    f.display()
+                )
+            })?;
+            Auth::Basic {
+                user: user.into(),
+                password: password.into(),
+            }
+        }
+        (None, None) => Auth::None,
+    };
+    Ok(Some(PushConfig {
+        url: url.clone(),
+        tenant: args.pyroscope_tenant.clone(),
+        auth,
+        spool: push::default_spool(&args.out),
+        spool_max_bytes: args.pyroscope_spool_mib << 20,
+    }))
+}
+
+fn node_name(args: &AgentArgs) -> String {
+    args.node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Serves the HTTP API on its own thread and runtime, so a scrape never
+/// waits on a window's rendering or on the kubelet.
+fn serve(listener: std::net::TcpListener, ctx: agent::http::Ctx) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("memtrace-http".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("an HTTP runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                if let Err(e) = axum::serve(listener, agent::http::router(ctx)).await {
+                    eprintln!("memtrace: agent: HTTP server stopped: {e}");
+                }
+            });
+        })?;
+    Ok(())
 }
 
 fn self_usage() -> SelfUsage {
@@ -83,7 +201,11 @@ fn self_usage() -> SelfUsage {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.window >= 1, "--window must be at least 1 second");
-    let mut opts = Options::new(vec![Lens::Rss, Lens::Goroutines]);
+    let mut lenses = vec![Lens::Rss, Lens::Goroutines];
+    if args.alloc {
+        lenses.push(Lens::Alloc);
+    }
+    let mut opts = Options::new(lenses);
     opts.per_binary = true;
     opts.discovery = true;
     let tracepoints = opts.tracepoints();
@@ -95,32 +217,51 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.out.display()
         )
     })?;
+    let token = match &args.auth_token_file {
+        Some(f) => Some(read_secret("--auth-token-file", f)?),
+        None => None,
+    };
+    anyhow::ensure!(
+        token.is_some() || args.listen.ip().is_loopback() || args.insecure_listen,
+        "--listen {} is reachable from other hosts and nothing guards it: give --auth-token-file, or --insecure-listen to serve anyway",
+        args.listen
+    );
     let kubelet = match &args.kubelet {
         Some(url) => Some(Kubelet::new(
             url,
             &args.kubelet_token_file,
+            &args.kubelet_ca_file,
             args.kubelet_insecure_tls,
         )?),
         None => None,
     };
+    let pusher = push_config(&args)?
+        .map(Pusher::start)
+        .transpose()
+        .context("starting the Pyroscope pusher")?;
+    let listener = std::net::TcpListener::bind(args.listen).with_context(|| {
+        format!(
+            "cannot listen on {}: choose another address with --listen",
+            args.listen
+        )
+    })?;
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    serve(
+        listener,
+        agent::http::Ctx {
+            shared: shared.clone(),
+            usage: self_usage,
+            token: token.map(Arc::from),
+            push: pusher.as_ref().map(Pusher::stats_handle),
+        },
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {}: choose another address with --listen",
-                    args.listen
-                )
-            })?;
         let kernel = Ebpf::load(&tracepoints, &crate::preflight::tracefs_dir())?;
         let mut engine = Engine::new(kernel, Procfs, opts);
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let app = agent::http::router(shared.clone(), self_usage);
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
         eprintln!(
             "memtrace: agent: serving http://{}/metrics, /profiles; windows of {} s; snapshots under {}",
             args.listen,
@@ -143,6 +284,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             shared,
             kubelet,
         );
+        policy.pusher = pusher;
+        policy.node = node_name(&args);
         // Processes already running; later ones arrive through exec events.
         policy.scan(&mut engine);
         run::drive(&mut engine, &mut policy).await?;
@@ -153,7 +296,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.out.join("last-window").display()
         );
         engine.finish();
-        server.abort();
         Ok::<(), anyhow::Error>(())
     })
 }

@@ -243,7 +243,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     ) -> Profile {
         let stacks = &self.resolver.stacks;
         let stack_of = |s| stacks.frames(s).map(<[u64]>::to_vec);
-        build_profile(
+        let mut p = build_profile(
             lens,
             cells,
             images,
@@ -251,7 +251,12 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             &mut self.sym,
             duration_secs,
             target,
-        )
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        p.time_nanos = now - (duration_secs * 1e9) as i64;
+        p
     }
 
     /// The goroutines lens's extras: per creation site, goroutines created

@@ -123,6 +123,9 @@ pub struct Profile {
     /// Sorted by value, descending; identical stacks merged.
     pub samples: Vec<Sample>,
     pub duration_secs: f64,
+    /// When the profile's window began, nanoseconds since the Unix epoch
+    /// (0: unknown).
+    pub time_nanos: i64,
     /// Human description of what was traced, for titles.
     pub target: String,
 }
@@ -191,6 +194,7 @@ impl Profile {
             mappings,
             samples,
             duration_secs,
+            time_nanos: 0,
             target,
         }
     }

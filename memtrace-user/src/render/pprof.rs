@@ -236,7 +236,7 @@ pub fn build(p: &Profile) -> PbProfile {
         location,
         function,
         string_table: strings.table,
-        time_nanos: 0,
+        time_nanos: p.time_nanos,
         duration_nanos: (p.duration_secs * 1e9) as i64,
         comment,
         default_sample_type: space,
