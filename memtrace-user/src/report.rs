@@ -133,6 +133,8 @@ pub enum WriteError {
     },
     #[error(transparent)]
     Svg(#[from] render::svg::SvgError),
+    #[error(transparent)]
+    Diff(#[from] render::diff::DiffError),
     #[error("cannot encode summary.json: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -177,10 +179,13 @@ pub struct WrittenReport {
     pub net: Option<(PathBuf, PathBuf)>,
     pub summary: PathBuf,
     pub timelines: Vec<PathBuf>,
+    /// `index.html`: the whole report on one page.
+    pub page: PathBuf,
 }
 
 /// Writes a whole report into `out`: every lens's files, `summary.json`,
-/// and `timeline.svg` (`timeline-PID.svg` when there are several).
+/// `timeline.svg` (`timeline-PID.svg` when there are several) and
+/// `index.html`.
 pub fn write_report(
     out: &Path,
     r: &crate::engine::Report,
@@ -211,23 +216,27 @@ pub fn write_report(
         )?;
         timelines.push(path);
     }
+    let page = out.join("index.html");
+    write_file(&page, html_page(r, mode)?.as_bytes())?;
     Ok(WrittenReport {
         profiles,
         net,
         summary,
         timelines,
+        page,
     })
 }
 
-/// `rss-net.svg` (a differential flame graph: growth red, release of
-/// pre-window memory blue) and its differential folded lines.
-fn write_net(
-    out: &Path,
+/// The rss-net differential flame graph (growth red, release of
+/// pre-window memory blue) and its folded lines; `inline` leaves out the
+/// script, for the HTML page.
+fn net_parts(
     grew: &Profile,
     released: &Profile,
     s: &Summary,
     mode: FrameMode,
-) -> Result<(PathBuf, PathBuf), WriteError> {
+    inline: bool,
+) -> Result<(Vec<u8>, String), WriteError> {
     let deltas = render::diff::net(grew, released, mode);
     let net = s.lenses["rss"].extra["net_growth"].as_i64().unwrap_or(0);
     let title = format!(
@@ -237,20 +246,58 @@ fn write_net(
         if net >= 0 { "+" } else { "-" },
         human_bytes(net.unsigned_abs())
     );
-    let svg_path = out.join("rss-net.svg");
-    let folded_path = out.join("rss-net.folded");
     let svg = if deltas.is_empty() {
         let empty = Profile::from_names(Lens::Rss, [], grew.duration_secs, title);
         render::svg::render(&empty, mode)?
+    } else if inline {
+        render::diff::render_static(&deltas, &title, "bytes")?
     } else {
-        render::diff::render(&deltas, &title, "bytes").map_err(|e| WriteError::Io {
-            path: svg_path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?
+        render::diff::render(&deltas, &title, "bytes")?
     };
+    Ok((svg, render::diff::folded(&deltas)))
+}
+
+/// `rss-net.svg` and `rss-net.folded`.
+fn write_net(
+    out: &Path,
+    grew: &Profile,
+    released: &Profile,
+    s: &Summary,
+    mode: FrameMode,
+) -> Result<(PathBuf, PathBuf), WriteError> {
+    let (svg, folded) = net_parts(grew, released, s, mode, false)?;
+    let svg_path = out.join("rss-net.svg");
+    let folded_path = out.join("rss-net.folded");
     write_file(&svg_path, &svg)?;
-    write_file(&folded_path, render::diff::folded(&deltas).as_bytes())?;
+    write_file(&folded_path, folded.as_bytes())?;
     Ok((svg_path, folded_path))
+}
+
+/// The whole report as one self-contained HTML page (`index.html`, and the
+/// agent's `/profiles/PID/index.html`).
+pub fn html_page(r: &crate::engine::Report, mode: FrameMode) -> Result<String, WriteError> {
+    let grew = r.profiles.iter().find(|p| p.lens == Lens::Rss);
+    let net = match (grew, &r.rss_released) {
+        (Some(grew), Some(released)) => Some(net_parts(grew, released, &r.summary, mode, true)?.0),
+        _ => None,
+    };
+    let timelines: Vec<(String, String)> = r
+        .timelines
+        .iter()
+        .map(|t| {
+            (
+                t.title.clone(),
+                render::timeline::render(&t.title, &t.points),
+            )
+        })
+        .collect();
+    Ok(render::html::render(&render::html::Page {
+        summary: &r.summary,
+        profiles: &r.profiles,
+        net_svg: net.as_deref(),
+        timelines: &timelines,
+        mode,
+    })?)
 }
 
 /// Writes through a temporary file so a reader never sees half a report.
@@ -299,21 +346,7 @@ pub fn short_stack(frames: &[String], n: usize) -> String {
     s
 }
 
-/// Human-readable byte count.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
+pub use crate::render::human_bytes;
 
 #[cfg(test)]
 mod tests {

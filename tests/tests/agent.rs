@@ -58,6 +58,13 @@ fn agent_finds_serves_and_snapshots() {
     let (status, svg) = agent.get(&format!("/profiles/{lp}/rss.svg"));
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&svg).contains("main.cacheSession"));
+    // The whole window as one page.
+    let (status, page) = agent.get(&format!("/profiles/{lp}/index.html"));
+    assert_eq!(status, 200);
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page:.200}");
+    assert!(page.contains("main.cacheSession"), "no leak in the page");
+    assert!(page.contains(&format!("pid {lp}")));
     let (_, folded) = agent.get(&format!("/profiles/{lp}/rss.folded"));
     assert_eq!(
         top_leaf(&String::from_utf8_lossy(&folded)),
@@ -71,6 +78,10 @@ fn agent_finds_serves_and_snapshots() {
         .unwrap()
         .iter()
         .any(|p| p["pid"].as_u64() == Some(u64::from(sp))));
+    assert!(list.as_array().unwrap().iter().any(|p| {
+        p["pid"].as_u64() == Some(u64::from(lp))
+            && p["page"].as_str() == Some(&format!("/profiles/{lp}/index.html"))
+    }));
 
     // The leak was snapshotted (at the end of the window it triggered in),
     // the steady program was not.

@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     // A real Prometheus (and promtool) for the agent's tests.
     "prometheus",
+    // `memtrace top` is driven in a real terminal.
+    "tmux",
 ];
 
 pub fn cache_dir() -> PathBuf {

@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
     },
+    /// Write the man pages (clap_mangen) into target/man/.
+    Man,
     /// Lint, then run every unit and end-to-end test (as root).
     Test {
         /// Run the end-to-end tests against every Go version in the matrix.
@@ -74,6 +76,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo { secs } => demo(&root, secs),
+        Cmd::Man => {
+            bootstrap::run_env(&root)?;
+            let memtrace = build_memtrace(&root)?;
+            let dir = root.join("target/man");
+            run(Command::new(memtrace).arg("man").arg(&dir))?;
+            eprintln!(
+                "xtask: man pages in {} (man -l {}/memtrace.1)",
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
         Cmd::Test { all_go } => test(&root, all_go),
         Cmd::Bench {
             gate_trials,

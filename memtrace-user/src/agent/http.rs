@@ -113,8 +113,13 @@ async fn list_handler(State(c): State<Ctx>) -> Response {
                         .map(move |e| format!("/profiles/{}/{l}.{e}", p.pid))
                 })
                 .collect();
+            let page = s
+                .pages
+                .contains_key(&p.pid)
+                .then(|| format!("/profiles/{}/index.html", p.pid));
             serde_json::json!({
                 "pid": p.pid,
+                "page": page,
                 "exe": p.exe,
                 "go_version": p.go_version,
                 "cgroup": p.labels.cgroup,
@@ -136,6 +141,26 @@ async fn profile_handler(
     Path((pid, file)): Path<(String, String)>,
 ) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
+    if file == "index.html" {
+        let Ok(pid) = pid.parse::<u32>() else {
+            return not_found();
+        };
+        let page = c
+            .shared
+            .lock()
+            .expect("agent state")
+            .pages
+            .get(&pid)
+            .cloned();
+        return match page {
+            Some(p) => (
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                p.as_str().to_owned(),
+            )
+                .into_response(),
+            None => not_found(),
+        };
+    }
     let (Ok(pid), Some((lens, fmt))) = (pid.parse::<u32>(), parse_profile_file(&file)) else {
         return not_found();
     };

@@ -17,7 +17,7 @@ use crate::cgroup::CgroupLabels;
 /// Series of top growth stacks kept per process (bounded cardinality).
 pub const TOP_SERIES: usize = 5;
 /// Lenses the agent keeps rolling profiles of.
-pub const LENSES: &[&str] = &["rss", "goroutines"];
+pub const LENSES: &[&str] = &["rss", "goroutines", "alloc"];
 
 /// What the agent knows about one traced process.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +59,8 @@ pub struct Rendered {
 pub struct Shared {
     pub procs: BTreeMap<u32, ProcState>,
     pub profiles: HashMap<(u32, &'static str), Arc<Rendered>>,
+    /// The latest window of each process as one HTML page.
+    pub pages: HashMap<u32, Arc<String>>,
     pub ring_drops: u64,
     pub stack_errors: u64,
     pub windows: u64,

@@ -249,6 +249,7 @@ impl AgentPolicy {
         let mut shared = self.shared.lock().expect("agent state");
         shared.procs.remove(&pid);
         shared.profiles.retain(|(p, _), _| *p != pid);
+        shared.pages.remove(&pid);
         eprintln!("memtrace: agent: pid {pid} exited");
     }
 
@@ -403,9 +404,15 @@ impl AgentPolicy {
             })
             .unwrap_or_default();
         top.truncate(TOP_SERIES);
+        let page = crate::report::html_page(report, FrameMode::Line)
+            .map_err(|e| eprintln!("memtrace: agent: the page of pid {pid}: {e}"))
+            .ok();
         let mut shared = self.shared.lock().expect("agent state");
         for (lens, r) in rendered {
             shared.profiles.insert((pid, lens), r);
+        }
+        if let Some(page) = page {
+            shared.pages.insert(pid, Arc::new(page));
         }
         if let Some(p) = shared.procs.get_mut(&pid) {
             p.growth_bytes = lens(Lens::Rss).map_or(0, |s| s.total);

@@ -2,9 +2,11 @@
 
 pub mod agent;
 mod diff;
+mod doctor;
 mod gate;
 pub mod record;
 mod terminal;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +22,7 @@ pub struct Cli {
 pub enum Commands {
     /// Trace running Go processes (--pid) or a command (-- CMD ARGS) and write
     /// flame graphs, folded stacks, pprof profiles and summary.json.
+    #[command(after_help = lenses_help())]
     Record(record::RecordArgs),
     /// Compare two reports (or folded files): a differential flame graph,
     /// growth in red and shrinkage in blue, and the stacks that changed most.
@@ -31,6 +34,30 @@ pub enum Commands {
     /// keep rolling rss and goroutines profiles, serve /metrics and
     /// /profiles over HTTP, and snapshot processes whose RSS keeps growing.
     Agent(agent::AgentArgs),
+    /// A live view of Go processes' memory: RSS and its trend, growth, the
+    /// top growing stacks, goroutines and GC (q quits, s saves, Tab lens).
+    Top(top::TopArgs),
+    /// Check that this host can trace (each check with its fix), and what
+    /// each lens can do with a binary or process (exit 0: the host can trace).
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script (e.g. `memtrace completions bash >
+    /// /etc/bash_completion.d/memtrace`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (one per subcommand) into a directory; `cargo xtask
+    /// man` runs this.
+    #[command(hide = true)]
+    Man {
+        /// Where to write memtrace.1, memtrace-record.1, ...
+        out: std::path::PathBuf,
+    },
+}
+
+/// The lenses, each with its question and cost, for `--help`.
+fn lenses_help() -> String {
+    format!("Lenses (--lens):\n{}", crate::lens::help_table())
 }
 
 impl Cli {
@@ -41,6 +68,21 @@ impl Cli {
             Commands::Diff(args) => diff::run(args).map(|()| 0),
             Commands::Gate(args) => gate::run(args),
             Commands::Agent(args) => agent::run(args).map(|()| 0),
+            Commands::Doctor(args) => doctor::run(args),
+            Commands::Top(args) => top::run(args).map(|()| 0),
+            Commands::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "memtrace", &mut std::io::stdout());
+                Ok(0)
+            }
+            Commands::Man { out } => {
+                use anyhow::Context as _;
+                std::fs::create_dir_all(&out)
+                    .with_context(|| format!("cannot create {}", out.display()))?;
+                clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
+                    .with_context(|| format!("cannot write man pages into {}", out.display()))?;
+                Ok(0)
+            }
         }
     }
 

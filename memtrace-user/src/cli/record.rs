@@ -1,6 +1,7 @@
 //! `memtrace record`: one window over the given processes (or a launched
 //! command), then a report.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -129,8 +130,30 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let ended_by = rt.block_on(run::drive(&mut engine, &mut policy))?;
     engine.finish();
     engine.release_guardian();
+    // Symbolizing and rendering can take seconds on big profiles: say so
+    // on a terminal.
+    let progress = std::io::stderr().is_terminal();
+    let step = Instant::now();
+    if progress {
+        eprint!(
+            "memtrace: symbolizing {} distinct stacks...",
+            engine.distinct_stacks()
+        );
+    }
     let report = engine.report(None, &ended_by);
-    let written = crate::report::write_report(&args.out, &report, args.frames)?;
+    if progress {
+        eprint!(
+            " {:.1} s\nmemtrace: rendering {} profiles...",
+            step.elapsed().as_secs_f64(),
+            report.profiles.len()
+        );
+    }
+    let step = Instant::now();
+    let written = crate::report::write_report(&args.out, &report, args.frames);
+    if progress {
+        eprintln!(" {:.1} s", step.elapsed().as_secs_f64());
+    }
+    let written = written?;
     super::terminal::print_record(&report, &written, engine.targets());
     Ok(())
 }

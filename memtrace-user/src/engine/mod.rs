@@ -282,6 +282,11 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     }
 
     /// Targets that have not exited.
+    /// Distinct stacks seen so far (what a report symbolizes).
+    pub fn distinct_stacks(&self) -> usize {
+        self.resolver.stacks.len()
+    }
+
     pub fn live_pids(&self) -> Vec<u32> {
         self.targets
             .values()

@@ -50,6 +50,8 @@ pub struct GoBinary {
     pub mbuckets: Option<u64>,
     /// Whether the binary is position independent (ET_DYN).
     pub pie: bool,
+    /// Imports symbols from shared libraries (libc): C code is linked in.
+    pub imports_c: bool,
     /// Lowest PT_LOAD virtual address, page aligned (for PIE load bias).
     pub first_load: u64,
 }
@@ -126,6 +128,7 @@ impl GoBinary {
             mem_profile_rate: syms.address("runtime.MemProfileRate"),
             mbuckets: syms.address("runtime.mbuckets"),
             pie: file.kind() == object::ObjectKind::Dynamic,
+            imports_c: file.imports().is_ok_and(|i| !i.is_empty()),
             first_load,
             table: Arc::new(table),
         })
@@ -149,6 +152,7 @@ impl GoBinary {
             mem_profile_rate: None,
             mbuckets: None,
             pie: false,
+            imports_c: false,
             first_load: 0,
         }
     }

@@ -91,6 +91,24 @@ impl Ebpf {
         Ok(k)
     }
 
+    /// Attaches and detaches one uprobe at `file_offset` of `path`, firing
+    /// in this process only: proof that the host lets memtrace create
+    /// uprobes (`memtrace doctor`). Pick an instruction this process never
+    /// runs again, such as its executable's entry point.
+    pub fn try_uprobe(&mut self, path: &Path, file_offset: u64) -> Result<(), KernelError> {
+        let point = ProbePoint {
+            symbol: "entry point".into(),
+            vaddr: 0,
+            file_offset,
+            cookie: 0,
+        };
+        let mut links = Vec::new();
+        let me = Scope::Process(std::process::id());
+        self.attach_uprobes("go_gc_cycle", &[&point], path, me, &mut links)?;
+        self.detach(Links(links));
+        Ok(())
+    }
+
     /// Attaches a tracepoint program (classic or raw, as the object
     /// declares it).
     fn attach_tracepoint(&mut self, tp: &Tracepoint) -> Result<(), KernelError> {

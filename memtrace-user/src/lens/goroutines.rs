@@ -103,6 +103,30 @@ pub fn add_existing(
     Ok(found)
 }
 
+/// How many goroutines of the target are alive now, from `runtime.allgs`
+/// (`None` without the `runtime.g` layout from DWARF, when the state of a
+/// goroutine cannot be read). For `top`, without any uprobe.
+pub fn count_live(
+    bin: &GoBinary,
+    mem: &dyn RemoteMemory,
+    allgs: u64,
+) -> std::io::Result<Option<u64>> {
+    let Some(l) = bin.g_layout else {
+        return Ok(None);
+    };
+    let (ptr, len) = (mem.read_u64(allgs)?, mem.read_u64(allgs + 8)?);
+    let gs = mem.read_words(ptr, len.min(10_000_000) as usize)?;
+    let live = gs
+        .into_iter()
+        .filter(|g| *g != 0)
+        .filter(|g| {
+            mem.read_u32(g + l.atomicstatus)
+                .is_ok_and(|st| !matches!(st & !G_SCAN, G_DEAD | 0))
+        })
+        .count();
+    Ok(Some(live as u64))
+}
+
 /// The lens's extras in `summary.json`: per creation site (`by_site`:
 /// profiles of goroutines created, exited, and the live ones' stack bytes),
 /// and each process's live count over time.

@@ -93,11 +93,26 @@ pub fn folded(deltas: &[Delta]) -> String {
 
 /// Renders the differential flame graph of `deltas`.
 pub fn render(deltas: &[Delta], title: &str, unit: &str) -> Result<Vec<u8>, DiffError> {
+    render_with(deltas, title, unit, false)
+}
+
+/// [`render`] without the script, for inlining into a page.
+pub fn render_static(deltas: &[Delta], title: &str, unit: &str) -> Result<Vec<u8>, DiffError> {
+    render_with(deltas, title, unit, true)
+}
+
+fn render_with(
+    deltas: &[Delta],
+    title: &str,
+    unit: &str,
+    no_javascript: bool,
+) -> Result<Vec<u8>, DiffError> {
     let lines: Vec<String> = deltas
         .iter()
         .map(|d| format!("{} {} {}", d.stack, d.before, d.after))
         .collect();
     let mut opts = flamegraph::Options::default();
+    opts.no_javascript = no_javascript;
     opts.title = title.to_string();
     opts.count_name = unit.to_string();
     let mut svg = Vec::new();

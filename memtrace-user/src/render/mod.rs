@@ -16,6 +16,7 @@ use crate::lens::Lens;
 
 pub mod diff;
 pub mod folded;
+pub mod html;
 pub mod pprof;
 pub mod summary;
 pub mod svg;
@@ -273,6 +274,22 @@ impl Profile {
             "memtrace {} lens: {} ({}, {:.1} s)",
             self.lens, self.target, self.unit, self.duration_secs
         )
+    }
+}
+
+/// Human-readable byte count.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
     }
 }
 

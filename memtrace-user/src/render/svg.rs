@@ -9,8 +9,19 @@ use super::{folded, FrameMode, Profile};
 pub struct SvgError(String);
 
 pub fn render(p: &Profile, mode: FrameMode) -> Result<Vec<u8>, SvgError> {
+    render_with(p, mode, false)
+}
+
+/// A flame graph without its script (hover titles still work), for
+/// inlining several into one HTML page without their scripts colliding.
+pub fn render_static(p: &Profile, mode: FrameMode) -> Result<Vec<u8>, SvgError> {
+    render_with(p, mode, true)
+}
+
+fn render_with(p: &Profile, mode: FrameMode, no_javascript: bool) -> Result<Vec<u8>, SvgError> {
     let folded = folded::render(p, mode);
     let mut opts = Options::default();
+    opts.no_javascript = no_javascript;
     opts.title = p.title();
     opts.count_name = p.unit.to_string();
     let mut out = Vec::new();
