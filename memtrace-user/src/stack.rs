@@ -14,6 +14,9 @@ pub enum Stack {
     Failed(u32),
     /// It referred to a stack whose defining record was lost.
     Lost,
+    /// Its process already has as many distinct stacks as the table keeps
+    /// per process ([`StackTable::set_cap`]).
+    Capped,
     /// The event carries none (syscall exits).
     None,
 }
@@ -27,6 +30,7 @@ impl Stack {
             Stack::Failed(12) => "out of memory",
             Stack::Failed(_) => "capture failed",
             Stack::Lost => "lost with a dropped event",
+            Stack::Capped => "over the per-process stack cap",
             Stack::None => "no stack recorded",
         }
     }
@@ -40,18 +44,38 @@ pub type StackKey = (u32, Stack);
 pub struct StackTable {
     ids: HashMap<(u32, Vec<u64>), u32>,
     stacks: Vec<Vec<u64>>,
+    /// Distinct stacks held per process, and the most it may hold.
+    per_pid: HashMap<u32, usize>,
+    cap: Option<usize>,
+    /// Stacks turned away by the cap.
+    pub capped: u64,
 }
 
 impl StackTable {
     /// Interns `frames` (leaf first, the first one an exact pc) of process
     /// `pid`.
     pub fn intern(&mut self, pid: u32, frames: Vec<u64>) -> Stack {
-        let next = self.stacks.len() as u32;
-        let id = *self.ids.entry((pid, frames)).or_insert_with_key(|(_, f)| {
-            self.stacks.push(f.clone());
-            next
-        });
+        let key = (pid, frames);
+        if let Some(&id) = self.ids.get(&key) {
+            return Stack::Id(id);
+        }
+        let held = self.per_pid.entry(pid).or_default();
+        if self.cap.is_some_and(|cap| *held >= cap) {
+            self.capped += 1;
+            return Stack::Capped;
+        }
+        *held += 1;
+        let id = self.stacks.len() as u32;
+        self.stacks.push(key.1.clone());
+        self.ids.insert(key, id);
         Stack::Id(id)
+    }
+
+    /// Keeps at most `cap` distinct stacks per process (a long-lived agent's
+    /// memory bound); later new stacks of that process become
+    /// [`Stack::Capped`], their values kept under a named frame.
+    pub fn set_cap(&mut self, cap: Option<usize>) {
+        self.cap = cap;
     }
 
     /// The pcs of an interned stack, leaf first.
@@ -81,6 +105,7 @@ impl StackTable {
     /// Frees the stacks of process `pid` (it exited), except `keep`. Their
     /// ids stay allocated (empty), so no other id changes.
     pub fn forget(&mut self, pid: u32, keep: &HashSet<u32>) {
+        self.per_pid.remove(&pid);
         let stacks = &mut self.stacks;
         self.ids.retain(|(p, _), id| {
             if *p != pid {
@@ -120,6 +145,18 @@ mod tests {
         let leaf = t.with_leaf((2, b), 9);
         assert_eq!(t.frames(leaf.1), Some(&[9, 10, 11][..]));
         assert_eq!(Stack::Failed(14).reason(), "user stack unreadable");
+        t.set_cap(Some(2));
+        assert!(matches!(t.intern(3, vec![1]), Stack::Id(_)));
+        assert!(matches!(t.intern(3, vec![2]), Stack::Id(_)));
+        assert_eq!(t.intern(3, vec![3]), Stack::Capped);
+        assert!(
+            matches!(t.intern(3, vec![1]), Stack::Id(_)),
+            "known stacks stay"
+        );
+        assert!(matches!(t.intern(4, vec![3]), Stack::Id(_)), "per process");
+        assert_eq!(t.capped, 1);
+        t.forget(3, &HashSet::new());
+        assert!(matches!(t.intern(3, vec![3]), Stack::Id(_)));
         assert_eq!(t.frames(Stack::Lost), None);
     }
 }

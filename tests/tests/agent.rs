@@ -393,3 +393,84 @@ fn process_churn_leaks_nothing() {
     let (code, _, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn agent_under_load_answers_every_scrape() {
+    let v = go_versions().pop().unwrap();
+    let agent = Agent::start("agent-load", &["--window", "1", "--exe", "service"]);
+    let svc = fixture(&v, "service");
+    let services: Vec<Bg> = (0..30)
+        .map(|_| Bg::spawn(&svc, &["-rate", "20", "-keep", "64"]))
+        .collect();
+    let all = wait_until(Duration::from_secs(30), || {
+        scalar(&agent.metrics(), "memtrace_processes") == Some(30.0)
+    });
+    assert!(all, "{}", agent.metrics());
+    // Clients that never finish their headers hold connections...
+    let mut idle: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // ...and one sends a head far over the limit.
+    let mut big = std::net::TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = write!(
+        big,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(256 * 1024)
+    );
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let head = String::from_utf8_lossy(&answer);
+    assert!(
+        head.is_empty() || head.starts_with("HTTP/1.1 431"),
+        "an oversized head got: {head:.80}"
+    );
+    // Meanwhile every scrape is answered within a second, windows rendering.
+    let windows = scalar(&agent.metrics(), "memtrace_windows_total").unwrap();
+    let mut slowest = Duration::ZERO;
+    for i in 0..400 {
+        let t = std::time::Instant::now();
+        let (status, body) = agent.get("/metrics");
+        let took = t.elapsed();
+        slowest = slowest.max(took);
+        assert_eq!(status, 200, "scrape {i}");
+        assert!(took < Duration::from_secs(1), "scrape {i} took {took:?}");
+        assert!(String::from_utf8_lossy(&body).contains("memtrace_process_rss_bytes{"));
+        // Spread over several windows (a scrape alone takes milliseconds).
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rendered = scalar(&agent.metrics(), "memtrace_windows_total").unwrap() - windows;
+    assert!(rendered >= 2.0, "no window rendered during the scrapes");
+    eprintln!("400 scrapes, slowest {slowest:?}, {rendered} windows meanwhile");
+    let hwm = vm_hwm_kib(agent.child.id());
+    assert!(hwm < 150 * 1024, "agent peak RSS {} MiB", hwm / 1024);
+    // The idle clients were cut off after the header deadline.
+    for s in idle.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = Vec::new();
+        let _ = s.read_to_end(&mut b);
+        let text = String::from_utf8_lossy(&b);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text:.80}"
+        );
+    }
+    let (code, _, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    drop(services);
+    assert_no_memtrace_programs();
+}

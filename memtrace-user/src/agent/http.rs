@@ -5,6 +5,7 @@
 //! stays open for liveness probes.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::{
     extract::{Path, Request, State},
@@ -75,6 +76,56 @@ async fn require_token(State(c): State<Ctx>, req: Request, next: Next) -> Respon
     }
 }
 
+/// Connections served at once; more are closed on arrival.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time for a client to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole request, handler included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection's whole life (keep-alive included).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// Request head (and buffered body) size.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Serves `router` on `listener` so that slow or greedy clients cannot
+/// starve the others: a bounded number of connections, a deadline for the
+/// headers, a bounded head size, a deadline per request and per
+/// connection.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::warn!("accepting an HTTP connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // over the cap: dropped, closed
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_BYTES);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Ends a request that takes longer than [`REQUEST_TIMEOUT`] with 503.
+async fn deadline(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timed out\n").into_response(),
+    }
+}
+
 pub fn router(ctx: Ctx) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -85,6 +136,8 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(guarded)
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn(deadline))
         .with_state(ctx)
 }
 

@@ -185,6 +185,12 @@ pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
         "Events whose user stack could not be captured",
         s.stack_errors,
     );
+    counter(
+        &mut reg,
+        "memtrace_stacks_capped",
+        "New stacks kept under one frame because their process reached --max-stacks-per-process",
+        s.capped_stacks,
+    );
     let cpu: Counter<f64> = Counter::default();
     cpu.inc_by(me.cpu_seconds);
     reg.register(

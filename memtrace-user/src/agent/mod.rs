@@ -63,6 +63,8 @@ pub struct Shared {
     pub pages: HashMap<u32, Arc<String>>,
     pub ring_drops: u64,
     pub stack_errors: u64,
+    /// New stacks turned away by the per-process cap.
+    pub capped_stacks: u64,
     pub windows: u64,
     pub snapshots: u64,
     pub discovered: u64,

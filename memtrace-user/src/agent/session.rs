@@ -370,6 +370,7 @@ impl AgentPolicy {
         shared.windows += 1;
         shared.ring_drops = drops.ringbuf_drops;
         shared.stack_errors = drops.stack_errors;
+        shared.capped_stacks = engine.resolver.stacks.capped;
         drop(shared);
         engine.rotate();
         self.refresh_pods(false);

@@ -90,6 +90,11 @@ pub struct AgentArgs {
     /// Disk kept for profiles Pyroscope has not taken yet (an outage), MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub pyroscope_spool_mib: u64,
+    /// Distinct stacks kept per process (its memory bound); later new
+    /// stacks are counted under one `[stack unavailable: over the
+    /// per-process stack cap]` frame and in memtrace_stacks_capped_total.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub max_stacks_per_process: usize,
     /// Also profile allocations (the runtime's sampled memory profile), at
     /// the program's own MemProfileRate: served and pushed as `alloc`.
     #[arg(long)]
@@ -169,9 +174,7 @@ fn serve(listener: std::net::TcpListener, ctx: agent::http::Ctx) -> anyhow::Resu
                 .expect("an HTTP runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                if let Err(e) = axum::serve(listener, agent::http::router(ctx)).await {
-                    eprintln!("memtrace: agent: HTTP server stopped: {e}");
-                }
+                agent::http::serve(listener, agent::http::router(ctx)).await;
             });
         })?;
     Ok(())
@@ -208,6 +211,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut opts = Options::new(lenses);
     opts.per_binary = true;
     opts.discovery = true;
+    opts.max_stacks_per_process = Some(args.max_stacks_per_process.max(1));
     let tracepoints = opts.tracepoints();
     let paths: Vec<String> = tracepoints.iter().map(|t| t.path()).collect();
     crate::preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())?;

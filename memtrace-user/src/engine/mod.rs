@@ -77,6 +77,8 @@ pub struct Options {
     /// Targets hold themselves at start and exit so memtrace can set and
     /// read their state (record).
     pub holds: bool,
+    /// At most this many distinct stacks per process (`None`: no cap).
+    pub max_stacks_per_process: Option<usize>,
     /// Process exec/exit tracepoints (agent discovery).
     pub discovery: bool,
     pub thp: Thp,
@@ -91,6 +93,7 @@ impl Options {
             memprofile_rate: 64 * 1024,
             per_binary: false,
             holds: false,
+            max_stacks_per_process: None,
             discovery: false,
             thp: Thp::parse(
                 &std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -218,12 +221,14 @@ pub struct Engine<K: Kernel, H: Host> {
 
 impl<K: Kernel, H: Host> Engine<K, H> {
     pub fn new(kernel: K, host: H, opts: Options) -> Self {
+        let mut resolver = Resolver::default();
+        resolver.stacks.set_cap(opts.max_stacks_per_process);
         Self {
             agg: Aggregator::new(&opts.lenses, opts.thp),
             kernel,
             host,
             opts,
-            resolver: Resolver::default(),
+            resolver,
             probes: probes::ProbeSets::default(),
             targets: BTreeMap::new(),
             sym: Symbolizer::default(),

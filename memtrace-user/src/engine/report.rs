@@ -196,6 +196,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 stack_errors: k.stack_errors,
                 stack_reuses: k.stack_reuses,
                 lost_stacks: self.resolver.lost_stacks,
+                capped_stacks: self.resolver.stacks.capped,
                 distinct_stacks: self.resolver.stacks.len() as u64,
                 syscall_unpaired: self.resolver.unpaired,
                 alloc_probe_hits: k.alloc_hits,

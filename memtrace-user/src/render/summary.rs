@@ -102,6 +102,9 @@ pub struct Counters {
     pub lost_stacks: u64,
     /// Distinct stacks seen.
     pub distinct_stacks: u64,
+    /// New stacks turned away by the per-process cap (kept under a named
+    /// frame; the agent's memory bound).
+    pub capped_stacks: u64,
     /// mmap/mremap/brk exits without their enter.
     pub syscall_unpaired: u64,
     /// Allocation probe hits (before the size filter).
