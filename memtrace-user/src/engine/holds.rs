@@ -34,12 +34,12 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 let exit = if point == HoldPoint::Exit {
                     Exit {
                         code: Some(code as i32),
-                        signal: None,
+                        ..Exit::default()
                     }
                 } else {
                     Exit {
-                        code: None,
                         signal: Some(code as i32),
+                        ..Exit::default()
                     }
                 };
                 self.capture(&mut t);

@@ -548,6 +548,20 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             } else {
                 (!self.host.alive(t.pid)).then(|| t.exit_hint.unwrap_or_default())
             };
+            // Once it ran its program, another executable means an exec:
+            // what runs now is not what was probed (a binary replaced on
+            // disk reads as "PATH (deleted)" and is no exec).
+            let exit = exit.or_else(|| {
+                t.image.maps.as_ref()?;
+                let now = self.host.exe(t.pid)?;
+                let now = now.to_string_lossy();
+                let was = t.exe.to_string_lossy();
+                let plain = |s: &str| s.trim_end_matches(" (deleted)").to_string();
+                (plain(&now) != plain(&was)).then(|| Exit {
+                    exec: true,
+                    ..Exit::default()
+                })
+            });
             match exit {
                 Some(e) => {
                     t.exit = Some(e);

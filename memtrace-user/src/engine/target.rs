@@ -25,6 +25,10 @@ pub struct Exit {
     /// The signal that killed it, when one did and memtrace saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// It replaced itself with another program (exec): tracing of it ended
+    /// there, though the process goes on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exec: bool,
 }
 
 impl Exit {
@@ -32,18 +36,21 @@ impl Exit {
     pub fn from_status(status: i32) -> Self {
         if status > 128 {
             Exit {
-                code: None,
                 signal: Some(status - 128),
+                ..Exit::default()
             }
         } else {
             Exit {
                 code: Some(status),
-                signal: None,
+                ..Exit::default()
             }
         }
     }
 
     pub fn describe(&self) -> String {
+        if self.exec {
+            return "replaced itself with another program (exec); tracing ended there".into();
+        }
         match (self.code, self.signal) {
             (Some(c), _) => format!("exited with status {c}"),
             (None, Some(s)) => format!("was killed by signal {s}"),
