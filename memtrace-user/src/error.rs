@@ -57,7 +57,7 @@ pub enum TargetError {
     NotGo(PathBuf),
     /// A stripped Go binary lacks a data symbol that a feature reads.
     #[error(
-        "{path} is stripped (built with -ldflags=-s), and the {needed_by} needs {symbol} \
+        "{path} is stripped (built with -ldflags=-s), and the {needed_by} cannot do without {symbol} \
          from its symbol table: use the rss, mmap or alloc-exact lens, or rebuild \
          without -s"
     )]

@@ -151,9 +151,17 @@ impl Drop for Guardian {
     /// guardian undoes the writes before it exits.
     fn drop(&mut self) {
         drop(self.pipe.take());
+        // It exits at once on `done`, within a second otherwise; but a
+        // forked child that never exec'd (a launch abandoned) may still hold
+        // the pipe open: never wait for it forever.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
         let mut status = 0;
-        // SAFETY: waits for our own child; status is a valid out-pointer.
-        unsafe { libc::waitpid(self.child, &mut status, 0) };
+        // SAFETY: polls our own child; status is a valid out-pointer.
+        while unsafe { libc::waitpid(self.child, &mut status, libc::WNOHANG) } == 0
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod doctor;
 pub mod engine;
 pub mod error;
+pub mod fuzzing;
 pub mod gate;
 pub mod gopclntab;
 pub mod goruntime;

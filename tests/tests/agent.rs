@@ -47,9 +47,12 @@ fn agent_finds_serves_and_snapshots() {
 
     let m = agent.metrics();
     assert!(value(series(&m, "memtrace_process_rss_bytes", lp).unwrap()) > 0.0);
+    let rank1 = format!("pid=\"{lp}\"");
     assert!(
-        series(&m, "memtrace_process_top_growth_bytes", lp)
-            .is_some_and(|l| l.contains("rank=\"1\",function=\"main.cacheSession\"")),
+        m.lines()
+            .any(|l| l.starts_with("memtrace_process_top_growth_bytes{")
+                && l.contains(&rank1)
+                && l.contains("rank=\"1\",function=\"main.cacheSession\"")),
         "{m}"
     );
     assert!(m.contains("memtrace_agent_rss_bytes "), "{m}");

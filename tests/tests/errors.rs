@@ -46,7 +46,7 @@ fn stripped_go_binary_with_a_symbol_lens() {
     );
     assert_one_line_error(
         &o,
-        "is stripped (built with -ldflags=-s), and the alloc and heap lenses need",
+        "is stripped (built with -ldflags=-s), and the alloc and heap lenses cannot do without runtime.mbuckets",
     );
 }
 

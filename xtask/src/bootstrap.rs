@@ -49,6 +49,7 @@ pub fn run_env(_root: &Path) -> anyhow::Result<Env> {
     apt()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     tracefs()?;
     install_go(&cache)?;
     kube_validate(&cache)?;
@@ -212,6 +213,22 @@ fn bpf_linker() -> anyhow::Result<()> {
                 "llvm-22",
             ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if quiet(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz 0.13 (about 60 s)");
+    sh(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            "0.13.2",
+            "--locked",
+        ]),
     )
 }
 

@@ -6,6 +6,7 @@
 mod bench;
 mod bootstrap;
 mod fixtures;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,6 +58,14 @@ enum Cmd {
     },
     /// Write the man pages (clap_mangen) into target/man/.
     Man,
+    /// Fuzz the parsers of untrusted input (cargo-fuzz), every target or one.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        secs: u64,
+        /// Only this target (go_binary, buildinfo, procfs, kubelet, pprof).
+        target: Option<String>,
+    },
     /// Lint, then run every unit and end-to-end test (as root).
     Test {
         /// Run the end-to-end tests against every Go version in the matrix.
@@ -76,6 +85,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo { secs } => demo(&root, secs),
+        Cmd::Fuzz { secs, target } => {
+            let env = bootstrap::run_env(&root)?;
+            let built = fixtures::build(&root, &env, &bootstrap::versions(false))?;
+            fuzz::run_all(&root, &built, secs, target.as_deref())
+        }
         Cmd::Man => {
             bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
@@ -209,6 +223,9 @@ fn packages(names: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Seconds of fuzzing per target in `cargo xtask test`.
+const FUZZ_SECS: u64 = 20;
+
 fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
     let env = bootstrap::run_env(root)?;
     run(cargo()
@@ -269,6 +286,8 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
             ),
     )?;
     println!("{} passed, {} failed", tally.passed, tally.failed);
+    // A bounded fuzzing run of every parser of untrusted input.
+    fuzz::run_all(root, &built, FUZZ_SECS, None)?;
     Ok(())
 }
 

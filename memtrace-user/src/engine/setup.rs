@@ -141,14 +141,17 @@ pub fn start(
     gate: Option<Gated>,
     guardian: Guardian,
 ) -> Result<(Engine<Ebpf, Procfs>, Option<Gated>), SetupError> {
-    let go = || -> Result<Engine<Ebpf, Procfs>, SetupError> {
+    // The guardian outlives a failure until the held command is gone: that
+    // child, forked but never exec'd, holds the guardian's pipe open.
+    let mut guardian = Some(guardian);
+    let mut go = || -> Result<Engine<Ebpf, Procfs>, SetupError> {
         let tracepoints = opts.tracepoints();
         for s in specs {
             vet(s, opts)?;
         }
         let kernel = Ebpf::load(&tracepoints, &crate::preflight::tracefs_dir())?;
         let mut engine = Engine::new(kernel, Procfs, opts.clone());
-        engine.set_guardian(guardian);
+        engine.set_guardian(guardian.take().expect("set once"));
         for s in specs {
             engine.add(s.clone())?;
         }
@@ -160,6 +163,7 @@ pub fn start(
             if let Some(g) = gate {
                 g.abandon();
             }
+            drop(guardian);
             Err(e)
         }
     }

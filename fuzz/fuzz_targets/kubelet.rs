@@ -1,0 +1,3 @@
+#![no_main]
+//! cargo fuzz run kubelet: see memtrace_user::fuzzing::kubelet.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| memtrace_user::fuzzing::kubelet(data));

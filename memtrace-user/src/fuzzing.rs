@@ -1,0 +1,94 @@
+//! What the fuzz targets (`fuzz/`, run by cargo-fuzz) feed untrusted bytes
+//! to, one function per kind of input the agent or the CLI reads from
+//! outside: Go executables (ELF, build info, `.gopclntab` of every format,
+//! moduledata, inline trees, DWARF), `/proc` files, the kubelet's pod list
+//! and pprof profiles (`memtrace diff`). Each must return, whatever the
+//! bytes: no panic, no endless loop. The regression inputs under
+//! `fuzz/regressions/` go through the same functions in the tests.
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// A Go executable: everything `GoBinary::parse` reads, then symbolization
+/// of pcs across its text (line tables and inline trees).
+pub fn go_binary(data: &[u8]) {
+    let _ = crate::goruntime::parse_buildinfo(data);
+    let _ = crate::gtypes::g_layout(data);
+    let Ok(bin) = crate::goruntime::GoBinary::parse(Path::new("fuzz"), Arc::from(data)) else {
+        return;
+    };
+    let table = &bin.table;
+    let mut pcs: Vec<u64> = table
+        .functions()
+        .take(64)
+        .flat_map(|f| {
+            [
+                f.entry,
+                f.entry + (f.end.saturating_sub(f.entry)) / 2,
+                f.end,
+            ]
+        })
+        .collect();
+    if let Some((lo, hi, _)) = table.text_segment() {
+        pcs.extend([lo, hi, lo.wrapping_add(1), hi.wrapping_sub(1)]);
+    }
+    pcs.extend([0, u64::MAX, 1 << 40]);
+    for pc in pcs {
+        let _ = table.covers(pc);
+        let _ = table.locate(pc);
+        let _ = table.frames(pc);
+    }
+    let _ = crate::doctor::lens_support(&bin, true);
+    let _ = crate::doctor::allocators(&bin);
+}
+
+/// `.go.buildinfo` alone.
+pub fn buildinfo(data: &[u8]) {
+    let _ = crate::goruntime::parse_buildinfo(data);
+}
+
+/// The `/proc` texts memtrace parses: maps, smaps, status, cgroup,
+/// net/tcp.
+pub fn procfs(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let maps = crate::procfs::parse_maps(&text);
+    for m in &maps {
+        let _ = m.contains(m.start);
+    }
+    let _ =
+        crate::breakdown::from_smaps(&text, u64::from(data.first().copied().unwrap_or(0)) << 20);
+    let _ = crate::procfs::parse_status(&text);
+    let _ = crate::procfs::parse_cap_eff(&text);
+    let _ = crate::cgroup::path_from_proc(&text);
+    let _ = crate::procfs::parse_listening(&text);
+    let _ = crate::procfs::parse_state(&text);
+}
+
+/// The kubelet's `/pods` answer.
+pub fn kubelet(data: &[u8]) {
+    if let Ok(pods) = crate::agent::kubelet::parse_pods(data) {
+        for p in pods.values() {
+            let _ = p.app();
+        }
+    }
+}
+
+/// A pprof profile, gzipped or not (`memtrace diff` reads users' files).
+pub fn pprof(data: &[u8]) {
+    if let Ok(p) = crate::render::pprof::decode(data) {
+        let _ = crate::render::pprof::folded(&p, crate::render::FrameMode::Func);
+        let _ = crate::render::pprof::folded(&p, crate::render::FrameMode::Line);
+    }
+}
+
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
+/// The fuzz targets by name, for the regression runner.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("go_binary", go_binary),
+    ("buildinfo", buildinfo),
+    ("procfs", procfs),
+    ("kubelet", kubelet),
+    ("pprof", pprof),
+];

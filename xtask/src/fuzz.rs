@@ -1,0 +1,83 @@
+//! Fuzzing the parsers of untrusted input (`fuzz/`, cargo-fuzz): a bounded
+//! run of every target in `cargo xtask test`, longer ones with `cargo xtask
+//! fuzz`. Each target starts from `fuzz/seeds/<target>/` (and, for Go
+//! executables, the built fixtures: every pclntab format), in a fresh
+//! corpus under `target/fuzz-corpus/`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::fixtures::Built;
+use crate::run;
+
+/// (target, the largest input it is given).
+pub const TARGETS: &[(&str, usize)] = &[
+    ("go_binary", 4 << 20),
+    ("buildinfo", 64 << 10),
+    ("procfs", 256 << 10),
+    ("kubelet", 64 << 10),
+    ("pprof", 256 << 10),
+];
+
+fn cargo_fuzz(root: &Path) -> Command {
+    let mut c = Command::new("rustup");
+    c.current_dir(root.join("fuzz"))
+        .args(["run", "nightly", "cargo", "fuzz"]);
+    c
+}
+
+/// Builds every target, then fuzzes each for `secs` seconds (or only
+/// `only`). A crash fails the run and leaves its input in
+/// `fuzz/artifacts/<target>/`.
+pub fn run_all(root: &Path, built: &Built, secs: u64, only: Option<&str>) -> anyhow::Result<()> {
+    run(cargo_fuzz(root).args(["build", "-O"]))?;
+    for &(target, max_len) in TARGETS {
+        if only.is_some_and(|o| o != target) {
+            continue;
+        }
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        let _ = std::fs::remove_dir_all(&corpus);
+        std::fs::create_dir_all(&corpus)?;
+        let seeds = root.join("fuzz/seeds").join(target);
+        for e in
+            std::fs::read_dir(&seeds).with_context(|| format!("reading {}", seeds.display()))?
+        {
+            let e = e?;
+            std::fs::copy(e.path(), corpus.join(e.file_name()))?;
+        }
+        if target == "go_binary" {
+            // Both pclntab formats (Go 1.18-1.19 and 1.20+), stripped and PIE.
+            let newest = crate::bootstrap::newest();
+            for (v, name) in [
+                ("1.19", "allocs-stripped"),
+                (newest, "allocs-stripped"),
+                (newest, "allocs-pie"),
+            ] {
+                let src = built.root.join(format!("go{v}")).join(name);
+                if src.exists() {
+                    std::fs::copy(&src, corpus.join(format!("go{v}-{name}")))?;
+                }
+            }
+        }
+        eprintln!("xtask: fuzzing {target} for {secs} s");
+        let status = cargo_fuzz(root)
+            .args(["run", "-O", target])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={secs}"))
+            .arg(format!("-max_len={max_len}"))
+            .args(["-rss_limit_mb=4096", "-timeout=30", "-print_final_stats=1"])
+            .status()
+            .context("running cargo fuzz (cargo xtask bootstrap installs it)")?;
+        if !status.success() {
+            bail!(
+                "fuzz target {target} failed ({status}): its input is in fuzz/artifacts/{target}/; \
+                 fix it and keep the input in fuzz/regressions/{target}/"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&corpus);
+    }
+    Ok(())
+}
