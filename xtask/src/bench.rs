@@ -42,8 +42,8 @@ struct Variant {
     /// memtrace's own CPU seconds per second of its run.
     cpu: Vec<f64>,
     peak_rss_kib: Vec<u64>,
-    /// (events per second, dropped events) from summary.json.
-    events: Vec<(f64, u64)>,
+    /// (events per second, dropped events, events) from summary.json.
+    events: Vec<(f64, u64, f64)>,
 }
 
 fn alloc_ns(stdout: &str) -> anyhow::Result<f64> {
@@ -211,7 +211,7 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
                     let events = summary["counters"]["events"].as_f64().unwrap_or(0.0);
                     let secs = summary["duration_secs"].as_f64().unwrap_or(1.0);
                     let drops = summary["dropped_events"].as_u64().unwrap_or(0);
-                    v.events.push((events / secs, drops));
+                    v.events.push((events / secs, drops, events));
                     o
                 }
                 Runner::Bpftrace(prog) => Command::new("bpftrace")
@@ -249,8 +249,17 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
          `goroutines`: `objects` is goroutines started and joined); median of {RUNS} interleaved runs"
     );
     println!(
-        "{:<36} {:>9} {:>12} {:>9} {:>10} {:>10} {:>11} {:>7}",
-        "variant", "objects", "timed phase", "slowdown", "own CPU", "peak RSS", "events/s", "drops"
+        "{:<36} {:>9} {:>12} {:>9} {:>15} {:>10} {:>10} {:>11} {:>7} {:>9}",
+        "variant",
+        "objects",
+        "timed phase",
+        "slowdown",
+        "(min … max)",
+        "own CPU",
+        "peak RSS",
+        "events/s",
+        "drops",
+        "ns/event"
     );
     for v in &variants {
         let m = median(&v.times);
@@ -264,28 +273,135 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
                 format!("{:.0} MiB", rss / 1024.0),
             )
         };
-        let (eps, drops) = if v.events.is_empty() {
-            ("-".to_string(), "-".to_string())
+        let (eps, drops, per_event) = if v.events.is_empty() {
+            ("-".to_string(), "-".to_string(), "-".to_string())
         } else {
             let eps = median(&v.events.iter().map(|e| e.0).collect::<Vec<_>>());
+            let events = median(&v.events.iter().map(|e| e.2).collect::<Vec<_>>());
+            // What tracing added to the timed phase, per event delivered.
+            let per = if events > 0.0 {
+                format!("{:.0}", (m - b).max(0.0) / events)
+            } else {
+                "-".to_string()
+            };
             (
                 format!("{eps:.0}"),
                 v.events.iter().map(|e| e.1).sum::<u64>().to_string(),
+                per,
             )
         };
+        let lo = v.times.iter().copied().fold(f64::MAX, f64::min) / b;
+        let hi = v.times.iter().copied().fold(f64::MIN, f64::max) / b;
         println!(
-            "{:<36} {:>9} {:>9.1} ms {:>8.2}x {:>10} {:>10} {:>11} {:>7}",
+            "{:<36} {:>9} {:>9.1} ms {:>8.2}x {:>15} {:>10} {:>10} {:>11} {:>7} {:>9}",
             v.name,
             v.objects,
             m / 1e6,
             m / b,
+            format!("({lo:.2} … {hi:.2})"),
             cpu,
             rss,
             eps,
-            drops
+            drops,
+            per_event
         );
     }
-    println!("(own CPU and peak RSS are memtrace's, over its whole run including start-up and the report)");
+    println!("(own CPU and peak RSS are memtrace's, over its whole run including start-up and the report;");
+    println!(
+        " min … max: the spread of the slowdown over the {RUNS} runs against the untraced median;"
+    );
+    println!(" ns/event: the timed phase's increase over untraced, per event memtrace received)");
+    Ok(())
+}
+
+/// Per root of the deepstacks fixture: (objects, bytes) attributed.
+fn roots(summary: &serde_json::Value) -> [(f64, f64); 2] {
+    let mut out = [(0.0, 0.0); 2];
+    for t in summary["lenses"]["alloc-exact"]["top"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let stack: Vec<&str> = t["stack"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+            .collect();
+        let i = if stack.contains(&"main.rootA") {
+            0
+        } else if stack.contains(&"main.rootB") {
+            1
+        } else {
+            continue;
+        };
+        out[i].0 += t["objects"].as_f64().unwrap_or(0.0);
+        out[i].1 += t["value"].as_f64().unwrap_or(0.0);
+    }
+    out
+}
+
+/// The stack cache's misattribution: the deepstacks fixture's two roots
+/// differ only below the fingerprint, and allocate 64 and 56 bytes, so a
+/// 56-byte allocation under rootA (or a 64-byte one under rootB) was put on
+/// the wrong stack. With the cache, and walking every stack.
+pub fn stack_cache(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
+    const N: u64 = 100_000;
+    let bin = fixtures.join("deepstacks");
+    println!(
+        "\nstack cache misattribution: the deepstacks fixture, {N} allocations alternating between two \
+         roots that differ only below the top ten frames (alloc-exact), {RUNS} runs each"
+    );
+    println!(
+        "{:<28} {:>16} {:>22} {:>14}",
+        "stacks", "misattributed", "(min … max)", "timed phase"
+    );
+    for (name, extra) in [
+        ("cached (default)", &[][..]),
+        ("walked every time", &["--no-stack-cache"][..]),
+    ] {
+        let (mut rates, mut times) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let dir = out.join("stack-cache");
+            let _ = std::fs::remove_dir_all(&dir);
+            let o = Command::new(memtrace)
+                .args(["record", "--lens", "alloc-exact"])
+                .args(extra)
+                .arg("--out")
+                .arg(&dir)
+                .arg("--")
+                .arg(&bin)
+                .args(["-n", &N.to_string()])
+                .output()?;
+            if !o.status.success() {
+                bail!(
+                    "deepstacks run failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            times.push(alloc_ns(&String::from_utf8_lossy(&o.stdout))?);
+            let summary: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+            let [(a_obj, a_bytes), (b_obj, b_bytes)] = roots(&summary);
+            // Under rootA: 64 a + 56 x = bytes, a + x = objects.
+            let wrong_in_a = ((64.0 * a_obj - a_bytes) / 8.0).max(0.0);
+            let wrong_in_b = ((b_bytes - 56.0 * b_obj) / 8.0).max(0.0);
+            let total = a_obj + b_obj;
+            if total < N as f64 * 0.99 {
+                bail!("deepstacks: only {total} of {N} allocations under the two roots");
+            }
+            rates.push((wrong_in_a + wrong_in_b) / total * 100.0);
+        }
+        let lo = rates.iter().copied().fold(f64::MAX, f64::min);
+        let hi = rates.iter().copied().fold(f64::MIN, f64::max);
+        println!(
+            "{:<28} {:>15.2}% {:>22} {:>11.1} ms",
+            name,
+            median(&rates),
+            format!("({lo:.2} … {hi:.2})"),
+            median(&times) / 1e6
+        );
+    }
     Ok(())
 }
 

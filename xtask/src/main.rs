@@ -52,6 +52,9 @@ enum Cmd {
         /// Only the agent's cost (services traced at once).
         #[arg(long)]
         agent_only: bool,
+        /// Only the stack cache's misattribution.
+        #[arg(long)]
+        stack_cache_only: bool,
         /// Go services the agent bench traces.
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
@@ -108,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             gate_only,
             agent_only,
             agent_procs,
+            stack_cache_only,
         } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
@@ -116,6 +120,9 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             if gate_only {
                 return bench::gate(&memtrace, &built.dir, &out, gate_trials);
+            }
+            if stack_cache_only {
+                return bench::stack_cache(&memtrace, &built.dir, &out);
             }
             if agent_only {
                 return bench::agent(&memtrace, &built.dir, &out, agent_procs);
@@ -133,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                 &root.join("target/release/examples/symbolize_bench"),
                 &built.dir,
             )?;
+            bench::stack_cache(&memtrace, &built.dir, &out)?;
             bench::agent(&memtrace, &built.dir, &out, agent_procs)?;
             bench::gate(&memtrace, &built.dir, &out, gate_trials)
         }

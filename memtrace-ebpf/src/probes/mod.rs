@@ -37,6 +37,11 @@ use memtrace_common::{
 #[unsafe(no_mangle)]
 static TP_OFFSETS: TracepointOffsets = TracepointOffsets::DEFAULT;
 
+/// 0: walk every stack (no fingerprint cache), for measuring what the
+/// cache misattributes. Set by user space at load.
+#[unsafe(no_mangle)]
+static STACK_CACHE: u32 = 1;
+
 /// The tracepoint offsets in effect.
 #[inline(always)]
 pub fn tp_offsets() -> TracepointOffsets {
@@ -205,6 +210,12 @@ pub fn fingerprint(ip: u64, bp: u64) -> Option<Fingerprint> {
 /// when there is a fingerprint to remember it by).
 #[inline(always)]
 pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Fingerprint>) {
+    // SAFETY: a global user space may rewrite before load; read it as such.
+    let fp = if unsafe { core::ptr::read_volatile(&STACK_CACHE) } == 0 {
+        None
+    } else {
+        fp
+    };
     if let Some(words) = fp.as_ref() {
         if let Some(known) = STACK_IDS.get_ptr_mut(words) {
             // SAFETY: map value pointer, valid for this program run.

@@ -40,6 +40,11 @@ pub struct RecordArgs {
     /// pprof profiles and summary.json always carry both.
     #[arg(long, value_enum, default_value_t = FrameMode::Func)]
     pub frames: FrameMode,
+    /// Walk every event's stack instead of reusing a stack whose top (pc,
+    /// frame pointer, six return addresses) matches one walked before:
+    /// slower, and exact where stacks differ only deeper down.
+    #[arg(long)]
+    pub no_stack_cache: bool,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -87,6 +92,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     }
     let mut opts = Options::new(args.lens.clone());
     opts.memprofile_rate = args.memprofile_rate;
+    opts.stack_cache = !args.no_stack_cache;
     opts.holds = true;
     setup::check_host(&opts)?;
 

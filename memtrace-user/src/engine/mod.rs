@@ -77,6 +77,9 @@ pub struct Options {
     /// Targets hold themselves at start and exit so memtrace can set and
     /// read their state (record).
     pub holds: bool,
+    /// Remember walked stacks by a fingerprint of their top (false: walk
+    /// every stack; slower, for measuring what the cache misattributes).
+    pub stack_cache: bool,
     /// At most this many distinct stacks per process (`None`: no cap).
     pub max_stacks_per_process: Option<usize>,
     /// Process exec/exit tracepoints (agent discovery).
@@ -94,6 +97,7 @@ impl Options {
             per_binary: false,
             holds: false,
             max_stacks_per_process: None,
+            stack_cache: true,
             discovery: false,
             thp: Thp::parse(
                 &std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")

@@ -66,9 +66,21 @@ impl Ebpf {
     /// Loads the object with this kernel's tracepoint layout (from the
     /// format files under `tracefs`) and attaches `tracepoints`.
     pub fn load(tracepoints: &[Tracepoint], tracefs: &Path) -> Result<Self, KernelError> {
+        Self::load_with(tracepoints, tracefs, true)
+    }
+
+    /// [`Ebpf::load`], choosing whether walked stacks are remembered by
+    /// their fingerprint (`stack_cache`) or every stack is walked.
+    pub fn load_with(
+        tracepoints: &[Tracepoint],
+        tracefs: &Path,
+        stack_cache: bool,
+    ) -> Result<Self, KernelError> {
         let offsets = format::read_offsets(tracefs)?;
+        let cache = u32::from(stack_cache);
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
+            .override_global("STACK_CACHE", &cache, true)
             .load(EBPF_OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(KernelError::Missing(name));
