@@ -58,6 +58,10 @@ pub enum EventKind {
     /// The target stopped itself (SIGSTOP) at a [`HoldPoint`] so user space
     /// can read or set its state; user space continues it (SIGCONT).
     Hold = 19,
+    /// `runtime.newproc1` returned the new goroutine `addr`, starting at
+    /// `arg` (read from the new `g`), with the `go` statement's stack: one
+    /// record for what `GoCreate` + `GoCreated` say in two.
+    GoSpawned = 20,
 }
 
 impl EventKind {
@@ -82,6 +86,7 @@ impl EventKind {
             17 => Self::ProcExec,
             18 => Self::ProcExit,
             19 => Self::Hold,
+            20 => Self::GoSpawned,
             _ => return None,
         })
     }
@@ -249,6 +254,11 @@ impl Event {
     /// A `go` statement whose goroutine starts at `start_pc`.
     pub const fn go_create(tgid: u32, tid: u32, start_pc: u64) -> Self {
         Self::new(EventKind::GoCreate, tgid, tid).with(0, 0, start_pc, 0)
+    }
+
+    /// A new goroutine `g` starting at `start_pc` (`GoSpawned`).
+    pub const fn go_spawned(tgid: u32, tid: u32, g: u64, start_pc: u64) -> Self {
+        Self::new(EventKind::GoSpawned, tgid, tid).with(g, 0, start_pc, 0)
     }
 
     /// An event about the goroutine `g` (`GoCreated`, `GoExit`).

@@ -239,6 +239,17 @@ impl Resolver {
             | EventKind::MremapExit
             | EventKind::BrkExit
             | EventKind::GoCreated => return self.pair(kind, &ev),
+            // The start function is the goroutine's leaf frame.
+            EventKind::GoSpawned => {
+                let key = self.stacks.with_leaf(key, ev.start_pc());
+                return Some(Resolved {
+                    key,
+                    op: Op::GoCreate {
+                        g: ev.addr,
+                        start_pc: ev.start_pc(),
+                    },
+                });
+            }
         };
         Some(Resolved { key, op })
     }
@@ -419,6 +430,29 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(bx.op, Op::Brk { result: 0x5000 });
+    }
+
+    #[test]
+    fn a_spawn_record_is_a_creation_in_one() {
+        let mut r = Resolver::default();
+        let spawned = with_stack(
+            Event::go_spawned(7, 5, 0xc000, 0x4444),
+            StackField::Frames(2),
+            0,
+        );
+        let got = r.feed(&encode(&spawned, &[0x100, 0x200])).unwrap();
+        assert_eq!(
+            got.op,
+            Op::GoCreate {
+                g: 0xc000,
+                start_pc: 0x4444
+            }
+        );
+        assert_eq!(
+            r.stacks.frames(got.key.1),
+            Some(&[0x4444, 0x100, 0x200][..])
+        );
+        assert_eq!(r.unpaired, 0);
     }
 
     #[test]

@@ -403,7 +403,10 @@ pub fn lens_support(bin: &GoBinary, attach: bool) -> Vec<(Lens, Result<String, S
                         "newproc1/goexit0 uprobes (launch mode; attaching to a running process needs runtime.allgs, stripped here)"
                             .to_string(),
                     ),
-                    (Ok(_), _, Some(_)) => Ok("newproc1/goexit0 uprobes, runtime.allgs".to_string()),
+                    (Ok(g), _, Some(_)) => Ok(format!(
+                        "{} uprobes a goroutine, runtime.allgs",
+                        if g.spawned.is_some() { 2 } else { 3 }
+                    )),
                 },
             };
             (l, r)

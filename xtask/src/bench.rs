@@ -599,23 +599,50 @@ fn agent_metric(port: u16, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// The agent's cost: `procs` Go services (the service fixture at 20
-/// requests a second each) traced by one agent with 10 s windows, pushing
-/// every window to a local Pyroscope stand-in. The services' own CPU is
-/// measured untraced first, then traced.
-pub fn agent(memtrace: &Path, fixtures: &Path, out: &Path, procs: usize) -> anyhow::Result<()> {
-    const WINDOW: u64 = 10;
-    const MEASURE: Duration = Duration::from_secs(60);
+/// One agent scenario: how many services of each kind, the window, and
+/// whether it pushes to a (local) Pyroscope.
+pub struct AgentScenario {
+    pub name: &'static str,
+    /// `service` fixtures answering `busy_rate` requests a second each.
+    pub busy: usize,
+    pub busy_rate: u32,
+    /// Go programs that only wake every 100 ms.
+    pub idle: usize,
+    pub window: u64,
+    pub measure: Duration,
+    pub push: bool,
+}
+
+/// The agent's cost on a node of Go services: its CPU and memory, the
+/// services' CPU untraced and traced, how long a window takes to end, how
+/// soon a new process is traced, and (pushing) what reaches the store.
+pub fn agent(
+    memtrace: &Path,
+    fixtures: &Path,
+    out: &Path,
+    sc: &AgentScenario,
+) -> anyhow::Result<()> {
     let svc = fixtures.join("service");
+    let idle_bin = fixtures.join("goroutines");
     let mut services = Vec::new();
-    for _ in 0..procs {
+    let rate = sc.busy_rate.to_string();
+    for _ in 0..sc.busy {
         services.push(
             Command::new(&svc)
-                .args(["-rate", "20", "-keep", "64"])
+                .args(["-rate", &rate, "-keep", "64"])
                 .stdout(Stdio::null())
                 .spawn()?,
         );
     }
+    for _ in 0..sc.idle {
+        services.push(
+            Command::new(&idle_bin)
+                .args(["-leak", "0", "-work", "0"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+    }
+    let procs = services.len();
     let kill_all = |services: &mut Vec<std::process::Child>| {
         for c in services.iter_mut() {
             let _ = c.kill();
@@ -625,10 +652,13 @@ pub fn agent(memtrace: &Path, fixtures: &Path, out: &Path, procs: usize) -> anyh
     let fleet_ticks = |services: &[std::process::Child]| -> u64 {
         services.iter().filter_map(|c| cpu_ticks(c.id())).sum()
     };
-    eprintln!("xtask: agent bench: {procs} services untraced for {MEASURE:?}");
+    eprintln!(
+        "xtask: agent bench ({}): {procs} programs untraced for {:?}",
+        sc.name, sc.measure
+    );
     std::thread::sleep(Duration::from_secs(5));
     let t0 = (fleet_ticks(&services), Instant::now());
-    std::thread::sleep(MEASURE);
+    std::thread::sleep(sc.measure);
     let untraced = (fleet_ticks(&services) - t0.0) as f64 / 100.0 / t0.1.elapsed().as_secs_f64();
 
     let (rport, requests, bytes) = counting_receiver()?;
@@ -639,15 +669,18 @@ pub fn agent(memtrace: &Path, fixtures: &Path, out: &Path, procs: usize) -> anyh
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let started = Instant::now();
-    let mut agent = Command::new(memtrace)
-        .arg("agent")
-        .args(["--window", &WINDOW.to_string(), "--exe", "service"])
+    let mut cmd = Command::new(memtrace);
+    cmd.arg("agent")
+        .args(["--window", &sc.window.to_string()])
+        .args(["--exe", "service", "--exe", "goroutines"])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--out")
         .arg(&dir)
-        .args(["--pyroscope", &format!("http://127.0.0.1:{rport}")])
-        .stderr(std::fs::File::create(dir.join("agent.log"))?)
-        .spawn()?;
+        .stderr(std::fs::File::create(dir.join("agent.log"))?);
+    if sc.push {
+        cmd.args(["--pyroscope", &format!("http://127.0.0.1:{rport}")]);
+    }
+    let mut agent = cmd.spawn()?;
     let mut found = 0.0;
     while started.elapsed() < Duration::from_secs(120) {
         found = agent_metric(port, "memtrace_processes").unwrap_or(0.0);
@@ -656,35 +689,57 @@ pub fn agent(memtrace: &Path, fixtures: &Path, out: &Path, procs: usize) -> anyh
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let discovery = started.elapsed().as_secs_f64();
+    let scanned = started.elapsed().as_secs_f64();
     if found < procs as f64 {
         let _ = agent.kill();
         kill_all(&mut services);
         bail!(
-            "the agent found {found} of {procs} services in 120 s: see {}",
+            "the agent found {found} of {procs} programs in 120 s: see {}",
             dir.join("agent.log").display()
         );
     }
+    // A program started now: how soon is it traced?
+    let spawned = Instant::now();
+    services.push(
+        Command::new(&idle_bin)
+            .args(["-leak", "0", "-work", "0"])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let mut discovered = f64::NAN;
+    while spawned.elapsed() < Duration::from_secs(10) {
+        if agent_metric(port, "memtrace_processes").unwrap_or(0.0) > procs as f64 {
+            discovered = spawned.elapsed().as_secs_f64();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     eprintln!(
-        "xtask: agent bench: all {procs} traced after {discovery:.1} s; measuring {MEASURE:?}"
+        "xtask: agent bench: all {procs} traced after {scanned:.1} s; measuring {:?}",
+        sc.measure
     );
     // One window to settle, then measure.
-    std::thread::sleep(Duration::from_secs(WINDOW));
+    std::thread::sleep(Duration::from_secs(sc.window));
     let a0 = cpu_ticks(agent.id()).unwrap_or(0);
-    let f0 = fleet_ticks(&services);
+    let f0 = fleet_ticks(&services[..procs]);
     let (r0, b0) = (
         requests.load(Ordering::Relaxed),
         bytes.load(Ordering::Relaxed),
     );
     let m0 = Instant::now();
-    let mut rss_max = 0u64;
-    while m0.elapsed() < MEASURE {
+    let (mut rss_max, mut render) = (0u64, Vec::new());
+    while m0.elapsed() < sc.measure {
         std::thread::sleep(Duration::from_secs(1));
         rss_max = rss_max.max(vm_rss_kib(agent.id()).unwrap_or(0));
+        if let Some(r) = agent_metric(port, "memtrace_window_render_seconds") {
+            if render.last() != Some(&r) {
+                render.push(r);
+            }
+        }
     }
     let secs = m0.elapsed().as_secs_f64();
     let agent_cpu = (cpu_ticks(agent.id()).unwrap_or(0) - a0) as f64 / 100.0 / secs;
-    let traced = (fleet_ticks(&services) - f0) as f64 / 100.0 / secs;
+    let traced = (fleet_ticks(&services[..procs]) - f0) as f64 / 100.0 / secs;
     let pushes = requests.load(Ordering::Relaxed) - r0;
     let pushed_bytes = bytes.load(Ordering::Relaxed) - b0;
     let hwm = peak_rss_kib(agent.id()).unwrap_or(0);
@@ -698,15 +753,28 @@ pub fn agent(memtrace: &Path, fixtures: &Path, out: &Path, procs: usize) -> anyh
     let stop_secs = stop.elapsed().as_secs_f64();
     kill_all(&mut services);
     println!(
-        "\nmemtrace agent: {procs} Go services (service fixture, 20 requests/s each), windows of {WINDOW} s, \
-         pushing every window to a local receiver; measured over {secs:.0} s"
+        "\nmemtrace agent, {}: {} services at {} requests/s and {} idle Go programs, windows of {} s{}; \
+         measured over {secs:.0} s",
+        sc.name,
+        sc.busy,
+        sc.busy_rate,
+        sc.idle,
+        sc.window,
+        if sc.push { ", pushing every window to a local receiver" } else { "" }
     );
-    println!("{:<44} {:>14}", "figure", "value");
-    let row = |k: &str, v: String| println!("{k:<44} {v:>14}");
-    row("services found after", format!("{discovery:.1} s"));
-    row("agent CPU", format!("{agent_cpu:.3} core"));
+    println!("{:<44} {:>16}", "figure", "value");
+    let row = |k: &str, v: String| println!("{k:<44} {v:>16}");
     row(
-        "agent CPU per service",
+        "programs found by the start-up scan",
+        format!("{scanned:.1} s"),
+    );
+    row(
+        "a new program traced after",
+        format!("{:.0} ms", discovered * 1e3),
+    );
+    row("agent CPU", format!("{:.1}% of a core", agent_cpu * 100.0));
+    row(
+        "agent CPU per program",
         format!("{:.2} ms/s", agent_cpu * 1e3 / procs as f64),
     );
     row(
@@ -717,32 +785,63 @@ pub fn agent(memtrace: &Path, fixtures: &Path, out: &Path, procs: usize) -> anyh
             hwm as f64 / 1024.0
         ),
     );
-    row("services' CPU untraced", format!("{untraced:.3} core"));
-    row("services' CPU traced", format!("{traced:.3} core"));
     row(
-        "services' slowdown (CPU)",
+        "ending a window (every program)",
+        format!("{:.2} s (of {} seen)", median(&render), render.len()),
+    );
+    row("programs' CPU untraced", format!("{untraced:.3} core"));
+    row("programs' CPU traced", format!("{traced:.3} core"));
+    row(
+        "programs' slowdown (CPU)",
         format!("{:.2}x", traced / untraced),
     );
-    row(
-        "pushes delivered",
-        format!(
-            "{pushes} ({:.1}/window)",
-            pushes as f64 * WINDOW as f64 / secs
-        ),
-    );
-    row(
-        "bytes pushed per service per window",
-        format!(
-            "{:.1} KiB",
-            pushed_bytes as f64 / 1024.0 / (secs / WINDOW as f64) / procs as f64
-        ),
-    );
+    if sc.push {
+        row(
+            "pushes delivered",
+            format!(
+                "{pushes} ({:.1}/window)",
+                pushes as f64 * sc.window as f64 / secs
+            ),
+        );
+        row(
+            "bytes pushed per program per window",
+            format!(
+                "{:.1} KiB",
+                pushed_bytes as f64 / 1024.0 / (secs / sc.window as f64) / procs as f64
+            ),
+        );
+    }
     row(
         "push failures / dropped / ring drops",
         format!("{failures} / {dropped} / {ring}"),
     );
     row("SIGTERM to exit", format!("{stop_secs:.1} s ({status})"));
     Ok(())
+}
+
+/// The agent scenarios of the bench: a busy node pushing to Pyroscope, and
+/// a node of mostly idle programs with the default window.
+pub fn agent_scenarios(procs: usize) -> [AgentScenario; 2] {
+    [
+        AgentScenario {
+            name: "busy node, pushing",
+            busy: procs,
+            busy_rate: 20,
+            idle: 0,
+            window: 10,
+            measure: Duration::from_secs(60),
+            push: true,
+        },
+        AgentScenario {
+            name: "200 idle and 20 busy",
+            busy: 20,
+            busy_rate: 100,
+            idle: 200,
+            window: 60,
+            measure: Duration::from_secs(120),
+            push: false,
+        },
+    ]
 }
 
 fn vm_rss_kib(pid: u32) -> Option<u64> {

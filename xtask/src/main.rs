@@ -55,7 +55,7 @@ enum Cmd {
         /// Only the stack cache's misattribution.
         #[arg(long)]
         stack_cache_only: bool,
-        /// Go services the agent bench traces.
+        /// Busy Go services in the agent bench's pushing scenario.
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
     },
@@ -125,7 +125,10 @@ fn main() -> anyhow::Result<()> {
                 return bench::stack_cache(&memtrace, &built.dir, &out);
             }
             if agent_only {
-                return bench::agent(&memtrace, &built.dir, &out, agent_procs);
+                for sc in bench::agent_scenarios(agent_procs) {
+                    bench::agent(&memtrace, &built.dir, &out, &sc)?;
+                }
+                return Ok(());
             }
             bench::run(&memtrace, &built.dir, &out)?;
             run(cargo().current_dir(&root).args([
@@ -141,7 +144,9 @@ fn main() -> anyhow::Result<()> {
                 &built.dir,
             )?;
             bench::stack_cache(&memtrace, &built.dir, &out)?;
-            bench::agent(&memtrace, &built.dir, &out, agent_procs)?;
+            for sc in bench::agent_scenarios(agent_procs) {
+                bench::agent(&memtrace, &built.dir, &out, &sc)?;
+            }
             bench::gate(&memtrace, &built.dir, &out, gate_trials)
         }
     }

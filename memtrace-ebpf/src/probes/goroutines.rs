@@ -8,8 +8,18 @@
 //! reads the result. `go_exit` sits after `runtime.goexit0`'s prologue, whose
 //! first argument is the `*g`. User space pairs the two newproc1 records per
 //! thread.
+//!
+//! When the binary's DWARF gives `runtime.g`'s layout, one probe does what
+//! those two do: `go_spawned`, on the instruction after
+//! `runtime.newproc.func1`'s call to `newproc1`, has the new `*g` in the
+//! result register and reads its `startpc`.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::EbpfContext as _;
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    macros::uprobe,
+    programs::ProbeContext,
+};
 use memtrace_common::{Event, EventKind};
 
 use super::{current_target, emit, emit_with_stack, go_abi};
@@ -25,6 +35,26 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     // newproc1 runs on the system stack, so the top of its stack is the
     // same for every `go` statement: always walk (no fingerprint).
     emit_with_stack(&ctx, Event::go_create(tgid, tid, start_pc), None);
+    0
+}
+
+/// Right after `runtime.newproc.func1`'s call to `newproc1`: the new `*g`
+/// is in the result register, its start PC at the attach cookie's offset
+/// in it, and the frame-pointer walk from here crosses `systemstack` to the
+/// `go` statement. One probe where `go_newproc` and `go_newproc_ret` take
+/// two.
+#[uprobe]
+pub fn go_spawned(ctx: ProbeContext) -> u32 {
+    let Some((tgid, tid)) = current_target() else {
+        return 0;
+    };
+    let g = go_abi::arg(&ctx, 0);
+    // SAFETY: reads the probe's attach cookie.
+    let startpc_offset = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    let start_pc =
+        unsafe { bpf_probe_read_user((g.wrapping_add(startpc_offset)) as *const u64) }.unwrap_or(0);
+    emit_with_stack(&ctx, Event::go_spawned(tgid, tid, g, start_pc), None);
     0
 }
 

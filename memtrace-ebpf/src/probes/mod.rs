@@ -189,6 +189,10 @@ pub type Fingerprint = [u64; 2 + FP_FRAMES];
 /// Reads the fingerprint of the stack whose registers are `ip` and `bp`.
 #[inline(always)]
 pub fn fingerprint(ip: u64, bp: u64) -> Option<Fingerprint> {
+    // SAFETY: a global user space may rewrite before load; read it as such.
+    if unsafe { core::ptr::read_volatile(&STACK_CACHE) } == 0 {
+        return None; // every stack walked
+    }
     let mut out = [0u64; 2 + FP_FRAMES];
     out[0] = ip;
     out[1] = bp;
@@ -210,12 +214,6 @@ pub fn fingerprint(ip: u64, bp: u64) -> Option<Fingerprint> {
 /// when there is a fingerprint to remember it by).
 #[inline(always)]
 pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Fingerprint>) {
-    // SAFETY: a global user space may rewrite before load; read it as such.
-    let fp = if unsafe { core::ptr::read_volatile(&STACK_CACHE) } == 0 {
-        None
-    } else {
-        fp
-    };
     if let Some(words) = fp.as_ref() {
         if let Some(known) = STACK_IDS.get_ptr_mut(words) {
             // SAFETY: map value pointer, valid for this program run.

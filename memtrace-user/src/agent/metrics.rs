@@ -167,6 +167,13 @@ pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
         "Profile windows completed",
         s.windows,
     );
+    let took: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+    took.set(s.last_window_secs);
+    reg.register(
+        "memtrace_window_render_seconds",
+        "How long ending the last window took (every process's report, rendered and published)",
+        took,
+    );
     counter(
         &mut reg,
         "memtrace_snapshots",

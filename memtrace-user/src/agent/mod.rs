@@ -66,6 +66,9 @@ pub struct Shared {
     /// New stacks turned away by the per-process cap.
     pub capped_stacks: u64,
     pub windows: u64,
+    /// How long the last window's end took: every process's report,
+    /// rendered, published and handed to the pusher.
+    pub last_window_secs: f64,
     pub snapshots: u64,
     pub discovered: u64,
 }

@@ -345,6 +345,7 @@ impl AgentPolicy {
     /// profiles for the API (and, at shutdown, to disk), updates metrics,
     /// and starts the next window.
     pub fn end_window<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>, last: bool) {
+        let began = Instant::now();
         for (pid, growth) in self.rolling.take_due() {
             if engine.target(pid).is_some() {
                 self.snapshot(engine, pid, growth);
@@ -368,6 +369,7 @@ impl AgentPolicy {
         }
         let mut shared = self.shared.lock().expect("agent state");
         shared.windows += 1;
+        shared.last_window_secs = began.elapsed().as_secs_f64();
         shared.ring_drops = drops.ringbuf_drops;
         shared.stack_errors = drops.stack_errors;
         shared.capped_stacks = engine.resolver.stacks.capped;

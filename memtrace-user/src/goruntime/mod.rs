@@ -113,6 +113,7 @@ impl GoBinary {
             table: &table,
         };
         let alloc_points = bin.alloc_points(&syms)?;
+        let g_layout = crate::gtypes::g_layout(&data);
         let first_load = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
         Ok(Self {
             path: path.to_owned(),
@@ -120,9 +121,20 @@ impl GoBinary {
             module,
             stripped: syms.stripped,
             alloc_points,
-            goroutines: bin.goroutine_points().map_err(|e| e.to_string()),
+            goroutines: bin
+                .goroutine_points()
+                .map(|mut g| {
+                    // With the g layout, creation takes one probe.
+                    g.spawned = g_layout.and_then(|l| {
+                        let mut p = bin.after_call("runtime.newproc.func1", "runtime.newproc1")?;
+                        p.cookie = l.startpc;
+                        Some(p)
+                    });
+                    g
+                })
+                .map_err(|e| e.to_string()),
             holds: bin.hold_points().map_err(|e| e.to_string()),
-            g_layout: crate::gtypes::g_layout(&data),
+            g_layout,
             gc: bin.gc_points(&syms, &data).map_err(|e| e.to_string()),
             allgs: syms.address("runtime.allgs"),
             mem_profile_rate: syms.address("runtime.MemProfileRate"),

@@ -201,7 +201,25 @@ impl Binary<'_> {
             newproc: self.after_prologue(&newproc1)?,
             newproc_rets: self.ret_points(&newproc1)?,
             goexit: self.after_prologue(&self.function("runtime.goexit0")?)?,
+            spawned: None,
         })
+    }
+
+    /// The instruction after `caller`'s first direct call to `callee`.
+    pub(crate) fn after_call(&self, caller: &str, callee: &str) -> Option<ProbePoint> {
+        let f = self.table.function(caller)?;
+        let target = self.table.function(callee)?.entry;
+        let code = self.table.code(&f)?;
+        let mut decoder = Decoder::with_ip(64, code, f.entry, DecoderOptions::NONE);
+        while decoder.can_decode() {
+            let insn = decoder.decode();
+            if insn.code() == Code::Call_rel32_64 && insn.near_branch_target() == target {
+                return self
+                    .point(&f, insn.next_ip(), format!("{caller} (after {callee})"))
+                    .ok();
+            }
+        }
+        None
     }
 }
 
@@ -260,6 +278,10 @@ pub struct GoroutinePoints {
     pub newproc: ProbePoint,
     pub newproc_rets: Vec<ProbePoint>,
     pub goexit: ProbePoint,
+    /// After `runtime.newproc.func1`'s call to `newproc1`, its cookie the
+    /// offset of `startpc` in `runtime.g`: creation in one probe instead of
+    /// `newproc` and `newproc_rets`. Needs the `g` layout from DWARF.
+    pub spawned: Option<ProbePoint>,
 }
 
 /// Where the GC view probes, and the link-time addresses of the heap size

@@ -210,9 +210,16 @@ impl Ebpf {
         }
         if probes.goroutines {
             let g = bin.goroutines.as_ref().map_err(unsupported)?;
-            let rets: Vec<_> = g.newproc_rets.iter().collect();
-            self.attach_uprobes("go_newproc", &[&g.newproc], path, scope, links)?;
-            self.attach_uprobes("go_newproc_ret", &rets, path, scope, links)?;
+            match &g.spawned {
+                Some(spawned) => {
+                    self.attach_uprobes("go_spawned", &[spawned], path, scope, links)?;
+                }
+                None => {
+                    let rets: Vec<_> = g.newproc_rets.iter().collect();
+                    self.attach_uprobes("go_newproc", &[&g.newproc], path, scope, links)?;
+                    self.attach_uprobes("go_newproc_ret", &rets, path, scope, links)?;
+                }
+            }
             self.attach_uprobes("go_exit", &[&g.goexit], path, scope, links)?;
         }
         if probes.holds {
