@@ -43,7 +43,7 @@ enum Cmd {
     /// symbolizer, the agent's cost on many services, and memtrace gate's
     /// error rates.
     Bench {
-        /// Gates per case for the gate's error rates.
+        /// Gates per case for the gate's error rates (0: skip them).
         #[arg(long, default_value_t = 20)]
         gate_trials: usize,
         /// Only the gate's error rates.
