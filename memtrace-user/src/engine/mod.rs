@@ -36,12 +36,13 @@ pub mod setup;
 pub mod target;
 #[cfg(test)]
 mod tests;
+mod tick;
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use memtrace_common::TargetConfig;
 
@@ -537,90 +538,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             }
         }
         out
-    }
-
-    /// Every ~100 ms: notices exited targets (retiring them), and once a
-    /// second samples RSS, the memory profile and live goroutines. Returns
-    /// the targets that exited since the last call.
-    pub fn tick(&mut self) -> Vec<u32> {
-        let mut exited = Vec::new();
-        for t in self.targets.values_mut().filter(|t| t.exit.is_none()) {
-            let exit = if t.launched {
-                self.host
-                    .reap(t.pid)
-                    .map(|st| t.exit_hint.unwrap_or(Exit::from_status(st)))
-            } else {
-                (!self.host.alive(t.pid)).then(|| t.exit_hint.unwrap_or_default())
-            };
-            // Once it ran its program, another executable means an exec:
-            // what runs now is not what was probed (a binary replaced on
-            // disk reads as "PATH (deleted)" and is no exec).
-            let exit = exit.or_else(|| {
-                t.image.maps.as_ref()?;
-                let now = self.host.exe(t.pid)?;
-                let now = now.to_string_lossy();
-                let was = t.exe.to_string_lossy();
-                let plain = |s: &str| s.trim_end_matches(" (deleted)").to_string();
-                (plain(&now) != plain(&was)).then(|| Exit {
-                    exec: true,
-                    ..Exit::default()
-                })
-            });
-            match exit {
-                Some(e) => {
-                    t.exit = Some(e);
-                    exited.push(t.pid);
-                }
-                // Keep mappings current (new shared objects), once read.
-                None if t.image.maps.is_some() => {
-                    if let Some(m) = self.host.maps(t.pid) {
-                        t.image.maps = Some(m);
-                    }
-                }
-                None => {}
-            }
-        }
-        for &pid in &exited {
-            self.retire(pid);
-        }
-        if self.clock.last_second.elapsed() >= Duration::from_secs(1) {
-            self.clock.last_second = Instant::now();
-            self.every_second();
-        }
-        if !exited.is_empty() {
-            self.sync_guard(None);
-        }
-        exited
-    }
-
-    fn every_second(&mut self) {
-        let secs = self.window_secs();
-        let pids = self.live_pids();
-        for pid in pids {
-            let Some(mut t) = self.targets.remove(&pid) else {
-                continue;
-            };
-            t.sample(&self.host, secs);
-            if t.launched && !(self.opts.holds && t.bin.holds.is_ok()) {
-                // Without a start hold, sampling starts once it runs its program.
-                if let Err(e) = self.start_profile(&mut t, false) {
-                    log::warn!("pid {pid}: {e}");
-                }
-            }
-            if let Some(p) = t.profile.as_mut() {
-                if let Ok(mem) = self.host.memory(pid) {
-                    p.tick(&*mem);
-                }
-            }
-            if let Some(gs) = self.agg.goroutines.as_ref() {
-                t.live_goroutines.push((secs, gs.live_count(pid)));
-            }
-            if let Some(r) = self.agg.rss.as_mut().filter(|r| r.thp == Thp::Always) {
-                r.set_anon_vmas(pid, t.anon_vmas());
-            }
-            self.targets.insert(pid, t);
-        }
-        self.sync_guard(None);
     }
 
     /// Starts the window's clock now (once set-up is done and the targets

@@ -77,32 +77,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             .join(", ");
 
         // The sampled lenses' cells, from each target's memory profile.
-        let mut sampled: HashMap<Lens, HashMap<StackKey, Cell>> = HashMap::new();
-        let mut rate = 0;
-        let mut since = lens::sampled::SampledSince::Start;
-        if self.opts.sampled() {
-            for pid in &pids {
-                let Some(p) = self.targets[pid].profile.as_ref() else {
-                    continue;
-                };
-                rate = rate.max(p.rate);
-                if p.since == lens::sampled::SampledSince::Attach
-                    || since == lens::sampled::SampledSince::Start
-                {
-                    since = p.since;
-                }
-                match p.cells(&mut self.resolver.stacks) {
-                    Some(by_lens) => {
-                        for (lens, cells) in by_lens {
-                            sampled.entry(lens).or_default().extend(cells);
-                        }
-                    }
-                    None => warnings.push(format!(
-                        "pid {pid}: no memory-profile snapshot at the end of the window; the alloc and heap lenses are empty for it"
-                    )),
-                }
-            }
-        }
+        let (mut sampled, rate, since) = self.sampled_cells(&pids, &mut warnings);
 
         let vmrss = |t: &super::Target| (t.vmrss_start, t.timeline.last().map(|p| p.vm_rss));
         let rss_released = self.agg.rss.as_ref().map(|r| {
@@ -161,52 +136,15 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             profiles.push(p);
         }
 
-        let k = self.kernel.counters();
-        let targets = pids
-            .iter()
-            .map(|p| {
-                let t = &self.targets[p];
-                let (start, end) = vmrss(t);
-                summary::TargetSummary {
-                    pid: t.pid,
-                    exe: t.exe.display().to_string(),
-                    go_version: t.bin.go_version.clone(),
-                    module: t.bin.module.clone(),
-                    build_id: t.bin.table.build_id.clone(),
-                    stripped: t.bin.stripped,
-                    pie: t.bin.pie,
-                    vmrss_start: start,
-                    vmrss_end: end,
-                    timeline: t.timeline.clone(),
-                    breakdown: t.final_state.as_ref().and_then(|f| f.breakdown),
-                    exit: t.exit,
-                    labels: None,
-                }
-            })
-            .collect();
+        let targets = self.target_summaries(&pids);
         let mut gc = self.agg.gc.clone_for(&pids);
         gc.cycles.sort_by_key(|c| c.ts_ns);
         let summary = Summary {
             targets,
             lenses: lens_summaries,
-            dropped_events: k.ringbuf_drops,
+            dropped_events: self.kernel.counters().ringbuf_drops,
             duration_secs,
-            counters: Counters {
-                ringbuf_drops: k.ringbuf_drops,
-                stack_errors: k.stack_errors,
-                stack_reuses: k.stack_reuses,
-                lost_stacks: self.resolver.lost_stacks,
-                capped_stacks: self.resolver.stacks.capped,
-                distinct_stacks: self.resolver.stacks.len() as u64,
-                syscall_unpaired: self.resolver.unpaired,
-                alloc_probe_hits: k.alloc_hits,
-                unresolved_frames: self.sym.unresolved,
-                unresolved_go_frames: self.sym.unresolved_go,
-                truncated_stacks: self.sym.truncated,
-                decode_errors: self.resolver.decode_errors,
-                hold_failures: k.hold_failures,
-                events: self.agg.events,
-            },
+            counters: self.counters(),
             ended_by: ended_by.to_string(),
             gc: lens::gc::summary(&gc, self.clock.window_ns),
             trigger: None,
@@ -231,6 +169,92 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             timelines,
             rss_released,
             warnings,
+        }
+    }
+
+    /// The alloc and heap lenses' cells of `pids`, from each target's memory
+    /// profile, with the sampling rate and since when it sampled.
+    fn sampled_cells(
+        &mut self,
+        pids: &[u32],
+        warnings: &mut Vec<String>,
+    ) -> (
+        HashMap<Lens, HashMap<StackKey, Cell>>,
+        u64,
+        lens::sampled::SampledSince,
+    ) {
+        let mut sampled: HashMap<Lens, HashMap<StackKey, Cell>> = HashMap::new();
+        let mut rate = 0;
+        let mut since = lens::sampled::SampledSince::Start;
+        if !self.opts.sampled() {
+            return (sampled, rate, since);
+        }
+        for pid in pids {
+            let Some(p) = self.targets[pid].profile.as_ref() else {
+                continue;
+            };
+            rate = rate.max(p.rate);
+            if p.since == lens::sampled::SampledSince::Attach
+                || since == lens::sampled::SampledSince::Start
+            {
+                since = p.since;
+            }
+            match p.cells(&mut self.resolver.stacks) {
+                Some(by_lens) => {
+                    for (lens, cells) in by_lens {
+                        sampled.entry(lens).or_default().extend(cells);
+                    }
+                }
+                None => warnings.push(format!(
+                    "pid {pid}: no memory-profile snapshot at the end of the window; the alloc and heap lenses are empty for it"
+                )),
+            }
+        }
+        (sampled, rate, since)
+    }
+
+    /// `summary.json`'s `targets` for `pids`.
+    fn target_summaries(&self, pids: &[u32]) -> Vec<summary::TargetSummary> {
+        pids.iter()
+            .map(|p| {
+                let t = &self.targets[p];
+                summary::TargetSummary {
+                    pid: t.pid,
+                    exe: t.exe.display().to_string(),
+                    go_version: t.bin.go_version.clone(),
+                    module: t.bin.module.clone(),
+                    build_id: t.bin.table.build_id.clone(),
+                    stripped: t.bin.stripped,
+                    pie: t.bin.pie,
+                    vmrss_start: t.vmrss_start,
+                    vmrss_end: t.timeline.last().map(|p| p.vm_rss),
+                    timeline: t.timeline.clone(),
+                    breakdown: t.final_state.as_ref().and_then(|f| f.breakdown),
+                    exit: t.exit,
+                    labels: None,
+                }
+            })
+            .collect()
+    }
+
+    /// What was counted rather than attributed: drops, errors, cache work.
+    fn counters(&self) -> Counters {
+        let k = self.kernel.counters();
+        Counters {
+            ringbuf_drops: k.ringbuf_drops,
+            stack_errors: k.stack_errors,
+            stack_reuses: k.stack_reuses,
+            lost_stacks: self.resolver.lost_stacks,
+            capped_stacks: self.resolver.stacks.capped,
+            distinct_stacks: self.resolver.stacks.len() as u64,
+            syscall_unpaired: self.resolver.unpaired,
+            alloc_probe_hits: k.alloc_hits,
+            unresolved_frames: self.sym.unresolved,
+            unresolved_go_frames: self.sym.unresolved_go,
+            truncated_stacks: self.sym.truncated,
+            decode_errors: self.resolver.decode_errors,
+            hold_failures: k.hold_failures,
+            events: self.agg.events,
         }
     }
 
