@@ -427,11 +427,11 @@ mod tests {
 
     #[test]
     fn kind_round_trips() {
-        for v in 1..=19 {
+        for v in 1..=20 {
             assert_eq!(EventKind::from_u32(v).map(|k| k as u32), Some(v));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(20), None);
+        assert_eq!(EventKind::from_u32(21), None);
     }
 
     #[test]
