@@ -119,6 +119,28 @@ impl HoldPoint {
     }
 }
 
+/// The attach cookie of the `go_spawned` probe: the offsets of `startpc`
+/// (low 32 bits) and `gopc` (high 32 bits) in `runtime.g`. `gopc` 0 means
+/// unknown: the stack fingerprint then starts at the probe's own frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpawnCookie {
+    pub startpc: u32,
+    pub gopc: u32,
+}
+
+impl SpawnCookie {
+    pub const fn encode(self) -> u64 {
+        (self.startpc as u64) | ((self.gopc as u64) << 32)
+    }
+
+    pub const fn decode(v: u64) -> Self {
+        Self {
+            startpc: v as u32,
+            gopc: (v >> 32) as u32,
+        }
+    }
+}
+
 /// The wire value of [`Event::stack`] for an event without a stack
 /// (syscall exits).
 pub const STACK_NONE: i32 = -100_000;
@@ -423,6 +445,28 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn spawn_cookie_round_trips() {
+        for c in [
+            SpawnCookie {
+                startpc: 0x128,
+                gopc: 0x120,
+            },
+            SpawnCookie {
+                startpc: 0x128,
+                gopc: 0,
+            },
+            SpawnCookie {
+                startpc: u32::MAX,
+                gopc: u32::MAX,
+            },
+        ] {
+            assert_eq!(SpawnCookie::decode(c.encode()), c);
+        }
+        assert_eq!(SpawnCookie::decode(0x128).gopc, 0);
+    }
+
     use super::*;
 
     #[test]

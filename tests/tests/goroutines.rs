@@ -101,3 +101,47 @@ fn leaked_goroutines_are_found_by_creation_site() {
         assert_no_memtrace_programs();
     }
 }
+
+/// Two `go` statements in one function with the same start function and
+/// the same callers: the remembered creation stacks (the stack cache keys
+/// the `go` statement and its callers) keep them apart, to the line, with
+/// exact counts, launched and exiting 0.5 s later.
+#[test]
+fn go_statements_differing_only_in_line_are_counted_apart() {
+    const N: u64 = 4000;
+    for v in go_versions() {
+        let r = Record::new(&format!("goroutines-sites-{v}"))
+            .lens("goroutines")
+            .arg("--frames")
+            .arg("line")
+            .launch(&fixture(&v, "goroutines"), &["-sites", &N.to_string()])
+            .ok();
+        let (first, second) = (r.printed("first"), r.printed("second"));
+        assert_eq!(first + second, N);
+        // Folded stacks by line: `...;main.spawnAt main.go:55;main.waitForever main.go:21 1000`.
+        let folded = std::fs::read_to_string(r.out.join("goroutines.folded")).unwrap();
+        let mut by_line = std::collections::BTreeMap::new();
+        for l in folded.lines() {
+            let (stack, n) = l.rsplit_once(' ').unwrap();
+            let frames: Vec<&str> = stack.split(';').collect();
+            if !frames.last().unwrap().starts_with("main.waitForever ") {
+                continue;
+            }
+            let line: u64 = frames
+                .iter()
+                .find_map(|f| f.strip_prefix("main.spawnAt "))
+                .and_then(|f| f.rsplit_once(':')?.1.parse().ok())
+                .unwrap_or_else(|| panic!("go{v}: no spawnAt line in {l}"));
+            *by_line.entry(line).or_insert(0) += n.parse::<u64>().unwrap();
+        }
+        let counts: Vec<u64> = by_line.values().copied().collect();
+        assert_eq!(
+            counts,
+            vec![first, second],
+            "go{v}: live goroutines by spawnAt line: {by_line:?}"
+        );
+        let lines: Vec<u64> = by_line.keys().copied().collect();
+        assert_eq!(lines[1] - lines[0], 2, "go{v}: lines {by_line:?}");
+        assert_no_memtrace_programs();
+    }
+}

@@ -12,7 +12,10 @@
 //! When the binary's DWARF gives `runtime.g`'s layout, one probe does what
 //! those two do: `go_spawned`, on the instruction after
 //! `runtime.newproc.func1`'s call to `newproc1`, has the new `*g` in the
-//! result register and reads its `startpc`.
+//! result register and reads its `startpc`. Its stack is remembered by a
+//! fingerprint that starts at the `go` statement (the new g's `gopc`),
+//! past the `systemstack` switch, so a creation site's stack is walked
+//! once, not per goroutine.
 
 use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{
@@ -20,9 +23,9 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
-use memtrace_common::{Event, EventKind};
+use memtrace_common::{Event, EventKind, SpawnCookie};
 
-use super::{current_target, emit, emit_with_stack, go_abi};
+use super::{current_target, emit, emit_with_stack, fingerprint_from, go_abi};
 
 #[uprobe]
 pub fn go_newproc(ctx: ProbeContext) -> u32 {
@@ -50,11 +53,29 @@ pub fn go_spawned(ctx: ProbeContext) -> u32 {
     };
     let g = go_abi::arg(&ctx, 0);
     // SAFETY: reads the probe's attach cookie.
-    let startpc_offset = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let offsets = SpawnCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
     // SAFETY: bpf_probe_read_user tolerates any address.
     let start_pc =
-        unsafe { bpf_probe_read_user((g.wrapping_add(startpc_offset)) as *const u64) }.unwrap_or(0);
-    emit_with_stack(&ctx, Event::go_spawned(tgid, tid, g, start_pc), None);
+        unsafe { bpf_probe_read_user(g.wrapping_add(offsets.startpc as u64) as *const u64) }
+            .unwrap_or(0);
+    // The frame-pointer chain here runs newproc.func1 -> systemstack (a
+    // frame of its own since Go 1.21) -> newproc -> the `go` statement ->
+    // its callers. The top is the same for every goroutine, so the
+    // fingerprint starts at the `go` statement (the new g's gopc): a
+    // remembered stack stands for one creation site and its callers.
+    let gopc = if offsets.gopc == 0 {
+        0
+    } else {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user(g.wrapping_add(offsets.gopc as u64) as *const u64) }
+            .unwrap_or(0)
+    };
+    let (ip, bp) = go_abi::ip_bp(&ctx);
+    emit_with_stack(
+        &ctx,
+        Event::go_spawned(tgid, tid, g, start_pc),
+        fingerprint_from(ip, bp, gopc),
+    );
     0
 }
 

@@ -189,6 +189,17 @@ pub type Fingerprint = [u64; 2 + FP_FRAMES];
 /// Reads the fingerprint of the stack whose registers are `ip` and `bp`.
 #[inline(always)]
 pub fn fingerprint(ip: u64, bp: u64) -> Option<Fingerprint> {
+    fingerprint_from(ip, bp, 0)
+}
+
+/// As [`fingerprint`], but the return addresses kept start at the frame
+/// that returns to `first_ra` when one of the first three does: for a probe
+/// whose top frames are always the same (the runtime's `systemstack`
+/// switch, one or two frames depending on the Go version), so that the
+/// `FP_FRAMES` kept all tell callers apart. `first_ra` 0, or not found:
+/// start at `bp`.
+#[inline(always)]
+pub fn fingerprint_from(ip: u64, bp: u64, first_ra: u64) -> Option<Fingerprint> {
     // SAFETY: a global user space may rewrite before load; read it as such.
     if unsafe { core::ptr::read_volatile(&STACK_CACHE) } == 0 {
         return None; // every stack walked
@@ -197,6 +208,21 @@ pub fn fingerprint(ip: u64, bp: u64) -> Option<Fingerprint> {
     out[0] = ip;
     out[1] = bp;
     let mut frame = bp;
+    if first_ra != 0 {
+        let mut at = bp;
+        for _ in 0..3 {
+            if at == 0 {
+                break;
+            }
+            // SAFETY: bpf_probe_read_user tolerates any address.
+            let f: [u64; 2] = unsafe { bpf_probe_read_user(at as *const [u64; 2]) }.ok()?;
+            if f[1] == first_ra {
+                frame = at;
+                break;
+            }
+            at = f[0];
+        }
+    }
     for slot in out.iter_mut().skip(2) {
         if frame == 0 {
             break;

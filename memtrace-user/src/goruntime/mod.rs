@@ -127,7 +127,11 @@ impl GoBinary {
                     // With the g layout, creation takes one probe.
                     g.spawned = g_layout.and_then(|l| {
                         let mut p = bin.after_call("runtime.newproc.func1", "runtime.newproc1")?;
-                        p.cookie = l.startpc;
+                        p.cookie = memtrace_common::SpawnCookie {
+                            startpc: u32::try_from(l.startpc).ok()?,
+                            gopc: u32::try_from(l.gopc).unwrap_or(0),
+                        }
+                        .encode();
                         Some(p)
                     });
                     g

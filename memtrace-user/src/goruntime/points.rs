@@ -279,7 +279,8 @@ pub struct GoroutinePoints {
     pub newproc_rets: Vec<ProbePoint>,
     pub goexit: ProbePoint,
     /// After `runtime.newproc.func1`'s call to `newproc1`, its cookie the
-    /// offset of `startpc` in `runtime.g`: creation in one probe instead of
+    /// offsets of `startpc` and `gopc` in `runtime.g`
+    /// ([`memtrace_common::SpawnCookie`]): creation in one probe instead of
     /// `newproc` and `newproc_rets`. Needs the `g` layout from DWARF.
     pub spawned: Option<ProbePoint>,
 }
