@@ -392,9 +392,13 @@ pub enum Counter {
     AllocHits = 3,
     /// Holds that could not stop the target (`bpf_send_signal` failed).
     HoldFailures = 4,
+    /// Fingerprints found to stand for two different stacks (a verifying
+    /// walk differed from the remembered one); they are walked every time
+    /// from then on.
+    FingerprintCollisions = 5,
 }
 
-pub const COUNTER_COUNT: u32 = 5;
+pub const COUNTER_COUNT: u32 = 6;
 
 /// Byte offsets of the tracepoint fields the probes read, taken from the
 /// kernel's `format` files at load time and handed to the eBPF object as a
@@ -422,9 +426,19 @@ impl TracepointOffsets {
     };
 }
 
-/// A known stack is walked again after this many reuses, bounding how long
-/// a fingerprint match can stand in for a walk.
+/// A remembered stack is walked again, to verify that its fingerprint still
+/// stands for it, on its reuses 1, 2, 4, … `REWALK_EVERY` and every
+/// `REWALK_EVERY` reuses after that (see [`verify_on_use`]).
 pub const REWALK_EVERY: u64 = 256;
+
+/// Whether reuse number `n` (1 for the first reuse) of a remembered stack
+/// walks the stack again to verify it: often at first, so two stacks that
+/// share a fingerprint are told apart within a few events, then every
+/// [`REWALK_EVERY`] reuses, so a stable stack costs one walk in 256.
+#[inline(always)]
+pub const fn verify_on_use(n: u64) -> bool {
+    n != 0 && ((n <= REWALK_EVERY && n & (n - 1) == 0) || n % REWALK_EVERY == 0)
+}
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
 /// Once this many bytes wait in the ring buffer, producers wake the reader;
@@ -445,6 +459,19 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn verification_walks_thin_out() {
+        let want = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024];
+        let mut seen = 0;
+        for n in 0..=1024u64 {
+            if verify_on_use(n) {
+                assert_eq!(n, want[seen], "walk {seen}");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, want.len());
+    }
 
     #[test]
     fn spawn_cookie_round_trips() {

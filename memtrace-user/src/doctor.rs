@@ -133,6 +133,14 @@ pub fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
 
 /// The host checks, judged from `f`.
 pub fn host_checks(f: &HostFacts) -> Vec<Check> {
+    let mut out = kernel_checks(f);
+    out.extend(access_checks(f));
+    out
+}
+
+/// What the kernel offers: its version, BTF, tracefs, the tracepoints and
+/// uprobes.
+fn kernel_checks(f: &HostFacts) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(match kernel_version(&f.kernel) {
         Some(v) if v >= (5, 8) => Check::pass("kernel", format!("{} (5.8 or newer)", f.kernel)),
@@ -208,6 +216,13 @@ pub fn host_checks(f: &HostFacts) -> Vec<Check> {
             )
         });
     }
+    out
+}
+
+/// What this process may do: capabilities, perf_event_paranoid, lockdown,
+/// and the settings that change what it sees (THP, memlock).
+fn access_checks(f: &HostFacts) -> Vec<Check> {
+    let mut out = Vec::new();
     let missing = missing_caps(f.cap_eff);
     out.push(if missing.is_empty() {
         Check::pass(

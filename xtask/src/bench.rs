@@ -353,14 +353,14 @@ pub fn stack_cache(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Resu
          roots that differ only below the top ten frames (alloc-exact), {RUNS} runs each"
     );
     println!(
-        "{:<28} {:>16} {:>22} {:>14}",
-        "stacks", "misattributed", "(min … max)", "timed phase"
+        "{:<28} {:>16} {:>22} {:>14} {:>12}",
+        "stacks", "misattributed", "(min … max)", "timed phase", "collisions"
     );
     for (name, extra) in [
         ("cached (default)", &[][..]),
         ("walked every time", &["--no-stack-cache"][..]),
     ] {
-        let (mut rates, mut times) = (Vec::new(), Vec::new());
+        let (mut rates, mut times, mut collisions) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RUNS {
             let dir = out.join("stack-cache");
             let _ = std::fs::remove_dir_all(&dir);
@@ -383,6 +383,11 @@ pub fn stack_cache(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Resu
             let summary: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
             let [(a_obj, a_bytes), (b_obj, b_bytes)] = roots(&summary);
+            collisions.push(
+                summary["counters"]["fingerprint_collisions"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+            );
             // Under rootA: 64 a + 56 x = bytes, a + x = objects.
             let wrong_in_a = ((64.0 * a_obj - a_bytes) / 8.0).max(0.0);
             let wrong_in_b = ((b_bytes - 56.0 * b_obj) / 8.0).max(0.0);
@@ -395,11 +400,12 @@ pub fn stack_cache(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Resu
         let lo = rates.iter().copied().fold(f64::MAX, f64::min);
         let hi = rates.iter().copied().fold(f64::MIN, f64::max);
         println!(
-            "{:<28} {:>15.2}% {:>22} {:>11.1} ms",
+            "{:<28} {:>15.2}% {:>22} {:>11.1} ms {:>12}",
             name,
             median(&rates),
             format!("({lo:.2} … {hi:.2})"),
-            median(&times) / 1e6
+            median(&times) / 1e6,
+            median(&collisions)
         );
     }
     Ok(())
@@ -814,10 +820,14 @@ pub fn agent(
             ),
         );
     }
-    row(
-        "push failures / dropped / ring drops",
-        format!("{failures} / {dropped} / {ring}"),
-    );
+    if sc.push {
+        row(
+            "push failures / dropped / ring drops",
+            format!("{failures} / {dropped} / {ring}"),
+        );
+    } else {
+        row("ring drops", format!("{ring}"));
+    }
     row("SIGTERM to exit", format!("{stop_secs:.1} s ({status})"));
     Ok(())
 }

@@ -7,7 +7,10 @@
 //! record with the frames defines. A later event whose fingerprint matches
 //! sends only that reference. The entry is inserted after its defining
 //! record is committed, so a reference never reaches user space before its
-//! definition. A stack is walked again every `REWALK_EVERY` reuses.
+//! definition. A remembered stack is walked again on its reuses 1, 2, 4, …
+//! 256 and every 256 after that (`verify_on_use`); a walk that differs
+//! from the remembered frames marks the fingerprint as standing for more
+//! than one stack, and it is walked every time from then on.
 
 pub mod alloc;
 pub mod faults;
@@ -28,8 +31,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use memtrace_common::{
-    Counter, Event, StackField, TargetConfig, TracepointOffsets, COUNTER_COUNT, EVENT_SIZE,
-    MAX_FRAMES, MAX_TARGETS, REWALK_EVERY, RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
+    verify_on_use, Counter, Event, StackField, TargetConfig, TracepointOffsets, COUNTER_COUNT,
+    EVENT_SIZE, MAX_FRAMES, MAX_TARGETS, RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
 };
 
 /// Tracepoint field offsets, set by user space at load from the kernel's
@@ -107,13 +110,19 @@ pub struct Record {
 #[map]
 static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
-/// A remembered stack: its reference and how often it stood in for a walk.
+/// A remembered stack: its reference, how often it stood in for a walk,
+/// and a hash of its frames (to verify it on later walks).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StackRef {
     id: u64,
     uses: u64,
+    hash: u64,
 }
+
+/// `StackRef::uses` of a fingerprint that stood for two different stacks:
+/// it is walked every time from then on.
+const COLLIDED: u64 = u64::MAX;
 
 #[map]
 static STACK_IDS: HashMap<Fingerprint, StackRef> = HashMap::with_max_entries(64 * 1024, 0);
@@ -177,6 +186,19 @@ pub fn emit_now(ev: Event) -> bool {
     send(ev, BPF_RB_FORCE_WAKEUP as u64)
 }
 
+/// FNV-1a over the first `frames` words of `ips`, and their count.
+#[inline(always)]
+fn frames_hash(ips: &[u64; MAX_FRAMES], frames: usize) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ frames as u64;
+    for (i, ip) in ips.iter().enumerate() {
+        if i >= frames {
+            break;
+        }
+        h = (h ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// Return addresses in a [`Fingerprint`]. Deep enough to reach past the
 /// runtime's own frames (e.g. memmove ← copystack ← newstack ← morestack)
 /// to the code that called into them.
@@ -237,20 +259,30 @@ pub fn fingerprint_from(ip: u64, bp: u64, first_ra: u64) -> Option<Fingerprint> 
 
 /// Sends `ev` with the current user stack: a reference when `fp` matches a
 /// remembered stack, else the walked frames inline (defining a reference
-/// when there is a fingerprint to remember it by).
+/// when there is a fingerprint to remember it by). Some matches walk anyway
+/// to verify the remembered stack (see the module docs).
 #[inline(always)]
 pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Fingerprint>) {
+    // The remembered stack this walk verifies (id 0: none).
+    let (mut check_id, mut check_hash) = (0u64, 0u64);
+    let mut collided = false;
     if let Some(words) = fp.as_ref() {
         if let Some(known) = STACK_IDS.get_ptr_mut(words) {
             // SAFETY: map value pointer, valid for this program run.
             let known = unsafe { &mut *known };
-            if known.uses < REWALK_EVERY {
+            if known.uses == COLLIDED {
+                collided = true;
+            } else {
                 known.uses += 1;
-                ev.stack = StackField::Ref.encode();
-                ev.stack_ref = known.id;
-                bump(Counter::StackReuses);
-                emit(ev);
-                return;
+                if !verify_on_use(known.uses) {
+                    ev.stack = StackField::Ref.encode();
+                    ev.stack_ref = known.id;
+                    bump(Counter::StackReuses);
+                    emit(ev);
+                    return;
+                }
+                check_id = known.id;
+                check_hash = known.hash;
             }
         }
     }
@@ -280,8 +312,26 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
         return;
     }
     let frames = ((n as usize) / 8).min(MAX_FRAMES);
+    let hash = frames_hash(&rec.ips, frames);
+    if check_id != 0 {
+        if hash == check_hash {
+            // Verified: the remembered stack stands.
+            ev.stack = StackField::Ref.encode();
+            ev.stack_ref = check_id;
+            emit(ev);
+            return;
+        }
+        if let Some(words) = fp.as_ref() {
+            if let Some(known) = STACK_IDS.get_ptr_mut(words) {
+                // SAFETY: map value pointer, valid for this program run.
+                unsafe { (*known).uses = COLLIDED };
+            }
+        }
+        bump(Counter::FingerprintCollisions);
+        collided = true;
+    }
     ev.stack = StackField::Frames(frames as u32).encode();
-    if fp.is_some() {
+    if fp.is_some() && !collided {
         if let Some(next) = NEXT_REF.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
             let count = unsafe {
@@ -310,6 +360,7 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
         let known = StackRef {
             id: ev.stack_ref,
             uses: 0,
+            hash,
         };
         let _ = STACK_IDS.insert(words, known, 0);
     }

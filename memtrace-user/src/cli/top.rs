@@ -16,10 +16,6 @@ use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
 };
-use ratatui::layout::{Constraint, Layout};
-use ratatui::style::{Modifier, Style};
-use ratatui::text::Line;
-use ratatui::widgets::{Block, Cell, Paragraph, Row as TableRow, Table, TableState};
 
 use crate::engine::host::Procfs;
 use crate::engine::run::{self, Policy, Step};
@@ -28,8 +24,8 @@ use crate::goruntime::GoBinary;
 use crate::kernel::ebpf::Ebpf;
 use crate::kernel::Kernel as _;
 use crate::lens::Lens;
-use crate::render::{human_bytes, FrameMode};
-use crate::top::{self, Row, View};
+use crate::render::FrameMode;
+use crate::top::{self, screen, Row, View};
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
@@ -169,7 +165,9 @@ impl TopPolicy {
         let selected = self.selected;
         let status = self.status.clone();
         if let Some(tui) = self.tui.as_mut() {
-            let r = tui.terminal.draw(|f| draw(f, &view, selected, &status));
+            let r = tui
+                .terminal
+                .draw(|f| screen::draw(f, &view, selected, &status));
             if let Err(e) = r {
                 self.status = format!("drawing failed: {e}");
             }
@@ -245,123 +243,6 @@ impl Policy<Ebpf, Procfs> for TopPolicy {
         }
         Step::Continue
     }
-}
-
-fn draw(f: &mut ratatui::Frame<'_>, view: &View, selected: usize, status: &str) {
-    let [head, table, stacks, foot] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length((view.rows.len() as u16 + 3).min(12)),
-        Constraint::Min(4),
-        Constraint::Length(1),
-    ])
-    .areas(f.area());
-    let lenses: Vec<String> = view
-        .lenses
-        .iter()
-        .map(|l| {
-            if *l == view.lens {
-                format!("[{}]", l.name())
-            } else {
-                l.name().to_string()
-            }
-        })
-        .collect();
-    f.render_widget(
-        Paragraph::new(Line::from(format!(
-            "memtrace top  {:.0} s  lens {} (Tab)  every {} s  {} events, {} dropped  q quit · s save · ↑↓ select",
-            view.elapsed,
-            lenses.join(" "),
-            view.interval,
-            view.events,
-            view.drops
-        )))
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-        head,
-    );
-    let header = TableRow::new(
-        [
-            "PID",
-            "EXE",
-            "RSS",
-            "TREND",
-            "RATE",
-            "NET",
-            "GOROUTINES",
-            "GC",
-        ]
-        .map(|h| Cell::from(h).style(Style::new().add_modifier(Modifier::BOLD))),
-    );
-    let rows: Vec<TableRow<'_>> = view
-        .rows
-        .iter()
-        .map(|r| {
-            let name = match &r.exited {
-                Some(e) => format!("{} [{e}]", r.name),
-                None => r.name.clone(),
-            };
-            TableRow::new(vec![
-                Cell::from(r.pid.to_string()),
-                Cell::from(name),
-                Cell::from(human_bytes(r.rss())),
-                Cell::from(top::sparkline(&r.history, 24)),
-                Cell::from(top::rate(r.rate)),
-                Cell::from(top::signed_bytes(r.net)),
-                Cell::from(r.goroutines.map_or("-".into(), |g| g.to_string())),
-                Cell::from(top::gc(r)),
-            ])
-        })
-        .collect();
-    let widths = [
-        Constraint::Length(8),
-        Constraint::Min(12),
-        Constraint::Length(11),
-        Constraint::Length(25),
-        Constraint::Length(14),
-        Constraint::Length(12),
-        Constraint::Length(11),
-        Constraint::Length(24),
-    ];
-    let mut state = TableState::default().with_selected(Some(selected));
-    f.render_stateful_widget(
-        Table::new(rows, widths)
-            .header(header)
-            .block(Block::bordered().title(" Processes "))
-            .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED)),
-        table,
-        &mut state,
-    );
-    let (title, lines) = match view.rows.get(selected) {
-        Some(r) => (
-            format!(
-                " Top {} stacks since start: pid {} ({}), total {} ",
-                view.lens.name(),
-                r.pid,
-                r.name,
-                top::amount(view.lens, r.total)
-            ),
-            if r.top.is_empty() {
-                vec![Line::from("  nothing yet")]
-            } else {
-                r.top
-                    .iter()
-                    .map(|t| {
-                        Line::from(format!(
-                            "{:>11} {:>6.1}%  {}",
-                            top::amount(view.lens, t.value),
-                            t.share * 100.0,
-                            t.place()
-                        ))
-                    })
-                    .collect()
-            },
-        ),
-        None => (" Top stacks ".to_string(), vec![]),
-    };
-    f.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(title)),
-        stacks,
-    );
-    f.render_widget(Paragraph::new(Line::from(status.to_string())), foot);
 }
 
 /// Every running Go process but memtrace, each binary parsed once.

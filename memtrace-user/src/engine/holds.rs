@@ -53,10 +53,11 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         }
     }
 
-    /// Reads a live target's final state: a last RSS point, the memory
-    /// profile, where its memory sits and its goroutines' stacks.
+    /// Reads a live target's final state: its mappings, a last RSS point,
+    /// the memory profile, where its memory sits and its goroutines' stacks.
     pub(super) fn capture(&mut self, t: &mut Target) {
         let secs = self.window_secs();
+        t.refresh_maps(&self.host);
         t.sample(&self.host, secs);
         if let Some(p) = t.profile.as_mut() {
             if let Ok(mem) = self.host.memory(t.pid) {

@@ -244,6 +244,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             ringbuf_drops: k.ringbuf_drops,
             stack_errors: k.stack_errors,
             stack_reuses: k.stack_reuses,
+            fingerprint_collisions: k.fingerprint_collisions,
             lost_stacks: self.resolver.lost_stacks,
             capped_stacks: self.resolver.stacks.capped,
             distinct_stacks: self.resolver.stacks.len() as u64,

@@ -1,7 +1,7 @@
 //! The engine's clock work: each tick notices targets that ended (exit,
 //! signal, or an exec into another program) and retires them; each second
-//! samples VmRSS, starts and polls the runtime's memory profile, and counts
-//! live goroutines.
+//! samples VmRSS, rereads mappings, starts and polls the runtime's memory
+//! profile, and counts live goroutines.
 
 use std::time::{Duration, Instant};
 
@@ -11,11 +11,21 @@ use crate::lens::rss::Thp;
 
 impl<K: Kernel, H: Host> Engine<K, H> {
     /// Every ~100 ms: notices exited targets (retiring them), and once a
-    /// second samples RSS, the memory profile and live goroutines. Returns
-    /// the targets that exited since the last call.
+    /// second samples RSS, the memory profile and live goroutines and
+    /// rereads mappings. Returns the targets that exited since the last call.
+    ///
+    /// With discovery on, exits and execs arrive as tracepoint events, so
+    /// the polling here is a once-a-second fallback: /proc reads for
+    /// hundreds of targets ten times a second were most of the agent's CPU.
     pub fn tick(&mut self) -> Vec<u32> {
+        let second = self.clock.last_second.elapsed() >= Duration::from_secs(1);
         let mut exited = Vec::new();
-        for t in self.targets.values_mut().filter(|t| t.exit.is_none()) {
+        let poll = !self.opts.discovery || second;
+        for t in self
+            .targets
+            .values_mut()
+            .filter(|t| poll && t.exit.is_none())
+        {
             let exit = if t.launched {
                 self.host
                     .reap(t.pid)
@@ -37,24 +47,15 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                     ..Exit::default()
                 })
             });
-            match exit {
-                Some(e) => {
-                    t.exit = Some(e);
-                    exited.push(t.pid);
-                }
-                // Keep mappings current (new shared objects), once read.
-                None if t.image.maps.is_some() => {
-                    if let Some(m) = self.host.maps(t.pid) {
-                        t.image.maps = Some(m);
-                    }
-                }
-                None => {}
+            if let Some(e) = exit {
+                t.exit = Some(e);
+                exited.push(t.pid);
             }
         }
         for &pid in &exited {
             self.retire(pid);
         }
-        if self.clock.last_second.elapsed() >= Duration::from_secs(1) {
+        if second {
             self.clock.last_second = Instant::now();
             self.every_second();
         }
@@ -72,6 +73,12 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 continue;
             };
             t.sample(&self.host, secs);
+            // Keep mappings current (new shared objects), once read.
+            if t.image.maps.is_some() {
+                if let Some(m) = self.host.maps(pid) {
+                    t.image.maps = Some(m);
+                }
+            }
             if t.launched && !(self.opts.holds && t.bin.holds.is_ok()) {
                 // Without a start hold, sampling starts once it runs its program.
                 if let Err(e) = self.start_profile(&mut t, false) {

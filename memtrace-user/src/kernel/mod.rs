@@ -72,6 +72,7 @@ pub struct KernelCounters {
     pub stack_reuses: u64,
     pub alloc_hits: u64,
     pub hold_failures: u64,
+    pub fingerprint_collisions: u64,
 }
 
 impl KernelCounters {
@@ -83,6 +84,7 @@ impl KernelCounters {
             stack_reuses: v[Counter::StackReuses as usize],
             alloc_hits: v[Counter::AllocHits as usize],
             hold_failures: v[Counter::HoldFailures as usize],
+            fingerprint_collisions: v[Counter::FingerprintCollisions as usize],
         }
     }
 }

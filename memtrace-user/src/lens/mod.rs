@@ -119,7 +119,7 @@ impl Lens {
                 name: "goroutines",
                 unit: "goroutines",
                 question: "which creation sites hold live goroutines (leaks)",
-                cost: "three uprobes per goroutine (~40x on pure goroutine churn; nothing between goroutine starts)",
+                cost: "two uprobes per goroutine, three without DWARF (~32x on pure goroutine churn; nothing between goroutine starts)",
                 tracepoints: &[],
                 probes: Probes {
                     goroutines: true,

@@ -98,6 +98,9 @@ pub struct Counters {
     pub stack_errors: u64,
     /// Stack walks the kernel skipped because the thread's stack top matched.
     pub stack_reuses: u64,
+    /// Stack fingerprints found to stand for more than one stack (by a
+    /// verifying walk); those stacks are walked every time from then on.
+    pub fingerprint_collisions: u64,
     /// "Same stack" events whose earlier stack was lost (kept, named).
     pub lost_stacks: u64,
     /// Distinct stacks seen.
