@@ -186,14 +186,15 @@ pub fn emit_now(ev: Event) -> bool {
     send(ev, BPF_RB_FORCE_WAKEUP as u64)
 }
 
-/// FNV-1a over the first `frames` words of `ips`, and their count.
+/// FNV-1a over `ips` and the frame count. `bpf_get_stack` zeroes the
+/// buffer past the frames it wrote (its buffer argument is uninitialised
+/// memory it must fill), so every word is hashed without a branch on
+/// `frames`: a branch per word made the verifier walk the rest of
+/// `emit_with_stack` once per possible count, seconds of load time.
 #[inline(always)]
 fn frames_hash(ips: &[u64; MAX_FRAMES], frames: usize) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ frames as u64;
-    for (i, ip) in ips.iter().enumerate() {
-        if i >= frames {
-            break;
-        }
+    for ip in ips {
         h = (h ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
