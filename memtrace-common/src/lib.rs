@@ -437,7 +437,7 @@ pub const REWALK_EVERY: u64 = 256;
 /// [`REWALK_EVERY`] reuses, so a stable stack costs one walk in 256.
 #[inline(always)]
 pub const fn verify_on_use(n: u64) -> bool {
-    n != 0 && ((n <= REWALK_EVERY && n & (n - 1) == 0) || n % REWALK_EVERY == 0)
+    n != 0 && ((n <= REWALK_EVERY && n.is_power_of_two()) || n.is_multiple_of(REWALK_EVERY))
 }
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RINGBUF_BYTES: u32 = 16 * 1024 * 1024;

@@ -96,7 +96,7 @@ impl Lens {
                 name: "alloc-exact",
                 unit: "bytes",
                 question: "every Go heap allocation, exactly counted by stack",
-                cost: "a uprobe per allocation (10-24 us each): ~60x on an allocation-heavy loop, a debugging mode",
+                cost: "a uprobe per allocation (10-24 us each): 60-180x on a loop that only allocates, a debugging mode",
                 tracepoints: &[],
                 probes: Probes {
                     allocs: true,
