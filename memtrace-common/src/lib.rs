@@ -459,6 +459,7 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn verification_walks_thin_out() {
@@ -493,8 +494,6 @@ mod tests {
         }
         assert_eq!(SpawnCookie::decode(0x128).gopc, 0);
     }
-
-    use super::*;
 
     #[test]
     fn kind_round_trips() {
