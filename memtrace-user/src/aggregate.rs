@@ -79,6 +79,9 @@ impl Aggregator {
     pub fn apply(&mut self, r: &Resolved) {
         self.events += 1;
         let (key, pid) = (r.key, r.key.0);
+        if let Some(rss) = self.rss.as_mut() {
+            rss.now_ns = r.ts;
+        }
         match r.op {
             Op::Alloc { size } => {
                 if let Some(a) = self.alloc_exact.as_mut() {
@@ -108,6 +111,11 @@ impl Aggregator {
                         rss.fault(key, page);
                         page += PAGE;
                     }
+                }
+            }
+            Op::FaultRun(run) => {
+                if let Some(rss) = self.rss.as_mut() {
+                    rss.fault_run(key, run);
                 }
             }
             Op::Madvise { addr, len, advice } => {

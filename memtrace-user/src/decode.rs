@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use memtrace_common::{Event, EventKind, HoldPoint, StackField, EVENT_SIZE};
 
+use crate::lens::rss::Run;
 use crate::stack::{Stack, StackKey, StackTable};
 
 /// What happened, with its arguments.
@@ -32,6 +33,9 @@ pub enum Op {
         addr: u64,
         len: u64,
     },
+    /// Faults the kernel merged into a run (the run ended, or is read in
+    /// progress).
+    FaultRun(Run),
     Madvise {
         addr: u64,
         len: u64,
@@ -86,6 +90,8 @@ pub enum Op {
 pub struct Resolved {
     pub key: StackKey,
     pub op: Op,
+    /// When it happened (monotonic ns; 0 for records read from maps).
+    pub ts: u64,
 }
 
 /// Why a record could not be decoded.
@@ -191,6 +197,11 @@ impl Resolver {
 
     /// Like [`Resolver::feed`], for a header already decoded.
     pub fn feed_event(&mut self, kind: EventKind, ev: Event, frames: Vec<u64>) -> Option<Resolved> {
+        // A run read in progress whose first record is still on its way
+        // (it is read again, or sent when it ends).
+        if kind == EventKind::FaultRunSoFar && !self.refs.contains_key(&ev.stack_ref) {
+            return None;
+        }
         let key = self.key(&ev, frames);
         let op = match kind {
             EventKind::Alloc => Op::Alloc { size: ev.size },
@@ -202,6 +213,14 @@ impl Resolver {
                 addr: ev.addr,
                 len: ev.size,
             },
+            EventKind::FaultRun | EventKind::FaultRunSoFar => Op::FaultRun(Run {
+                tid: ev.tid,
+                first: ev.addr,
+                stride: ev.run_stride(),
+                count: ev.size,
+                start_ns: ev.run_start_ns(),
+                ended: kind == EventKind::FaultRun,
+            }),
             EventKind::Madvise => Op::Madvise {
                 addr: ev.addr,
                 len: ev.size,
@@ -248,10 +267,15 @@ impl Resolver {
                         g: ev.addr,
                         start_pc: ev.start_pc(),
                     },
+                    ts: ev.ts_ns,
                 });
             }
         };
-        Some(Resolved { key, op })
+        Some(Resolved {
+            key,
+            op,
+            ts: ev.ts_ns,
+        })
     }
 
     /// An exit record with its thread's pending enter.
@@ -294,11 +318,15 @@ impl Resolver {
             ),
             _ => (key, Op::Brk { result: ev.addr }),
         };
-        Some(Resolved { key, op })
+        Some(Resolved {
+            key,
+            op,
+            ts: ev.ts_ns,
+        })
     }
 }
 
-#[cfg(test)]
+/// A record's bytes: the header, then `frames` (what the probes send).
 pub fn encode(ev: &Event, frames: &[u64]) -> Vec<u8> {
     // SAFETY: Event is repr(C) without padding.
     let mut b =
@@ -318,6 +346,40 @@ mod tests {
         ev.stack = stack.encode();
         ev.stack_ref = stack_ref;
         ev
+    }
+
+    #[test]
+    fn a_run_read_before_its_first_page_arrived_waits() {
+        let run = memtrace_common::FaultRun {
+            tgid: 7,
+            first: 0x7000,
+            stride: 4096,
+            count: 3,
+            stack_ref: 5,
+            start_ns: 11,
+            ..Default::default()
+        };
+        let mut r = Resolver::default();
+        let so_far = Event::fault_run(EventKind::FaultRunSoFar, 8, &run);
+        assert_eq!(r.feed(&encode(&so_far, &[])), None);
+        assert_eq!(r.lost_stacks, 0, "not lost: read again later");
+        // The first page defines the reference; then the run resolves.
+        let first = with_stack(Event::fault(7, 8, 0x7000, 4096), StackField::Frames(1), 5);
+        let f = r.feed(&encode(&first, &[0x401000])).unwrap();
+        let ended = Event::fault_run(EventKind::FaultRun, 8, &run);
+        let got = r.feed(&encode(&ended, &[])).unwrap();
+        assert_eq!(got.key, f.key);
+        assert_eq!(
+            got.op,
+            Op::FaultRun(Run {
+                tid: 8,
+                first: 0x7000,
+                stride: 4096,
+                count: 3,
+                start_ns: 11,
+                ended: true,
+            })
+        );
     }
 
     #[test]

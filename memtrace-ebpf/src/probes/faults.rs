@@ -1,14 +1,33 @@
 //! Page faults: the moments pages become resident. Their cost scales with
 //! new resident pages, not with allocations. Raw tracepoints skip the
 //! formatting work of classic ones.
+//!
+//! A program touching fresh memory faults page after page from one
+//! instruction in one frame (a loop filling a buffer, the runtime
+//! initializing spans). Reading the stack and sending a record for each
+//! was most of the lens's cost, so such faults are merged per thread into a
+//! [`FaultRun`]: the first page goes out with its stack, the next ones
+//! only count in `FAULT_RUNS` until the run ends, and then go out as one
+//! `FaultRun` record. A run ends on a fault that does not extend it (see
+//! [`FaultRun::extends`]), after [`FAULT_RUN_MAX`] pages, and at the
+//! thread's exit or exec; user space also reads runs in progress (each
+//! second and at every report), so nothing waits there for long. A release
+//! syscall anywhere bumps the release generation and so ends every run at
+//! its next fault: pages of a run all faulted before any release sent after
+//! its start, which is how user space orders the two.
+//!
+//! [`FAULT_RUN_MAX`]: memtrace_common::FAULT_RUN_MAX
 
 use aya_ebpf::{
-    bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    bindings::pt_regs,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::HashMap,
+    programs::{RawTracePointContext, TracePointContext},
 };
-use memtrace_common::Event;
+use memtrace_common::{Counter, Event, EventKind, FaultRun, FaultRuns, FAULT_RUN_SLOTS};
 
-use super::{current_target, emit_with_stack, fingerprint};
+use super::{bump, current_target, emit, emit_with_stack, fingerprint, release_gen};
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
 //   TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)
@@ -16,6 +35,129 @@ const PAGE_MASK: u64 = !0xfff;
 /// Top of the x86-64 user address space (4-level paging; 5-level is larger
 /// but user mappings above it need an explicit opt-in hint).
 const USER_TOP: u64 = 0x0000_8000_0000_0000;
+
+/// Runs in progress, per thread (tid). Entries go at the thread's exit,
+/// and user space removes a retired target's.
+#[map]
+pub static FAULT_RUNS: HashMap<u32, FaultRuns> = HashMap::with_max_entries(32 * 1024, 0);
+
+/// The value a thread's entry starts from (a map value may not come from
+/// the 512-byte program stack alongside the registers).
+static NO_RUNS: FaultRuns = FaultRuns {
+    runs: [EMPTY_RUN; FAULT_RUN_SLOTS],
+    used: [0; FAULT_RUN_SLOTS],
+    clock: 0,
+};
+const EMPTY_RUN: FaultRun = FaultRun {
+    tgid: 0,
+    seq: 0,
+    ip: 0,
+    bp: 0,
+    caller_bp: 0,
+    ra: 0,
+    first: 0,
+    last: 0,
+    stride: 0,
+    count: 0,
+    stack_ref: 0,
+    start_ns: 0,
+    gen: 0,
+};
+
+/// Sends what `run` merged, if anything.
+#[inline(always)]
+fn send_run(tid: u32, run: &FaultRun) {
+    if run.stack_ref != 0 && run.count != 0 {
+        emit(Event::fault_run(EventKind::FaultRun, tid, run));
+    }
+}
+
+/// Ends the current thread's runs: sends them and drops its entry.
+#[inline(always)]
+fn end_runs(tid: u32) {
+    if let Some(runs) = FAULT_RUNS.get_ptr(tid) {
+        // SAFETY: map value pointer, valid for this program run.
+        let runs = unsafe { &*runs };
+        for run in &runs.runs {
+            send_run(tid, run);
+        }
+        let _ = FAULT_RUNS.remove(tid);
+    }
+}
+
+/// A user-mode fault at `page` by the frame `[ip, bp, caller's bp, return
+/// address]`: merged into one of the thread's runs, or sent with its stack
+/// (and made the first page of a new run).
+#[inline(always)]
+fn user_fault(ctx: &RawTracePointContext, tgid: u32, tid: u32, page: u64, frame: [u64; 4]) {
+    let gen = release_gen();
+    let runs = match FAULT_RUNS.get_ptr_mut(tid) {
+        Some(p) => Some(p),
+        None => {
+            // By reference: by value, the 456 bytes would go on the stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = FAULT_RUNS.insert(tid, &NO_RUNS, 0);
+            FAULT_RUNS.get_ptr_mut(tid)
+        }
+    };
+    let ev = Event::fault(tgid, tid, page, 4096);
+    let Some(runs) = runs else {
+        emit_with_stack(ctx, ev, fingerprint(frame[0], frame[1]));
+        return;
+    };
+    // SAFETY: map value pointer, valid for this program run; only this
+    // thread writes its entry, and a thread runs on one CPU at a time.
+    let runs = unsafe { &mut *runs };
+    runs.clock += 1;
+    let clock = runs.clock;
+    // A new run goes in the slot of the same frame if there is one, else
+    // in the one used least recently.
+    let (mut same, mut oldest) = (FAULT_RUN_SLOTS, 0);
+    for i in 0..FAULT_RUN_SLOTS {
+        let run = &mut runs.runs[i];
+        if run.tgid == tgid && run.extends(&frame, page, gen) {
+            run.seq = run.seq.wrapping_add(1);
+            run.stride = page.wrapping_sub(run.last);
+            run.last = page;
+            run.count += 1;
+            run.seq = run.seq.wrapping_add(1);
+            runs.used[i] = clock;
+            bump(Counter::FaultsMerged);
+            return;
+        }
+        if run.ip == frame[0] && run.bp == frame[1] {
+            same = i;
+        }
+        if runs.used[i] < runs.used[oldest] {
+            oldest = i;
+        }
+    }
+    let i = if same < FAULT_RUN_SLOTS { same } else { oldest };
+    runs.used[i] = clock;
+    let run = &mut runs.runs[i];
+    send_run(tid, run);
+    let seq = run.seq.wrapping_add(1);
+    run.seq = seq;
+    run.stack_ref = 0;
+    let stack_ref = emit_with_stack(ctx, ev, fingerprint(frame[0], frame[1]));
+    *run = FaultRun {
+        tgid,
+        seq,
+        ip: frame[0],
+        bp: frame[1],
+        caller_bp: frame[2],
+        ra: frame[3],
+        first: page,
+        last: page,
+        stride: 0,
+        count: 0,
+        stack_ref,
+        // SAFETY: helper without preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        gen,
+    };
+    run.seq = seq.wrapping_add(1);
+}
 
 #[inline(always)]
 fn fault(ctx: &RawTracePointContext, user_mode: bool) {
@@ -26,18 +168,28 @@ fn fault(ctx: &RawTracePointContext, user_mode: bool) {
     if addr == 0 || addr >= USER_TOP {
         return;
     }
+    let page = addr & PAGE_MASK;
     // In a user-mode fault `regs` are the user's: fingerprint them. A
     // kernel-mode fault's are the kernel's, so walk the user stack instead.
-    let fp = if user_mode {
+    if user_mode {
         let regs: *const pt_regs = ctx.arg(1);
         // SAFETY: `regs` is the kernel's pointer to the faulting registers.
-        unsafe { bpf_probe_read_kernel(regs) }
-            .ok()
-            .and_then(|r| fingerprint(r.rip, r.rbp))
-    } else {
-        None
-    };
-    emit_with_stack(ctx, Event::fault(tgid, tid, addr & PAGE_MASK, 4096), fp);
+        if let Ok(r) = unsafe { bpf_probe_read_kernel(regs) } {
+            let caller = if r.rbp != 0 {
+                // SAFETY: bpf_probe_read_user tolerates any address.
+                unsafe { bpf_probe_read_user(r.rbp as *const [u64; 2]) }.ok()
+            } else {
+                None
+            };
+            if let Some([caller_bp, ra]) = caller {
+                user_fault(ctx, tgid, tid, page, [r.rip, r.rbp, caller_bp, ra]);
+            } else {
+                emit_with_stack(ctx, Event::fault(tgid, tid, page, 4096), None);
+            }
+            return;
+        }
+    }
+    emit_with_stack(ctx, Event::fault(tgid, tid, page, 4096), None);
 }
 
 #[raw_tracepoint(tracepoint = "page_fault_user")]
@@ -51,5 +203,23 @@ pub fn fault_user(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn fault_kernel(ctx: RawTracePointContext) -> i32 {
     fault(&ctx, false);
+    0
+}
+
+/// `sched:sched_process_exit`, for every thread of a target: its runs end.
+#[tracepoint]
+pub fn fault_runs_exit(_ctx: TracePointContext) -> u32 {
+    if let Some((_, tid)) = current_target() {
+        end_runs(tid);
+    }
+    0
+}
+
+/// `sched:sched_process_exec`: the thread's runs were in the old program.
+#[tracepoint]
+pub fn fault_runs_exec(_ctx: TracePointContext) -> u32 {
+    if let Some((_, tid)) = current_target() {
+        end_runs(tid);
+    }
     0
 }

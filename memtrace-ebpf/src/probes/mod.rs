@@ -27,7 +27,7 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     EbpfContext,
 };
 use memtrace_common::{
@@ -126,6 +126,32 @@ const COLLIDED: u64 = u64::MAX;
 
 #[map]
 static STACK_IDS: HashMap<Fingerprint, StackRef> = HashMap::with_max_entries(64 * 1024, 0);
+
+/// The release generation: bumped by every release syscall (munmap,
+/// madvise, mremap, brk, mmap) of a target, so that a run of merged faults
+/// never spans one (see `faults.rs`).
+#[map]
+static RELEASE_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The current release generation.
+#[inline(always)]
+pub fn release_gen() -> u64 {
+    match RELEASE_GEN.get_ptr(0) {
+        // SAFETY: map value pointer; another CPU may bump it concurrently.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
+}
+
+/// A release syscall was sent: runs of merged faults begun before it end.
+/// (Concurrent bumps may count once; the generation still changes.)
+#[inline(always)]
+pub fn bump_release_gen() {
+    if let Some(p) = RELEASE_GEN.get_ptr_mut(0) {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p).wrapping_add(1)) };
+    }
+}
 
 /// Per-CPU counter for new references (the CPU number goes in the top bits).
 #[map]
@@ -261,9 +287,10 @@ pub fn fingerprint_from(ip: u64, bp: u64, first_ra: u64) -> Option<Fingerprint> 
 /// Sends `ev` with the current user stack: a reference when `fp` matches a
 /// remembered stack, else the walked frames inline (defining a reference
 /// when there is a fingerprint to remember it by). Some matches walk anyway
-/// to verify the remembered stack (see the module docs).
+/// to verify the remembered stack (see the module docs). Returns the
+/// reference the record used or defined (0: none, or not sent).
 #[inline(always)]
-pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Fingerprint>) {
+pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Fingerprint>) -> u64 {
     // The remembered stack this walk verifies (id 0: none).
     let (mut check_id, mut check_hash) = (0u64, 0u64);
     let mut collided = false;
@@ -279,8 +306,7 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
                     ev.stack = StackField::Ref.encode();
                     ev.stack_ref = known.id;
                     bump(Counter::StackReuses);
-                    emit(ev);
-                    return;
+                    return if emit(ev) { known.id } else { 0 };
                 }
                 check_id = known.id;
                 check_hash = known.hash;
@@ -288,7 +314,7 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
         }
     }
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
-        return;
+        return 0;
     };
     // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
     let rec = unsafe { &mut *rec };
@@ -310,7 +336,7 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
         };
         ev.stack = StackField::Error(errno).encode();
         emit(ev);
-        return;
+        return 0;
     }
     let frames = ((n as usize) / 8).min(MAX_FRAMES);
     let hash = frames_hash(&rec.ips, frames);
@@ -319,8 +345,7 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
             // Verified: the remembered stack stands.
             ev.stack = StackField::Ref.encode();
             ev.stack_ref = check_id;
-            emit(ev);
-            return;
+            return if emit(ev) { check_id } else { 0 };
         }
         if let Some(words) = fp.as_ref() {
             if let Some(known) = STACK_IDS.get_ptr_mut(words) {
@@ -349,13 +374,13 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
     rec.ev = ev;
     let len = EVENT_SIZE + frames * 8;
     if len > core::mem::size_of::<Record>() {
-        return;
+        return 0;
     }
     // SAFETY: `len` bytes of `rec` are initialised (header plus `frames`).
     let bytes = unsafe { core::slice::from_raw_parts((rec as *const Record).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, wake_flags()).is_err() {
         bump(Counter::RingbufDrops);
-        return;
+        return 0;
     }
     if let (Some(words), true) = (fp.as_ref(), ev.stack_ref != 0) {
         let known = StackRef {
@@ -365,4 +390,5 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
         };
         let _ = STACK_IDS.insert(words, known, 0);
     }
+    ev.stack_ref
 }

@@ -11,7 +11,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memtrace_common::{Event, EventKind};
 
-use super::{current_target, emit, emit_with_stack, tp_offsets};
+use super::{bump_release_gen, current_target, emit, emit_with_stack, tp_offsets};
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
@@ -49,6 +49,7 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
         arg(&ctx, 3) as u32,
     );
     emit_with_stack(&ctx, ev, None);
+    bump_release_gen();
     0
 }
 
@@ -68,6 +69,7 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
         Event::munmap(tgid, tid, arg(&ctx, 0), arg(&ctx, 1)),
         None,
     );
+    bump_release_gen();
     0
 }
 
@@ -79,6 +81,7 @@ pub fn madvise_enter(ctx: TracePointContext) -> u32 {
     };
     let ev = Event::madvise(tgid, tid, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2) as u32);
     emit_with_stack(&ctx, ev, None);
+    bump_release_gen();
     0
 }
 
@@ -90,6 +93,7 @@ pub fn mremap_enter(ctx: TracePointContext) -> u32 {
     };
     let ev = Event::mremap_enter(tgid, tid, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
     emit_with_stack(&ctx, ev, None);
+    bump_release_gen();
     0
 }
 
@@ -105,6 +109,7 @@ pub fn brk_enter(ctx: TracePointContext) -> u32 {
         return 0;
     };
     emit_with_stack(&ctx, Event::brk_enter(tgid, tid, arg(&ctx, 0)), None);
+    bump_release_gen();
     0
 }
 

@@ -82,6 +82,8 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         }
         self.drain();
         let pids: Vec<u32> = self.targets.keys().copied().collect();
+        self.collect_fault_runs(&pids);
+        let pids: Vec<u32> = self.targets.keys().copied().collect();
         for pid in pids {
             let Some(mut t) = self.targets.remove(&pid) else {
                 continue;

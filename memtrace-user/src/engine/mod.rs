@@ -487,6 +487,27 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         if let Some(links) = self.probes.leave(t.probe_key, pid) {
             self.kernel.detach(links);
         }
+        self.collect_fault_runs(&[pid]);
+    }
+
+    /// Counts the pages of runs of merged faults still in the kernel (see
+    /// [`Kernel::fault_runs`]): each second, at each report, and when a
+    /// target is retired (whose runs are then dropped from the kernel).
+    pub fn collect_fault_runs(&mut self, retired: &[u32]) {
+        if self.agg.rss.is_none() {
+            return;
+        }
+        let Engine {
+            kernel,
+            resolver,
+            agg,
+            ..
+        } = self;
+        kernel.fault_runs(retired, &mut |bytes| {
+            if let Some(r) = resolver.feed(bytes) {
+                agg.apply(&r);
+            }
+        });
     }
 
     /// Retires `pid` and drops everything gathered about it.

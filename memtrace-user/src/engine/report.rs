@@ -53,6 +53,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     /// The report of the current window for `pids` (every process when
     /// `None`); `ended_by` says what ended the window.
     pub fn report(&mut self, pids: Option<&[u32]>, ended_by: &str) -> Report {
+        self.collect_fault_runs(&[]);
         let pids: Vec<u32> = match pids {
             Some(p) => p
                 .iter()
@@ -245,6 +246,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             stack_errors: k.stack_errors,
             stack_reuses: k.stack_reuses,
             fingerprint_collisions: k.fingerprint_collisions,
+            faults_merged: k.faults_merged,
             lost_stacks: self.resolver.lost_stacks,
             capped_stacks: self.resolver.stacks.capped,
             distinct_stacks: self.resolver.stacks.len() as u64,

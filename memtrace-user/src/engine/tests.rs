@@ -147,6 +147,45 @@ fn a_target_that_exits_is_noticed_retired_and_kept_for_the_report() {
 }
 
 #[test]
+fn runs_still_in_the_kernel_are_counted_at_the_report_and_dropped_with_their_target() {
+    let mut e = engine(&[Lens::Rss], false);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    let mut first = Event::fault(10, 10, 0x10000, 4096);
+    first.stack_ref = 5;
+    e.kernel.records.push_back(record(first, &[0x401000]));
+    e.drain();
+    let run = memtrace_common::FaultRun {
+        tgid: 10,
+        first: 0x10000,
+        stride: 4096,
+        count: 3,
+        stack_ref: 5,
+        start_ns: 1,
+        ..Default::default()
+    };
+    let so_far = Event::fault_run(EventKind::FaultRunSoFar, 10, &run);
+    e.kernel.runs.push((10, encode(&so_far, &[])));
+    let r = e.report(None, "duration");
+    assert_eq!(
+        r.summary.lenses["rss"].total,
+        4 * 4096,
+        "the first page and three merged"
+    );
+    e.host.alive.borrow_mut().remove(&10);
+    assert_eq!(e.tick(), vec![10]);
+    assert!(
+        e.kernel.runs.is_empty(),
+        "a retired target's runs leave the kernel"
+    );
+    let r = e.report(None, "every target exited");
+    assert_eq!(
+        r.summary.lenses["rss"].total,
+        4 * 4096,
+        "and are not counted twice"
+    );
+}
+
+#[test]
 fn a_window_rotation_restarts_rss_and_keeps_live_goroutines() {
     let mut e = engine(&[Lens::Rss, Lens::Goroutines], true);
     add(&mut e, 10, (1, 7), "/srv/app");

@@ -66,6 +66,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     }
 
     fn every_second(&mut self) {
+        self.collect_fault_runs(&[]);
         let secs = self.window_secs();
         let pids = self.live_pids();
         for pid in pids {

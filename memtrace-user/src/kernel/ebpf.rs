@@ -14,7 +14,7 @@ use aya::{
     },
     EbpfLoader,
 };
-use memtrace_common::{TargetConfig, COUNTER_COUNT};
+use memtrace_common::{Event, EventKind, FaultRuns, TargetConfig, COUNTER_COUNT};
 
 use super::{format, Kernel, KernelCounters, KernelError, Probes, Scope, Tracepoint};
 use crate::goruntime::{GoBinary, ProbePoint};
@@ -55,6 +55,7 @@ pub struct Ebpf {
     targets: BpfHashMap<MapData, u32, TargetConfig>,
     counters: PerCpuArray<MapData, u64>,
     ring: RingBuf<MapData>,
+    fault_runs: BpfHashMap<MapData, u32, FaultRuns>,
     /// Uprobe attachments alive.
     pub uprobes: usize,
 }
@@ -87,11 +88,14 @@ impl Ebpf {
         let targets = BpfHashMap::try_from(take("TARGETS")?).map_err(map_err("TARGETS"))?;
         let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(map_err("COUNTERS"))?;
         let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS"))?;
+        let fault_runs =
+            BpfHashMap::try_from(take("FAULT_RUNS")?).map_err(map_err("FAULT_RUNS"))?;
         let mut k = Self {
             ebpf,
             targets,
             counters,
             ring,
+            fault_runs,
             uprobes: 0,
         };
         let mut tps = tracepoints.to_vec();
@@ -290,5 +294,26 @@ impl Kernel for Ebpf {
 
     fn ready_fd(&self) -> Option<OwnedFd> {
         self.ring.as_fd().try_clone_to_owned().ok()
+    }
+
+    fn fault_runs(&mut self, retired: &[u32], sink: &mut dyn FnMut(&[u8])) {
+        let tids: Vec<u32> = self.fault_runs.keys().filter_map(Result::ok).collect();
+        for tid in tids {
+            // Read twice: a run read while its thread rewrites it (odd
+            // sequence, or two reads that differ) waits for the next read.
+            let (Ok(a), Ok(b)) = (self.fault_runs.get(&tid, 0), self.fault_runs.get(&tid, 0))
+            else {
+                continue;
+            };
+            for (ra, rb) in a.runs.iter().zip(&b.runs) {
+                if ra == rb && ra.seq % 2 == 0 && ra.stack_ref != 0 && ra.count != 0 {
+                    let ev = Event::fault_run(EventKind::FaultRunSoFar, tid, ra);
+                    sink(&crate::decode::encode(&ev, &[]));
+                }
+            }
+            if a.runs.iter().any(|r| retired.contains(&r.tgid)) {
+                let _ = self.fault_runs.remove(&tid);
+            }
+        }
     }
 }

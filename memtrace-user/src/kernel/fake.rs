@@ -20,6 +20,8 @@ pub struct FakeKernel {
     pub counters: KernelCounters,
     /// Binaries whose attach fails.
     pub refuse: Vec<PathBuf>,
+    /// Runs of merged faults in progress: (tgid, record).
+    pub runs: Vec<(u32, Vec<u8>)>,
 }
 
 /// The links of one fake attachment: the path, so a detach can be checked.
@@ -77,5 +79,12 @@ impl Kernel for FakeKernel {
 
     fn ready_fd(&self) -> Option<OwnedFd> {
         None
+    }
+
+    fn fault_runs(&mut self, retired: &[u32], sink: &mut dyn FnMut(&[u8])) {
+        for (_, r) in &self.runs {
+            sink(r);
+        }
+        self.runs.retain(|(pid, _)| !retired.contains(pid));
     }
 }

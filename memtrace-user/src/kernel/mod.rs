@@ -73,6 +73,7 @@ pub struct KernelCounters {
     pub alloc_hits: u64,
     pub hold_failures: u64,
     pub fingerprint_collisions: u64,
+    pub faults_merged: u64,
 }
 
 impl KernelCounters {
@@ -85,6 +86,7 @@ impl KernelCounters {
             alloc_hits: v[Counter::AllocHits as usize],
             hold_failures: v[Counter::HoldFailures as usize],
             fingerprint_collisions: v[Counter::FingerprintCollisions as usize],
+            faults_merged: v[Counter::FaultsMerged as usize],
         }
     }
 }
@@ -159,4 +161,9 @@ pub trait Kernel {
     /// A descriptor that becomes readable when records wait (a duplicate the
     /// caller owns), if the kernel has one to wait on.
     fn ready_fd(&self) -> Option<OwnedFd>;
+
+    /// Hands each run of merged faults still in progress (see
+    /// `memtrace_common::FaultRun`) to `sink` as a `FaultRunSoFar` record.
+    /// The runs of `retired` (processes no longer traced) are also dropped.
+    fn fault_runs(&mut self, retired: &[u32], sink: &mut dyn FnMut(&[u8]));
 }

@@ -3,7 +3,9 @@
 //! when they stop being so. Its aggregator keeps, per process, the pages
 //! that became resident in the window and still are.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use memtrace_common::FaultRun;
 
 use crate::aggregate::{page_round, sum_by_key, Cell, PAGE};
 use crate::kernel::Tracepoint;
@@ -23,7 +25,15 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
     Tracepoint::new("mremap_exit", "syscalls", "sys_exit_mremap"),
     Tracepoint::new("brk_enter", "syscalls", "sys_enter_brk"),
     Tracepoint::new("brk_exit", "syscalls", "sys_exit_brk"),
+    Tracepoint::new("fault_runs_exit", "sched", "sched_process_exit"),
+    Tracepoint::new("fault_runs_exec", "sched", "sched_process_exec"),
 ];
+
+/// How long releases are remembered to order runs of merged faults against
+/// them (runs in progress are read every second, so their pages are never
+/// this late), and how many at most per process.
+const RELEASE_LOG_NS: u64 = 10_000_000_000;
+const RELEASE_LOG_MAX: usize = 65_536;
 
 const HUGE: u64 = 2 << 20;
 /// Tracked resident ranges per process before new faults are counted
@@ -77,6 +87,38 @@ pub(crate) struct RssProc {
     /// Anonymous writable mappings (for THP `always`), from /proc/PID/maps.
     anon_vmas: Vec<(u64, u64)>,
     brk: Option<u64>,
+    /// Pages already counted of each run of merged faults, by (thread,
+    /// run start): a run is read while in progress, and sent when it ends.
+    runs_counted: HashMap<(u32, u64), u64>,
+    /// Recent releases (time, start, end), oldest first.
+    releases: VecDeque<(u64, u64, u64)>,
+}
+
+impl RssProc {
+    fn log_release(&mut self, now: u64, start: u64, end: u64) {
+        while self
+            .releases
+            .front()
+            .is_some_and(|&(t, _, _)| t.saturating_add(RELEASE_LOG_NS) < now)
+            || self.releases.len() >= RELEASE_LOG_MAX
+        {
+            self.releases.pop_front();
+        }
+        self.releases.push_back((now, start, end));
+    }
+}
+
+/// A run of faults the kernel merged (see `memtrace_common::FaultRun`): the
+/// pages after `first` at `stride` steps, `count` of them so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub tid: u32,
+    pub first: u64,
+    pub stride: u64,
+    pub count: u64,
+    pub start_ns: u64,
+    /// The run ended (its last word), or was read in progress.
+    pub ended: bool,
 }
 
 /// `rss`: bytes that became resident during the window (page faults, THP
@@ -102,6 +144,11 @@ pub struct RssAgg {
     pub repeat_faults: u64,
     /// Faults counted after the range limit, without per-page tracking.
     pub untracked: HashMap<StackKey, Cell>,
+    /// The time of the event being applied (monotonic ns; 0: unknown).
+    pub now_ns: u64,
+    /// Pages of merged runs that a later release had already taken back
+    /// when the run arrived.
+    pub run_pages_released: u64,
 }
 
 fn len_of<V>(pieces: &[(u64, u64, V)]) -> u64 {
@@ -163,15 +210,51 @@ impl RssAgg {
         p.resident.insert(s, e, key);
     }
 
+    /// The pages of a run of merged faults not counted yet, in order. The
+    /// kernel ends a run at the first fault after any release, so its
+    /// pages all faulted before a release sent after the run began: those
+    /// a later release covers are released already.
+    pub fn fault_run(&mut self, key: StackKey, run: Run) {
+        let Some(p) = self.procs.get_mut(&key.0) else {
+            return; // its first page was never seen: the process is gone
+        };
+        let id = (run.tid, run.start_ns);
+        let done = p.runs_counted.get(&id).copied().unwrap_or(0);
+        if run.ended {
+            p.runs_counted.remove(&id);
+        } else {
+            p.runs_counted.insert(id, done.max(run.count));
+        }
+        if run.count <= done {
+            return;
+        }
+        let later: Vec<(u64, u64)> = p
+            .releases
+            .iter()
+            .filter(|&&(t, _, _)| t > run.start_ns)
+            .map(|&(_, s, e)| (s, e))
+            .collect();
+        for page in FaultRun::pages(run.first, run.stride, run.count).skip(done as usize) {
+            if later.iter().any(|&(s, e)| s <= page && page < e) {
+                self.run_pages_released += 1;
+                self.released_bytes += PAGE;
+                continue;
+            }
+            self.fault(key, page);
+        }
+    }
+
     /// `[start, end)` stops being resident, released by `key`'s stack.
     fn release(&mut self, key: StackKey, start: u64, end: u64) {
         if end <= start {
             return;
         }
         self.release_requested_bytes += end - start;
+        let now = self.now_ns;
         let Some(p) = self.procs.get_mut(&key.0) else {
             return;
         };
+        p.log_release(now, start, end);
         self.released_bytes += len_of(&p.resident.remove(start, end));
         let before = len_of(&p.before.remove(start, end));
         if before > 0 {
@@ -188,7 +271,9 @@ impl RssAgg {
     /// A new mapping replaces whatever was resident underneath (MAP_FIXED).
     pub fn mmap(&mut self, key: StackKey, addr: u64, len: u64) {
         let end = addr + page_round(len);
+        let now = self.now_ns;
         if let Some(p) = self.procs.get_mut(&key.0) {
+            p.log_release(now, addr, end);
             p.hugepage.remove(addr, end);
             if p.resident.any_in(addr, end) || p.before.any_in(addr, end) {
                 self.release(key, addr, end);
@@ -222,9 +307,11 @@ impl RssAgg {
 
     pub fn mremap(&mut self, key: StackKey, old: u64, old_len: u64, new: u64, new_len: u64) {
         let (old_len, new_len) = (page_round(old_len), page_round(new_len));
+        let now = self.now_ns;
         let Some(p) = self.procs.get_mut(&key.0) else {
             return;
         };
+        p.log_release(now, old, old + old_len);
         // Pages move with the mapping; what falls past its new end is gone.
         let mut released = 0;
         for (s, e, k) in p.resident.remove(old, old + old_len) {
@@ -304,6 +391,8 @@ impl RssAgg {
                     hugepage: p.hugepage,
                     anon_vmas: p.anon_vmas,
                     brk: p.brk,
+                    runs_counted: p.runs_counted,
+                    releases: p.releases,
                     ..Default::default()
                 },
             );
@@ -330,6 +419,10 @@ pub fn extras(r: &RssAgg, pids: &[u32], vmrss_start: u64, vmrss_end: u64) -> Ext
         ),
         j("lazy_free_bytes", serde_json::json!(r.lazy_free_bytes)),
         j("repeat_faults", serde_json::json!(r.repeat_faults)),
+        j(
+            "run_pages_released",
+            serde_json::json!(r.run_pages_released),
+        ),
         j("untracked_bytes", serde_json::json!(untracked)),
         j(
             "thp",
@@ -351,6 +444,87 @@ mod tests {
 
     /// The stack that releases memory in these tests.
     const REL: StackKey = (1, Stack::Id(99));
+
+    const RUNNER: StackKey = (1, Stack::Id(7));
+
+    /// A run of merged faults: the page after `first`, then every other
+    /// page, `count` of them so far.
+    fn run(count: u64, start_ns: u64, ended: bool) -> Run {
+        Run {
+            tid: 3,
+            first: 0x10000,
+            stride: 2 * PAGE,
+            count,
+            start_ns,
+            ended,
+        }
+    }
+
+    /// A run's first page, sent on its own as the kernel does.
+    fn first_page(r: &mut RssAgg) {
+        r.now_ns = 100;
+        r.fault(RUNNER, 0x10000);
+    }
+
+    #[test]
+    fn a_run_read_in_progress_then_ended_counts_each_page_once() {
+        let mut r = RssAgg::new(Thp::Never);
+        first_page(&mut r);
+        r.fault_run(RUNNER, run(2, 100, false));
+        assert_eq!(r.by_stack()[&RUNNER].bytes, 3 * PAGE);
+        r.fault_run(RUNNER, run(2, 100, false)); // read again, no new page
+        r.fault_run(RUNNER, run(4, 100, true));
+        assert_eq!(r.by_stack()[&RUNNER].bytes, 5 * PAGE);
+        assert_eq!(r.repeat_faults, 0);
+        // Pages along the stride only: the ones between are not the run's.
+        let p = &r.procs[&1];
+        assert!(p.resident.get(0x12000).is_some() && p.resident.get(0x11000).is_none());
+        assert!(p.runs_counted.is_empty(), "an ended run is forgotten");
+    }
+
+    #[test]
+    fn a_run_read_in_progress_carries_into_the_next_window() {
+        let mut r = RssAgg::new(Thp::Never);
+        first_page(&mut r);
+        r.fault_run(RUNNER, run(3, 100, false));
+        let mut next = r.rotate();
+        next.fault_run(RUNNER, run(5, 100, true));
+        // The window counts the two pages it saw fault, not the run's first four.
+        assert_eq!(next.by_stack()[&RUNNER].bytes, 2 * PAGE);
+    }
+
+    #[test]
+    fn a_release_sent_after_a_run_began_took_its_pages_back() {
+        let mut r = RssAgg::new(Thp::Never);
+        first_page(&mut r);
+        // Released (by another thread) after the run's start and before the
+        // run's record came: its pages were resident, and are no more.
+        r.now_ns = 200;
+        r.madvise(REL, 0x12000, 4 * PAGE, madv::DONTNEED);
+        r.fault_run(RUNNER, run(4, 100, true));
+        // 0x12000 and 0x14000 released; 0x16000 and 0x18000 stay.
+        assert_eq!(r.run_pages_released, 2);
+        assert_eq!(r.by_stack()[&RUNNER].bytes, 3 * PAGE);
+        assert_eq!(r.released_bytes, 2 * PAGE);
+    }
+
+    #[test]
+    fn a_release_before_a_run_began_leaves_its_pages() {
+        let mut r = RssAgg::new(Thp::Never);
+        first_page(&mut r);
+        r.now_ns = 50;
+        r.munmap(REL, 0x12000, 4 * PAGE);
+        r.fault_run(RUNNER, run(4, 100, true));
+        assert_eq!(r.run_pages_released, 0);
+        assert_eq!(r.by_stack()[&RUNNER].bytes, 5 * PAGE);
+    }
+
+    #[test]
+    fn a_run_of_a_process_never_seen_is_dropped() {
+        let mut r = RssAgg::new(Thp::Never);
+        r.fault_run((9, Stack::Id(1)), run(4, 100, true));
+        assert!(r.by_stack().is_empty() && r.procs.is_empty());
+    }
 
     #[test]
     fn rss_counts_first_touch_once_and_releases() {

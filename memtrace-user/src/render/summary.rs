@@ -101,6 +101,9 @@ pub struct Counters {
     /// Stack fingerprints found to stand for more than one stack (by a
     /// verifying walk); those stacks are walked every time from then on.
     pub fingerprint_collisions: u64,
+    /// Page faults the kernel merged into runs (one record per run of
+    /// contiguous faults from one frame, instead of one per fault).
+    pub faults_merged: u64,
     /// "Same stack" events whose earlier stack was lost (kept, named).
     pub lost_stacks: u64,
     /// Distinct stacks seen.
