@@ -311,7 +311,86 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
         " min … max: the spread of the slowdown over the {RUNS} runs against the untraced median;"
     );
     println!(" ns/event: the timed phase's increase over untraced, per event memtrace received)");
-    Ok(())
+    probe_costs(memtrace, &allocs, &spawner, out, &variants)
+}
+
+/// One more run of each memtrace variant with the kernel's BPF statistics
+/// on, printing the programs that took the most time: the probes' own cost,
+/// free of the wall-clock noise of the timed phases.
+fn probe_costs(
+    memtrace: &Path,
+    allocs: &Path,
+    spawner: &Path,
+    out: &Path,
+    variants: &[Variant],
+) -> anyhow::Result<()> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(STATS, "1")?;
+    println!("\neBPF programs' own time (one more run per lens with kernel.bpf_stats_enabled=1; the three costliest)");
+    let result = (|| -> anyhow::Result<()> {
+        for v in variants {
+            let Runner::Memtrace(lens, extra) = v.runner else {
+                continue;
+            };
+            let objects = v.objects.to_string();
+            let (fixture, args) = if v.goroutines {
+                (spawner, vec!["-spawn", objects.as_str()])
+            } else {
+                (
+                    allocs,
+                    vec!["-objects", objects.as_str(), "-maps", "0", "-inlined", "0"],
+                )
+            };
+            let dir = out.join(format!("{}-stats", v.name.replace(' ', "-")));
+            let o = Command::new(memtrace)
+                .args(["record", "--lens", lens])
+                .args(extra)
+                .arg("--out")
+                .arg(&dir)
+                .arg("--")
+                .arg(fixture)
+                .args(&args)
+                .output()?;
+            if !o.status.success() {
+                bail!(
+                    "{} run failed: {}",
+                    v.name,
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            let summary: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+            let mut costs: Vec<(String, u64, u64)> = summary["probe_costs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    Some((
+                        c["program"].as_str()?.to_string(),
+                        c["runs"].as_u64()?,
+                        c["ns"].as_u64()?,
+                    ))
+                })
+                .collect();
+            costs.sort_by_key(|c| std::cmp::Reverse(c.2));
+            let total: u64 = costs.iter().map(|c| c.2).sum();
+            let top: Vec<String> = costs
+                .iter()
+                .take(3)
+                .map(|(p, runs, ns)| format!("{p} {runs} × {} ns", ns / (*runs).max(1)))
+                .collect();
+            println!(
+                "{:<36} {:>8.1} ms in all; {}",
+                v.name,
+                total as f64 / 1e6,
+                top.join(", ")
+            );
+        }
+        Ok(())
+    })();
+    let _ = std::fs::write(STATS, was.trim());
+    result
 }
 
 /// Per root of the deepstacks fixture: (objects, bytes) attributed.

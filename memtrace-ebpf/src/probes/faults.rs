@@ -20,10 +20,11 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
-    macros::{map, raw_tracepoint, tracepoint},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::HashMap,
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use memtrace_common::{Counter, Event, EventKind, FaultRun, FaultRuns, FAULT_RUN_SLOTS};
 
@@ -89,7 +90,7 @@ fn end_runs(tid: u32) {
 /// address]`: merged into one of the thread's runs, or sent with its stack
 /// (and made the first page of a new run).
 #[inline(always)]
-fn user_fault(ctx: &RawTracePointContext, tgid: u32, tid: u32, page: u64, frame: [u64; 4]) {
+fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, frame: [u64; 4]) {
     let gen = release_gen();
     let runs = match FAULT_RUNS.get_ptr_mut(tid) {
         Some(p) => Some(p),
@@ -159,50 +160,53 @@ fn user_fault(ctx: &RawTracePointContext, tgid: u32, tid: u32, page: u64, frame:
     run.seq = seq.wrapping_add(1);
 }
 
+/// The faulting page, if the address is a user one.
 #[inline(always)]
-fn fault(ctx: &RawTracePointContext, user_mode: bool) {
-    let Some((tgid, tid)) = current_target() else {
-        return;
-    };
-    let addr: u64 = ctx.arg(0);
-    if addr == 0 || addr >= USER_TOP {
-        return;
-    }
-    let page = addr & PAGE_MASK;
-    // In a user-mode fault `regs` are the user's: fingerprint them. A
-    // kernel-mode fault's are the kernel's, so walk the user stack instead.
-    if user_mode {
-        let regs: *const pt_regs = ctx.arg(1);
-        // SAFETY: `regs` is the kernel's pointer to the faulting registers.
-        if let Ok(r) = unsafe { bpf_probe_read_kernel(regs) } {
-            let caller = if r.rbp != 0 {
-                // SAFETY: bpf_probe_read_user tolerates any address.
-                unsafe { bpf_probe_read_user(r.rbp as *const [u64; 2]) }.ok()
-            } else {
-                None
-            };
-            if let Some([caller_bp, ra]) = caller {
-                user_fault(ctx, tgid, tid, page, [r.rip, r.rbp, caller_bp, ra]);
-            } else {
-                emit_with_stack(ctx, Event::fault(tgid, tid, page, 4096), None);
-            }
-            return;
-        }
-    }
-    emit_with_stack(ctx, Event::fault(tgid, tid, page, 4096), None);
+fn user_page(addr: u64) -> Option<u64> {
+    (addr != 0 && addr < USER_TOP).then_some(addr & PAGE_MASK)
 }
 
-#[raw_tracepoint(tracepoint = "page_fault_user")]
-pub fn fault_user(ctx: RawTracePointContext) -> i32 {
-    fault(&ctx, true);
+/// A user-mode fault: `regs` are the user's, so the frame comes from them.
+/// A BTF tracepoint reads them in place (a raw one would copy them out with
+/// a helper call, on the hottest path of the lens).
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
+    let Some((tgid, tid)) = current_target() else {
+        return 0;
+    };
+    let Some(page) = user_page(ctx.arg(0)) else {
+        return 0;
+    };
+    let regs: *const pt_regs = ctx.arg(1);
+    // SAFETY: the tracepoint's BTF types `regs` (`struct pt_regs *`), so the
+    // verifier checks these loads (and makes them fault-safe).
+    let (ip, bp) = unsafe { ((*regs).rip, (*regs).rbp) };
+    let caller = if bp != 0 {
+        // SAFETY: bpf_probe_read_user tolerates any address.
+        unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }.ok()
+    } else {
+        None
+    };
+    match caller {
+        Some([caller_bp, ra]) => user_fault(&ctx, tgid, tid, page, [ip, bp, caller_bp, ra]),
+        None => {
+            emit_with_stack(&ctx, Event::fault(tgid, tid, page, 4096), None);
+        }
+    }
     0
 }
 
 /// The kernel faulting on a user address on the process's behalf (copying
-/// syscall results into untouched pages); the stack is the caller's.
+/// syscall results into untouched pages); the `regs` are the kernel's, so
+/// the user stack is walked.
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn fault_kernel(ctx: RawTracePointContext) -> i32 {
-    fault(&ctx, false);
+    let Some((tgid, tid)) = current_target() else {
+        return 0;
+    };
+    if let Some(page) = user_page(ctx.arg(0)) {
+        emit_with_stack(&ctx, Event::fault(tgid, tid, page, 4096), None);
+    }
     0
 }
 

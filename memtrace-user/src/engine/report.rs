@@ -149,6 +149,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             ended_by: ended_by.to_string(),
             gc: lens::gc::summary(&gc, self.clock.window_ns),
             trigger: None,
+            probe_costs: self.kernel.probe_costs(),
         };
         let timelines = if self.opts.has(Lens::Rss) {
             pids.iter()

@@ -125,8 +125,8 @@ impl Ebpf {
         Ok(())
     }
 
-    /// Attaches a tracepoint program (classic or raw, as the object
-    /// declares it).
+    /// Attaches a tracepoint program (classic, raw or BTF-typed, as the
+    /// object declares it).
     fn attach_tracepoint(&mut self, tp: &Tracepoint) -> Result<(), KernelError> {
         let what = || format!("{}:{} ({})", tp.category, tp.name, tp.program);
         match self
@@ -142,6 +142,21 @@ impl Ebpf {
             Program::RawTracePoint(p) => {
                 p.load().map_err(program_err(what()))?;
                 p.attach(tp.name).map_err(program_err(what()))?;
+            }
+            Program::BtfTracePoint(p) => {
+                let path = std::env::var_os("MEMTRACE_BTF").map_or_else(
+                    || "/sys/kernel/btf/vmlinux".into(),
+                    std::path::PathBuf::from,
+                );
+                let btf = aya::Btf::parse_file(&path, aya::Endianness::default()).map_err(|e| {
+                    KernelError::Unsupported(format!(
+                        "{}: cannot read this kernel's BTF ({}): {e}",
+                        what(),
+                        path.display()
+                    ))
+                })?;
+                p.load(tp.name, &btf).map_err(program_err(what()))?;
+                p.attach().map_err(program_err(what()))?;
             }
             _ => return Err(KernelError::Missing(tp.program)),
         }
@@ -294,6 +309,23 @@ impl Kernel for Ebpf {
 
     fn ready_fd(&self) -> Option<OwnedFd> {
         self.ring.as_fd().try_clone_to_owned().ok()
+    }
+
+    fn probe_costs(&self) -> Vec<crate::render::summary::ProbeCost> {
+        let mut out: Vec<_> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                (info.run_count() > 0).then(|| crate::render::summary::ProbeCost {
+                    program: name.to_string(),
+                    runs: info.run_count(),
+                    ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.program.cmp(&b.program));
+        out
     }
 
     fn fault_runs(&mut self, retired: &[u32], sink: &mut dyn FnMut(&[u8])) {

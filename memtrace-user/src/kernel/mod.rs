@@ -166,4 +166,10 @@ pub trait Kernel {
     /// `memtrace_common::FaultRun`) to `sink` as a `FaultRunSoFar` record.
     /// The runs of `retired` (processes no longer traced) are also dropped.
     fn fault_runs(&mut self, retired: &[u32], sink: &mut dyn FnMut(&[u8]));
+
+    /// Each program that ran, with its run count and total run time, when
+    /// the kernel keeps BPF statistics (`kernel.bpf_stats_enabled`).
+    fn probe_costs(&self) -> Vec<crate::render::summary::ProbeCost> {
+        Vec::new()
+    }
 }

@@ -144,6 +144,19 @@ pub struct Summary {
     pub gc: serde_json::Value,
     /// What made the agent write this report (null for `record`).
     pub trigger: Option<serde_json::Value>,
+    /// What each eBPF program cost while it ran, from the kernel's BPF
+    /// statistics: only when they are on (`sysctl kernel.bpf_stats_enabled=1`,
+    /// which `cargo xtask bench` sets for one measured run per lens).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probe_costs: Vec<ProbeCost>,
+}
+
+/// One eBPF program's runs and the time they took, summed.
+#[derive(Debug, Serialize, Default, Clone, PartialEq, Eq)]
+pub struct ProbeCost {
+    pub program: String,
+    pub runs: u64,
+    pub ns: u64,
 }
 
 /// How many stacks `top` lists.
@@ -221,6 +234,7 @@ mod tests {
             ended_by: "duration".into(),
             gc: crate::lens::gc::summary(&Default::default(), 0),
             trigger: None,
+            probe_costs: vec![],
         };
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["lenses"]["alloc-exact"]["total"], 640);
