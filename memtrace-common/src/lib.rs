@@ -478,6 +478,12 @@ pub struct FaultRun {
     pub gen: u64,
 }
 
+/// Set in an allocator probe's attach cookie when the probe sits on the
+/// function's `PUSHQ BP` (the frame is not set up yet: the direct caller's
+/// return address is at the stack pointer, not in the frame-pointer
+/// chain). The rest of the cookie is the size floor.
+pub const ALLOC_AT_PUSH: u64 = 1 << 63;
+
 /// Runs a thread keeps at once.
 pub const FAULT_RUN_SLOTS: usize = 4;
 

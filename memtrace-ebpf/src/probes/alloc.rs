@@ -1,9 +1,14 @@
 //! Uprobes on Go's heap allocation entry points.
 //!
-//! User space attaches `go_alloc` right after each function's frame-pointer
-//! prologue (`PUSHQ BP; MOVQ SP, BP`), which both keeps the direct caller in the
-//! frame-pointer walk and skips the re-entry after `morestack` (that jumps back
-//! to the stack check, before the attach point).
+//! User space attaches `go_alloc` on each function's `PUSHQ BP` (Go ≥ 1.21),
+//! after the stack check, so the re-entry after `morestack` (which jumps
+//! back to the check) does not count twice. The kernel emulates a push
+//! instead of single-stepping it out of line: one trap per hit instead of
+//! two, most of a hit's cost. The frame is not set up there, so the direct
+//! caller's return address is read from the top of the stack and put in the
+//! stack (cookie flag [`ALLOC_AT_PUSH`]). Older frame layouts (`SUBQ` first)
+//! get the probe right after the frame setup, where the frame-pointer walk
+//! sees the direct caller.
 //!
 //! The size is the first argument. The attach cookie is a size floor:
 //! `runtime.mallocgc` in Go ≥ 1.27 hands sizes below the size-specialized
@@ -12,9 +17,13 @@
 
 use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
-use memtrace_common::{Counter, Event};
+use aya_ebpf::helpers::bpf_probe_read_user;
+use memtrace_common::{Counter, Event, ALLOC_AT_PUSH};
 
-use super::{bump, current_target, emit_with_stack, fingerprint, go_abi};
+use super::{
+    bump, current_target, emit_with_stack, emit_with_stack_entry, entry_fingerprint, fingerprint,
+    go_abi,
+};
 
 #[uprobe]
 pub fn go_alloc(ctx: ProbeContext) -> u32 {
@@ -25,11 +34,22 @@ pub fn go_alloc(ctx: ProbeContext) -> u32 {
     let size = go_abi::arg(&ctx, 0);
     let (ip, bp) = go_abi::ip_bp(&ctx);
     // SAFETY: helper without preconditions beyond a valid context.
-    let floor = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let floor = cookie & !ALLOC_AT_PUSH;
     // Zero-size requests return &zerobase and are not objects.
     if size == 0 || size < floor {
         return 0;
     }
-    emit_with_stack(&ctx, Event::alloc(tgid, tid, size), fingerprint(ip, bp));
+    let ev = Event::alloc(tgid, tid, size);
+    if cookie & ALLOC_AT_PUSH == 0 {
+        emit_with_stack(&ctx, ev, fingerprint(ip, bp));
+        return 0;
+    }
+    // On `PUSHQ BP`: the return address into the direct caller is on top.
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    match unsafe { bpf_probe_read_user(go_abi::sp(&ctx) as *const u64) } {
+        Ok(ra) => emit_with_stack_entry(&ctx, ev, entry_fingerprint(ip, bp, ra), ra),
+        Err(_) => emit_with_stack(&ctx, ev, None),
+    };
     0
 }

@@ -290,7 +290,47 @@ pub fn fingerprint_from(ip: u64, bp: u64, first_ra: u64) -> Option<Fingerprint> 
 /// to verify the remembered stack (see the module docs). Returns the
 /// reference the record used or defined (0: none, or not sent).
 #[inline(always)]
-pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Fingerprint>) -> u64 {
+pub fn emit_with_stack<C: EbpfContext>(ctx: &C, ev: Event, fp: Option<Fingerprint>) -> u64 {
+    emit_with_stack_entry(ctx, ev, fp, 0)
+}
+
+/// As [`fingerprint`], for the top two words of a stack whose frame is
+/// not set up yet (a probe on a function's `PUSHQ BP`), then the
+/// frame-pointer chain, which starts at the caller's caller.
+#[inline(always)]
+pub fn entry_fingerprint(ip: u64, bp: u64, ra: u64) -> Option<Fingerprint> {
+    // SAFETY: a global user space may rewrite before load; read it as such.
+    if unsafe { core::ptr::read_volatile(&STACK_CACHE) } == 0 {
+        return None; // every stack walked
+    }
+    let mut out = [0u64; 2 + FP_FRAMES];
+    out[0] = ip;
+    out[1] = bp;
+    out[2] = ra;
+    let mut frame = bp;
+    for slot in out.iter_mut().skip(3) {
+        if frame == 0 {
+            break;
+        }
+        // SAFETY: bpf_probe_read_user tolerates any address.
+        let f: [u64; 2] = unsafe { bpf_probe_read_user(frame as *const [u64; 2]) }.ok()?;
+        *slot = f[1];
+        frame = f[0];
+    }
+    Some(out)
+}
+
+/// [`emit_with_stack`] at a function's entry: `entry_ra` (non-zero) is the
+/// return address at the stack pointer, which a frame-pointer walk misses;
+/// it goes in as the second frame unless the kernel put it there already
+/// (Linux 6.11+ does, for uprobes on `push %rbp`).
+#[inline(always)]
+pub fn emit_with_stack_entry<C: EbpfContext>(
+    ctx: &C,
+    mut ev: Event,
+    fp: Option<Fingerprint>,
+    entry_ra: u64,
+) -> u64 {
     // The remembered stack this walk verifies (id 0: none).
     let (mut check_id, mut check_hash) = (0u64, 0u64);
     let mut collided = false;
@@ -338,7 +378,16 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, mut ev: Event, fp: Option<Finger
         emit(ev);
         return 0;
     }
-    let frames = ((n as usize) / 8).min(MAX_FRAMES);
+    let mut frames = ((n as usize) / 8).min(MAX_FRAMES);
+    if entry_ra != 0 && (frames < 2 || rec.ips[1] != entry_ra) {
+        let mut i = MAX_FRAMES - 1;
+        while i >= 2 {
+            rec.ips[i] = rec.ips[i - 1];
+            i -= 1;
+        }
+        rec.ips[1] = entry_ra;
+        frames = (frames + 1).min(MAX_FRAMES);
+    }
     let hash = frames_hash(&rec.ips, frames);
     if check_id != 0 {
         if hash == check_hash {

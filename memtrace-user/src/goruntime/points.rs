@@ -82,8 +82,11 @@ impl Binary<'_> {
         std::iter::once((mallocgc, floor))
             .chain(specialized.into_iter().map(|f| (f, 0)))
             .map(|(f, size_floor)| {
-                let mut p = self.after_prologue(&f)?;
-                p.cookie = size_floor;
+                let (mut p, flag) = match self.at_frame_push(&f)? {
+                    Some(p) => (p, memtrace_common::ALLOC_AT_PUSH),
+                    None => (self.after_prologue(&f)?, 0),
+                };
+                p.cookie = size_floor | flag;
                 Ok(p)
             })
             .collect()
@@ -115,6 +118,15 @@ impl Binary<'_> {
             symbol,
             cookie: 0,
         })
+    }
+
+    /// A probe point on `f`'s `PUSHQ BP`, when its frame setup is Go
+    /// ≥ 1.21's `PUSHQ BP; MOVQ SP, BP` (see [`frame_push`]).
+    fn at_frame_push(&self, f: &Function<'_>) -> Result<Option<ProbePoint>, TargetError> {
+        let code = self.code(f)?;
+        frame_push(&code[..code.len().min(64)], f.entry)
+            .map(|off| self.point(f, f.entry + off, f.name.to_string()))
+            .transpose()
     }
 
     /// A probe point right after `f`'s frame setup.
@@ -298,6 +310,35 @@ pub struct GcPoints {
     pub heap_marked: Option<u64>,
 }
 
+/// Offset, from the function start, of the `PUSHQ BP` of Go ≥ 1.21's frame
+/// setup (`PUSHQ BP; MOVQ SP, BP`, after the stack check). The kernel
+/// emulates a push at a uprobe rather than single-stepping it, so a probe
+/// there traps once instead of twice; it fires once per call, as the
+/// re-entry after `morestack` runs the stack check again first. `None` for
+/// other layouts.
+pub fn frame_push(code: &[u8], ip: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut push: Option<u64> = None;
+    for _ in 0..8 {
+        if !decoder.can_decode() {
+            return None;
+        }
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        let is_mov_bp_sp = matches!(insn.code(), Code::Mov_rm64_r64 | Code::Mov_r64_rm64)
+            && insn.op0_register() == Register::RBP
+            && insn.op1_register() == Register::RSP;
+        if let (Some(at), true) = (push, is_mov_bp_sp) {
+            return Some(at - ip);
+        }
+        push = (insn.code() == Code::Push_r64 && insn.op0_register() == Register::RBP)
+            .then_some(insn.ip());
+    }
+    None
+}
+
 /// Offset, from the function start, of the first instruction after Go's
 /// frame setup: `PUSHQ BP; MOVQ SP, BP` (Go ≥ 1.21), or `SUBQ $n, SP;
 /// MOVQ BP, n-8(SP); LEAQ n-8(SP), BP` (older). A probe there sees the caller
@@ -358,6 +399,11 @@ mod tests {
             0x48, 0x83, 0xec, 0x20,
         ];
         assert_eq!(after_frame_setup(&code, 0x4785e0), Some(14));
+        assert_eq!(frame_push(&code, 0x4785e0), Some(10), "the push, after the stack check");
+        // A push of BP not followed by the frame setup is not it.
+        let mut other = code;
+        other[13] = 0xe6; // mov %rsp,%rsi
+        assert_eq!(frame_push(&other, 0x4785e0), None);
     }
 
     #[test]
@@ -378,6 +424,7 @@ mod tests {
             0x48, 0x89, 0x6c, 0x24, 0x68, 0x48, 0x8d, 0x6c, 0x24, 0x68, 0x83,
         ];
         assert_eq!(after_frame_setup(&code, 0x40bd80), Some(24));
+        assert_eq!(frame_push(&code, 0x40bd80), None, "no push in this layout");
         // A lea of another slot is not the frame setup.
         let mut other = code;
         other[23] = 0x60;
