@@ -131,23 +131,30 @@ impl HoldPoint {
 }
 
 /// The attach cookie of the `go_spawned` probe: the offsets of `startpc`
-/// (low 32 bits) and `gopc` (high 32 bits) in `runtime.g`. `gopc` 0 means
+/// (low 32 bits) and `gopc` (bits 32–62) in `runtime.g`, and (bit 63)
+/// where the new `*g` is: in the second argument register when the probe
+/// sits on `newproc.func1`'s call to `runqput(pp, newg, next)`, else in the
+/// result register (right after its call to `newproc1`). `gopc` 0 means
 /// unknown: the stack fingerprint then starts at the probe's own frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpawnCookie {
     pub startpc: u32,
     pub gopc: u32,
+    pub at_runqput: bool,
 }
 
 impl SpawnCookie {
     pub const fn encode(self) -> u64 {
-        (self.startpc as u64) | ((self.gopc as u64) << 32)
+        (self.startpc as u64)
+            | (((self.gopc & 0x7fff_ffff) as u64) << 32)
+            | ((self.at_runqput as u64) << 63)
     }
 
     pub const fn decode(v: u64) -> Self {
         Self {
             startpc: v as u32,
-            gopc: (v >> 32) as u32,
+            gopc: ((v >> 32) as u32) & 0x7fff_ffff,
+            at_runqput: v >> 63 != 0,
         }
     }
 }
@@ -613,14 +620,17 @@ mod tests {
             SpawnCookie {
                 startpc: 0x128,
                 gopc: 0x120,
+                at_runqput: true,
             },
             SpawnCookie {
                 startpc: 0x128,
                 gopc: 0,
+                at_runqput: false,
             },
             SpawnCookie {
                 startpc: u32::MAX,
-                gopc: u32::MAX,
+                gopc: 0x7fff_ffff,
+                at_runqput: true,
             },
         ] {
             assert_eq!(SpawnCookie::decode(c.encode()), c);

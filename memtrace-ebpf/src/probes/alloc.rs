@@ -15,9 +15,9 @@
 //! tables' length to `mallocgc*SC*` functions, which carry their own probe,
 //! so those calls are skipped here to count each object once.
 
+use aya_ebpf::helpers::bpf_probe_read_user;
 use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
-use aya_ebpf::helpers::bpf_probe_read_user;
 use memtrace_common::{Counter, Event, ALLOC_AT_PUSH};
 
 use super::{

@@ -5,14 +5,16 @@
 //! the first argument is `fn *funcval`, whose first word is the start PC.
 //! The new `*g` is only known on return, so `go_newproc_ret` sits on
 //! newproc1's RET instruction (found by disassembly; never a uretprobe) and
-//! reads the result. `go_exit` sits after `runtime.goexit0`'s prologue, whose
-//! first argument is the `*g`. User space pairs the two newproc1 records per
+//! reads the result. `go_exit` sits on `runtime.goexit0`'s `PUSHQ BP` (after
+//! the stack check; emulated, so one trap), whose first argument is the
+//! `*g`. User space pairs the two newproc1 records per
 //! thread.
 //!
 //! When the binary's DWARF gives `runtime.g`'s layout, one probe does what
-//! those two do: `go_spawned`, on the instruction after
-//! `runtime.newproc.func1`'s call to `newproc1`, has the new `*g` in the
-//! result register and reads its `startpc`. Its stack is remembered by a
+//! those two do: `go_spawned`, on `runtime.newproc.func1`'s call to
+//! `runqput(pp, newg, true)` (a call, which the kernel emulates: one trap
+//! instead of two; the instruction after the call to `newproc1` where there
+//! is no such call), reads the new `*g` and its `startpc`. Its stack is remembered by a
 //! fingerprint that starts at the `go` statement (the new g's `gopc`),
 //! past the `systemstack` switch, so a creation site's stack is walked
 //! once, not per goroutine.
@@ -41,9 +43,9 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Right after `runtime.newproc.func1`'s call to `newproc1`: the new `*g`
-/// is in the result register, its start PC at the attach cookie's offset
-/// in it, and the frame-pointer walk from here crosses `systemstack` to the
+/// On `runtime.newproc.func1`'s call to `runqput` (or right after its call
+/// to `newproc1`): the new `*g` is in the second argument register (or the
+/// result register), its start PC at the attach cookie's offset in it, and the frame-pointer walk from here crosses `systemstack` to the
 /// `go` statement. One probe where `go_newproc` and `go_newproc_ret` take
 /// two.
 #[uprobe]
@@ -51,9 +53,20 @@ pub fn go_spawned(ctx: ProbeContext) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    let g = go_abi::arg(&ctx, 0);
     // SAFETY: reads the probe's attach cookie.
     let offsets = SpawnCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    // On the call to runqput(pp, newg, next), or after newproc1 returned it.
+    // (Both registers are read: a load at a computed offset into the
+    // context is refused by the verifier.)
+    // SAFETY: `regs` points at the saved user registers for this hit.
+    let (result, second) = unsafe {
+        let r = &*ctx.regs;
+        (
+            core::ptr::read_volatile(&r.rax),
+            core::ptr::read_volatile(&r.rbx),
+        )
+    };
+    let g = if offsets.at_runqput { second } else { result };
     // SAFETY: bpf_probe_read_user tolerates any address.
     let start_pc =
         unsafe { bpf_probe_read_user(g.wrapping_add(offsets.startpc as u64) as *const u64) }

@@ -125,11 +125,19 @@ impl GoBinary {
                 .goroutine_points()
                 .map(|mut g| {
                     // With the g layout, creation takes one probe.
+                    // The call to runqput(pp, newg, true) that follows
+                    // newproc1 is emulated at a uprobe (one trap); the
+                    // instruction after the newproc1 call, the fallback, is not.
                     g.spawned = g_layout.and_then(|l| {
-                        let mut p = bin.after_call("runtime.newproc.func1", "runtime.newproc1")?;
+                        let func1 = "runtime.newproc.func1";
+                        let (mut p, at_runqput) = match bin.at_call(func1, "runtime.runqput") {
+                            Some(p) => (p, true),
+                            None => (bin.after_call(func1, "runtime.newproc1")?, false),
+                        };
                         p.cookie = memtrace_common::SpawnCookie {
                             startpc: u32::try_from(l.startpc).ok()?,
-                            gopc: u32::try_from(l.gopc).unwrap_or(0),
+                            gopc: u32::try_from(l.gopc).unwrap_or(0).min(0x7fff_ffff),
+                            at_runqput,
                         }
                         .encode();
                         Some(p)

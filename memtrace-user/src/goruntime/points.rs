@@ -212,13 +212,38 @@ impl Binary<'_> {
         Ok(GoroutinePoints {
             newproc: self.after_prologue(&newproc1)?,
             newproc_rets: self.ret_points(&newproc1)?,
-            goexit: self.after_prologue(&self.function("runtime.goexit0")?)?,
+            goexit: {
+                // Only the `*g` argument is read: the push is as good a
+                // place as any after the stack check, and traps once.
+                let goexit0 = self.function("runtime.goexit0")?;
+                match self.at_frame_push(&goexit0)? {
+                    Some(p) => p,
+                    None => self.after_prologue(&goexit0)?,
+                }
+            },
             spawned: None,
         })
     }
 
     /// The instruction after `caller`'s first direct call to `callee`.
     pub(crate) fn after_call(&self, caller: &str, callee: &str) -> Option<ProbePoint> {
+        let call = self.first_call(caller, callee)?;
+        let f = self.table.function(caller)?;
+        self.point(&f, call.next_ip(), format!("{caller} (after {callee})"))
+            .ok()
+    }
+
+    /// `caller`'s first direct call to `callee`, the call instruction
+    /// itself: the kernel emulates a call at a uprobe (one trap), where
+    /// most instructions are single-stepped out of line (two).
+    pub(crate) fn at_call(&self, caller: &str, callee: &str) -> Option<ProbePoint> {
+        let call = self.first_call(caller, callee)?;
+        let f = self.table.function(caller)?;
+        self.point(&f, call.ip(), format!("{caller} (call to {callee})"))
+            .ok()
+    }
+
+    fn first_call(&self, caller: &str, callee: &str) -> Option<iced_x86::Instruction> {
         let f = self.table.function(caller)?;
         let target = self.table.function(callee)?.entry;
         let code = self.table.code(&f)?;
@@ -226,9 +251,7 @@ impl Binary<'_> {
         while decoder.can_decode() {
             let insn = decoder.decode();
             if insn.code() == Code::Call_rel32_64 && insn.near_branch_target() == target {
-                return self
-                    .point(&f, insn.next_ip(), format!("{caller} (after {callee})"))
-                    .ok();
+                return Some(insn);
             }
         }
         None
@@ -399,7 +422,11 @@ mod tests {
             0x48, 0x83, 0xec, 0x20,
         ];
         assert_eq!(after_frame_setup(&code, 0x4785e0), Some(14));
-        assert_eq!(frame_push(&code, 0x4785e0), Some(10), "the push, after the stack check");
+        assert_eq!(
+            frame_push(&code, 0x4785e0),
+            Some(10),
+            "the push, after the stack check"
+        );
         // A push of BP not followed by the frame setup is not it.
         let mut other = code;
         other[13] = 0xe6; // mov %rsp,%rsi
