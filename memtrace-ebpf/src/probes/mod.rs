@@ -322,8 +322,8 @@ pub fn entry_fingerprint(ip: u64, bp: u64, ra: u64) -> Option<Fingerprint> {
 
 /// [`emit_with_stack`] at a function's entry: `entry_ra` (non-zero) is the
 /// return address at the stack pointer, which a frame-pointer walk misses;
-/// it goes in as the second frame unless the kernel put it there already
-/// (Linux 6.11+ does, for uprobes on `push %rbp`).
+/// it goes in as the second frame unless the kernel's walk has it already
+/// (recent kernels add it for uprobes on `push %rbp`).
 #[inline(always)]
 pub fn emit_with_stack_entry<C: EbpfContext>(
     ctx: &C,
