@@ -249,8 +249,7 @@ pub fn fingerprint(ip: u64, bp: u64) -> Option<Fingerprint> {
 /// start at `bp`.
 #[inline(always)]
 pub fn fingerprint_from(ip: u64, bp: u64, first_ra: u64) -> Option<Fingerprint> {
-    // SAFETY: a global user space may rewrite before load; read it as such.
-    if unsafe { core::ptr::read_volatile(&STACK_CACHE) } == 0 {
+    if !stack_cache_on() {
         return None; // every stack walked
     }
     let mut out = [0u64; 2 + FP_FRAMES];
@@ -272,7 +271,24 @@ pub fn fingerprint_from(ip: u64, bp: u64, first_ra: u64) -> Option<Fingerprint> 
             at = f[0];
         }
     }
-    for slot in out.iter_mut().skip(2) {
+    read_chain(&mut out, 2, frame)?;
+    Some(out)
+}
+
+/// Whether walked stacks are remembered (0 in `STACK_CACHE`: every stack
+/// is walked, for measuring what the cache misattributes).
+#[inline(always)]
+fn stack_cache_on() -> bool {
+    // SAFETY: a global user space may rewrite before load; read it as such.
+    let on = unsafe { core::ptr::read_volatile(&STACK_CACHE) };
+    on != 0
+}
+
+/// Fills `out[from..]` with the return addresses along the frame-pointer
+/// chain from `frame` (0 past its end).
+#[inline(always)]
+fn read_chain(out: &mut Fingerprint, from: usize, mut frame: u64) -> Option<()> {
+    for slot in out.iter_mut().skip(from) {
         if frame == 0 {
             break;
         }
@@ -281,7 +297,7 @@ pub fn fingerprint_from(ip: u64, bp: u64, first_ra: u64) -> Option<Fingerprint> 
         *slot = f[1];
         frame = f[0];
     }
-    Some(out)
+    Some(())
 }
 
 /// Sends `ev` with the current user stack: a reference when `fp` matches a
@@ -299,24 +315,14 @@ pub fn emit_with_stack<C: EbpfContext>(ctx: &C, ev: Event, fp: Option<Fingerprin
 /// frame-pointer chain, which starts at the caller's caller.
 #[inline(always)]
 pub fn entry_fingerprint(ip: u64, bp: u64, ra: u64) -> Option<Fingerprint> {
-    // SAFETY: a global user space may rewrite before load; read it as such.
-    if unsafe { core::ptr::read_volatile(&STACK_CACHE) } == 0 {
+    if !stack_cache_on() {
         return None; // every stack walked
     }
     let mut out = [0u64; 2 + FP_FRAMES];
     out[0] = ip;
     out[1] = bp;
     out[2] = ra;
-    let mut frame = bp;
-    for slot in out.iter_mut().skip(3) {
-        if frame == 0 {
-            break;
-        }
-        // SAFETY: bpf_probe_read_user tolerates any address.
-        let f: [u64; 2] = unsafe { bpf_probe_read_user(frame as *const [u64; 2]) }.ok()?;
-        *slot = f[1];
-        frame = f[0];
-    }
+    read_chain(&mut out, 3, bp)?;
     Some(out)
 }
 

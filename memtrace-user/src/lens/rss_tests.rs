@@ -1,0 +1,214 @@
+//! Unit tests of the rss lens's aggregator.
+
+use super::*;
+use crate::stack::Stack;
+
+/// The stack that releases memory in these tests.
+const REL: StackKey = (1, Stack::Id(99));
+
+const RUNNER: StackKey = (1, Stack::Id(7));
+
+/// A run of merged faults: the page after `first`, then every other
+/// page, `count` of them so far.
+fn run(count: u64, start_ns: u64, ended: bool) -> Run {
+    Run {
+        tid: 3,
+        first: 0x10000,
+        stride: 2 * PAGE,
+        count,
+        start_ns,
+        ended,
+    }
+}
+
+/// A run's first page, sent on its own as the kernel does.
+fn first_page(r: &mut RssAgg) {
+    r.now_ns = 100;
+    r.fault(RUNNER, 0x10000);
+}
+
+#[test]
+fn a_run_read_in_progress_then_ended_counts_each_page_once() {
+    let mut r = RssAgg::new(Thp::Never);
+    first_page(&mut r);
+    r.fault_run(RUNNER, run(2, 100, false));
+    assert_eq!(r.by_stack()[&RUNNER].bytes, 3 * PAGE);
+    r.fault_run(RUNNER, run(2, 100, false)); // read again, no new page
+    r.fault_run(RUNNER, run(4, 100, true));
+    assert_eq!(r.by_stack()[&RUNNER].bytes, 5 * PAGE);
+    assert_eq!(r.repeat_faults, 0);
+    // Pages along the stride only: the ones between are not the run's.
+    let p = &r.procs[&1];
+    assert!(p.resident.get(0x12000).is_some() && p.resident.get(0x11000).is_none());
+    assert!(p.runs_counted.is_empty(), "an ended run is forgotten");
+}
+
+#[test]
+fn a_run_read_in_progress_carries_into_the_next_window() {
+    let mut r = RssAgg::new(Thp::Never);
+    first_page(&mut r);
+    r.fault_run(RUNNER, run(3, 100, false));
+    let mut next = r.rotate();
+    next.fault_run(RUNNER, run(5, 100, true));
+    // The window counts the two pages it saw fault, not the run's first four.
+    assert_eq!(next.by_stack()[&RUNNER].bytes, 2 * PAGE);
+}
+
+#[test]
+fn a_release_sent_after_a_run_began_took_its_pages_back() {
+    let mut r = RssAgg::new(Thp::Never);
+    first_page(&mut r);
+    // Released (by another thread) after the run's start and before the
+    // run's record came: its pages were resident, and are no more.
+    r.now_ns = 200;
+    r.madvise(REL, 0x12000, 4 * PAGE, madv::DONTNEED);
+    r.fault_run(RUNNER, run(4, 100, true));
+    // 0x12000 and 0x14000 released; 0x16000 and 0x18000 stay.
+    assert_eq!(r.run_pages_released, 2);
+    assert_eq!(r.by_stack()[&RUNNER].bytes, 3 * PAGE);
+    assert_eq!(r.released_bytes, 2 * PAGE);
+}
+
+#[test]
+fn a_release_before_a_run_began_leaves_its_pages() {
+    let mut r = RssAgg::new(Thp::Never);
+    first_page(&mut r);
+    r.now_ns = 50;
+    r.munmap(REL, 0x12000, 4 * PAGE);
+    r.fault_run(RUNNER, run(4, 100, true));
+    assert_eq!(r.run_pages_released, 0);
+    assert_eq!(r.by_stack()[&RUNNER].bytes, 5 * PAGE);
+}
+
+#[test]
+fn a_run_of_a_process_never_seen_is_dropped() {
+    let mut r = RssAgg::new(Thp::Never);
+    r.fault_run((9, Stack::Id(1)), run(4, 100, true));
+    assert!(r.by_stack().is_empty() && r.procs.is_empty());
+}
+
+#[test]
+fn rss_counts_first_touch_once_and_releases() {
+    let mut r = RssAgg::new(Thp::Madvise);
+    for p in 0..10 {
+        r.fault((1, Stack::Id(5)), 0x10000 + p * PAGE + 12);
+    }
+    r.fault((1, Stack::Id(6)), 0x10000); // write after read: same page
+    assert_eq!(r.repeat_faults, 1);
+    assert_eq!(r.by_stack()[&(1, Stack::Id(5))].bytes, 10 * PAGE);
+    r.madvise(REL, 0x10000, 2 * PAGE, madv::DONTNEED);
+    r.madvise(REL, 0x12000, PAGE, madv::FREE); // lazy: still resident
+    assert_eq!(r.by_stack()[&(1, Stack::Id(5))].bytes, 8 * PAGE);
+    assert_eq!(r.released_bytes, 2 * PAGE);
+    assert_eq!(r.lazy_free_bytes, PAGE);
+    r.fault((1, Stack::Id(6)), 0x10000); // re-faulted after release: counts again
+    assert_eq!(r.by_stack()[&(1, Stack::Id(6))].bytes, PAGE);
+    r.munmap(REL, 0, 1 << 30);
+    assert!(r.by_stack().is_empty());
+    assert_eq!(r.released_bytes, 11 * PAGE);
+}
+
+#[test]
+fn rss_thp_faults_count_two_mib() {
+    let mut r = RssAgg::new(Thp::Madvise);
+    let base = 0x4000_0000;
+    r.madvise(REL, base, 2 * HUGE, madv::HUGEPAGE);
+    r.fault((1, Stack::Id(1)), base + 5 * PAGE);
+    assert_eq!(r.by_stack()[&(1, Stack::Id(1))].bytes, HUGE);
+    r.fault((1, Stack::Id(1)), base + HUGE + 7);
+    assert_eq!(r.by_stack()[&(1, Stack::Id(1))].bytes, 2 * HUGE);
+    // Outside the madvised range: 4 KiB pages.
+    r.fault((1, Stack::Id(2)), base + 2 * HUGE);
+    assert_eq!(r.by_stack()[&(1, Stack::Id(2))].bytes, PAGE);
+    // THP "always": any anonymous mapping that holds the whole block.
+    let mut a = RssAgg::new(Thp::Always);
+    a.set_anon_vmas(1, vec![(base, base + HUGE + PAGE)]);
+    a.fault((1, Stack::Id(1)), base + HUGE); // block does not fit
+    a.fault((1, Stack::Id(1)), base + 3);
+    assert_eq!(a.by_stack()[&(1, Stack::Id(1))].bytes, PAGE + HUGE);
+    assert_eq!(Thp::parse("always [madvise] never"), Thp::Madvise);
+    assert_eq!(Thp::parse("[always] madvise never"), Thp::Always);
+}
+
+#[test]
+fn rss_mremap_moves_and_brk_shrinks() {
+    let mut r = RssAgg::new(Thp::Never);
+    for p in 0..4 {
+        r.fault((1, Stack::Id(1)), 0x100000 + p * PAGE);
+    }
+    // Move and shrink to 3 pages: one page released, three moved.
+    r.mremap(REL, 0x100000, 4 * PAGE, 0x900000, 3 * PAGE);
+    let moved: Vec<_> = r.procs[&1].resident.iter().collect();
+    assert_eq!(
+        moved,
+        vec![(0x900000, 0x900000 + 3 * PAGE, (1, Stack::Id(1)))]
+    );
+    assert_eq!(r.released_bytes, PAGE);
+    r.brk(REL, 0x600000);
+    for p in 0..8 {
+        r.fault((1, Stack::Id(2)), 0x5f8000 + p * PAGE);
+    }
+    r.brk(REL, 0x5fc000); // shrink by 4 pages
+    assert_eq!(r.by_stack()[&(1, Stack::Id(2))].bytes, 4 * PAGE);
+}
+
+#[test]
+fn rss_mmap_fixed_drops_old_pages() {
+    let mut r = RssAgg::new(Thp::Never);
+    r.fault((1, Stack::Id(1)), 0x7000);
+    r.mmap(REL, 0x7000, PAGE);
+    assert!(r.by_stack().is_empty());
+}
+
+#[test]
+fn net_growth_subtracts_what_was_resident_before_and_released() {
+    let mut r = RssAgg::new(Thp::Never);
+    // 64 pages resident when the window began.
+    r.set_resident_before(1, &[(0x100000, 0x100000 + 64 * PAGE)]);
+    // 16 new pages stay; 8 more come and go.
+    for p in 0..24 {
+        r.fault((1, Stack::Id(1)), 0x900000 + p * PAGE);
+    }
+    r.munmap(REL, 0x900000 + 16 * PAGE, 8 * PAGE);
+    // The old region is unmapped in two calls (32 pages each) and a
+    // third that touches nothing resident.
+    r.munmap(REL, 0x100000, 32 * PAGE);
+    r.madvise(
+        (1, Stack::Id(98)),
+        0x100000 + 32 * PAGE,
+        32 * PAGE,
+        madv::DONTNEED,
+    );
+    r.munmap(REL, 0x100000, 64 * PAGE);
+    assert_eq!(r.net_growth(&[1]), (16 * PAGE, 64 * PAGE));
+    assert_eq!(r.released_bytes, 8 * PAGE, "in-window releases stay apart");
+    assert_eq!(r.released_before[&REL].bytes, 32 * PAGE);
+    assert_eq!(r.released_before[&(1, Stack::Id(98))].bytes, 32 * PAGE);
+    // Moving pre-window pages is neither growth nor release; the tail an
+    // mremap drops is a release.
+    let mut m = RssAgg::new(Thp::Never);
+    m.set_resident_before(1, &[(0x100000, 0x100000 + 4 * PAGE)]);
+    m.mremap(REL, 0x100000, 4 * PAGE, 0x800000, 3 * PAGE);
+    assert_eq!(m.net_growth(&[1]), (0, PAGE));
+    m.munmap(REL, 0x800000, 3 * PAGE);
+    assert_eq!(m.net_growth(&[1]), (0, 4 * PAGE));
+    // A fault on a page the snapshot saw counts as growth, once.
+    let mut f = RssAgg::new(Thp::Never);
+    f.set_resident_before(1, &[(0x100000, 0x102000)]);
+    f.fault((1, Stack::Id(1)), 0x100000);
+    f.munmap(REL, 0x100000, 2 * PAGE);
+    assert_eq!(f.net_growth(&[1]), (0, PAGE));
+    assert_eq!(f.released_bytes, PAGE);
+}
+
+#[test]
+fn a_new_window_starts_from_what_is_resident() {
+    let mut r = RssAgg::new(Thp::Never);
+    r.set_resident_before(1, &[(0x100000, 0x100000 + 2 * PAGE)]);
+    r.fault((1, Stack::Id(1)), 0x900000);
+    let mut next = r.rotate();
+    assert!(next.by_stack().is_empty());
+    next.munmap(REL, 0, 1 << 40);
+    assert_eq!(next.net_growth(&[1]), (0, 3 * PAGE));
+    assert_eq!(next.net_growth(&[2]), (0, 0), "other processes untouched");
+}
