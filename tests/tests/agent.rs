@@ -477,3 +477,17 @@ fn agent_under_load_answers_every_scrape() {
     drop(services);
     assert_no_memtrace_programs();
 }
+
+/// SIGTERM as soon as the agent answers on HTTP, which it does before it
+/// has loaded its probes and attached to every process: it stops cleanly
+/// (exit 0, saying so), not by the signal's default action.
+#[test]
+fn sigterm_during_start_up_stops_cleanly() {
+    for round in 0..3 {
+        let agent = Agent::start(&format!("agent-early-term-{round}"), &["--window", "1"]);
+        let (code, _, log) = agent.stop();
+        assert_eq!(code, Some(0), "round {round}: {log}");
+        assert!(log.contains("agent: stopping"), "round {round}: {log}");
+    }
+    assert_no_memtrace_programs();
+}

@@ -239,6 +239,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    // From here on, SIGTERM (while the pusher replays its spool, the probes
+    // load and every process is attached) stops the agent cleanly once it
+    // runs, instead of killing it by the default action.
+    let stop = {
+        let _rt = rt.enter();
+        run::StopSignals::new().context("catching SIGINT and SIGTERM")?
+    };
     let pusher = push_config(&args)?
         .map(Pusher::start)
         .transpose()
@@ -259,10 +270,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             push: pusher.as_ref().map(Pusher::stats_handle),
         },
     )?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
     rt.block_on(async move {
         let kernel = Ebpf::load(&tracepoints, &crate::preflight::tracefs_dir())?;
         let mut engine = Engine::new(kernel, Procfs, opts);
@@ -292,13 +299,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         policy.node = node_name(&args);
         // Processes already running; later ones arrive through exec events.
         policy.scan(&mut engine);
-        run::drive(&mut engine, &mut policy).await?;
+        run::drive_until(&mut engine, &mut policy, stop).await?;
         engine.drain();
         policy.end_window(&mut engine, true);
-        eprintln!(
-            "memtrace: agent: stopping; last window written under {}",
-            args.out.join("last-window").display()
-        );
+        let last = args.out.join("last-window");
+        if last.exists() {
+            eprintln!(
+                "memtrace: agent: stopping; last window written under {}",
+                last.display()
+            );
+        } else {
+            eprintln!("memtrace: agent: stopping; no Go process was traced, no last window");
+        }
         engine.finish();
         Ok::<(), anyhow::Error>(())
     })

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::{Engine, Host, Lifecycle};
 use crate::kernel::Kernel;
@@ -33,9 +33,42 @@ pub trait Policy<K: Kernel, H: Host> {
 /// How often the engine ticks.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// SIGINT and SIGTERM, caught from the moment this is made: made before a
+/// long start-up (loading the probes, attaching to every process), a
+/// signal during it ends the session cleanly once [`drive_until`] runs,
+/// instead of killing the process with the default action.
+pub struct StopSignals {
+    int: Signal,
+    term: Signal,
+}
+
+impl StopSignals {
+    /// Must be called inside the Tokio runtime.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
 /// Runs `policy` over `engine` until the policy or a signal stops it;
 /// returns what stopped it.
 pub async fn drive<K, H, P>(engine: &mut Engine<K, H>, policy: &mut P) -> std::io::Result<String>
+where
+    K: Kernel,
+    H: Host,
+    P: Policy<K, H>,
+{
+    drive_until(engine, policy, StopSignals::new()?).await
+}
+
+/// [`drive`], with signals caught since `stop` was made.
+pub async fn drive_until<K, H, P>(
+    engine: &mut Engine<K, H>,
+    policy: &mut P,
+    mut stop: StopSignals,
+) -> std::io::Result<String>
 where
     K: Kernel,
     H: Host,
@@ -49,8 +82,6 @@ where
         ),
         None => None,
     };
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -73,8 +104,8 @@ where
                     return Ok(why);
                 }
             }
-            _ = sigint.recv() => return Ok("SIGINT".to_string()),
-            _ = sigterm.recv() => return Ok("SIGTERM".to_string()),
+            _ = stop.int.recv() => return Ok("SIGINT".to_string()),
+            _ = stop.term.recv() => return Ok("SIGTERM".to_string()),
         }
     }
 }
