@@ -333,6 +333,15 @@ pub struct GcPoints {
     pub heap_marked: Option<u64>,
 }
 
+/// A function's first instructions (at most eight, where Go puts its stack
+/// check and frame setup), up to the first that does not decode.
+fn prologue(code: &[u8], ip: u64) -> impl Iterator<Item = iced_x86::Instruction> + '_ {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    std::iter::from_fn(move || decoder.can_decode().then(|| decoder.decode()))
+        .take_while(|insn| !insn.is_invalid())
+        .take(8)
+}
+
 /// Offset, from the function start, of the `PUSHQ BP` of Go ≥ 1.21's frame
 /// setup (`PUSHQ BP; MOVQ SP, BP`, after the stack check). The kernel
 /// emulates a push at a uprobe rather than single-stepping it, so a probe
@@ -340,16 +349,8 @@ pub struct GcPoints {
 /// re-entry after `morestack` runs the stack check again first. `None` for
 /// other layouts.
 pub fn frame_push(code: &[u8], ip: u64) -> Option<u64> {
-    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut push: Option<u64> = None;
-    for _ in 0..8 {
-        if !decoder.can_decode() {
-            return None;
-        }
-        let insn = decoder.decode();
-        if insn.is_invalid() {
-            return None;
-        }
+    for insn in prologue(code, ip) {
         let is_mov_bp_sp = matches!(insn.code(), Code::Mov_rm64_r64 | Code::Mov_r64_rm64)
             && insn.op0_register() == Register::RBP
             && insn.op1_register() == Register::RSP;
@@ -368,17 +369,9 @@ pub fn frame_push(code: &[u8], ip: u64) -> Option<u64> {
 /// in the frame-pointer chain and fires once even when `morestack` restarts
 /// the function (that re-runs the stack check, which comes before).
 pub fn after_frame_setup(code: &[u8], ip: u64) -> Option<u64> {
-    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     // The instruction before: `push rbp`, or the displacement of `mov [rsp+d], rbp`.
     let mut saved_bp: Option<Option<u64>> = None;
-    for _ in 0..8 {
-        if !decoder.can_decode() {
-            return None;
-        }
-        let insn = decoder.decode();
-        if insn.is_invalid() {
-            return None;
-        }
+    for insn in prologue(code, ip) {
         let done = match insn.code() {
             Code::Mov_rm64_r64 | Code::Mov_r64_rm64 => {
                 saved_bp == Some(None)
