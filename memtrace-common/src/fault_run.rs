@@ -1,29 +1,33 @@
 //! Runs of page faults merged by the fault probe (see
-//! `memtrace-ebpf/src/probes/faults.rs`): the per-thread state the kernel
+//! `memtrace-ebpf/src/probes/faults.rs`): the per-CPU state the kernel
 //! keeps and user space reads, and the rule for what joins a run.
 
 /// Pages one [`FaultRun`] may merge before it is sent and a new run starts
 /// with a fresh stack (so a run's stack is re-read at least this often).
 pub const FAULT_RUN_MAX: u64 = 512;
-/// Largest gap, in bytes, between two merged pages of a run: Go's spans
-/// interleave pages touched by different code (an 8 KiB span's mark bits
-/// are written by the runtime, its objects by the program), so one
-/// stack's pages come every other page.
+/// Largest gap, in bytes, between two merged pages of a run, either way:
+/// Go's spans interleave pages touched by different code (an 8 KiB span's
+/// mark bits are written by the runtime, its objects by the program), so
+/// one stack's pages come every other page; and the runtime hands out some
+/// of its own structures (span descriptors) from the top of a chunk down.
 pub const FAULT_RUN_MAX_STRIDE: u64 = 16 * 4096;
 
 /// Contiguous user-mode faults of one thread at one instruction and frame,
-/// merged by the fault probe into one record (`FAULT_RUNS`, per thread).
-/// The first page goes out as a `Fault` with its stack; the next ones only
+/// merged by the fault probe into one record (`FAULT_RUNS`, per CPU). The
+/// first page goes out as a `Fault` with its stack; the next ones only
 /// count here until the run ends: a page off its stride, another frame,
-/// a release syscall anywhere (`gen`), the thread's exit, or
-/// [`FAULT_RUN_MAX`] pages. User space also reads runs in progress
-/// ([`crate::EventKind::FaultRunSoFar`]).
+/// a release syscall anywhere (`gen`), the thread's exit, its slot taken
+/// by a newer run, or [`FAULT_RUN_MAX`] pages. User space also reads runs
+/// in progress ([`crate::EventKind::FaultRunSoFar`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultRun {
     pub tgid: u32,
+    /// The thread whose faults the run merges.
+    pub tid: u32,
     /// Odd while the probe rewrites the run (user space re-reads).
     pub seq: u32,
+    pub _pad: u32,
     /// Instruction, frame pointer, and the frame's saved frame pointer and
     /// return address at the first fault: what a fault must match to join.
     pub ip: u64,
@@ -33,7 +37,8 @@ pub struct FaultRun {
     /// The first page (sent with its stack) and the last one merged.
     pub first: u64,
     pub last: u64,
-    /// Bytes between merged pages (0 until the second page).
+    /// Bytes between merged pages, two's complement when the pages go
+    /// down (0 until the second page).
     pub stride: u64,
     /// Pages merged after the first.
     pub count: u64,
@@ -46,13 +51,17 @@ pub struct FaultRun {
     pub gen: u64,
 }
 
-/// Runs a thread keeps at once.
-pub const FAULT_RUN_SLOTS: usize = 4;
+/// Runs a CPU keeps at once (a power of two: the probe masks slot indexes).
+pub const FAULT_RUN_SLOTS: usize = 8;
+const _: () = assert!(FAULT_RUN_SLOTS.is_power_of_two());
 
-/// A thread's runs. Several, because Go interleaves streams of faults: an
-/// allocation loop fills objects every other page while the runtime writes
-/// the spans' mark bits on the pages between, and a growing slice of
-/// pointers faults elsewhere.
+/// A CPU's runs, of whichever threads fault there (a thread that moves to
+/// another CPU starts new runs there; its old ones end when their slots
+/// are taken, and user space reads them until then). Several, because Go
+/// interleaves streams of faults: an allocation loop fills objects every
+/// other page while the runtime writes the spans' mark bits on the pages
+/// between, its span descriptors elsewhere, and a growing slice of
+/// pointers faults elsewhere again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultRuns {
@@ -61,15 +70,21 @@ pub struct FaultRuns {
     /// the one used least recently.
     pub used: [u64; FAULT_RUN_SLOTS],
     pub clock: u64,
+    /// Scratch for the probe's choice of a slot for a new run (kept in the
+    /// map, where the verifier does not track each candidate index).
+    pub victim: u64,
+    pub victim_key: u64,
 }
 
 impl FaultRun {
-    /// Whether a fault at `page` extends this run, given the frame it
-    /// faulted in: the same instruction and frame (and the frame's caller),
-    /// the same release generation, and the next page along the stride.
+    /// Whether a fault of thread `tid` at `page` extends this run, given
+    /// the frame it faulted in: the same thread, instruction and frame (and
+    /// the frame's caller), the same release generation, and the next page
+    /// along the stride (which the second page sets, up or down).
     #[inline(always)]
-    pub fn extends(&self, frame: &[u64; 4], page: u64, gen: u64) -> bool {
+    pub fn extends(&self, tid: u32, frame: &[u64; 4], page: u64, gen: u64) -> bool {
         if self.stack_ref == 0
+            || self.tid != tid
             || self.count >= FAULT_RUN_MAX
             || self.gen != gen
             || self.ip != frame[0]
@@ -81,13 +96,14 @@ impl FaultRun {
         }
         let d = page.wrapping_sub(self.last);
         if self.stride == 0 {
-            d != 0 && d <= FAULT_RUN_MAX_STRIDE
+            d != 0 && (d as i64).unsigned_abs() <= FAULT_RUN_MAX_STRIDE
         } else {
             d == self.stride
         }
     }
 
-    /// The pages merged after the first, in order.
+    /// The pages merged after the first, in order (`stride` wraps: a run
+    /// going down has a two's-complement stride).
     pub fn pages(first: u64, stride: u64, count: u64) -> impl Iterator<Item = u64> {
         (1..=count).map(move |i| first.wrapping_add(i.wrapping_mul(stride)))
     }
@@ -101,6 +117,7 @@ mod tests {
     fn run(first: u64) -> FaultRun {
         FaultRun {
             tgid: 1,
+            tid: 7,
             ip: 0x40,
             bp: 0x7f00,
             caller_bp: 0x7f40,
@@ -119,32 +136,53 @@ mod tests {
         let frame = [0x40, 0x7f00, 0x7f40, 0x41];
         let mut r = run(0x10000);
         // The second page sets the stride; a later one must keep it.
-        assert!(r.extends(&frame, 0x12000, 3));
+        assert!(r.extends(7, &frame, 0x12000, 3));
+        assert!(!r.extends(8, &frame, 0x12000, 3), "another thread");
         r.stride = 0x2000;
         r.last = 0x12000;
         r.count = 1;
-        assert!(r.extends(&frame, 0x14000, 3));
-        assert!(!r.extends(&frame, 0x13000, 3), "off the stride");
-        assert!(!r.extends(&frame, 0x10000, 3), "backwards");
-        assert!(!r.extends(&frame, 0x14000, 4), "a release came between");
+        assert!(r.extends(7, &frame, 0x14000, 3));
+        assert!(!r.extends(7, &frame, 0x13000, 3), "off the stride");
+        assert!(!r.extends(7, &frame, 0x10000, 3), "backwards");
+        assert!(!r.extends(7, &frame, 0x14000, 4), "a release came between");
         for i in 0..4 {
             let mut other = frame;
             other[i] += 8;
-            assert!(!r.extends(&other, 0x14000, 3), "another frame ({i})");
+            assert!(!r.extends(7, &other, 0x14000, 3), "another frame ({i})");
         }
         r.count = FAULT_RUN_MAX;
-        assert!(!r.extends(&frame, 0x14000, 3), "full");
+        assert!(!r.extends(7, &frame, 0x14000, 3), "full");
         let mut far = run(0x10000);
-        assert!(!far.extends(&frame, 0x10000 + FAULT_RUN_MAX_STRIDE + 4096, 3));
+        let gap = FAULT_RUN_MAX_STRIDE + 4096;
+        assert!(!far.extends(7, &frame, 0x10000 + gap, 3));
+        assert!(!far.extends(7, &frame, 0x10000 + (1 << 20) - gap, 3));
         far.stack_ref = 0;
-        assert!(!far.extends(&frame, 0x11000, 3), "an empty slot");
+        assert!(!far.extends(7, &frame, 0x11000, 3), "an empty slot");
+    }
+
+    #[test]
+    fn a_run_may_go_down() {
+        let frame = [0x40, 0x7f00, 0x7f40, 0x41];
+        let mut r = run(0x20000);
+        assert!(r.extends(7, &frame, 0x1f000, 3));
+        r.stride = 0x1f000u64.wrapping_sub(0x20000);
+        r.last = 0x1f000;
+        r.count = 1;
+        assert!(r.extends(7, &frame, 0x1e000, 3));
+        assert!(!r.extends(7, &frame, 0x20000, 3), "turning back");
+        r.last = 0x1e000;
+        r.count = 2;
+        let mut pages = FaultRun::pages(r.first, r.stride, r.count);
+        assert_eq!(pages.next(), Some(0x1f000));
+        assert_eq!(pages.next(), Some(0x1e000));
+        assert_eq!(pages.next(), None);
     }
 
     #[test]
     fn a_run_event_lists_its_merged_pages() {
         let mut r = run(0x10000);
         (r.stride, r.count) = (0x2000, 3);
-        let ev = Event::fault_run(EventKind::FaultRun, 7, &r);
+        let ev = Event::fault_run(EventKind::FaultRun, &r);
         assert_eq!((ev.tgid, ev.tid, ev.stack_field()), (1, 7, StackField::Ref));
         assert_eq!((ev.stack_ref, ev.run_start_ns()), (9, 5));
         let pages: [u64; 3] = {

@@ -278,9 +278,9 @@ impl Event {
 
     /// A run of faults: the pages after its first (see
     /// [`EventKind::FaultRun`]), with the first page's stack reference.
-    pub const fn fault_run(kind: EventKind, tid: u32, run: &FaultRun) -> Self {
+    pub const fn fault_run(kind: EventKind, run: &FaultRun) -> Self {
         let mut ev =
-            Self::new(kind, run.tgid, tid).with(run.first, run.count, run.stride, run.start_ns);
+            Self::new(kind, run.tgid, run.tid).with(run.first, run.count, run.stride, run.start_ns);
         ev.stack = STACK_REF;
         ev.stack_ref = run.stack_ref;
         ev

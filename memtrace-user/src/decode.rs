@@ -352,6 +352,7 @@ mod tests {
     fn a_run_read_before_its_first_page_arrived_waits() {
         let run = memtrace_common::FaultRun {
             tgid: 7,
+            tid: 8,
             first: 0x7000,
             stride: 4096,
             count: 3,
@@ -360,13 +361,13 @@ mod tests {
             ..Default::default()
         };
         let mut r = Resolver::default();
-        let so_far = Event::fault_run(EventKind::FaultRunSoFar, 8, &run);
+        let so_far = Event::fault_run(EventKind::FaultRunSoFar, &run);
         assert_eq!(r.feed(&encode(&so_far, &[])), None);
         assert_eq!(r.lost_stacks, 0, "not lost: read again later");
         // The first page defines the reference; then the run resolves.
         let first = with_stack(Event::fault(7, 8, 0x7000, 4096), StackField::Frames(1), 5);
         let f = r.feed(&encode(&first, &[0x401000])).unwrap();
-        let ended = Event::fault_run(EventKind::FaultRun, 8, &run);
+        let ended = Event::fault_run(EventKind::FaultRun, &run);
         let got = r.feed(&encode(&ended, &[])).unwrap();
         assert_eq!(got.key, f.key);
         assert_eq!(

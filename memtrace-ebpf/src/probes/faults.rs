@@ -5,16 +5,24 @@
 //! A program touching fresh memory faults page after page from one
 //! instruction in one frame (a loop filling a buffer, the runtime
 //! initializing spans). Reading the stack and sending a record for each
-//! was most of the lens's cost, so such faults are merged per thread into a
+//! was most of the lens's cost, so such faults are merged into a
 //! [`FaultRun`]: the first page goes out with its stack, the next ones
 //! only count in `FAULT_RUNS` until the run ends, and then go out as one
 //! `FaultRun` record. A run ends on a fault that does not extend it (see
-//! [`FaultRun::extends`]), after [`FAULT_RUN_MAX`] pages, and at the
-//! thread's exit or exec; user space also reads runs in progress (each
-//! second and at every report), so nothing waits there for long. A release
-//! syscall anywhere bumps the release generation and so ends every run at
-//! its next fault: pages of a run all faulted before any release sent after
-//! its start, which is how user space orders the two.
+//! [`FaultRun::extends`]), after [`FAULT_RUN_MAX`] pages, when a newer run
+//! takes its slot, and at the thread's exit or exec; user space also reads
+//! runs in progress (each second and at every report), so nothing waits
+//! there for long. A release syscall anywhere bumps the release generation
+//! and so ends every run at its next fault: pages of a run all faulted
+//! before any release sent after its start, which is how user space orders
+//! the two.
+//!
+//! The runs live per CPU, not per thread: a fault runs with preemption
+//! off, so the CPU's table is the probe's alone, and reaching it is an
+//! array index where a per-thread table was a hash lookup on every fault.
+//! A thread that moves to another CPU starts new runs there; its old ones
+//! stay until their slots are taken (and are sent then) or are read by
+//! user space, which counts each page once by (thread, run start).
 //!
 //! [`FAULT_RUN_MAX`]: memtrace_common::FAULT_RUN_MAX
 
@@ -22,13 +30,15 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::HashMap,
+    maps::PerCpuArray,
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use memtrace_common::{Counter, Event, EventKind, FaultRun, FaultRuns, FAULT_RUN_SLOTS};
 
-use super::{bump, current_target, emit, emit_with_stack, fingerprint, release_gen};
+use super::{
+    bump, current_target, current_target_cached, emit, emit_with_stack, fingerprint, release_gen,
+};
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
 //   TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)
@@ -37,86 +47,65 @@ const PAGE_MASK: u64 = !0xfff;
 /// but user mappings above it need an explicit opt-in hint).
 const USER_TOP: u64 = 0x0000_8000_0000_0000;
 
-/// Runs in progress, per thread (tid). Entries go at the thread's exit,
-/// and user space removes a retired target's.
+/// Runs in progress, per CPU (see the module docs).
 #[map]
-pub static FAULT_RUNS: HashMap<u32, FaultRuns> = HashMap::with_max_entries(32 * 1024, 0);
+pub static FAULT_RUNS: PerCpuArray<FaultRuns> = PerCpuArray::with_max_entries(1, 0);
 
-/// The value a thread's entry starts from (a map value may not come from
-/// the 512-byte program stack alongside the registers).
-static NO_RUNS: FaultRuns = FaultRuns {
-    runs: [EMPTY_RUN; FAULT_RUN_SLOTS],
-    used: [0; FAULT_RUN_SLOTS],
-    clock: 0,
-};
-const EMPTY_RUN: FaultRun = FaultRun {
-    tgid: 0,
-    seq: 0,
-    ip: 0,
-    bp: 0,
-    caller_bp: 0,
-    ra: 0,
-    first: 0,
-    last: 0,
-    stride: 0,
-    count: 0,
-    stack_ref: 0,
-    start_ns: 0,
-    gen: 0,
-};
-
-/// Sends what `run` merged, if anything.
+/// Ends `run`, if it holds one: marks it rewritten (odd `seq`, so user
+/// space does not count a copy read after the record went out), sends what
+/// it merged, and empties it. Leaves `seq` odd; the caller closes it.
 #[inline(always)]
-fn send_run(tid: u32, run: &FaultRun) {
+fn end_run(run: &mut FaultRun) -> u32 {
+    let seq = run.seq.wrapping_add(1);
+    run.seq = seq;
     if run.stack_ref != 0 && run.count != 0 {
-        emit(Event::fault_run(EventKind::FaultRun, tid, run));
+        emit(Event::fault_run(EventKind::FaultRun, run));
     }
+    run.stack_ref = 0;
+    seq
 }
 
-/// Ends the current thread's runs: sends them and drops its entry.
+/// Ends the current thread's runs on this CPU (its runs on other CPUs end
+/// when their slots are taken; user space has read them by then).
 #[inline(always)]
 fn end_runs(tid: u32) {
-    if let Some(runs) = FAULT_RUNS.get_ptr(tid) {
-        // SAFETY: map value pointer, valid for this program run.
-        let runs = unsafe { &*runs };
-        for run in &runs.runs {
-            send_run(tid, run);
+    let Some(runs) = FAULT_RUNS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value; the probes that write it run with
+    // preemption off, so nothing else on this CPU writes it meanwhile.
+    let runs = unsafe { &mut *runs };
+    for run in runs.runs.iter_mut() {
+        if run.tid == tid && run.stack_ref != 0 {
+            let seq = end_run(run);
+            run.seq = seq.wrapping_add(1);
         }
-        let _ = FAULT_RUNS.remove(tid);
     }
 }
 
 /// A user-mode fault at `page` by the frame `[ip, bp, caller's bp, return
-/// address]`: merged into one of the thread's runs, or sent with its stack
+/// address]`: merged into one of this CPU's runs, or sent with its stack
 /// (and made the first page of a new run).
 #[inline(always)]
 fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, frame: [u64; 4]) {
     let gen = release_gen();
-    let runs = match FAULT_RUNS.get_ptr_mut(tid) {
-        Some(p) => Some(p),
-        None => {
-            // By reference: by value, the 456 bytes would go on the stack.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = FAULT_RUNS.insert(tid, &NO_RUNS, 0);
-            FAULT_RUNS.get_ptr_mut(tid)
-        }
-    };
     let ev = Event::fault(tgid, tid, page, 4096);
-    let Some(runs) = runs else {
+    let Some(runs) = FAULT_RUNS.get_ptr_mut(0) else {
         emit_with_stack(ctx, ev, fingerprint(frame[0], frame[1]));
         return;
     };
-    // SAFETY: map value pointer, valid for this program run; only this
-    // thread writes its entry, and a thread runs on one CPU at a time.
+    // SAFETY: as in `end_runs`.
     let runs = unsafe { &mut *runs };
     runs.clock += 1;
     let clock = runs.clock;
-    // A new run goes in the slot of the same frame if there is one, else
-    // in the one used least recently.
-    let (mut same, mut oldest) = (FAULT_RUN_SLOTS, 0);
+    // A new run goes in the slot of the same thread and frame if there is
+    // one, else in the one used least recently. The choice is kept in the
+    // map: as registers, each candidate index was a verifier state.
+    runs.victim = 0;
+    runs.victim_key = u64::MAX;
     for i in 0..FAULT_RUN_SLOTS {
         let run = &mut runs.runs[i];
-        if run.tgid == tgid && run.extends(&frame, page, gen) {
+        if run.tgid == tgid && run.extends(tid, &frame, page, gen) {
             run.seq = run.seq.wrapping_add(1);
             run.stride = page.wrapping_sub(run.last);
             run.last = page;
@@ -126,24 +115,26 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, frame: [u
             bump(Counter::FaultsMerged);
             return;
         }
-        if run.ip == frame[0] && run.bp == frame[1] {
-            same = i;
-        }
-        if runs.used[i] < runs.used[oldest] {
-            oldest = i;
+        let key = if run.tid == tid && run.ip == frame[0] && run.bp == frame[1] {
+            0
+        } else {
+            runs.used[i] + 1
+        };
+        if key < runs.victim_key {
+            runs.victim_key = key;
+            runs.victim = i as u64;
         }
     }
-    let i = if same < FAULT_RUN_SLOTS { same } else { oldest };
+    let i = (runs.victim as usize) & (FAULT_RUN_SLOTS - 1);
     runs.used[i] = clock;
     let run = &mut runs.runs[i];
-    send_run(tid, run);
-    let seq = run.seq.wrapping_add(1);
-    run.seq = seq;
-    run.stack_ref = 0;
+    let seq = end_run(run);
     let stack_ref = emit_with_stack(ctx, ev, fingerprint(frame[0], frame[1]));
     *run = FaultRun {
         tgid,
+        tid,
         seq,
+        _pad: 0,
         ip: frame[0],
         bp: frame[1],
         caller_bp: frame[2],
@@ -171,7 +162,7 @@ fn user_page(addr: u64) -> Option<u64> {
 /// a helper call, on the hottest path of the lens).
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid)) = current_target_cached() else {
         return 0;
     };
     let Some(page) = user_page(ctx.arg(0)) else {
@@ -201,7 +192,7 @@ pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
 /// the user stack is walked.
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn fault_kernel(ctx: RawTracePointContext) -> i32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid)) = current_target_cached() else {
         return 0;
     };
     if let Some(page) = user_page(ctx.arg(0)) {

@@ -13,6 +13,9 @@ use memtrace_common::{Event, EventKind};
 
 use super::{bump_release_gen, current_target, emit, emit_with_stack, tp_offsets};
 
+/// `mmap`'s MAP_FIXED (include/uapi/asm-generic/mman-common.h).
+const MAP_FIXED: u32 = 0x10;
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     let at = tp_offsets().syscall_args as usize + 8 * n;
@@ -41,15 +44,14 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    let ev = Event::mmap_enter(
-        tgid,
-        tid,
-        arg(&ctx, 1),
-        arg(&ctx, 2) as u32,
-        arg(&ctx, 3) as u32,
-    );
+    let flags = arg(&ctx, 3) as u32;
+    let ev = Event::mmap_enter(tgid, tid, arg(&ctx, 1), arg(&ctx, 2) as u32, flags);
     emit_with_stack(&ctx, ev, None);
-    bump_release_gen();
+    // Only a fixed mapping can replace resident pages (elsewhere the kernel
+    // picks an unmapped range): the Go heap's growth maps many others.
+    if flags & MAP_FIXED != 0 {
+        bump_release_gen();
+    }
     0
 }
 

@@ -156,6 +156,7 @@ fn runs_still_in_the_kernel_are_counted_at_the_report_and_dropped_with_their_tar
     e.drain();
     let run = memtrace_common::FaultRun {
         tgid: 10,
+        tid: 10,
         first: 0x10000,
         stride: 4096,
         count: 3,
@@ -163,7 +164,7 @@ fn runs_still_in_the_kernel_are_counted_at_the_report_and_dropped_with_their_tar
         start_ns: 1,
         ..Default::default()
     };
-    let so_far = Event::fault_run(EventKind::FaultRunSoFar, 10, &run);
+    let so_far = Event::fault_run(EventKind::FaultRunSoFar, &run);
     e.kernel.runs.push((10, encode(&so_far, &[])));
     let r = e.report(None, "duration");
     assert_eq!(

@@ -7,14 +7,14 @@ use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::Path;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         Program, UProbe,
     },
     EbpfLoader,
 };
-use memtrace_common::{Event, EventKind, FaultRuns, TargetConfig, COUNTER_COUNT};
+use memtrace_common::{Event, EventKind, FaultRun, FaultRuns, TargetConfig, COUNTER_COUNT};
 
 use super::{format, Kernel, KernelCounters, KernelError, Probes, Scope, Tracepoint};
 use crate::goruntime::{GoBinary, ProbePoint};
@@ -55,7 +55,18 @@ pub struct Ebpf {
     targets: BpfHashMap<MapData, u32, TargetConfig>,
     counters: PerCpuArray<MapData, u64>,
     ring: RingBuf<MapData>,
-    fault_runs: BpfHashMap<MapData, u32, FaultRuns>,
+    fault_runs: PerCpuArray<MapData, FaultRuns>,
+    /// Bumped after each change to `targets` (see `current_target_cached`
+    /// in the eBPF object).
+    targets_epoch: Array<MapData, u64>,
+    epoch: u64,
+    /// When each target was added (CLOCK_MONOTONIC, the clock of run
+    /// starts): a run begun earlier is an exited process's, left in a CPU's
+    /// table, whose pid came round again.
+    added_ns: std::collections::HashMap<u32, u64>,
+    /// The same for targets removed since runs were last read (read once
+    /// more, as `retired`).
+    removed_ns: std::collections::HashMap<u32, u64>,
     /// Uprobe attachments alive.
     pub uprobes: usize,
 }
@@ -89,13 +100,19 @@ impl Ebpf {
         let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(map_err("COUNTERS"))?;
         let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS"))?;
         let fault_runs =
-            BpfHashMap::try_from(take("FAULT_RUNS")?).map_err(map_err("FAULT_RUNS"))?;
+            PerCpuArray::try_from(take("FAULT_RUNS")?).map_err(map_err("FAULT_RUNS"))?;
+        let targets_epoch =
+            Array::try_from(take("TARGETS_EPOCH")?).map_err(map_err("TARGETS_EPOCH"))?;
         let mut k = Self {
             ebpf,
             targets,
             counters,
             ring,
             fault_runs,
+            targets_epoch,
+            epoch: 0,
+            added_ns: Default::default(),
+            removed_ns: Default::default(),
             uprobes: 0,
         };
         let mut tps = tracepoints.to_vec();
@@ -105,6 +122,15 @@ impl Ebpf {
             k.attach_tracepoint(tp)?;
         }
         Ok(k)
+    }
+
+    /// Tells the probes that remember whether a thread is traced (per CPU)
+    /// that `targets` changed.
+    fn bump_epoch(&mut self) -> Result<(), KernelError> {
+        self.epoch += 1;
+        self.targets_epoch
+            .set(0, self.epoch, 0)
+            .map_err(map_err("TARGETS_EPOCH"))
     }
 
     /// Attaches and detaches one uprobe at `file_offset` of `path`, firing
@@ -284,11 +310,23 @@ impl Kernel for Ebpf {
     fn add_target(&mut self, pid: u32, config: TargetConfig) -> Result<(), KernelError> {
         self.targets
             .insert(pid, config, 0)
-            .map_err(map_err("TARGETS"))
+            .map_err(map_err("TARGETS"))?;
+        self.added_ns
+            .entry(pid)
+            .or_insert_with(crate::engine::monotonic_ns);
+        self.bump_epoch()
     }
 
     fn remove_target(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
+        let _ = self.bump_epoch();
+        if let Some(t) = self.added_ns.remove(&pid) {
+            // Bounded for sessions that never read runs (no rss lens).
+            if self.removed_ns.len() >= 4096 {
+                self.removed_ns.clear();
+            }
+            self.removed_ns.insert(pid, t);
+        }
     }
 
     fn counters(&self) -> KernelCounters {
@@ -329,23 +367,33 @@ impl Kernel for Ebpf {
     }
 
     fn fault_runs(&mut self, retired: &[u32], sink: &mut dyn FnMut(&[u8])) {
-        let tids: Vec<u32> = self.fault_runs.keys().filter_map(Result::ok).collect();
-        for tid in tids {
-            // Read twice: a run read while its thread rewrites it (odd
-            // sequence, or two reads that differ) waits for the next read.
-            let (Ok(a), Ok(b)) = (self.fault_runs.get(&tid, 0), self.fault_runs.get(&tid, 0))
-            else {
-                continue;
-            };
-            for (ra, rb) in a.runs.iter().zip(&b.runs) {
-                if ra == rb && ra.seq % 2 == 0 && ra.stack_ref != 0 && ra.count != 0 {
-                    let ev = Event::fault_run(EventKind::FaultRunSoFar, tid, ra);
+        // Read twice: a run read while its CPU rewrites it (odd sequence,
+        // or two reads that differ) waits for the next read.
+        let (Ok(a), Ok(b)) = (self.fault_runs.get(&0, 0), self.fault_runs.get(&0, 0)) else {
+            return;
+        };
+        let removed = |pid: u32| {
+            retired
+                .contains(&pid)
+                .then(|| self.removed_ns.get(&pid))
+                .flatten()
+        };
+        let live = |r: &FaultRun| {
+            let added = self.added_ns.get(&r.tgid).or_else(|| removed(r.tgid));
+            added.is_some_and(|&t| r.start_ns >= t)
+        };
+        for (ca, cb) in a.iter().zip(b.iter()) {
+            for (ra, rb) in ca.runs.iter().zip(&cb.runs) {
+                if ra == rb && ra.seq % 2 == 0 && ra.stack_ref != 0 && ra.count != 0 && live(ra) {
+                    let ev = Event::fault_run(EventKind::FaultRunSoFar, ra);
                     sink(&crate::decode::encode(&ev, &[]));
                 }
             }
-            if a.runs.iter().any(|r| retired.contains(&r.tgid)) {
-                let _ = self.fault_runs.remove(&tid);
-            }
+        }
+        // A retired target's runs stay in the CPUs' tables until newer runs
+        // take their slots; they are not read again.
+        for pid in retired {
+            self.removed_ns.remove(pid);
         }
     }
 }

@@ -164,7 +164,8 @@ pub trait Kernel {
 
     /// Hands each run of merged faults still in progress (see
     /// `memtrace_common::FaultRun`) to `sink` as a `FaultRunSoFar` record.
-    /// The runs of `retired` (processes no longer traced) are also dropped.
+    /// `retired` (processes just removed from the targets) are read this one
+    /// last time; runs of processes not traced are not handed over.
     fn fault_runs(&mut self, retired: &[u32], sink: &mut dyn FnMut(&[u8]));
 
     /// Each program that ran, with its run count and total run time, when
