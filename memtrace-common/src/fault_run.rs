@@ -2,8 +2,9 @@
 //! `memtrace-ebpf/src/probes/faults.rs`): the per-CPU state the kernel
 //! keeps and user space reads, and the rule for what joins a run.
 
-/// Pages one [`FaultRun`] may merge before it is sent and a new run starts
-/// with a fresh stack (so a run's stack is re-read at least this often).
+/// Pages a [`FaultRun`] (with the runs that continue it) may merge before
+/// a new run starts with a fresh stack (so a stack is re-read at least this
+/// often).
 pub const FAULT_RUN_MAX: u64 = 512;
 /// Largest gap, in bytes, between two merged pages of a run, either way:
 /// Go's spans interleave pages touched by different code (an 8 KiB span's
@@ -19,6 +20,13 @@ pub const FAULT_RUN_MAX_STRIDE: u64 = 16 * 4096;
 /// a release syscall anywhere (`gen`), the thread's exit, its slot taken
 /// by a newer run, or [`FAULT_RUN_MAX`] pages. User space also reads runs
 /// in progress ([`crate::EventKind::FaultRunSoFar`]).
+///
+/// A fault in the same frame that only breaks the stride or the release
+/// generation, within [`FAULT_RUN_MAX_STRIDE`] of the last page, ends the
+/// run and *continues* it ([`FaultRun::continues`]): a new run (a new
+/// identity, in the new generation) under the same stack, whose `first` is
+/// the old run's last page, already counted. It is as sure of its stack as
+/// a run's second page is, and costs no stack walk.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultRun {
@@ -42,6 +50,9 @@ pub struct FaultRun {
     pub stride: u64,
     /// Pages merged after the first.
     pub count: u64,
+    /// Pages merged since the stack was read: this run's and those of the
+    /// runs it continues.
+    pub chain: u64,
     /// The first page's stack reference (0: the slot is empty).
     pub stack_ref: u64,
     /// When the first page faulted: the run's identity.
@@ -83,15 +94,7 @@ impl FaultRun {
     /// along the stride (which the second page sets, up or down).
     #[inline(always)]
     pub fn extends(&self, tid: u32, frame: &[u64; 4], page: u64, gen: u64) -> bool {
-        if self.stack_ref == 0
-            || self.tid != tid
-            || self.count >= FAULT_RUN_MAX
-            || self.gen != gen
-            || self.ip != frame[0]
-            || self.bp != frame[1]
-            || self.caller_bp != frame[2]
-            || self.ra != frame[3]
-        {
+        if !self.same_frame(tid, frame) || self.chain >= FAULT_RUN_MAX || self.gen != gen {
             return false;
         }
         let d = page.wrapping_sub(self.last);
@@ -100,6 +103,28 @@ impl FaultRun {
         } else {
             d == self.stride
         }
+    }
+
+    /// Whether this slot holds a run of thread `tid` in `frame` (the same
+    /// instruction, frame pointer, caller's frame and return address).
+    #[inline(always)]
+    pub fn same_frame(&self, tid: u32, frame: &[u64; 4]) -> bool {
+        self.stack_ref != 0
+            && self.tid == tid
+            && self.ip == frame[0]
+            && self.bp == frame[1]
+            && self.caller_bp == frame[2]
+            && self.ra == frame[3]
+    }
+
+    /// Whether a fault at `page` in this run's frame that does not extend
+    /// it continues it in a new run: another page within
+    /// [`FAULT_RUN_MAX_STRIDE`] of the last, before the chain's stack is
+    /// due to be read again.
+    #[inline(always)]
+    pub fn continues(&self, page: u64) -> bool {
+        let d = page.wrapping_sub(self.last);
+        d != 0 && (d as i64).unsigned_abs() <= FAULT_RUN_MAX_STRIDE && self.chain < FAULT_RUN_MAX
     }
 
     /// The pages merged after the first, in order (`stride` wraps: a run
@@ -150,7 +175,7 @@ mod tests {
             other[i] += 8;
             assert!(!r.extends(7, &other, 0x14000, 3), "another frame ({i})");
         }
-        r.count = FAULT_RUN_MAX;
+        r.chain = FAULT_RUN_MAX;
         assert!(!r.extends(7, &frame, 0x14000, 3), "full");
         let mut far = run(0x10000);
         let gap = FAULT_RUN_MAX_STRIDE + 4096;
@@ -158,6 +183,25 @@ mod tests {
         assert!(!far.extends(7, &frame, 0x10000 + (1 << 20) - gap, 3));
         far.stack_ref = 0;
         assert!(!far.extends(7, &frame, 0x11000, 3), "an empty slot");
+    }
+
+    #[test]
+    fn a_fault_in_the_same_frame_nearby_continues_a_run() {
+        let frame = [0x40, 0x7f00, 0x7f40, 0x41];
+        let mut r = run(0x10000);
+        (r.stride, r.last, r.count, r.chain) = (0x2000, 0x14000, 2, 2);
+        assert!(r.same_frame(7, &frame) && !r.same_frame(8, &frame));
+        // Off the stride, or in a later generation: continued.
+        assert!(!r.extends(7, &frame, 0x15000, 3) && r.continues(0x15000));
+        assert!(!r.extends(7, &frame, 0x16000, 4) && r.continues(0x16000));
+        assert!(r.continues(0x14000 - FAULT_RUN_MAX_STRIDE));
+        // The same page, a far one, or a chain due for a fresh stack: not.
+        assert!(!r.continues(0x14000));
+        assert!(!r.continues(0x14000 + FAULT_RUN_MAX_STRIDE + 4096));
+        r.chain = FAULT_RUN_MAX;
+        assert!(!r.continues(0x15000));
+        r.stack_ref = 0;
+        assert!(!r.same_frame(7, &frame), "an empty slot");
     }
 
     #[test]
@@ -192,5 +236,8 @@ mod tests {
         assert_eq!(pages, [0x12000, 0x14000, 0x16000]);
         assert_eq!(EventKind::from_u32(21), Some(EventKind::FaultRun));
         assert_eq!(EventKind::from_u32(22), Some(EventKind::FaultRunSoFar));
+        assert_eq!(EventKind::from_u32(23), Some(EventKind::FaultRunContinued));
+        assert!(crate::is_ephemeral_ref(crate::EPHEMERAL_REF | 1 << 48 | 5));
+        assert!(!crate::is_ephemeral_ref(1 << 48 | 5));
     }
 }

@@ -71,6 +71,20 @@ pub enum EventKind {
     /// What a [`FaultRun`] still in the kernel's map holds so far, read by
     /// user space (never sent by the probes). Same fields as `FaultRun`.
     FaultRunSoFar = 22,
+    /// A [`FaultRun`] that ended because another continues it under the
+    /// same stack reference (see `FaultRun::continues`). Same fields.
+    FaultRunContinued = 23,
+}
+
+/// Set in a stack reference that no fingerprint stands for (its stack's
+/// fingerprint is shared with other stacks, or there was none): only the
+/// runs of merged faults that start with its record use it, and it is
+/// forgotten when the last of them ends with a [`EventKind::FaultRun`].
+pub const EPHEMERAL_REF: u64 = 1 << 47;
+
+/// Whether stack reference `r` is an [`EPHEMERAL_REF`].
+pub const fn is_ephemeral_ref(r: u64) -> bool {
+    r & EPHEMERAL_REF != 0
 }
 
 impl EventKind {
@@ -98,6 +112,7 @@ impl EventKind {
             20 => Self::GoSpawned,
             21 => Self::FaultRun,
             22 => Self::FaultRunSoFar,
+            23 => Self::FaultRunContinued,
             _ => return None,
         })
     }
@@ -552,11 +567,11 @@ mod tests {
 
     #[test]
     fn kind_round_trips() {
-        for v in 1..=22 {
+        for v in 1..=23 {
             assert_eq!(EventKind::from_u32(v).map(|k| k as u32), Some(v));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(23), None);
+        assert_eq!(EventKind::from_u32(24), None);
     }
 
     #[test]

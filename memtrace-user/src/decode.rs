@@ -203,6 +203,11 @@ impl Resolver {
             return None;
         }
         let key = self.key(&ev, frames);
+        // The last run under an ephemeral reference has ended: nothing
+        // refers to it any more.
+        if kind == EventKind::FaultRun && memtrace_common::is_ephemeral_ref(ev.stack_ref) {
+            self.refs.remove(&ev.stack_ref);
+        }
         let op = match kind {
             EventKind::Alloc => Op::Alloc { size: ev.size },
             EventKind::Munmap => Op::Munmap {
@@ -213,14 +218,16 @@ impl Resolver {
                 addr: ev.addr,
                 len: ev.size,
             },
-            EventKind::FaultRun | EventKind::FaultRunSoFar => Op::FaultRun(Run {
-                tid: ev.tid,
-                first: ev.addr,
-                stride: ev.run_stride(),
-                count: ev.size,
-                start_ns: ev.run_start_ns(),
-                ended: kind == EventKind::FaultRun,
-            }),
+            EventKind::FaultRun | EventKind::FaultRunContinued | EventKind::FaultRunSoFar => {
+                Op::FaultRun(Run {
+                    tid: ev.tid,
+                    first: ev.addr,
+                    stride: ev.run_stride(),
+                    count: ev.size,
+                    start_ns: ev.run_start_ns(),
+                    ended: kind != EventKind::FaultRunSoFar,
+                })
+            }
             EventKind::Madvise => Op::Madvise {
                 addr: ev.addr,
                 len: ev.size,
@@ -381,6 +388,45 @@ mod tests {
                 ended: true,
             })
         );
+    }
+
+    #[test]
+    fn an_ephemeral_reference_lasts_until_its_last_run_ends() {
+        let eph = memtrace_common::EPHEMERAL_REF | (1 << 48) | 3;
+        let mut run = memtrace_common::FaultRun {
+            tgid: 7,
+            tid: 8,
+            first: 0x7000,
+            stride: 4096,
+            count: 2,
+            stack_ref: eph,
+            start_ns: 11,
+            ..Default::default()
+        };
+        let mut r = Resolver::default();
+        let first = with_stack(Event::fault(7, 8, 0x7000, 4096), StackField::Frames(1), eph);
+        let f = r.feed(&encode(&first, &[0x401000])).unwrap();
+        // Continued: the next run goes on under the same reference.
+        let continued = Event::fault_run(EventKind::FaultRunContinued, &run);
+        let got = r.feed(&encode(&continued, &[])).unwrap();
+        assert_eq!(got.key, f.key);
+        assert!(matches!(got.op, Op::FaultRun(Run { ended: true, .. })));
+        (run.first, run.start_ns, run.count) = (0x9000, 12, 1);
+        let so_far = Event::fault_run(EventKind::FaultRunSoFar, &run);
+        assert_eq!(r.feed(&encode(&so_far, &[])).unwrap().key, f.key);
+        // The last run ends: the reference goes.
+        let last = Event::fault_run(EventKind::FaultRun, &run);
+        assert_eq!(r.feed(&encode(&last, &[])).unwrap().key, f.key);
+        assert!(!r.refs.contains_key(&eph));
+        assert_eq!(r.feed(&encode(&so_far, &[])), None, "a stale read waits");
+        assert_eq!(r.lost_stacks, 0);
+        // A shared reference stays.
+        let shared = with_stack(Event::fault(7, 8, 0x20000, 4096), StackField::Frames(1), 9);
+        r.feed(&encode(&shared, &[0x402000])).unwrap();
+        (run.stack_ref, run.start_ns) = (9, 13);
+        r.feed(&encode(&Event::fault_run(EventKind::FaultRun, &run), &[]))
+            .unwrap();
+        assert!(r.refs.contains_key(&9));
     }
 
     #[test]

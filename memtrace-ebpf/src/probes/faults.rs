@@ -24,6 +24,10 @@
 //! stay until their slots are taken (and are sent then) or are read by
 //! user space, which counts each page once by (thread, run start).
 //!
+//! A fault in a run's frame that only breaks its stride or its release
+//! generation continues it in a new run without reading the stack again
+//! (see [`FaultRun::continues`]).
+//!
 //! [`FAULT_RUN_MAX`]: memtrace_common::FAULT_RUN_MAX
 
 use aya_ebpf::{
@@ -34,10 +38,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use memtrace_common::{Counter, Event, EventKind, FaultRun, FaultRuns, FAULT_RUN_SLOTS};
+use memtrace_common::{
+    is_ephemeral_ref, Counter, Event, EventKind, FaultRun, FaultRuns, FAULT_RUN_SLOTS,
+};
 
 use super::{
-    bump, current_target, current_target_cached, emit, emit_with_stack, fingerprint, release_gen,
+    bump, current_target, current_target_cached, emit, emit_with_stack, emit_with_stack_for_run,
+    fingerprint, release_gen,
 };
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
@@ -53,13 +60,21 @@ pub static FAULT_RUNS: PerCpuArray<FaultRuns> = PerCpuArray::with_max_entries(1,
 
 /// Ends `run`, if it holds one: marks it rewritten (odd `seq`, so user
 /// space does not count a copy read after the record went out), sends what
-/// it merged, and empties it. Leaves `seq` odd; the caller closes it.
+/// it merged (`continued`: a new run goes on under its stack), and empties
+/// it. Leaves `seq` odd; the caller closes it. A run under an ephemeral
+/// stack reference is sent even with nothing merged when it is the last
+/// to use the reference, so that user space can forget it.
 #[inline(always)]
-fn end_run(run: &mut FaultRun) -> u32 {
+fn end_run(run: &mut FaultRun, continued: bool) -> u32 {
     let seq = run.seq.wrapping_add(1);
     run.seq = seq;
-    if run.stack_ref != 0 && run.count != 0 {
-        emit(Event::fault_run(EventKind::FaultRun, run));
+    if run.stack_ref != 0 && (run.count != 0 || (!continued && is_ephemeral_ref(run.stack_ref))) {
+        let kind = if continued {
+            EventKind::FaultRunContinued
+        } else {
+            EventKind::FaultRun
+        };
+        emit(Event::fault_run(kind, run));
     }
     run.stack_ref = 0;
     seq
@@ -77,7 +92,7 @@ fn end_runs(tid: u32) {
     let runs = unsafe { &mut *runs };
     for run in runs.runs.iter_mut() {
         if run.tid == tid && run.stack_ref != 0 {
-            let seq = end_run(run);
+            let seq = end_run(run, false);
             run.seq = seq.wrapping_add(1);
         }
     }
@@ -110,12 +125,13 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, frame: [u
             run.stride = page.wrapping_sub(run.last);
             run.last = page;
             run.count += 1;
+            run.chain += 1;
             run.seq = run.seq.wrapping_add(1);
             runs.used[i] = clock;
             bump(Counter::FaultsMerged);
             return;
         }
-        let key = if run.tid == tid && run.ip == frame[0] && run.bp == frame[1] {
+        let key = if run.tgid == tgid && run.same_frame(tid, &frame) {
             0
         } else {
             runs.used[i] + 1
@@ -125,11 +141,31 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, frame: [u
             runs.victim = i as u64;
         }
     }
+    let same = runs.victim_key == 0;
     let i = (runs.victim as usize) & (FAULT_RUN_SLOTS - 1);
     runs.used[i] = clock;
     let run = &mut runs.runs[i];
-    let seq = end_run(run);
-    let stack_ref = emit_with_stack(ctx, ev, fingerprint(frame[0], frame[1]));
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if same && run.continues(page) {
+        // The same frame, off the stride or past a release: the run goes
+        // out and a new one continues it under the same stack.
+        let stack_ref = run.stack_ref;
+        let seq = end_run(run, true);
+        run.stack_ref = stack_ref;
+        run.first = run.last;
+        run.stride = page.wrapping_sub(run.last);
+        run.last = page;
+        run.count = 1;
+        run.chain += 1;
+        run.start_ns = now;
+        run.gen = gen;
+        run.seq = seq.wrapping_add(1);
+        bump(Counter::FaultsMerged);
+        return;
+    }
+    let seq = end_run(run, false);
+    let stack_ref = emit_with_stack_for_run(ctx, ev, fingerprint(frame[0], frame[1]));
     *run = FaultRun {
         tgid,
         tid,
@@ -143,9 +179,9 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, frame: [u
         last: page,
         stride: 0,
         count: 0,
+        chain: 0,
         stack_ref,
-        // SAFETY: helper without preconditions.
-        start_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns: now,
         gen,
     };
     run.seq = seq.wrapping_add(1);

@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 use memtrace_common::{
     verify_on_use, Counter, Event, StackField, TargetConfig, TracepointOffsets, COUNTER_COUNT,
-    EVENT_SIZE, MAX_FRAMES, MAX_TARGETS, RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
+    EPHEMERAL_REF, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS, RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
 };
 
 /// Tracepoint field offsets, set by user space at load from the kernel's
@@ -377,9 +377,29 @@ pub fn entry_fingerprint(ip: u64, bp: u64, ra: u64) -> Option<Fingerprint> {
 #[inline(always)]
 pub fn emit_with_stack_entry<C: EbpfContext>(
     ctx: &C,
+    ev: Event,
+    fp: Option<Fingerprint>,
+    entry_ra: u64,
+) -> u64 {
+    emit_stack(ctx, ev, fp, entry_ra, false)
+}
+
+/// As [`emit_with_stack`], for the first page of a run of merged faults:
+/// a walked stack no fingerprint can stand for (none, or one shared with
+/// other stacks) still gets a reference, an [`EPHEMERAL_REF`] only the
+/// run (and the runs that continue it) uses.
+#[inline(always)]
+pub fn emit_with_stack_for_run<C: EbpfContext>(ctx: &C, ev: Event, fp: Option<Fingerprint>) -> u64 {
+    emit_stack(ctx, ev, fp, 0, true)
+}
+
+#[inline(always)]
+fn emit_stack<C: EbpfContext>(
+    ctx: &C,
     mut ev: Event,
     fp: Option<Fingerprint>,
     entry_ra: u64,
+    ephemeral: bool,
 ) -> u64 {
     // The remembered stack this walk verifies (id 0: none).
     let (mut check_id, mut check_hash) = (0u64, 0u64);
@@ -456,7 +476,8 @@ pub fn emit_with_stack_entry<C: EbpfContext>(
         collided = true;
     }
     ev.stack = StackField::Frames(frames as u32).encode();
-    if fp.is_some() && !collided {
+    let shared = fp.is_some() && !collided;
+    if shared || ephemeral {
         if let Some(next) = NEXT_REF.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
             let count = unsafe {
@@ -465,7 +486,8 @@ pub fn emit_with_stack_entry<C: EbpfContext>(
             };
             // SAFETY: helper without preconditions.
             let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
-            ev.stack_ref = ((cpu + 1) << 48) | (count & 0xffff_ffff_ffff);
+            let kind = if shared { 0 } else { EPHEMERAL_REF };
+            ev.stack_ref = ((cpu + 1) << 48) | kind | (count & (EPHEMERAL_REF - 1));
         }
     }
     // SAFETY: helper without preconditions.
@@ -481,7 +503,7 @@ pub fn emit_with_stack_entry<C: EbpfContext>(
         bump(Counter::RingbufDrops);
         return 0;
     }
-    if let (Some(words), true) = (fp.as_ref(), ev.stack_ref != 0) {
+    if let (Some(words), true) = (fp.as_ref(), shared && ev.stack_ref != 0) {
         let known = StackRef {
             id: ev.stack_ref,
             uses: 0,
