@@ -65,6 +65,30 @@ impl<V: Copy + PartialEq> RangeMap<V> {
     }
 
     /// Removes `[start, end)`; returns the removed pieces.
+    /// [`RangeMap::insert`] for a range the caller knows holds nothing
+    /// (the fault path: one page at a time, after a [`RangeMap::get`]),
+    /// which skips looking for what it would replace.
+    pub fn insert_free(&mut self, start: u64, end: u64, v: V) {
+        debug_assert!(!self.any_in(start, end), "insert_free over a held range");
+        if start >= end {
+            return;
+        }
+        let (mut s, mut e) = (start, end);
+        if let Some((&ps, &(pe, pv))) = self.map.range(..start).next_back() {
+            if pe == start && pv == v {
+                s = ps;
+            }
+        }
+        if let Some(&(ne, nv)) = self.map.get(&end) {
+            if nv == v {
+                self.map.remove(&end);
+                e = ne;
+            }
+        }
+        // The range before it, if they merge, is extended in place.
+        self.map.insert(s, (e, v));
+    }
+
     pub fn remove(&mut self, start: u64, end: u64) -> Vec<(u64, u64, V)> {
         let first = self
             .map
@@ -111,5 +135,20 @@ mod tests {
         let removed = m.remove(0x4800, 0x5800);
         assert_eq!(removed.iter().map(|(s, e, _)| e - s).sum::<u64>(), 0x1000);
         assert!(m.any_in(0x4000, 0x4900) && !m.any_in(0x4800, 0x5800));
+    }
+
+    #[test]
+    fn inserting_into_a_free_range_merges_like_insert() {
+        let (mut a, mut b): (RangeMap<u8>, RangeMap<u8>) = Default::default();
+        // Every other page, then the pages between: one range at the end,
+        // split where the value differs.
+        for i in (0..64).step_by(2).chain((1..64).step_by(2)) {
+            let v = if i == 33 { 8 } else { 7 };
+            a.insert(0x1000 * i, 0x1000 * (i + 1), v);
+            b.insert_free(0x1000 * i, 0x1000 * (i + 1), v);
+            assert_eq!(a.iter().collect::<Vec<_>>(), b.iter().collect::<Vec<_>>());
+        }
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.get(0x21000), Some(8));
     }
 }

@@ -199,7 +199,9 @@ impl RssAgg {
         }
         // A fault on a page the snapshot saw (it came in between the probes
         // and the snapshot, or was the zero page): it became resident now.
-        p.before.remove(page, page + PAGE);
+        if !p.before.is_empty() {
+            p.before.remove(page, page + PAGE);
+        }
         let (s, e) = Self::thp_block(self.thp, p, page).unwrap_or((page, page + PAGE));
         if p.resident.len() >= MAX_RESIDENT_RANGES {
             let c = self.untracked.entry(key).or_default();
@@ -207,7 +209,9 @@ impl RssAgg {
             c.objects += 1;
             return;
         }
-        p.resident.insert(s, e, key);
+        // Nothing resident there: the page was looked up, and a huge page
+        // is only counted for a block with nothing resident.
+        p.resident.insert_free(s, e, key);
     }
 
     /// The pages of a run of merged faults not counted yet, in order. The
