@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 const RUNS: usize = 5;
+/// Rounds for the rss comparison (untraced, memtrace rss, bpftrace on the
+/// fault tracepoint): its goal (≤ 1.05× untraced) is smaller than the
+/// ±10–30% the timed phase moves from run to run on the project VM, so a
+/// median of five cannot tell it; the extra rounds interleave those three.
+const RSS_ROUNDS: usize = 15;
 const BIG: u64 = 1_000_000;
 /// Every-allocation probing costs ~10 µs per hit: a smaller run keeps the
 /// bench short; ratios are per allocation, so they compare.
@@ -35,6 +40,8 @@ enum Runner {
 struct Variant {
     name: &'static str,
     runner: Runner,
+    /// Part of the rss comparison (runs [`RSS_ROUNDS`] times).
+    rss: bool,
     /// Which fixture: the allocation loop, or goroutine churn.
     goroutines: bool,
     objects: u64,
@@ -121,6 +128,7 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     let v = |name, runner, objects| Variant {
         name,
         runner,
+        rss: false,
         goroutines: false,
         objects,
         times: vec![],
@@ -128,16 +136,17 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
         peak_rss_kib: vec![],
         events: vec![],
     };
+    let rss = |v: Variant| Variant { rss: true, ..v };
     let mut variants = vec![
-        v("untraced", Runner::Untraced, BIG),
-        v("memtrace rss", Runner::Memtrace("rss", &[]), BIG),
-        v(
+        rss(v("untraced", Runner::Untraced, BIG)),
+        rss(v("memtrace rss", Runner::Memtrace("rss", &[]), BIG)),
+        rss(v(
             "bpftrace page_fault_user+ustack",
             Runner::Bpftrace(
                 "tracepoint:exceptions:page_fault_user /pid == cpid/ { @[ustack] = count(); }",
             ),
             BIG,
-        ),
+        )),
         v("memtrace mmap", Runner::Memtrace("mmap", &[]), BIG),
         v("memtrace alloc", Runner::Memtrace("alloc", &[]), BIG),
         v("memtrace heap", Runner::Memtrace("heap", &[]), BIG),
@@ -174,63 +183,26 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
             ..v(name, runner, SPAWN)
         });
     }
-    for round in 0..RUNS {
-        eprintln!("xtask: bench round {}/{RUNS}", round + 1);
+    for round in 0..RSS_ROUNDS {
         // Rotate the order every round, so no variant always runs first.
-        let n = variants.len();
-        let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
-        for &i in &order {
+        let order: Vec<usize> = (0..variants.len())
+            .filter(|&i| round < RUNS || variants[i].rss)
+            .collect();
+        eprintln!(
+            "xtask: bench round {}/{RSS_ROUNDS}{}",
+            round + 1,
+            if round < RUNS {
+                ""
+            } else {
+                " (rss comparison)"
+            }
+        );
+        let n = order.len();
+        for k in 0..n {
+            let i = order[(k + round) % n];
             // Let the previous run's teardown (probe detach, RCU frees) settle.
             std::thread::sleep(Duration::from_millis(700));
-            let v = &mut variants[i];
-            let objects = v.objects.to_string();
-            let (fixture, fixture_args): (&Path, Vec<&str>) = if v.goroutines {
-                (&spawner, vec!["-spawn", objects.as_str()])
-            } else {
-                let a = ["-objects", objects.as_str(), "-maps", "0", "-inlined", "0"];
-                (&allocs, a.to_vec())
-            };
-            let output = match v.runner {
-                Runner::Untraced => Command::new(fixture).args(&fixture_args).output()?,
-                Runner::Memtrace(lens, extra) => {
-                    let dir = out.join(v.name.replace(' ', "-"));
-                    let (o, cpu, hwm) = run_sampled(
-                        Command::new(memtrace)
-                            .args(["record", "--lens", lens])
-                            .args(extra)
-                            .arg("--out")
-                            .arg(&dir)
-                            .arg("--")
-                            .arg(fixture)
-                            .args(&fixture_args),
-                    )?;
-                    v.cpu.push(cpu);
-                    v.peak_rss_kib.push(hwm);
-                    let summary: serde_json::Value =
-                        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
-                    let events = summary["counters"]["events"].as_f64().unwrap_or(0.0);
-                    let secs = summary["duration_secs"].as_f64().unwrap_or(1.0);
-                    let drops = summary["dropped_events"].as_u64().unwrap_or(0);
-                    v.events.push((events / secs, drops, events));
-                    o
-                }
-                Runner::Bpftrace(prog) => Command::new("bpftrace")
-                    .arg("-e")
-                    .arg(prog.replace("{bin}", &fixture.to_string_lossy()))
-                    .arg("-c")
-                    .arg(format!("{} {}", fixture.display(), fixture_args.join(" ")))
-                    .env("BPFTRACE_MAX_MAP_KEYS", "1000000")
-                    .output()?,
-            };
-            if !output.status.success() {
-                bail!(
-                    "{} run failed: {}",
-                    v.name,
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            v.times
-                .push(alloc_ns(&String::from_utf8_lossy(&output.stdout))?);
+            run_variant(&mut variants[i], memtrace, &allocs, &spawner, out)?;
         }
     }
     let base = |objects: u64, goroutines: bool| {
@@ -246,7 +218,8 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     };
     println!(
         "\nallocation-heavy fixture (64-byte objects kept live), and goroutine churn (rows marked \
-         `goroutines`: `objects` is goroutines started and joined); median of {RUNS} interleaved runs"
+         `goroutines`: `objects` is goroutines started and joined); median of {RUNS} interleaved runs, \
+         {RSS_ROUNDS} for the rss comparison (the first three rows)"
     );
     println!(
         "{:<36} {:>9} {:>12} {:>9} {:>15} {:>10} {:>10} {:>11} {:>7} {:>9}",
@@ -308,10 +281,70 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     }
     println!("(own CPU and peak RSS are memtrace's, over its whole run including start-up and the report;");
     println!(
-        " min … max: the spread of the slowdown over the {RUNS} runs against the untraced median;"
+        " min … max: the spread of the slowdown over the row's runs against the untraced median;"
     );
     println!(" ns/event: the timed phase's increase over untraced, per event memtrace received)");
     probe_costs(memtrace, &allocs, &spawner, out, &variants)
+}
+
+/// Runs `v` once, recording its timed phase (and for memtrace, its own CPU,
+/// peak RSS and event counts).
+fn run_variant(
+    v: &mut Variant,
+    memtrace: &Path,
+    allocs: &Path,
+    spawner: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let objects = v.objects.to_string();
+    let (fixture, fixture_args): (&Path, Vec<&str>) = if v.goroutines {
+        (spawner, vec!["-spawn", objects.as_str()])
+    } else {
+        let a = ["-objects", objects.as_str(), "-maps", "0", "-inlined", "0"];
+        (allocs, a.to_vec())
+    };
+    let output = match v.runner {
+        Runner::Untraced => Command::new(fixture).args(&fixture_args).output()?,
+        Runner::Memtrace(lens, extra) => {
+            let dir = out.join(v.name.replace(' ', "-"));
+            let (o, cpu, hwm) = run_sampled(
+                Command::new(memtrace)
+                    .args(["record", "--lens", lens])
+                    .args(extra)
+                    .arg("--out")
+                    .arg(&dir)
+                    .arg("--")
+                    .arg(fixture)
+                    .args(&fixture_args),
+            )?;
+            v.cpu.push(cpu);
+            v.peak_rss_kib.push(hwm);
+            let summary: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+            let events = summary["counters"]["events"].as_f64().unwrap_or(0.0);
+            let secs = summary["duration_secs"].as_f64().unwrap_or(1.0);
+            let drops = summary["dropped_events"].as_u64().unwrap_or(0);
+            v.events.push((events / secs, drops, events));
+            o
+        }
+        Runner::Bpftrace(prog) => Command::new("bpftrace")
+            .arg("-e")
+            .arg(prog.replace("{bin}", &fixture.to_string_lossy()))
+            .arg("-c")
+            .arg(format!("{} {}", fixture.display(), fixture_args.join(" ")))
+            .env("BPFTRACE_MAX_MAP_KEYS", "1000000")
+            .output()?,
+    };
+    if !output.status.success() {
+        bail!(
+            "{} run failed: {}",
+            v.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    v.times
+        .push(alloc_ns(&String::from_utf8_lossy(&output.stdout))?);
+    Ok(())
 }
 
 /// One more run of each memtrace variant with the kernel's BPF statistics
