@@ -14,8 +14,9 @@ use aya::{
     },
     EbpfLoader,
 };
-use memtrace_common::{Event, EventKind, FaultRun, FaultRuns, TargetConfig, COUNTER_COUNT};
+use memtrace_common::{Event, EventKind, FaultRuns, TargetConfig, COUNTER_COUNT};
 
+use super::runs::{self, TargetTimes};
 use super::{format, Kernel, KernelCounters, KernelError, Probes, Scope, Tracepoint};
 use crate::goruntime::{GoBinary, ProbePoint};
 
@@ -60,13 +61,8 @@ pub struct Ebpf {
     /// in the eBPF object).
     targets_epoch: Array<MapData, u64>,
     epoch: u64,
-    /// When each target was added (CLOCK_MONOTONIC, the clock of run
-    /// starts): a run begun earlier is an exited process's, left in a CPU's
-    /// table, whose pid came round again.
-    added_ns: std::collections::HashMap<u32, u64>,
-    /// The same for targets removed since runs were last read (read once
-    /// more, as `retired`).
-    removed_ns: std::collections::HashMap<u32, u64>,
+    /// When each target was added: which runs in the CPUs' tables to take.
+    times: TargetTimes,
     /// Uprobe attachments alive.
     pub uprobes: usize,
 }
@@ -111,8 +107,7 @@ impl Ebpf {
             fault_runs,
             targets_epoch,
             epoch: 0,
-            added_ns: Default::default(),
-            removed_ns: Default::default(),
+            times: TargetTimes::default(),
             uprobes: 0,
         };
         let mut tps = tracepoints.to_vec();
@@ -311,22 +306,14 @@ impl Kernel for Ebpf {
         self.targets
             .insert(pid, config, 0)
             .map_err(map_err("TARGETS"))?;
-        self.added_ns
-            .entry(pid)
-            .or_insert_with(crate::engine::monotonic_ns);
+        self.times.add(pid, crate::engine::monotonic_ns());
         self.bump_epoch()
     }
 
     fn remove_target(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
         let _ = self.bump_epoch();
-        if let Some(t) = self.added_ns.remove(&pid) {
-            // Bounded for sessions that never read runs (no rss lens).
-            if self.removed_ns.len() >= 4096 {
-                self.removed_ns.clear();
-            }
-            self.removed_ns.insert(pid, t);
-        }
+        self.times.remove(pid);
     }
 
     fn counters(&self) -> KernelCounters {
@@ -372,19 +359,9 @@ impl Kernel for Ebpf {
         let (Ok(a), Ok(b)) = (self.fault_runs.get(&0, 0), self.fault_runs.get(&0, 0)) else {
             return;
         };
-        let removed = |pid: u32| {
-            retired
-                .contains(&pid)
-                .then(|| self.removed_ns.get(&pid))
-                .flatten()
-        };
-        let live = |r: &FaultRun| {
-            let added = self.added_ns.get(&r.tgid).or_else(|| removed(r.tgid));
-            added.is_some_and(|&t| r.start_ns >= t)
-        };
         for (ca, cb) in a.iter().zip(b.iter()) {
             for (ra, rb) in ca.runs.iter().zip(&cb.runs) {
-                if ra == rb && ra.seq % 2 == 0 && ra.stack_ref != 0 && ra.count != 0 && live(ra) {
+                if runs::settled(ra, rb) && self.times.live(ra, retired) {
                     let ev = Event::fault_run(EventKind::FaultRunSoFar, ra);
                     sink(&crate::decode::encode(&ev, &[]));
                 }
@@ -392,8 +369,6 @@ impl Kernel for Ebpf {
         }
         // A retired target's runs stay in the CPUs' tables until newer runs
         // take their slots; they are not read again.
-        for pid in retired {
-            self.removed_ns.remove(pid);
-        }
+        self.times.forget(retired);
     }
 }

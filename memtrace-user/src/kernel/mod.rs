@@ -9,6 +9,7 @@ pub mod ebpf;
 #[cfg(test)]
 pub mod fake;
 pub mod format;
+mod runs;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
