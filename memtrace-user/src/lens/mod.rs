@@ -66,7 +66,7 @@ impl Lens {
                 name: "rss",
                 unit: "bytes",
                 question: "which stacks made resident memory grow in the window",
-                cost: "per new resident page and memory syscall: ~1.2x on an allocation-heavy loop",
+                cost: "per new resident page and memory syscall: ~1.1x on an allocation-heavy loop",
                 tracepoints: rss::TRACEPOINTS,
                 probes: NO_PROBES,
                 has_objects: false,
