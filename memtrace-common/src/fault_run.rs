@@ -62,6 +62,18 @@ pub struct FaultRun {
     pub gen: u64,
 }
 
+/// Set in a stack reference that no fingerprint stands for (its stack's
+/// fingerprint is shared with other stacks, or there was none): only the
+/// runs of merged faults that start with its record use it, and it is
+/// forgotten when the last of them ends with a
+/// [`crate::EventKind::FaultRun`].
+pub const EPHEMERAL_REF: u64 = 1 << 47;
+
+/// Whether stack reference `r` is an [`EPHEMERAL_REF`].
+pub const fn is_ephemeral_ref(r: u64) -> bool {
+    r & EPHEMERAL_REF != 0
+}
+
 /// Runs a CPU keeps at once (a power of two: the probe masks slot indexes).
 pub const FAULT_RUN_SLOTS: usize = 8;
 const _: () = assert!(FAULT_RUN_SLOTS.is_power_of_two());

@@ -76,17 +76,6 @@ pub enum EventKind {
     FaultRunContinued = 23,
 }
 
-/// Set in a stack reference that no fingerprint stands for (its stack's
-/// fingerprint is shared with other stacks, or there was none): only the
-/// runs of merged faults that start with its record use it, and it is
-/// forgotten when the last of them ends with a [`EventKind::FaultRun`].
-pub const EPHEMERAL_REF: u64 = 1 << 47;
-
-/// Whether stack reference `r` is an [`EPHEMERAL_REF`].
-pub const fn is_ephemeral_ref(r: u64) -> bool {
-    r & EPHEMERAL_REF != 0
-}
-
 impl EventKind {
     pub const fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
@@ -510,7 +499,10 @@ pub const RINGBUF_WAKE_BYTES: u64 = (RINGBUF_BYTES / 8) as u64;
 pub const MAX_TARGETS: u32 = 1024;
 
 mod fault_run;
-pub use fault_run::{FaultRun, FaultRuns, FAULT_RUN_MAX, FAULT_RUN_MAX_STRIDE, FAULT_RUN_SLOTS};
+pub use fault_run::{
+    is_ephemeral_ref, FaultRun, FaultRuns, EPHEMERAL_REF, FAULT_RUN_MAX, FAULT_RUN_MAX_STRIDE,
+    FAULT_RUN_SLOTS,
+};
 
 #[cfg(feature = "user")]
 mod user {
