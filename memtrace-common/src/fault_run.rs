@@ -36,8 +36,11 @@ pub struct FaultRun {
     /// Odd while the probe rewrites the run (user space re-reads).
     pub seq: u32,
     pub _pad: u32,
-    /// Instruction, frame pointer, and the frame's saved frame pointer and
-    /// return address at the first fault: what a fault must match to join.
+    /// Instruction, frame pointer, and the frame key at the first fault:
+    /// what a fault must match to join. The key is the frame's saved frame
+    /// pointer and return address; in a function with no frame of its own
+    /// it is [`FRAMELESS`] and the return address at the stack pointer
+    /// (its caller, which the frame-pointer chain skips).
     pub ip: u64,
     pub bp: u64,
     pub caller_bp: u64,
@@ -97,6 +100,41 @@ pub struct FaultRuns {
     /// map, where the verifier does not track each candidate index).
     pub victim: u64,
     pub victim_key: u64,
+    /// Scratch: the slot of the most recently used run of the faulting
+    /// thread's frame (instruction and frame pointer), if any
+    /// ([`FAULT_RUN_SLOTS`]: none), and when it was used.
+    pub cand: u64,
+    pub cand_used: u64,
+}
+
+/// The first key word of a run in a function that has no frame of its own
+/// (a frameless leaf such as `runtime.memmove`, or a function before it
+/// pushes its frame pointer): its key is the return address at the stack
+/// pointer (the direct caller's line, which the frame-pointer chain
+/// skips), not the frame pointer's saved caller. No saved frame pointer of
+/// a user stack has this value.
+pub const FRAMELESS: u64 = u64::MAX;
+
+/// How far below the faulting instruction the target of the call before a
+/// frameless function's return address may be (a frameless function makes
+/// no calls, so it is small; Go's `memmove` is under 2 KiB).
+pub const FRAMELESS_REACH: u64 = 64 << 10;
+
+/// Whether the word at the stack pointer, `ra`, is the return address of a
+/// direct call (`E8 rel32`, the five bytes `code[..5]` before `ra`) of the
+/// function holding `ip`: the faulting function has no frame of its own,
+/// so `ra` is its caller. The call's target must lie at most
+/// [`FRAMELESS_REACH`] below `ip`. A framed function's stack pointer holds
+/// its own locals; one of them passing for such a return address would
+/// have to be a code address just past a call into the faulting function.
+#[inline(always)]
+pub fn called_from(code: [u8; 8], ra: u64, ip: u64) -> bool {
+    if code[0] != 0xe8 {
+        return false;
+    }
+    let rel = i32::from_le_bytes([code[1], code[2], code[3], code[4]]);
+    let target = ra.wrapping_add(rel as i64 as u64);
+    target <= ip && ip - target < FRAMELESS_REACH
 }
 
 impl FaultRun {
@@ -149,6 +187,35 @@ impl FaultRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `E8 rel32` at `at`, returning to `at + 5`, calling `target`.
+    fn call(at: u64, target: u64) -> [u8; 8] {
+        let rel = (target.wrapping_sub(at + 5) as i64) as i32;
+        let r = rel.to_le_bytes();
+        [0xe8, r[0], r[1], r[2], r[3], 0x48, 0x8b, 0x44]
+    }
+
+    #[test]
+    fn a_return_address_after_a_call_into_the_function_names_its_caller() {
+        let memmove = 0x46_0000;
+        let site = 0x49_a1c1;
+        let code = call(site, memmove);
+        // Faulting 0x1c0 bytes into the callee: called from `site`.
+        assert!(called_from(code, site + 5, memmove + 0x1c0));
+        assert!(called_from(code, site + 5, memmove), "at its first byte");
+        // Calls reaching back up, to elsewhere, or not a call at all.
+        assert!(
+            !called_from(code, site + 5, memmove - 1),
+            "ip below the target"
+        );
+        assert!(!called_from(code, site + 5, memmove + FRAMELESS_REACH));
+        let mut not_call = code;
+        not_call[0] = 0xe9; // JMP rel32
+        assert!(!called_from(not_call, site + 5, memmove + 0x10));
+        // A call forwards (the target above the call site).
+        let fwd = call(0x40_0000, 0x50_0000);
+        assert!(called_from(fwd, 0x40_0005, 0x50_0040));
+    }
     use crate::{Event, EventKind, StackField};
 
     fn run(first: u64) -> FaultRun {

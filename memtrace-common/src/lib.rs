@@ -500,8 +500,8 @@ pub const MAX_TARGETS: u32 = 1024;
 
 mod fault_run;
 pub use fault_run::{
-    is_ephemeral_ref, FaultRun, FaultRuns, EPHEMERAL_REF, FAULT_RUN_MAX, FAULT_RUN_MAX_STRIDE,
-    FAULT_RUN_SLOTS,
+    called_from, is_ephemeral_ref, FaultRun, FaultRuns, EPHEMERAL_REF, FAULT_RUN_MAX,
+    FAULT_RUN_MAX_STRIDE, FAULT_RUN_SLOTS, FRAMELESS, FRAMELESS_REACH,
 };
 
 #[cfg(feature = "user")]

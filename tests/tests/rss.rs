@@ -193,3 +193,58 @@ fn transparent_huge_pages_count_in_full() {
     // SAFETY: signalling the fixture memtrace launched for this test.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
+
+/// copy() into fresh memory faults in `runtime.memmove`, which has no frame
+/// of its own: a frame-pointer walk from there skips the function that
+/// copies. Each of two copies on adjacent lines into adjacent buffers is
+/// charged to its own line of that function (not both to the first, and
+/// not to its caller).
+#[test]
+fn each_copy_is_charged_to_the_line_that_copies() {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/rss/main.go"))
+        .unwrap();
+    let line_of = |marker: &str| src.lines().position(|l| l.contains(marker)).unwrap() + 1;
+    let lines = [line_of("// copy-first"), line_of("// copy-second")];
+    for v in go_versions() {
+        let (mut bg, _lines) = start_fixture(&v, &["-mode", "copy"]);
+        let r = Record::new(&format!("rss-copy-{v}"))
+            .pid(bg.pid())
+            .duration("2")
+            .arg("--frames")
+            .arg("line")
+            .ok();
+        let folded = std::fs::read_to_string(r.out.join("rss.folded")).unwrap();
+        let (mut by_line, mut elsewhere) = ([0u64; 2], 0u64);
+        for l in folded.lines() {
+            let (stack, n) = l.rsplit_once(' ').unwrap();
+            let n: u64 = n.parse().unwrap();
+            let frames: Vec<&str> = stack.split(';').collect();
+            if frames.len() < 2 || !frames[frames.len() - 1].starts_with("runtime.memmove ") {
+                continue;
+            }
+            let caller = frames[frames.len() - 2];
+            match lines
+                .iter()
+                .position(|l| caller == format!("main.copyTwice main.go:{l}"))
+            {
+                Some(i) => by_line[i] += n,
+                None => elsewhere += n,
+            }
+        }
+        let copied = by_line[0] + by_line[1];
+        assert!(
+            by_line.iter().all(|&b| b >= 8 * MIB),
+            "go{v}: memmove's pages by line {lines:?}: {by_line:?}, elsewhere {elsewhere}\n{folded}"
+        );
+        let ratio = by_line[0] as f64 / by_line[1] as f64;
+        assert!(
+            (0.7..=1.43).contains(&ratio),
+            "go{v}: the two copies are the same size: {by_line:?}"
+        );
+        assert!(
+            elsewhere * 10 < copied,
+            "go{v}: memmove's pages under other callers: {elsewhere} of {copied}\n{folded}"
+        );
+        assert!(bg.alive(), "go{v}: target died");
+    }
+}

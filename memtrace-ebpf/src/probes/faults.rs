@@ -28,6 +28,13 @@
 //! generation continues it in a new run without reading the stack again
 //! (see [`FaultRun::continues`]).
 //!
+//! `copy()` and `clear()` into fresh memory fault in `runtime.memmove` and
+//! `memclrNoHeapPointers`, which have no frame of their own: the frame
+//! pointer is their caller's, so a walk from it skips the function (and
+//! the line) that copies. Such a function is recognised at a run's first
+//! page by the return address at the stack pointer ([`called_from`]); that
+//! caller goes into the stack, and it keys the run.
+//!
 //! [`FAULT_RUN_MAX`]: memtrace_common::FAULT_RUN_MAX
 
 use aya_ebpf::{
@@ -39,12 +46,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 use memtrace_common::{
-    is_ephemeral_ref, Counter, Event, EventKind, FaultRun, FaultRuns, FAULT_RUN_SLOTS,
+    called_from, is_ephemeral_ref, Counter, Event, EventKind, FaultRun, FaultRuns, FAULT_RUN_SLOTS,
+    FRAMELESS,
 };
 
 use super::{
     bump, current_target, current_target_cached, emit, emit_with_stack, emit_with_stack_for_run,
-    fingerprint, release_gen,
+    entry_fingerprint, fingerprint, release_gen,
 };
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
@@ -98,83 +106,165 @@ fn end_runs(tid: u32) {
     }
 }
 
-/// A user-mode fault at `page` by the frame `[ip, bp, caller's bp, return
-/// address]`: merged into one of this CPU's runs, or sent with its stack
-/// (and made the first page of a new run).
+/// The key words of the frame a fault at `ip` happened in: the frame's
+/// saved frame pointer and return address (read at `bp`), or, for a
+/// function without a frame of its own ([`FRAMELESS`]), the return address
+/// at `sp`, its caller. None: unreadable.
 #[inline(always)]
-fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, frame: [u64; 4]) {
+fn frame_key(bp: u64, sp: u64, frameless: bool) -> Option<[u64; 2]> {
+    if frameless {
+        // SAFETY: bpf_probe_read_user tolerates any address.
+        let ra: u64 = unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?;
+        Some([FRAMELESS, ra])
+    } else if bp != 0 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }.ok()
+    } else {
+        None
+    }
+}
+
+/// Whether the function faulting at `ip` has no frame of its own: the word
+/// at `sp` is the return address of a call into it (see [`called_from`]).
+/// Read once per new run, not per merged page.
+#[inline(always)]
+fn is_frameless(ip: u64, sp: u64) -> bool {
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    let Ok(ra) = (unsafe { bpf_probe_read_user(sp as *const u64) }) else {
+        return false;
+    };
+    if !(5..USER_TOP).contains(&ra) {
+        return false;
+    }
+    // SAFETY: as above.
+    match unsafe { bpf_probe_read_user((ra - 5) as *const [u8; 8]) } {
+        Ok(code) => called_from(code, ra, ip),
+        Err(_) => false,
+    }
+}
+
+/// A user-mode fault at `page` at instruction `ip` with frame pointer `bp`
+/// and stack pointer `sp`: merged into one of this CPU's runs, or sent
+/// with its stack (and made the first page of a new run).
+///
+/// A run is keyed by its thread, instruction, frame pointer and the frame's
+/// caller ([`frame_key`]). The caller is read on every page; whether the
+/// function has a frame of its own (so which word names the caller) is
+/// decided at the first page of a run in that frame, and kept with the run.
+#[inline(always)]
+fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u64; 3]) {
+    let [ip, bp, sp] = regs;
     let gen = release_gen();
     let ev = Event::fault(tgid, tid, page, 4096);
     let Some(runs) = FAULT_RUNS.get_ptr_mut(0) else {
-        emit_with_stack(ctx, ev, fingerprint(frame[0], frame[1]));
+        emit_with_stack(ctx, ev, None);
         return;
     };
     // SAFETY: as in `end_runs`.
     let runs = unsafe { &mut *runs };
     runs.clock += 1;
     let clock = runs.clock;
-    // A new run goes in the slot of the same thread and frame if there is
-    // one, else in the one used least recently. The choice is kept in the
-    // map: as registers, each candidate index was a verifier state.
+    // One pass over the slots: the most recent run in this frame (the one
+    // a fault most likely extends), and the slot a new run would take (an
+    // empty one, else the one used least recently). The choices are kept
+    // in the map: as registers, each candidate index was a verifier state.
+    runs.cand = FAULT_RUN_SLOTS as u64;
+    runs.cand_used = 0;
     runs.victim = 0;
     runs.victim_key = u64::MAX;
     for i in 0..FAULT_RUN_SLOTS {
-        let run = &mut runs.runs[i];
-        if run.tgid == tgid && run.extends(tid, &frame, page, gen) {
+        let run = &runs.runs[i];
+        let used = runs.used[i];
+        if run.stack_ref == 0 {
+            if runs.victim_key != 0 {
+                runs.victim_key = 0;
+                runs.victim = i as u64;
+            }
+            continue;
+        }
+        let this_frame = run.tgid == tgid && run.tid == tid && run.ip == ip && run.bp == bp;
+        if this_frame && used >= runs.cand_used {
+            runs.cand = i as u64;
+            runs.cand_used = used;
+        }
+        if used + 1 < runs.victim_key {
+            runs.victim_key = used + 1;
+            runs.victim = i as u64;
+        }
+    }
+    let found = runs.cand < FAULT_RUN_SLOTS as u64;
+    let c = (runs.cand as usize) & (FAULT_RUN_SLOTS - 1);
+    // Whether the function has a frame of its own is the run's, if there
+    // is one; else it is found out now.
+    let frameless = if found {
+        runs.runs[c].caller_bp == FRAMELESS
+    } else {
+        is_frameless(ip, sp)
+    };
+    let Some([k0, k1]) = frame_key(bp, sp, frameless) else {
+        emit_with_stack(ctx, ev, None);
+        return;
+    };
+    let frame = [ip, bp, k0, k1];
+    let i = if found && runs.runs[c].same_frame(tid, &frame) {
+        runs.used[c] = clock;
+        let run = &mut runs.runs[c];
+        if run.extends(tid, &frame, page, gen) {
             run.seq = run.seq.wrapping_add(1);
             run.stride = page.wrapping_sub(run.last);
             run.last = page;
             run.count += 1;
             run.chain += 1;
             run.seq = run.seq.wrapping_add(1);
-            runs.used[i] = clock;
             bump(Counter::FaultsMerged);
             return;
         }
-        let key = if run.tgid == tgid && run.same_frame(tid, &frame) {
-            0
-        } else {
-            runs.used[i] + 1
-        };
-        if key < runs.victim_key {
-            runs.victim_key = key;
-            runs.victim = i as u64;
+        if run.continues(page) {
+            // The same frame, off the stride or past a release: the run
+            // goes out and a new one continues it under the same stack.
+            // SAFETY: helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            let stack_ref = run.stack_ref;
+            let seq = end_run(run, true);
+            run.stack_ref = stack_ref;
+            run.first = run.last;
+            run.stride = page.wrapping_sub(run.last);
+            run.last = page;
+            run.count = 1;
+            run.chain += 1;
+            run.start_ns = now;
+            run.gen = gen;
+            run.seq = seq.wrapping_add(1);
+            bump(Counter::FaultsMerged);
+            return;
         }
-    }
-    let same = runs.victim_key == 0;
-    let i = (runs.victim as usize) & (FAULT_RUN_SLOTS - 1);
+        // A new run of the same frame takes its slot.
+        c
+    } else {
+        (runs.victim as usize) & (FAULT_RUN_SLOTS - 1)
+    };
     runs.used[i] = clock;
     let run = &mut runs.runs[i];
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if same && run.continues(page) {
-        // The same frame, off the stride or past a release: the run goes
-        // out and a new one continues it under the same stack.
-        let stack_ref = run.stack_ref;
-        let seq = end_run(run, true);
-        run.stack_ref = stack_ref;
-        run.first = run.last;
-        run.stride = page.wrapping_sub(run.last);
-        run.last = page;
-        run.count = 1;
-        run.chain += 1;
-        run.start_ns = now;
-        run.gen = gen;
-        run.seq = seq.wrapping_add(1);
-        bump(Counter::FaultsMerged);
-        return;
-    }
     let seq = end_run(run, false);
-    let stack_ref = emit_with_stack_for_run(ctx, ev, fingerprint(frame[0], frame[1]));
+    // A frameless function's caller is the return address at `sp`, which
+    // the frame-pointer chain skips: it goes in as the second frame.
+    let (fp, entry_ra) = if frameless {
+        (entry_fingerprint(ip, bp, k1), k1)
+    } else {
+        (fingerprint(ip, bp), 0)
+    };
+    let stack_ref = emit_with_stack_for_run(ctx, ev, fp, entry_ra);
     *run = FaultRun {
         tgid,
         tid,
         seq,
         _pad: 0,
-        ip: frame[0],
-        bp: frame[1],
-        caller_bp: frame[2],
-        ra: frame[3],
+        ip,
+        bp,
+        caller_bp: k0,
+        ra: k1,
         first: page,
         last: page,
         stride: 0,
@@ -207,19 +297,8 @@ pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(1);
     // SAFETY: the tracepoint's BTF types `regs` (`struct pt_regs *`), so the
     // verifier checks these loads (and makes them fault-safe).
-    let (ip, bp) = unsafe { ((*regs).rip, (*regs).rbp) };
-    let caller = if bp != 0 {
-        // SAFETY: bpf_probe_read_user tolerates any address.
-        unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }.ok()
-    } else {
-        None
-    };
-    match caller {
-        Some([caller_bp, ra]) => user_fault(&ctx, tgid, tid, page, [ip, bp, caller_bp, ra]),
-        None => {
-            emit_with_stack(&ctx, Event::fault(tgid, tid, page, 4096), None);
-        }
-    }
+    let frame = unsafe { [(*regs).rip, (*regs).rbp, (*regs).rsp] };
+    user_fault(&ctx, tgid, tid, page, frame);
     0
 }
 

@@ -381,16 +381,24 @@ pub fn emit_with_stack_entry<C: EbpfContext>(
     fp: Option<Fingerprint>,
     entry_ra: u64,
 ) -> u64 {
-    emit_stack(ctx, ev, fp, entry_ra, false)
+    emit_stack(ctx, ev, fp, entry_ra, false, 0)
 }
 
 /// As [`emit_with_stack`], for the first page of a run of merged faults:
 /// a walked stack no fingerprint can stand for (none, or one shared with
-/// other stacks) still gets a reference, an [`EPHEMERAL_REF`] only the
-/// run (and the runs that continue it) uses.
+/// other stacks) still gets a reference, an [`EPHEMERAL_REF`] only the run
+/// (and the runs that continue it) uses. `leaf_ra` (0: none) is the
+/// return address at the stack pointer of a function with no frame of its
+/// own, its caller, which the frame-pointer walk skips: it goes in as the
+/// second frame.
 #[inline(always)]
-pub fn emit_with_stack_for_run<C: EbpfContext>(ctx: &C, ev: Event, fp: Option<Fingerprint>) -> u64 {
-    emit_stack(ctx, ev, fp, 0, true)
+pub fn emit_with_stack_for_run<C: EbpfContext>(
+    ctx: &C,
+    ev: Event,
+    fp: Option<Fingerprint>,
+    leaf_ra: u64,
+) -> u64 {
+    emit_stack(ctx, ev, fp, 0, true, leaf_ra)
 }
 
 #[inline(always)]
@@ -400,6 +408,7 @@ fn emit_stack<C: EbpfContext>(
     fp: Option<Fingerprint>,
     entry_ra: u64,
     ephemeral: bool,
+    leaf_ra: u64,
 ) -> u64 {
     // The remembered stack this walk verifies (id 0: none).
     let (mut check_id, mut check_hash) = (0u64, 0u64);
@@ -428,12 +437,16 @@ fn emit_stack<C: EbpfContext>(
     };
     // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
     let rec = unsafe { &mut *rec };
-    // SAFETY: the buffer is MAX_FRAMES u64s long.
+    // With a `leaf_ra`, the walk goes one slot up and the leaf's caller
+    // in between (a shift of the walked frames would be a loop the
+    // verifier walks on every path).
+    let skip = usize::from(leaf_ra != 0);
+    // SAFETY: the buffer is MAX_FRAMES u64s long; `skip` is 0 or 1.
     let n = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
-            rec.ips.as_mut_ptr().cast(),
-            (MAX_FRAMES * 8) as u32,
+            rec.ips.as_mut_ptr().add(skip).cast(),
+            ((MAX_FRAMES - skip) * 8) as u32,
             BPF_F_USER_STACK as u64,
         )
     };
@@ -449,6 +462,11 @@ fn emit_stack<C: EbpfContext>(
         return 0;
     }
     let mut frames = ((n as usize) / 8).min(MAX_FRAMES);
+    if skip != 0 {
+        rec.ips[0] = rec.ips[1];
+        rec.ips[1] = leaf_ra;
+        frames = (frames + 1).min(MAX_FRAMES);
+    }
     if entry_ra != 0 && (frames < 2 || rec.ips[1] != entry_ra) {
         let mut i = MAX_FRAMES - 1;
         while i >= 2 {
