@@ -53,6 +53,39 @@ struct Variant {
     events: Vec<(f64, u64, f64)>,
 }
 
+impl Variant {
+    /// The fixture this variant runs, and its arguments.
+    fn fixture<'a>(&self, allocs: &'a Path, spawner: &'a Path) -> (&'a Path, Vec<String>) {
+        let n = self.objects.to_string();
+        if self.goroutines {
+            (spawner, vec!["-spawn".into(), n])
+        } else {
+            let args = ["-objects", &n, "-maps", "0", "-inlined", "0"];
+            (allocs, args.map(String::from).to_vec())
+        }
+    }
+}
+
+/// `memtrace record --lens LENS EXTRA --out DIR -- FIXTURE ARGS`.
+fn record_command(
+    memtrace: &Path,
+    lens: &str,
+    extra: &[&str],
+    dir: &Path,
+    fixture: &Path,
+    args: &[String],
+) -> Command {
+    let mut c = Command::new(memtrace);
+    c.args(["record", "--lens", lens])
+        .args(extra)
+        .arg("--out")
+        .arg(dir)
+        .arg("--")
+        .arg(fixture)
+        .args(args);
+    c
+}
+
 fn alloc_ns(stdout: &str) -> anyhow::Result<f64> {
     stdout
         .split_ascii_whitespace()
@@ -296,27 +329,19 @@ fn run_variant(
     spawner: &Path,
     out: &Path,
 ) -> anyhow::Result<()> {
-    let objects = v.objects.to_string();
-    let (fixture, fixture_args): (&Path, Vec<&str>) = if v.goroutines {
-        (spawner, vec!["-spawn", objects.as_str()])
-    } else {
-        let a = ["-objects", objects.as_str(), "-maps", "0", "-inlined", "0"];
-        (allocs, a.to_vec())
-    };
+    let (fixture, fixture_args) = v.fixture(allocs, spawner);
     let output = match v.runner {
         Runner::Untraced => Command::new(fixture).args(&fixture_args).output()?,
         Runner::Memtrace(lens, extra) => {
             let dir = out.join(v.name.replace(' ', "-"));
-            let (o, cpu, hwm) = run_sampled(
-                Command::new(memtrace)
-                    .args(["record", "--lens", lens])
-                    .args(extra)
-                    .arg("--out")
-                    .arg(&dir)
-                    .arg("--")
-                    .arg(fixture)
-                    .args(&fixture_args),
-            )?;
+            let (o, cpu, hwm) = run_sampled(&mut record_command(
+                memtrace,
+                lens,
+                extra,
+                &dir,
+                fixture,
+                &fixture_args,
+            ))?;
             v.cpu.push(cpu);
             v.peak_rss_kib.push(hwm);
             let summary: serde_json::Value =
@@ -366,25 +391,9 @@ fn probe_costs(
             let Runner::Memtrace(lens, extra) = v.runner else {
                 continue;
             };
-            let objects = v.objects.to_string();
-            let (fixture, args) = if v.goroutines {
-                (spawner, vec!["-spawn", objects.as_str()])
-            } else {
-                (
-                    allocs,
-                    vec!["-objects", objects.as_str(), "-maps", "0", "-inlined", "0"],
-                )
-            };
+            let (fixture, args) = v.fixture(allocs, spawner);
             let dir = out.join(format!("{}-stats", v.name.replace(' ', "-")));
-            let o = Command::new(memtrace)
-                .args(["record", "--lens", lens])
-                .args(extra)
-                .arg("--out")
-                .arg(&dir)
-                .arg("--")
-                .arg(fixture)
-                .args(&args)
-                .output()?;
+            let o = record_command(memtrace, lens, extra, &dir, fixture, &args).output()?;
             if !o.status.success() {
                 bail!(
                     "{} run failed: {}",
