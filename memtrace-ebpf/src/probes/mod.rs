@@ -439,7 +439,10 @@ fn emit_stack<C: EbpfContext>(
     let rec = unsafe { &mut *rec };
     // With a `leaf_ra`, the walk goes one slot up and the leaf's caller
     // in between (a shift of the walked frames would be a loop the
-    // verifier walks on every path).
+    // verifier walks on every path). `entry_ra` cannot do the same: a
+    // recent kernel's walk from a uprobe at a function's entry has the
+    // return address already, so it is inserted only when missing; a
+    // fault's walk never has it.
     let skip = usize::from(leaf_ra != 0);
     // SAFETY: the buffer is MAX_FRAMES u64s long; `skip` is 0 or 1.
     let n = unsafe {
