@@ -121,14 +121,14 @@ pub const FRAMELESS: u64 = u64::MAX;
 pub const FRAMELESS_REACH: u64 = 64 << 10;
 
 /// Whether the word at the stack pointer, `ra`, is the return address of a
-/// direct call (`E8 rel32`, the five bytes `code[..5]` before `ra`) of the
+/// direct call (`E8 rel32`, the five bytes `code` before `ra`) of the
 /// function holding `ip`: the faulting function has no frame of its own,
 /// so `ra` is its caller. The call's target must lie at most
 /// [`FRAMELESS_REACH`] below `ip`. A framed function's stack pointer holds
 /// its own locals; one of them passing for such a return address would
 /// have to be a code address just past a call into the faulting function.
 #[inline(always)]
-pub fn called_from(code: [u8; 8], ra: u64, ip: u64) -> bool {
+pub fn called_from(code: [u8; 5], ra: u64, ip: u64) -> bool {
     if code[0] != 0xe8 {
         return false;
     }
@@ -187,12 +187,13 @@ impl FaultRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Event, EventKind, StackField};
 
     /// `E8 rel32` at `at`, returning to `at + 5`, calling `target`.
-    fn call(at: u64, target: u64) -> [u8; 8] {
+    fn call(at: u64, target: u64) -> [u8; 5] {
         let rel = (target.wrapping_sub(at + 5) as i64) as i32;
         let r = rel.to_le_bytes();
-        [0xe8, r[0], r[1], r[2], r[3], 0x48, 0x8b, 0x44]
+        [0xe8, r[0], r[1], r[2], r[3]]
     }
 
     #[test]
@@ -216,7 +217,6 @@ mod tests {
         let fwd = call(0x40_0000, 0x50_0000);
         assert!(called_from(fwd, 0x40_0005, 0x50_0040));
     }
-    use crate::{Event, EventKind, StackField};
 
     fn run(first: u64) -> FaultRun {
         FaultRun {

@@ -137,7 +137,7 @@ fn is_frameless(ip: u64, sp: u64) -> bool {
         return false;
     }
     // SAFETY: as above.
-    match unsafe { bpf_probe_read_user((ra - 5) as *const [u8; 8]) } {
+    match unsafe { bpf_probe_read_user((ra - 5) as *const [u8; 5]) } {
         Ok(code) => called_from(code, ra, ip),
         Err(_) => false,
     }
