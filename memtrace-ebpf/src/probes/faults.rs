@@ -52,7 +52,7 @@ use memtrace_common::{
 
 use super::{
     bump, current_target, current_target_cached, emit, emit_with_stack, emit_with_stack_for_run,
-    entry_fingerprint, fingerprint, release_gen,
+    entry_fingerprint, fingerprint, recheck_runs, release_gen,
 };
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
@@ -155,9 +155,11 @@ fn is_frameless(ip: u64, sp: u64) -> bool {
 fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u64; 3]) {
     let [ip, bp, sp] = regs;
     let gen = release_gen();
-    let ev = Event::fault(tgid, tid, page, 4096);
+    // The record is built only where one goes out: building it up front
+    // put a call (zeroing its fields) on the path of every merged fault.
+    let ev = || Event::fault(tgid, tid, page, 4096);
     let Some(runs) = FAULT_RUNS.get_ptr_mut(0) else {
-        emit_with_stack(ctx, ev, None);
+        emit_with_stack(ctx, ev(), None);
         return;
     };
     // SAFETY: as in `end_runs`.
@@ -201,8 +203,17 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u6
     } else {
         is_frameless(ip, sp)
     };
-    let Some([k0, k1]) = frame_key(bp, sp, frameless) else {
-        emit_with_stack(ctx, ev, None);
+    // The caller is read again on every page (unless measuring without it):
+    // a function that returned and was called again from another line at
+    // the same depth has the same instruction and frame pointer, and its
+    // new buffer may continue the old one's stride.
+    let key = if found && !recheck_runs() {
+        Some([runs.runs[c].caller_bp, runs.runs[c].ra])
+    } else {
+        frame_key(bp, sp, frameless)
+    };
+    let Some([k0, k1]) = key else {
+        emit_with_stack(ctx, ev(), None);
         return;
     };
     let frame = [ip, bp, k0, k1];
@@ -255,7 +266,7 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u6
     } else {
         (fingerprint(ip, bp), 0)
     };
-    let stack_ref = emit_with_stack_for_run(ctx, ev, fp, entry_ra);
+    let stack_ref = emit_with_stack_for_run(ctx, ev(), fp, entry_ra);
     *run = FaultRun {
         tgid,
         tid,

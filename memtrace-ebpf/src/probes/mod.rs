@@ -45,6 +45,23 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets::DEFAULT;
 #[unsafe(no_mangle)]
 static STACK_CACHE: u32 = 1;
 
+/// 1: every fault merged into a run reads its frame's caller again (the
+/// run key's last words), so that a function called again from another
+/// line at the same depth starts a run of its own. 0: only a run's first
+/// page reads it; inexact, for measuring what that read costs. Set by user
+/// space at load (read-only data: the verifier drops the branch not taken).
+#[unsafe(no_mangle)]
+static RECHECK_RUNS: u32 = 1;
+
+/// Whether merged faults read their frame's caller again (see
+/// `RECHECK_RUNS`).
+#[inline(always)]
+pub fn recheck_runs() -> bool {
+    // SAFETY: a global user space may rewrite before load; read it as such.
+    let on = unsafe { core::ptr::read_volatile(&RECHECK_RUNS) };
+    on != 0
+}
+
 /// The tracepoint offsets in effect.
 #[inline(always)]
 pub fn tp_offsets() -> TracepointOffsets {

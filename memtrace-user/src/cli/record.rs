@@ -45,6 +45,12 @@ pub struct RecordArgs {
     /// slower, and exact where stacks differ only deeper down.
     #[arg(long)]
     pub no_stack_cache: bool,
+    /// Read a fault's frame only at the first page of a run, not at every
+    /// merged page: cheaper and inexact (a function called again from
+    /// another line at the same depth may count under the first call). For
+    /// `cargo xtask bench`, which shows what the read costs.
+    #[arg(long, hide = true)]
+    pub unchecked_fault_runs: bool,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -92,7 +98,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     }
     let mut opts = Options::new(args.lens.clone());
     opts.memprofile_rate = args.memprofile_rate;
-    opts.stack_cache = !args.no_stack_cache;
+    opts.tuning.stack_cache = !args.no_stack_cache;
+    opts.tuning.recheck_runs = !args.unchecked_fault_runs;
     opts.holds = true;
     setup::check_host(&opts)?;
 

@@ -50,7 +50,7 @@ use crate::aggregate::Aggregator;
 use crate::decode::{Op, Resolved, Resolver};
 use crate::error::TargetError;
 use crate::goruntime::GoBinary;
-use crate::kernel::{Kernel, KernelError, Probes, Scope, Tracepoint};
+use crate::kernel::{Kernel, KernelError, ProbeTuning, Probes, Scope, Tracepoint};
 use crate::lens::{goroutines, rss::Thp, sampled::RuntimeProfile, Lens};
 use crate::symbolize::Symbolizer;
 
@@ -78,9 +78,8 @@ pub struct Options {
     /// Targets hold themselves at start and exit so memtrace can set and
     /// read their state (record).
     pub holds: bool,
-    /// Remember walked stacks by a fingerprint of their top (false: walk
-    /// every stack; slower, for measuring what the cache misattributes).
-    pub stack_cache: bool,
+    /// The probes' exactness switches (all on but in measurements).
+    pub tuning: ProbeTuning,
     /// At most this many distinct stacks per process (`None`: no cap).
     pub max_stacks_per_process: Option<usize>,
     /// Process exec/exit tracepoints (agent discovery).
@@ -98,7 +97,7 @@ impl Options {
             per_binary: false,
             holds: false,
             max_stacks_per_process: None,
-            stack_cache: true,
+            tuning: ProbeTuning::default(),
             discovery: false,
             thp: Thp::parse(
                 &std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")

@@ -149,11 +149,7 @@ pub fn start(
         for s in specs {
             vet(s, opts)?;
         }
-        let kernel = Ebpf::load_with(
-            &tracepoints,
-            &crate::preflight::tracefs_dir(),
-            opts.stack_cache,
-        )?;
+        let kernel = Ebpf::load_with(&tracepoints, &crate::preflight::tracefs_dir(), opts.tuning)?;
         let mut engine = Engine::new(kernel, Procfs, opts.clone());
         engine.set_guardian(guardian.take().expect("set once"));
         for s in specs {

@@ -17,7 +17,7 @@ use aya::{
 use memtrace_common::{Event, EventKind, FaultRuns, TargetConfig, COUNTER_COUNT};
 
 use super::runs::{self, TargetTimes};
-use super::{format, Kernel, KernelCounters, KernelError, Probes, Scope, Tracepoint};
+use super::{format, Kernel, KernelCounters, KernelError, ProbeTuning, Probes, Scope, Tracepoint};
 use crate::goruntime::{GoBinary, ProbePoint};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
@@ -74,21 +74,22 @@ impl Ebpf {
     /// Loads the object with this kernel's tracepoint layout (from the
     /// format files under `tracefs`) and attaches `tracepoints`.
     pub fn load(tracepoints: &[Tracepoint], tracefs: &Path) -> Result<Self, KernelError> {
-        Self::load_with(tracepoints, tracefs, true)
+        Self::load_with(tracepoints, tracefs, ProbeTuning::default())
     }
 
-    /// [`Ebpf::load`], choosing whether walked stacks are remembered by
-    /// their fingerprint (`stack_cache`) or every stack is walked.
+    /// [`Ebpf::load`] with the probes' exactness switches (`tuning`).
     pub fn load_with(
         tracepoints: &[Tracepoint],
         tracefs: &Path,
-        stack_cache: bool,
+        tuning: ProbeTuning,
     ) -> Result<Self, KernelError> {
         let offsets = format::read_offsets(tracefs)?;
-        let cache = u32::from(stack_cache);
+        let cache = u32::from(tuning.stack_cache);
+        let recheck = u32::from(tuning.recheck_runs);
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
             .override_global("STACK_CACHE", &cache, true)
+            .override_global("RECHECK_RUNS", &recheck, true)
             .load(EBPF_OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(KernelError::Missing(name));

@@ -42,6 +42,29 @@ impl Tracepoint {
     }
 }
 
+/// Load-time switches that trade the probes' exactness for speed; both on
+/// outside of measurements (`cargo xtask bench` turns each off to show
+/// what it costs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeTuning {
+    /// Remember walked stacks by a fingerprint of their top (off: walk
+    /// every stack).
+    pub stack_cache: bool,
+    /// Every fault merged into a run reads its frame's caller again (off:
+    /// only a run's first page does, and a function called again from
+    /// another line at the same depth may count under the first call).
+    pub recheck_runs: bool,
+}
+
+impl Default for ProbeTuning {
+    fn default() -> Self {
+        Self {
+            stack_cache: true,
+            recheck_runs: true,
+        }
+    }
+}
+
 /// Which uprobe families to attach to one binary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Probes {
