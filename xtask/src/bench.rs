@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 const RUNS: usize = 5;
-/// Rounds for the rss comparison (untraced, memtrace rss, bpftrace on the
-/// fault tracepoint): its goal (≤ 1.05× untraced) is smaller than the
+/// Rounds for the rss comparison (untraced, memtrace rss with and without
+/// its per-page frame read, bpftrace on the fault tracepoint): its goal (≤ 1.05× untraced) is smaller than the
 /// ±10–30% the timed phase moves from run to run on the project VM, so a
 /// median of five cannot tell it; the extra rounds interleave those three.
 const RSS_ROUNDS: usize = 15;
@@ -173,6 +173,13 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     let mut variants = vec![
         rss(v("untraced", Runner::Untraced, BIG)),
         rss(v("memtrace rss", Runner::Memtrace("rss", &[]), BIG)),
+        // What the rss lens would cost without reading each merged fault's
+        // frame (inexact: see `run_check`).
+        rss(v(
+            "memtrace rss, runs unchecked",
+            Runner::Memtrace("rss", &["--unchecked-fault-runs"]),
+            BIG,
+        )),
         rss(v(
             "bpftrace page_fault_user+ustack",
             Runner::Bpftrace(
@@ -252,7 +259,7 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     println!(
         "\nallocation-heavy fixture (64-byte objects kept live), and goroutine churn (rows marked \
          `goroutines`: `objects` is goroutines started and joined); median of {RUNS} interleaved runs, \
-         {RSS_ROUNDS} for the rss comparison (the first three rows)"
+         {RSS_ROUNDS} for the rss comparison (the first four rows)"
     );
     println!(
         "{:<36} {:>9} {:>12} {:>9} {:>15} {:>10} {:>10} {:>11} {:>7} {:>9}",
@@ -530,6 +537,117 @@ pub fn stack_cache(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Resu
         );
     }
     Ok(())
+}
+
+/// What reading the frame on every merged fault buys (the rss lens's
+/// largest cost per page): the rss fixture's `copy` mode fills two fresh,
+/// adjacent buffers with `copy()` on two lines of one function, so the
+/// second copy's pages continue the first's run in every respect but the
+/// line that called. MiB of `runtime.memmove`'s pages under each line,
+/// with the read (default) and without it (`--unchecked-fault-runs`).
+pub fn run_check(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
+    let src = workspace_file("tests/fixtures/rss/main.go")?;
+    let line_of = |marker: &str| {
+        src.lines()
+            .position(|l| l.contains(marker))
+            .map(|i| i + 1)
+            .with_context(|| format!("no {marker:?} in the rss fixture"))
+    };
+    let lines = [line_of("// copy-first")?, line_of("// copy-second")?];
+    println!(
+        "\nper-page frame read: the rss fixture's two copy() lines (main.go:{} and :{}), \
+         MiB of memmove's pages under each, 2 s windows, {RUNS} runs each",
+        lines[0], lines[1]
+    );
+    println!(
+        "{:<28} {:>12} {:>12} {:>12}",
+        "runs", "first line", "second line", "elsewhere"
+    );
+    for (name, extra) in [
+        ("checked (default)", &[][..]),
+        ("unchecked", &["--unchecked-fault-runs"][..]),
+    ] {
+        let mut by = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..RUNS {
+            let dir = out.join("run-check");
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut target = Command::new(fixtures.join("rss"))
+                .args(["-mode", "copy"])
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting the rss fixture")?;
+            std::thread::sleep(Duration::from_millis(300));
+            let o = Command::new(memtrace)
+                .args([
+                    "record",
+                    "--lens",
+                    "rss",
+                    "--frames",
+                    "line",
+                    "--duration",
+                    "2",
+                ])
+                .args(extra)
+                .arg("--pid")
+                .arg(target.id().to_string())
+                .arg("--out")
+                .arg(&dir)
+                .output();
+            let _ = target.kill();
+            let _ = target.wait();
+            let o = o?;
+            if !o.status.success() {
+                bail!(
+                    "rss copy run failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            let folded = std::fs::read_to_string(dir.join("rss.folded"))?;
+            let mib = memmove_by_line(&folded, lines);
+            for (v, m) in by.iter_mut().zip(mib) {
+                v.push(m);
+            }
+        }
+        println!(
+            "{:<28} {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB",
+            name,
+            median(&by[0]),
+            median(&by[1]),
+            median(&by[2])
+        );
+    }
+    Ok(())
+}
+
+/// MiB of `runtime.memmove`'s pages in `folded` (`--frames line`) under
+/// `main.copyTwice` at each of `lines`, and under anything else.
+fn memmove_by_line(folded: &str, lines: [usize; 2]) -> [f64; 3] {
+    let mut out = [0.0; 3];
+    for l in folded.lines() {
+        let Some((stack, n)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let n: f64 = n.parse().unwrap_or(0.0) / (1024.0 * 1024.0);
+        let frames: Vec<&str> = stack.split(';').collect();
+        let [.., caller, leaf] = frames[..] else {
+            continue;
+        };
+        if !leaf.starts_with("runtime.memmove ") {
+            continue;
+        }
+        let i = lines
+            .iter()
+            .position(|l| caller == format!("main.copyTwice main.go:{l}"))
+            .unwrap_or(2);
+        out[i] += n;
+    }
+    out
+}
+
+/// A file of the workspace, as text.
+fn workspace_file(rel: &str) -> anyhow::Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Unique frames a symbolization pass must handle within the goal.
@@ -984,4 +1102,27 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memmove_pages_go_to_the_calling_line() {
+        let mib = 1024 * 1024;
+        let folded = format!(
+            "runtime.main;main.copyTwice main.go:165;runtime.memmove x.s:1 {}\n\
+             runtime.main;main.copyTwice main.go:166;runtime.memmove x.s:1 {}\n\
+             runtime.main;main.other main.go:9;runtime.memmove x.s:1 {}\n\
+             runtime.main;main.copyTwice main.go:165 {}\n\
+             runtime.memmove x.s:1 {}\n",
+            4 * mib,
+            2 * mib,
+            mib,
+            8 * mib,
+            16 * mib
+        );
+        assert_eq!(memmove_by_line(&folded, [165, 166]), [4.0, 2.0, 1.0]);
+    }
 }

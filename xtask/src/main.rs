@@ -52,7 +52,7 @@ enum Cmd {
         /// Only the agent's cost (services traced at once).
         #[arg(long)]
         agent_only: bool,
-        /// Only the stack cache's misattribution.
+        /// Only the stack cache's and the unchecked fault runs' misattribution.
         #[arg(long)]
         stack_cache_only: bool,
         /// Busy Go services in the agent bench's pushing scenario.
@@ -122,7 +122,8 @@ fn main() -> anyhow::Result<()> {
                 return bench::gate(&memtrace, &built.dir, &out, gate_trials);
             }
             if stack_cache_only {
-                return bench::stack_cache(&memtrace, &built.dir, &out);
+                bench::stack_cache(&memtrace, &built.dir, &out)?;
+                return bench::run_check(&memtrace, &built.dir, &out);
             }
             if agent_only {
                 for sc in bench::agent_scenarios(agent_procs) {
@@ -144,6 +145,7 @@ fn main() -> anyhow::Result<()> {
                 &built.dir,
             )?;
             bench::stack_cache(&memtrace, &built.dir, &out)?;
+            bench::run_check(&memtrace, &built.dir, &out)?;
             for sc in bench::agent_scenarios(agent_procs) {
                 bench::agent(&memtrace, &built.dir, &out, &sc)?;
             }
