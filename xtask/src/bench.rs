@@ -17,9 +17,10 @@ use anyhow::{bail, Context as _};
 
 const RUNS: usize = 5;
 /// Rounds for the rss comparison (untraced, memtrace rss with and without
-/// its per-page frame read, bpftrace on the fault tracepoint): its goal (≤ 1.05× untraced) is smaller than the
-/// ±10–30% the timed phase moves from run to run on the project VM, so a
-/// median of five cannot tell it; the extra rounds interleave those three.
+/// its per-page frame read, bpftrace on the fault tracepoint): its goal
+/// (≤ 1.05× untraced) is smaller than the ±10–30% the timed phase moves
+/// from run to run on the project VM, so a median of five cannot tell it;
+/// the extra rounds interleave those four.
 const RSS_ROUNDS: usize = 15;
 const BIG: u64 = 1_000_000;
 /// Every-allocation probing costs ~10 µs per hit: a smaller run keeps the

@@ -124,23 +124,20 @@ fn frame_key(bp: u64, sp: u64, frameless: bool) -> Option<[u64; 2]> {
     }
 }
 
-/// Whether the function faulting at `ip` has no frame of its own: the word
-/// at `sp` is the return address of a call into it (see [`called_from`]).
-/// Read once per new run, not per merged page.
+/// The caller of the function faulting at `ip` if that function has no
+/// frame of its own: the word at `sp`, when it is the return address of a
+/// call into the function (see [`called_from`]). Read once per new run,
+/// not per merged page; the caller is then the run's key.
 #[inline(always)]
-fn is_frameless(ip: u64, sp: u64) -> bool {
+fn frameless_caller(ip: u64, sp: u64) -> Option<u64> {
     // SAFETY: bpf_probe_read_user tolerates any address.
-    let Ok(ra) = (unsafe { bpf_probe_read_user(sp as *const u64) }) else {
-        return false;
-    };
+    let ra: u64 = unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?;
     if !(5..USER_TOP).contains(&ra) {
-        return false;
+        return None;
     }
     // SAFETY: as above.
-    match unsafe { bpf_probe_read_user((ra - 5) as *const [u8; 5]) } {
-        Ok(code) => called_from(code, ra, ip),
-        Err(_) => false,
-    }
+    let code = unsafe { bpf_probe_read_user((ra - 5) as *const [u8; 5]) }.ok()?;
+    called_from(code, ra, ip).then_some(ra)
 }
 
 /// A user-mode fault at `page` at instruction `ip` with frame pointer `bp`
@@ -197,20 +194,25 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u6
     let found = runs.cand < FAULT_RUN_SLOTS as u64;
     let c = (runs.cand as usize) & (FAULT_RUN_SLOTS - 1);
     // Whether the function has a frame of its own is the run's, if there
-    // is one; else it is found out now.
-    let frameless = if found {
-        runs.runs[c].caller_bp == FRAMELESS
+    // is one; else it is found out now (and a frameless function's caller,
+    // read on the way, is the key). In a run's frame the caller is read
+    // again on every page (unless measuring without it): a function that
+    // returned and was called again from another line at the same depth
+    // has the same instruction and frame pointer, and its new buffer may
+    // continue the old one's stride.
+    let (frameless, key) = if found {
+        let run = &runs.runs[c];
+        let frameless = run.caller_bp == FRAMELESS;
+        if recheck_runs() {
+            (frameless, frame_key(bp, sp, frameless))
+        } else {
+            (frameless, Some([run.caller_bp, run.ra]))
+        }
     } else {
-        is_frameless(ip, sp)
-    };
-    // The caller is read again on every page (unless measuring without it):
-    // a function that returned and was called again from another line at
-    // the same depth has the same instruction and frame pointer, and its
-    // new buffer may continue the old one's stride.
-    let key = if found && !recheck_runs() {
-        Some([runs.runs[c].caller_bp, runs.runs[c].ra])
-    } else {
-        frame_key(bp, sp, frameless)
+        match frameless_caller(ip, sp) {
+            Some(ra) => (true, Some([FRAMELESS, ra])),
+            None => (false, frame_key(bp, sp, false)),
+        }
     };
     let Some([k0, k1]) = key else {
         emit_with_stack(ctx, ev(), None);
