@@ -43,6 +43,25 @@ impl<V: Copy + PartialEq> RangeMap<V> {
         self.get(start).is_some() || self.map.range(start..end).next().is_some()
     }
 
+    /// The parts of `[start, end)` no range covers, in address order.
+    pub fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = start;
+        if let Some((_, &(e, _))) = self.map.range(..start).next_back() {
+            at = at.max(e);
+        }
+        for (&s, &(e, _)) in self.map.range(start..end) {
+            if s > at {
+                out.push((at, s));
+            }
+            at = at.max(e);
+        }
+        if at < end {
+            out.push((at, end));
+        }
+        out
+    }
+
     pub fn insert(&mut self, start: u64, end: u64, v: V) {
         if start >= end {
             return;
@@ -122,6 +141,20 @@ mod tests {
         let removed = m.remove(0x4800, 0x5800);
         assert_eq!(removed.iter().map(|(s, e, _)| e - s).sum::<u64>(), 0x1000);
         assert!(m.any_in(0x4000, 0x4900) && !m.any_in(0x4800, 0x5800));
+    }
+
+    #[test]
+    fn gaps_are_what_no_range_covers() {
+        let mut m: RangeMap<u8> = RangeMap::default();
+        m.insert(0x2000, 0x4000, 1);
+        m.insert(0x6000, 0x7000, 2);
+        assert_eq!(
+            m.gaps(0x1000, 0x8000),
+            [(0x1000, 0x2000), (0x4000, 0x6000), (0x7000, 0x8000)]
+        );
+        assert_eq!(m.gaps(0x3000, 0x6800), [(0x4000, 0x6000)]);
+        assert!(m.gaps(0x2800, 0x3800).is_empty(), "inside one range");
+        assert_eq!(m.gaps(0x7000, 0x7000), []);
     }
 
     #[test]

@@ -155,6 +155,29 @@ fn len_of<V>(pieces: &[(u64, u64, V)]) -> u64 {
     pieces.iter().map(|(s, e, _)| e - s).sum()
 }
 
+fn len_of_pairs(pieces: &[(u64, u64)]) -> u64 {
+    pieces.iter().map(|(s, e)| e - s).sum()
+}
+
+/// The pages of `run` after its first `done`, as one address range
+/// `[lo, hi)` and whether they come downwards: for a run of adjacent pages
+/// (a stride of one page either way). None for other strides, or a range
+/// that would wrap.
+fn contiguous(run: &Run, done: u64) -> Option<(u64, u64, bool)> {
+    let n = run.count.checked_sub(done).filter(|&n| n > 0)?;
+    let skip = done.checked_add(1)?.checked_mul(PAGE)?;
+    let span = n.checked_mul(PAGE)?;
+    if run.stride == PAGE {
+        let lo = run.first.checked_add(skip)?;
+        Some((lo, lo.checked_add(span)?, false))
+    } else if run.stride == PAGE.wrapping_neg() {
+        let hi = run.first.checked_sub(skip)?.checked_add(PAGE)?;
+        Some((hi.checked_sub(span)?, hi, true))
+    } else {
+        None
+    }
+}
+
 impl RssAgg {
     pub fn new(thp: Thp) -> Self {
         Self {
@@ -238,6 +261,13 @@ impl RssAgg {
             .filter(|&&(t, _, _)| t > run.start_ns)
             .map(|&(_, s, e)| (s, e))
             .collect();
+        if let Some((lo, hi, descending)) = contiguous(&run, done) {
+            let room = p.resident.len() as u64 + (hi - lo) / PAGE < MAX_RESIDENT_RANGES as u64;
+            if room && later.iter().all(|&(s, e)| e <= lo || hi <= s) {
+                self.fault_range(key, lo, hi, descending);
+                return;
+            }
+        }
         for page in FaultRun::pages(run.first, run.stride, run.count).skip(done as usize) {
             if later.iter().any(|&(s, e)| s <= page && page < e) {
                 self.run_pages_released += 1;
@@ -245,6 +275,60 @@ impl RssAgg {
                 continue;
             }
             self.fault(key, page);
+        }
+    }
+
+    /// [`RssAgg::fault`] on every page of `[lo, hi)`, upwards or (when
+    /// `descending`) downwards, a 2 MiB block at a time: a block's first
+    /// page not resident yet goes through `fault` (it may bring in a huge
+    /// page); after it the block holds something, so no later page of it
+    /// can, and its free parts go in as whole ranges. A run of merged
+    /// faults cost a few tree operations per page, on the core the target
+    /// runs on; now it costs a few per block. The caller makes sure no
+    /// page of the range is released already and that the range limit
+    /// cannot be reached on the way.
+    fn fault_range(&mut self, key: StackKey, lo: u64, hi: u64, descending: bool) {
+        let mut blocks: Vec<(u64, u64)> = Vec::new();
+        let mut at = lo;
+        while at < hi {
+            let end = ((at & !(HUGE - 1)) + HUGE).min(hi);
+            blocks.push((at, end));
+            at = end;
+        }
+        if descending {
+            blocks.reverse();
+        }
+        for (s, e) in blocks {
+            let Some(p) = self.procs.get(&key.0) else {
+                return;
+            };
+            let free = p.resident.gaps(s, e);
+            let first = match (descending, free.first(), free.last()) {
+                (false, Some(&(g, _)), _) => g,
+                (true, _, Some(&(_, g))) => g - PAGE,
+                _ => {
+                    self.repeat_faults += (e - s) / PAGE;
+                    continue;
+                }
+            };
+            self.fault(key, first);
+            let (rs, re) = if descending {
+                (s, first)
+            } else {
+                (first + PAGE, e)
+            };
+            let Some(p) = self.procs.get_mut(&key.0) else {
+                return;
+            };
+            let rest = p.resident.gaps(rs, re);
+            let newly = len_of_pairs(&rest);
+            self.repeat_faults += (e - s) / PAGE - 1 - newly / PAGE;
+            for (gs, ge) in rest {
+                if !p.before.is_empty() {
+                    p.before.remove(gs, ge);
+                }
+                p.resident.insert_free(gs, ge, key);
+            }
         }
     }
 

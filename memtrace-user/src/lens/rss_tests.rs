@@ -212,3 +212,107 @@ fn a_new_window_starts_from_what_is_resident() {
     assert_eq!(next.net_growth(&[1]), (0, 3 * PAGE));
     assert_eq!(next.net_growth(&[2]), (0, 0), "other processes untouched");
 }
+
+/// A random address space for the run tests below: some pages resident
+/// already (under two stacks), some resident before the window, THP by
+/// `madvise` or for anonymous mappings, all within three 2 MiB blocks.
+fn random_state(seed: u64) -> RssAgg {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let base = 0x4000_0000;
+    let thp = [Thp::Never, Thp::Madvise, Thp::Always][rng.usize(..3)];
+    let mut r = RssAgg::new(thp);
+    let page = |rng: &mut fastrand::Rng| base + rng.u64(..3 * HUGE / PAGE) * PAGE;
+    r.set_anon_vmas(1, vec![(base, base + rng.u64(1..=3) * HUGE)]);
+    if rng.bool() {
+        let s = page(&mut rng);
+        r.madvise(REL, s & !(HUGE - 1), HUGE, madv::HUGEPAGE);
+    }
+    for _ in 0..rng.usize(..6) {
+        let s = page(&mut rng);
+        r.procs
+            .entry(1)
+            .or_default()
+            .before
+            .insert(s, s + rng.u64(1..40) * PAGE, ());
+    }
+    for _ in 0..rng.usize(..12) {
+        let key = (1, Stack::Id(rng.u32(1..3)));
+        let s = page(&mut rng);
+        for p in 0..rng.u64(1..30) {
+            r.fault(key, s + p * PAGE);
+        }
+    }
+    r
+}
+
+/// What each lens state is made of, to compare two of them.
+fn picture(r: &RssAgg) -> impl PartialEq + std::fmt::Debug {
+    let p = &r.procs[&1];
+    (
+        p.resident.iter().collect::<Vec<_>>(),
+        p.before.iter().collect::<Vec<_>>(),
+        r.repeat_faults,
+        r.released_bytes,
+        r.run_pages_released,
+    )
+}
+
+#[test]
+fn a_run_counts_as_its_pages_one_by_one() {
+    for seed in 0..3000 {
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+        let pages = rng.u64(1..4);
+        let first = 0x4000_0000 + rng.u64(..3 * HUGE / PAGE) * PAGE;
+        let count = rng.u64(1..1200 / pages);
+        let done = if rng.u8(..4) == 0 {
+            rng.u64(..count)
+        } else {
+            0
+        };
+        let stride = if rng.bool() {
+            (pages * PAGE).wrapping_neg()
+        } else {
+            pages * PAGE
+        };
+        let run = Run {
+            tid: 3,
+            first,
+            stride,
+            count,
+            start_ns: 100,
+            ended: true,
+        };
+        let mut bulk = random_state(seed);
+        let mut each = random_state(seed);
+        bulk.procs
+            .get_mut(&1)
+            .unwrap()
+            .runs_counted
+            .insert((3, 100), done);
+        bulk.fault_run(RUNNER, run);
+        for page in FaultRun::pages(first, stride, count).skip(done as usize) {
+            each.fault(RUNNER, page);
+        }
+        assert_eq!(
+            picture(&bulk),
+            picture(&each),
+            "seed {seed}: {run:?}, {done} done"
+        );
+    }
+}
+
+#[test]
+fn a_run_with_a_later_release_in_its_range_skips_the_released_pages() {
+    let mut r = RssAgg::new(Thp::Never);
+    first_page(&mut r);
+    r.now_ns = 200;
+    r.munmap(REL, 0x13000, PAGE);
+    let adjacent = Run {
+        stride: PAGE,
+        ..run(5, 100, true)
+    };
+    r.fault_run(RUNNER, adjacent);
+    assert_eq!(r.run_pages_released, 1);
+    assert_eq!(r.by_stack()[&RUNNER].bytes, 5 * PAGE);
+    assert!(r.procs[&1].resident.get(0x13000).is_none());
+}
