@@ -17,10 +17,11 @@ use anyhow::{bail, Context as _};
 
 const RUNS: usize = 5;
 /// Rounds for the rss comparison (untraced, memtrace rss with and without
-/// its per-page frame read, bpftrace on the fault tracepoint): its goal
+/// its per-page frame read, memtrace and bpftrace with fault probes that
+/// count nothing, bpftrace on the fault tracepoint with stacks): its goal
 /// (≤ 1.05× untraced) is smaller than the ±10–30% the timed phase moves
 /// from run to run on the project VM, so a median of five cannot tell it;
-/// the extra rounds interleave those four.
+/// the extra rounds interleave those six.
 const RSS_ROUNDS: usize = 15;
 const BIG: u64 = 1_000_000;
 /// Every-allocation probing costs ~10 µs per hit: a smaller run keeps the
@@ -181,6 +182,22 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
             Runner::Memtrace("rss", &["--unchecked-fault-runs"]),
             BIG,
         )),
+        // The floor: the fault probes attached, each checking its target
+        // and returning (memtrace's BTF tracepoint; bpftrace's classic one,
+        // counting faults). What observing every fault costs before any
+        // attribution.
+        rss(v(
+            "memtrace rss, floor (probe only)",
+            Runner::Memtrace("rss", &["--fault-probe-floor"]),
+            BIG,
+        )),
+        rss(v(
+            "bpftrace page_fault_user, count only",
+            Runner::Bpftrace(
+                "tracepoint:exceptions:page_fault_user /pid == cpid/ { @ = count(); }",
+            ),
+            BIG,
+        )),
         rss(v(
             "bpftrace page_fault_user+ustack",
             Runner::Bpftrace(
@@ -260,7 +277,7 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     println!(
         "\nallocation-heavy fixture (64-byte objects kept live), and goroutine churn (rows marked \
          `goroutines`: `objects` is goroutines started and joined); median of {RUNS} interleaved runs, \
-         {RSS_ROUNDS} for the rss comparison (the first four rows)"
+         {RSS_ROUNDS} for the rss comparison (the first six rows)"
     );
     println!(
         "{:<36} {:>9} {:>12} {:>9} {:>15} {:>10} {:>10} {:>11} {:>7} {:>9}",

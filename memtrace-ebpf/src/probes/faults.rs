@@ -52,7 +52,7 @@ use memtrace_common::{
 
 use super::{
     bump, current_target, current_target_cached, emit, emit_with_stack, emit_with_stack_for_run,
-    entry_fingerprint, fingerprint, recheck_runs, release_gen,
+    entry_fingerprint, fault_floor, fingerprint, recheck_runs, release_gen,
 };
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
@@ -304,6 +304,9 @@ pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
     let Some((tgid, tid)) = current_target_cached() else {
         return 0;
     };
+    if fault_floor() {
+        return 0;
+    }
     let Some(page) = user_page(ctx.arg(0)) else {
         return 0;
     };
@@ -323,6 +326,9 @@ pub fn fault_kernel(ctx: RawTracePointContext) -> i32 {
     let Some((tgid, tid)) = current_target_cached() else {
         return 0;
     };
+    if fault_floor() {
+        return 0;
+    }
     if let Some(page) = user_page(ctx.arg(0)) {
         emit_with_stack(&ctx, Event::fault(tgid, tid, page, 4096), None);
     }

@@ -53,6 +53,21 @@ static STACK_CACHE: u32 = 1;
 #[unsafe(no_mangle)]
 static RECHECK_RUNS: u32 = 1;
 
+/// 1: the fault probes check their target and return, counting nothing:
+/// what observing every fault costs before any work, for the bench's
+/// floor. Set by user space at load, like `RECHECK_RUNS`.
+#[unsafe(no_mangle)]
+static FAULT_FLOOR: u32 = 0;
+
+/// Whether the fault probes stop after the target check (see
+/// `FAULT_FLOOR`).
+#[inline(always)]
+pub fn fault_floor() -> bool {
+    // SAFETY: a global user space may rewrite before load; read it as such.
+    let on = unsafe { core::ptr::read_volatile(&FAULT_FLOOR) };
+    on != 0
+}
+
 /// Whether merged faults read their frame's caller again (see
 /// `RECHECK_RUNS`).
 #[inline(always)]

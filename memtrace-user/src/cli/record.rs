@@ -51,6 +51,11 @@ pub struct RecordArgs {
     /// `cargo xtask bench`, which shows what the read costs.
     #[arg(long, hide = true)]
     pub unchecked_fault_runs: bool,
+    /// Attach the fault probes but count no fault: each checks its target
+    /// and returns. The rss lens then reports nothing; for `cargo xtask
+    /// bench`, which shows what observing every fault costs by itself.
+    #[arg(long, hide = true)]
+    pub fault_probe_floor: bool,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -100,6 +105,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     opts.memprofile_rate = args.memprofile_rate;
     opts.tuning.stack_cache = !args.no_stack_cache;
     opts.tuning.recheck_runs = !args.unchecked_fault_runs;
+    opts.tuning.fault_floor = args.fault_probe_floor;
+    if args.fault_probe_floor {
+        eprintln!("memtrace: --fault-probe-floor: faults are not counted (a measurement mode)");
+    }
     opts.holds = true;
     setup::check_host(&opts)?;
 

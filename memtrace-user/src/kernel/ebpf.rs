@@ -86,10 +86,12 @@ impl Ebpf {
         let offsets = format::read_offsets(tracefs)?;
         let cache = u32::from(tuning.stack_cache);
         let recheck = u32::from(tuning.recheck_runs);
+        let floor = u32::from(tuning.fault_floor);
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
             .override_global("STACK_CACHE", &cache, true)
             .override_global("RECHECK_RUNS", &recheck, true)
+            .override_global("FAULT_FLOOR", &floor, true)
             .load(EBPF_OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(KernelError::Missing(name));

@@ -42,9 +42,9 @@ impl Tracepoint {
     }
 }
 
-/// Load-time switches that trade the probes' exactness for speed; both on
-/// outside of measurements (`cargo xtask bench` turns each off to show
-/// what it costs).
+/// Load-time switches that trade the probes' exactness for speed; as in
+/// `Default` outside of measurements (`cargo xtask bench` flips each to
+/// show what it costs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeTuning {
     /// Remember walked stacks by a fingerprint of their top (off: walk
@@ -54,6 +54,9 @@ pub struct ProbeTuning {
     /// only a run's first page does, and a function called again from
     /// another line at the same depth may count under the first call).
     pub recheck_runs: bool,
+    /// The fault probes check their target and count nothing (on: the
+    /// probe point's own cost, the floor of any fault-based lens).
+    pub fault_floor: bool,
 }
 
 impl Default for ProbeTuning {
@@ -61,6 +64,7 @@ impl Default for ProbeTuning {
         Self {
             stack_cache: true,
             recheck_runs: true,
+            fault_floor: false,
         }
     }
 }
