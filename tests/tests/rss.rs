@@ -248,3 +248,36 @@ fn each_copy_is_charged_to_the_line_that_copies() {
         assert!(bg.alive(), "go{v}: target died");
     }
 }
+
+/// The bench's floor (`--fault-probe-floor`, hidden): the fault probes are
+/// attached and count nothing, while the same copies count in full without
+/// it. If the switch stopped working, the bench's floor row would measure
+/// the whole lens and say nothing.
+#[test]
+fn the_bench_floor_counts_no_fault() {
+    let v = go_versions().pop().unwrap();
+    let (mut bg, _lines) = start_fixture(&v, &["-mode", "copy"]);
+    let floor = Record::new(&format!("rss-floor-{v}"))
+        .pid(bg.pid())
+        .duration("1")
+        .arg("--fault-probe-floor")
+        .ok();
+    let full = Record::new(&format!("rss-floor-full-{v}"))
+        .pid(bg.pid())
+        .duration("1")
+        .ok();
+    let total = |s: &serde_json::Value| s["lenses"]["rss"]["total"].as_u64().unwrap();
+    let merged = |s: &serde_json::Value| s["counters"]["faults_merged"].as_u64().unwrap();
+    assert_eq!(
+        (total(&floor.summary), merged(&floor.summary)),
+        (0, 0),
+        "go{v}: the floor counted faults"
+    );
+    assert!(
+        total(&full.summary) >= 8 * MIB && merged(&full.summary) > 0,
+        "go{v}: the copies did not count without the floor: {} B, {} merged",
+        total(&full.summary),
+        merged(&full.summary)
+    );
+    assert!(bg.alive(), "go{v}: target died");
+}
