@@ -42,9 +42,9 @@ impl Tracepoint {
     }
 }
 
-/// Load-time switches that trade the probes' exactness for speed; as in
-/// `Default` outside of measurements (`cargo xtask bench` flips each to
-/// show what it costs).
+/// Load-time switches of the probes, as in `Default` outside of
+/// measurements: `cargo xtask bench` flips each to show what the exact
+/// default costs, or what observing faults costs by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeTuning {
     /// Remember walked stacks by a fingerprint of their top (off: walk

@@ -155,10 +155,6 @@ fn len_of<V>(pieces: &[(u64, u64, V)]) -> u64 {
     pieces.iter().map(|(s, e, _)| e - s).sum()
 }
 
-fn len_of_pairs(pieces: &[(u64, u64)]) -> u64 {
-    pieces.iter().map(|(s, e)| e - s).sum()
-}
-
 /// The pages of `run` after its first `done`, as one address range
 /// `[lo, hi)` and whether they come downwards: for a run of adjacent pages
 /// (a stride of one page either way). None for other strides, or a range
@@ -282,11 +278,10 @@ impl RssAgg {
     /// `descending`) downwards, a 2 MiB block at a time: a block's first
     /// page not resident yet goes through `fault` (it may bring in a huge
     /// page); after it the block holds something, so no later page of it
-    /// can, and its free parts go in as whole ranges. A run of merged
-    /// faults cost a few tree operations per page, on the core the target
-    /// runs on; now it costs a few per block. The caller makes sure no
-    /// page of the range is released already and that the range limit
-    /// cannot be reached on the way.
+    /// can, and its free parts go in as whole ranges: a few tree
+    /// operations per block, where page by page took a few per page. The
+    /// caller makes sure no page of the range is released already and that
+    /// the range limit cannot be reached on the way.
     fn fault_range(&mut self, key: StackKey, lo: u64, hi: u64, descending: bool) {
         let mut blocks: Vec<(u64, u64)> = Vec::new();
         let mut at = lo;
@@ -321,7 +316,7 @@ impl RssAgg {
                 return;
             };
             let rest = p.resident.gaps(rs, re);
-            let newly = len_of_pairs(&rest);
+            let newly: u64 = rest.iter().map(|(s, e)| e - s).sum();
             self.repeat_faults += (e - s) / PAGE - 1 - newly / PAGE;
             for (gs, ge) in rest {
                 if !p.before.is_empty() {
