@@ -1,8 +1,9 @@
 //! Fuzzing the parsers of untrusted input (`fuzz/`, cargo-fuzz): a bounded
 //! run of every target in `cargo xtask test`, longer ones with `cargo xtask
-//! fuzz`. Each target starts from `fuzz/seeds/<target>/` (and, for Go
-//! executables, the built fixtures: every pclntab format), in a fresh
-//! corpus under `target/fuzz-corpus/`.
+//! fuzz`. Each target starts from `fuzz/seeds/<target>/` and
+//! `fuzz/regressions/<target>/` (and, for Go executables, the built
+//! fixtures: every pclntab format), in a fresh corpus under
+//! `target/fuzz-corpus/`.
 
 use std::path::Path;
 use std::process::Command;
@@ -40,11 +41,16 @@ pub fn run_all(root: &Path, built: &Built, secs: u64, only: Option<&str>) -> any
         let corpus = root.join("target/fuzz-corpus").join(target);
         let _ = std::fs::remove_dir_all(&corpus);
         std::fs::create_dir_all(&corpus)?;
-        let seeds = root.join("fuzz/seeds").join(target);
-        // Go executables' seeds are the built fixtures, below.
-        for e in std::fs::read_dir(&seeds).into_iter().flatten() {
-            let e = e?;
-            std::fs::copy(e.path(), corpus.join(e.file_name()))?;
+        // The seeds, and every input that once crashed a target: each run
+        // starts by replaying them under the sanitizer (the tests replay
+        // them without it, where a huge allocation fails quietly). Go
+        // executables' seeds are the built fixtures, below.
+        for dir in ["seeds", "regressions"] {
+            let from = root.join("fuzz").join(dir).join(target);
+            for e in std::fs::read_dir(&from).into_iter().flatten() {
+                let e = e?;
+                std::fs::copy(e.path(), corpus.join(e.file_name()))?;
+            }
         }
         if target == "go_binary" {
             // Both pclntab formats (Go 1.18-1.19 and 1.20+), stripped and PIE.
