@@ -55,16 +55,18 @@ pub enum TargetError {
          programs only"
     )]
     NotGo(PathBuf),
-    /// A stripped Go binary lacks a data symbol that a feature reads.
+    /// A stripped Go binary whose code did not give away a variable that a
+    /// feature reads.
     #[error(
-        "{path} is stripped (built with -ldflags=-s), and the {needed_by} cannot do without {symbol} \
-         from its symbol table: use the rss, mmap or alloc-exact lens, or rebuild \
-         without -s"
+        "{path} is stripped (built with -ldflags=-s), and the {needed_by} needs {symbol}, \
+         which its code did not give away ({reason}): use the rss, mmap or alloc-exact \
+         lens, or rebuild without -s"
     )]
     Stripped {
         path: PathBuf,
         symbol: String,
         needed_by: String,
+        reason: String,
     },
     /// A Go release memtrace does not support.
     #[error(

@@ -1,17 +1,44 @@
-//! Field offsets of Go runtime structures, from the binary's DWARF. The
-//! layout of `runtime.g` changes between Go versions, so offsets are looked
-//! up rather than assumed.
+//! Field offsets of Go runtime structures. The layout of `runtime.g`
+//! changes between Go versions, so offsets are looked up rather than
+//! assumed: from the binary's DWARF when it has any, else from the
+//! runtime's own type descriptor of `runtime.g`, which survives
+//! `-ldflags=-s -w` because the garbage collector and reflection read it
+//! (`runtime.malg` allocates every g with `new(g)`, so its code names the
+//! descriptor). `runtime.gcControllerState` has no descriptor (the
+//! controller is a global, never allocated): its offsets come from a table
+//! per Go release, which the end-to-end tests hold against DWARF.
 
 use std::collections::HashMap;
 
+use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use object::{Object as _, ObjectSection as _};
+
+use crate::gopclntab::GoTable;
 
 /// Offsets (bytes) of the `runtime.g` fields the goroutines lens reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GLayout {
     pub atomicstatus: u64,
+    pub goid: u64,
     pub gopc: u64,
     pub startpc: u64,
+    /// `labels`: the goroutine's pprof label set.
+    pub labels: u64,
+}
+
+impl GLayout {
+    /// From a structure's member offsets by name.
+    fn from_members(m: &HashMap<String, u64>) -> Option<Self> {
+        // Every g starts with its stack bounds (read by the breakdown).
+        (m.get("stack") == Some(&0)).then_some(())?;
+        Some(Self {
+            atomicstatus: *m.get("atomicstatus")?,
+            goid: *m.get("goid")?,
+            gopc: *m.get("gopc")?,
+            startpc: *m.get("startpc")?,
+            labels: *m.get("labels")?,
+        })
+    }
 }
 
 /// zlib's largest ratio of output to input (RFC 1950: 1032:1).
@@ -98,12 +125,112 @@ pub fn struct_members(data: &[u8], type_name: &str) -> Option<HashMap<String, u6
 
 /// The `runtime.g` layout of a Go binary, if its DWARF is present.
 pub fn g_layout(data: &[u8]) -> Option<GLayout> {
-    let m = struct_members(data, "runtime.g")?;
-    Some(GLayout {
-        atomicstatus: *m.get("atomicstatus")?,
-        gopc: *m.get("gopc")?,
-        startpc: *m.get("startpc")?,
-    })
+    GLayout::from_members(&struct_members(data, "runtime.g")?)
+}
+
+/// `abi.Kind` of a struct.
+const KIND_STRUCT: u8 = 25;
+/// `abi.Type` is 48 bytes on amd64; a `StructType` then has its package
+/// path (8 bytes) and its fields slice.
+const STRUCT_FIELDS: u64 = 48 + 8;
+/// A `StructField` is {name, type, offset}, one word each (Go 1.19+).
+const FIELD_SIZE: u64 = 24;
+
+/// The `runtime.g` layout from the runtime's type descriptor, found as the
+/// type `runtime.malg` passes to `runtime.newobject` (`LEAQ type, AX;
+/// CALL runtime.newobject`). The descriptor must be a struct whose fields
+/// include every one memtrace reads, with `stack` first.
+pub fn g_layout_from_type(table: &GoTable) -> Result<GLayout, String> {
+    let typ = allocated_type(table, "runtime.malg")
+        .ok_or("runtime.malg does not pass a type to runtime.newobject")?;
+    let members = struct_fields(table, typ)
+        .ok_or_else(|| format!("no struct type descriptor at {typ:#x}"))?;
+    GLayout::from_members(&members)
+        .ok_or_else(|| format!("the type at {typ:#x} is not runtime.g (fields missing)"))
+}
+
+/// The type descriptor `caller` first hands to `runtime.newobject`.
+fn allocated_type(table: &GoTable, caller: &str) -> Option<u64> {
+    let f = table.function(caller)?;
+    let newobject = table.function("runtime.newobject")?.entry;
+    let code = table.code(&f)?;
+    let mut decoder = Decoder::with_ip(64, code, f.entry, DecoderOptions::NONE);
+    let mut type_in_ax = None;
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.code() == Code::Call_rel32_64 && insn.near_branch_target() == newobject {
+            return type_in_ax;
+        }
+        if insn.op_count() > 0 && insn.op0_register() == Register::RAX {
+            type_in_ax = (insn.code() == Code::Lea_r64_m && insn.is_ip_rel_memory_operand())
+                .then(|| insn.ip_rel_memory_address());
+        }
+    }
+    None
+}
+
+/// Member offsets of the struct type descriptor at `typ`.
+fn struct_fields(table: &GoTable, typ: u64) -> Option<HashMap<String, u64>> {
+    let word = |a: u64| Some(u64::from_le_bytes(table.bytes_at(a, 8)?.try_into().ok()?));
+    let kind = table.bytes_at(typ + 23, 1)?[0] & 0x1f;
+    (kind == KIND_STRUCT).then_some(())?;
+    let fields = table.pointer_at(typ + STRUCT_FIELDS)?;
+    let n = word(typ + STRUCT_FIELDS + 8)?;
+    (n <= 1024).then_some(())?;
+    let mut out = HashMap::new();
+    for i in 0..n {
+        let f = fields + i * FIELD_SIZE;
+        let name = type_name(table, table.pointer_at(f)?)?;
+        out.insert(name, word(f + 16)?);
+    }
+    Some(out)
+}
+
+/// An `abi.Name`: a flags byte, a uvarint length, the bytes.
+fn type_name(table: &GoTable, at: u64) -> Option<String> {
+    let head = table.bytes_at(at, 3)?;
+    let (len, used) = match head[1] {
+        b if b < 0x80 => (u64::from(b), 1),
+        b => (u64::from(b & 0x7f) | (u64::from(head[2]) << 7), 2),
+    };
+    let bytes = table.bytes_at(at + 1 + used, usize::try_from(len).ok()?.max(1))?;
+    Some(String::from_utf8_lossy(&bytes[..len as usize]).into_owned())
+}
+
+/// Offsets in `runtime.gcControllerState` of the fields the GC view reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcFields {
+    pub heap_live: u64,
+    pub heap_goal: u64,
+    pub heap_marked: u64,
+}
+
+impl GcFields {
+    /// From the binary's DWARF.
+    pub fn from_dwarf(data: &[u8]) -> Option<Self> {
+        let m = struct_members(data, "runtime.gcControllerState")?;
+        Some(Self {
+            heap_live: *m.get("heapLive")?,
+            heap_goal: *m.get("gcPercentHeapGoal")?,
+            heap_marked: *m.get("heapMarked")?,
+        })
+    }
+
+    /// memtrace's table for a Go release (minor version), for binaries
+    /// without DWARF. Only releases whose DWARF was read are listed
+    /// (Go 1.20 was not: no toolchain of it here).
+    pub fn for_release(minor: u32) -> Option<Self> {
+        let (heap_goal, heap_live, heap_marked) = match minor {
+            19 => (104, 136, 184),
+            21..=27 => (72, 104, 152),
+            _ => return None,
+        };
+        Some(Self {
+            heap_live,
+            heap_goal,
+            heap_marked,
+        })
+    }
 }
 
 /// `_Gdead` in `runtime/runtime2.go`; the `_Gscan` bit is 0x1000.

@@ -59,7 +59,9 @@ pub fn run_env(_root: &Path) -> anyhow::Result<Env> {
 /// Tested in CI: the oldest supported (Debian's), a middle one, the newest.
 const CI_VERSIONS: &[&str] = &["1.19", "1.24.11", "1.27.3"];
 /// The whole matrix (`--all-go`).
-const ALL_VERSIONS: &[&str] = &["1.19", "1.21.13", "1.23.9", "1.24.11", "1.26.6", "1.27.3"];
+const ALL_VERSIONS: &[&str] = &[
+    "1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
 /// Debian's Go, not from PyPI.
 const DEBIAN_GO: (&str, &str) = ("1.19", "/usr/lib/go-1.19/bin/go");
 

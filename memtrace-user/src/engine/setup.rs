@@ -38,10 +38,12 @@ fn relabel(e: TargetError, via: &Path, exe: &Path) -> TargetError {
             path,
             symbol,
             needed_by,
+            reason,
         } => TargetError::Stripped {
             path: fix(path),
             symbol,
             needed_by,
+            reason,
         },
         TargetError::GoVersion { path, version } => TargetError::GoVersion {
             path: fix(path),

@@ -90,6 +90,8 @@ pub struct GoTable {
     pclntable: usize,
     /// File offset of `moduledata.gofunc`, when the moduledata was found.
     gofunc: Option<usize>,
+    /// PIE binaries' pointers: `R_X86_64_RELATIVE` addends by address.
+    relocs: std::collections::HashMap<u64, u64>,
     /// Build identity: Go build ID, else GNU build ID, else empty.
     pub build_id: String,
 }
@@ -228,6 +230,7 @@ impl GoTable {
             pclntable: at(7)?,
             gofunc,
             data: data.clone(),
+            relocs,
         };
         if table.ftab(nfunc).is_none() {
             return Err(bad("function table past the end of the file"));
@@ -252,6 +255,7 @@ impl GoTable {
             pctab: 0,
             pclntable: 0,
             gofunc: None,
+            relocs: Default::default(),
             build_id: "test".into(),
         }
     }
@@ -346,6 +350,24 @@ impl GoTable {
             .iter()
             .find(|s| offset >= s.offset && offset < s.offset + s.filesz)
             .map(|s| offset - s.offset + s.vaddr)
+    }
+
+    /// `len` bytes of the file at a link-time address (`None` past the
+    /// file's part of a segment, e.g. in `.bss`).
+    pub fn bytes_at(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        let start = self.file_offset(vaddr)? as usize;
+        let end = to_file(&self.segments, vaddr + len as u64 - 1)? as usize;
+        (end + 1 - start == len).then_some(())?;
+        self.data.get(start..start + len)
+    }
+
+    /// The pointer stored at a link-time address: in a PIE binary the
+    /// relocation's addend, otherwise the word in the file.
+    pub fn pointer_at(&self, vaddr: u64) -> Option<u64> {
+        if let Some(a) = self.relocs.get(&vaddr) {
+            return Some(*a);
+        }
+        u64_at(self.bytes_at(vaddr, 8)?, 0)
     }
 
     /// The machine code of `f`.

@@ -5,7 +5,9 @@
 
 mod buildinfo;
 mod points;
+pub mod vars;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ pub use points::{
     after_frame_setup, is_specialized_allocator, makes_exit_group, ret_offsets, GcPoints,
     GoroutinePoints, HoldPoints, ProbePoint,
 };
+pub use vars::Source;
 
 /// A parsed Go executable.
 #[derive(Clone, Debug)]
@@ -31,12 +34,17 @@ pub struct GoBinary {
     pub module: Option<String>,
     /// Go's function table: probe addresses and frame names.
     pub table: Arc<GoTable>,
-    /// Built with `-ldflags=-s`: no `.symtab`, so no data symbols.
+    /// Built with `-ldflags=-s`: no `.symtab`, so no data symbols (they
+    /// are found from code instead).
     pub stripped: bool,
+    /// Where each runtime variable and structure layout memtrace reads
+    /// came from, or why it could not be found.
+    pub found: BTreeMap<&'static str, Result<Source, String>>,
     pub alloc_points: Vec<ProbePoint>,
     /// Probe points of the GC view, or why there are none.
     pub gc: Result<GcPoints, String>,
-    /// `runtime.g` field offsets, from DWARF (absent when stripped).
+    /// `runtime.g` field offsets, from DWARF or the runtime's type
+    /// descriptor.
     pub g_layout: Option<crate::gtypes::GLayout>,
     /// Probe points of the goroutines lens, or why there are none.
     pub goroutines: Result<GoroutinePoints, String>,
@@ -55,6 +63,10 @@ pub struct GoBinary {
     /// Lowest PT_LOAD virtual address, page aligned (for PIE load bias).
     pub first_load: u64,
 }
+
+/// Keys of [`GoBinary::found`] for the structure layouts.
+pub const G_LAYOUT: &str = "runtime.g layout";
+pub const GC_LAYOUT: &str = "runtime.gcControllerState layout";
 
 /// The oldest Go release memtrace is tested with.
 pub const OLDEST_GO: (u32, u32) = (1, 19);
@@ -113,13 +125,48 @@ impl GoBinary {
             table: &table,
         };
         let alloc_points = bin.alloc_points(&syms)?;
-        let g_layout = crate::gtypes::g_layout(&data);
+        let mut found = BTreeMap::new();
+        let sections = vars::Sections::of(&file);
+        let mut var = |rule: &vars::Rule| {
+            let r = vars::find(syms.address(rule.name), &table, &sections, rule);
+            found.insert(
+                rule.name,
+                r.as_ref().map(|l| l.source).map_err(|e| e.to_string()),
+            );
+            r.ok().map(|l| l.addr)
+        };
+        let allgs = var(&vars::ALLGS);
+        let mem_profile_rate = var(&vars::MEM_PROFILE_RATE);
+        let mbuckets = var(&vars::MBUCKETS);
+        let gc_controller = var(&vars::GC_CONTROLLER);
+        let g_layout = match crate::gtypes::g_layout(&data) {
+            Some(l) => Ok((l, Source::Dwarf)),
+            None => crate::gtypes::g_layout_from_type(&table).map(|l| (l, Source::RuntimeType)),
+        };
+        found.insert(
+            G_LAYOUT,
+            g_layout.as_ref().map(|l| l.1).map_err(Clone::clone),
+        );
+        let g_layout = g_layout.ok().map(|l| l.0);
+        let gc_fields = match crate::gtypes::GcFields::from_dwarf(&data) {
+            Some(f) => Ok((f, Source::Dwarf)),
+            None => go_release(&go_version)
+                .and_then(|(_, minor)| crate::gtypes::GcFields::for_release(minor))
+                .map(|f| (f, Source::VersionTable))
+                .ok_or_else(|| format!("no DWARF, and memtrace has no table for {go_version}")),
+        };
+        found.insert(
+            GC_LAYOUT,
+            gc_fields.as_ref().map(|f| f.1).map_err(Clone::clone),
+        );
+        let gc_fields = gc_fields.ok().map(|f| f.0);
         let first_load = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
         Ok(Self {
             path: path.to_owned(),
             go_version,
             module,
             stripped: syms.stripped,
+            found,
             alloc_points,
             goroutines: bin
                 .goroutine_points()
@@ -147,10 +194,12 @@ impl GoBinary {
                 .map_err(|e| e.to_string()),
             holds: bin.hold_points().map_err(|e| e.to_string()),
             g_layout,
-            gc: bin.gc_points(&syms, &data).map_err(|e| e.to_string()),
-            allgs: syms.address("runtime.allgs"),
-            mem_profile_rate: syms.address("runtime.MemProfileRate"),
-            mbuckets: syms.address("runtime.mbuckets"),
+            gc: bin
+                .gc_points(gc_controller, gc_fields)
+                .map_err(|e| e.to_string()),
+            allgs,
+            mem_profile_rate,
+            mbuckets,
             pie: file.kind() == object::ObjectKind::Dynamic,
             imports_c: file.imports().is_ok_and(|i| !i.is_empty()),
             first_load,
@@ -167,6 +216,7 @@ impl GoBinary {
             module: None,
             table: Arc::new(GoTable::empty()),
             stripped: false,
+            found: BTreeMap::new(),
             alloc_points: Vec::new(),
             gc: Err("no GC probes in tests".into()),
             g_layout: None,
@@ -195,13 +245,18 @@ impl GoBinary {
         Some(vaddr - self.first_load + base)
     }
 
-    /// The error for a feature that needs a data symbol this binary lacks.
+    /// The error for a feature that needs a runtime variable this binary
+    /// did not give away.
     pub fn missing(&self, symbol: &str, needed_by: &str) -> TargetError {
         if self.stripped {
             TargetError::Stripped {
                 path: self.path.clone(),
                 symbol: symbol.to_string(),
                 needed_by: needed_by.to_string(),
+                reason: match self.found.get(symbol) {
+                    Some(Err(why)) => why.clone(),
+                    _ => "not looked for".to_string(),
+                },
             }
         } else {
             TargetError::MissingSymbol {

@@ -150,22 +150,22 @@ impl Binary<'_> {
         Ok(points)
     }
 
+    /// The GC view's probes; the heap figures' addresses need
+    /// `runtime.gcController` and its layout.
     pub(crate) fn gc_points(
         &self,
-        syms: &DataSymbols<'_, '_>,
-        data: &[u8],
+        controller: Option<u64>,
+        fields: Option<crate::gtypes::GcFields>,
     ) -> Result<GcPoints, TargetError> {
         let at = |name: &str| self.after_prologue(&self.function(name)?);
-        let controller = syms.address("runtime.gcController");
-        let fields = crate::gtypes::struct_members(data, "runtime.gcControllerState");
-        let field = |name: &str| Some(controller? + *fields.as_ref()?.get(name)?);
+        let field = |pick: fn(&crate::gtypes::GcFields) -> u64| Some(controller? + pick(&fields?));
         Ok(GcPoints {
             mark_termination: at("runtime.gcMarkTermination")?,
             stw_stop: at("runtime.stopTheWorldWithSema")?,
             stw_start: at("runtime.startTheWorldWithSema")?,
-            heap_live: field("heapLive"),
-            heap_goal: field("gcPercentHeapGoal"),
-            heap_marked: field("heapMarked"),
+            heap_live: field(|f| f.heap_live),
+            heap_goal: field(|f| f.heap_goal),
+            heap_marked: field(|f| f.heap_marked),
         })
     }
 

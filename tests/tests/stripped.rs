@@ -1,0 +1,117 @@
+//! What memtrace finds in a stripped binary, held against the truth of the
+//! same build with its symbols and DWARF: each runtime variable located
+//! from code is the symbol's address, the `runtime.g` layout read from the
+//! runtime's type descriptor is DWARF's, and the table of
+//! `runtime.gcControllerState` offsets is DWARF's, for every Go version
+//! built (`--all-go`: the whole matrix). And the stripped build parses to
+//! the same addresses as the unstripped one. Needs no privileges.
+
+use memtrace_tests::{fixture, go_versions};
+use memtrace_user::goruntime::vars::{self, Source};
+use memtrace_user::goruntime::{GoBinary, GC_LAYOUT, G_LAYOUT};
+use memtrace_user::gtypes::{self, GcFields};
+use object::{Object as _, ObjectSymbol as _};
+
+const RULES: [vars::Rule; 4] = [
+    vars::MBUCKETS,
+    vars::MEM_PROFILE_RATE,
+    vars::ALLGS,
+    vars::GC_CONTROLLER,
+];
+
+fn minor(v: &str) -> u32 {
+    v.split('.').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn variables_found_in_code_are_the_symbols() {
+    for v in go_versions() {
+        // PIE and cgo builds place data differently; each must agree.
+        for name in ["allocs", "allocs-pie", "allocs-cgo", "goroutines"] {
+            let path = fixture(&v, name);
+            let data = std::fs::read(&path).unwrap();
+            let file = object::File::parse(&*data).unwrap();
+            let bin = GoBinary::parse(&path, data.clone().into()).unwrap();
+            let sections = vars::Sections::of(&file);
+            for rule in &RULES {
+                let sym = file
+                    .symbols()
+                    .find(|s| s.name() == Ok(rule.name))
+                    .unwrap_or_else(|| panic!("go{v} {name}: no symbol {}", rule.name))
+                    .address();
+                let found = vars::locate(&bin.table, &sections, rule)
+                    .unwrap_or_else(|e| panic!("go{v} {name}: {e}"));
+                assert_eq!(found, sym, "go{v} {name}: {} from code", rule.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_g_layout_from_the_runtime_type_is_dwarfs() {
+    for v in go_versions() {
+        for name in ["allocs", "allocs-pie"] {
+            let path = fixture(&v, name);
+            let data = std::fs::read(&path).unwrap();
+            let bin = GoBinary::parse(&path, data.clone().into()).unwrap();
+            let dwarf = gtypes::g_layout(&data).expect("DWARF g layout");
+            let typed = gtypes::g_layout_from_type(&bin.table)
+                .unwrap_or_else(|e| panic!("go{v} {name}: {e}"));
+            assert_eq!(typed, dwarf, "go{v} {name}");
+        }
+    }
+}
+
+#[test]
+fn the_gc_controller_table_is_dwarfs() {
+    for v in go_versions() {
+        let data = std::fs::read(fixture(&v, "allocs")).unwrap();
+        let dwarf = GcFields::from_dwarf(&data).expect("DWARF gcControllerState");
+        assert_eq!(
+            GcFields::for_release(minor(&v)),
+            Some(dwarf),
+            "go{v}: the table's gcControllerState offsets"
+        );
+    }
+}
+
+#[test]
+fn a_stripped_build_gives_the_unstripped_builds_addresses() {
+    for v in go_versions() {
+        let full = GoBinary::open(&fixture(&v, "allocs")).unwrap();
+        let stripped = GoBinary::open(&fixture(&v, "allocs-stripped")).unwrap();
+        assert!(stripped.stripped && !full.stripped);
+        // The linker lays data out a little differently without symbols
+        // (addresses move by a few words), so the addresses themselves are
+        // held against symbols above; here everything must be found.
+        for (what, addr) in [
+            ("mbuckets", stripped.mbuckets),
+            ("MemProfileRate", stripped.mem_profile_rate),
+            ("allgs", stripped.allgs),
+        ] {
+            assert!(
+                addr.is_some(),
+                "go{v}: {what} not found: {:?}",
+                stripped.found
+            );
+        }
+        assert_eq!(stripped.g_layout, full.g_layout, "go{v}");
+        let (s, f) = (stripped.gc.as_ref().unwrap(), full.gc.as_ref().unwrap());
+        assert!(s.heap_live.is_some(), "go{v}: heap figures");
+        let rel = |g: &memtrace_user::goruntime::GcPoints| {
+            let live = g.heap_live.unwrap();
+            (
+                g.heap_goal.unwrap().wrapping_sub(live),
+                g.heap_marked.unwrap().wrapping_sub(live),
+            )
+        };
+        assert_eq!(rel(s), rel(f), "go{v}: the fields' offsets");
+        for rule in &RULES {
+            assert_eq!(stripped.found[rule.name], Ok(Source::Code), "go{v}");
+            assert_eq!(full.found[rule.name], Ok(Source::Symbols), "go{v}");
+        }
+        assert_eq!(stripped.found[G_LAYOUT], Ok(Source::RuntimeType));
+        assert_eq!(stripped.found[GC_LAYOUT], Ok(Source::VersionTable));
+        assert_eq!(full.found[G_LAYOUT], Ok(Source::Dwarf));
+    }
+}
