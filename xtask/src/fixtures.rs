@@ -18,7 +18,8 @@ pub struct Built {
     pub go_for_tools: PathBuf,
 }
 
-/// Builds every fixture (and a stripped `allocs-stripped`) for `versions`.
+/// Builds every fixture for `versions`, and of `allocs` and `goroutines`
+/// the build modes users ship as well (stripped, PIE and stripped, ...).
 pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built> {
     let out_root = root.join("target/fixtures");
     let src_root = root.join("tests/fixtures");
@@ -36,17 +37,21 @@ pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built>
         for name in &names {
             // The build modes users ship: default, stripped, PIE, and
             // cgo with the external linker (C start-up code before Go's).
-            let variants: &[(&str, &[&str])] = if name == "allocs" {
-                &[
+            let stripped: (&str, &[&str]) = ("-stripped", &["-ldflags=-s -w"]);
+            let pie_stripped: (&str, &[&str]) =
+                ("-pie-stripped", &["-buildmode=pie", "-ldflags=-s -w"]);
+            let variants: &[(&str, &[&str])] = match name.as_str() {
+                "allocs" => &[
                     ("", &[]),
-                    ("-stripped", &["-ldflags=-s -w"]),
+                    stripped,
+                    pie_stripped,
                     ("-pie", &["-buildmode=pie"]),
                     ("-cgo", &["-ldflags=-linkmode=external"]),
                     // Writes Go's own heap profile, to compare names with pprof.
                     ("-memprofile", &["-tags=memprofile"]),
-                ]
-            } else {
-                &[("", &[])]
+                ],
+                "goroutines" => &[("", &[]), stripped, pie_stripped],
+                _ => &[("", &[])],
             };
             for (suffix, flags) in variants {
                 let cgo = if *suffix == "-cgo" { "1" } else { "0" };

@@ -12,6 +12,9 @@ use crate::kernel::Kernel;
 impl<K: Kernel, H: Host> Engine<K, H> {
     /// A target stopped itself: set or read its state, then continue it.
     pub(super) fn serve_hold(&mut self, pid: u32, point: HoldPoint, code: u64, stopped: bool) {
+        if point == HoldPoint::Start {
+            self.refresh_maps(pid);
+        }
         let Some(mut t) = self.targets.remove(&pid) else {
             if stopped {
                 self.host.resume(pid);
@@ -23,7 +26,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         }
         match point {
             HoldPoint::Start => {
-                t.refresh_maps(&self.host);
                 if let Err(e) = self.start_profile(&mut t, true) {
                     eprintln!(
                         "memtrace: warning: pid {pid}: cannot read its Go memory profile: {e}"

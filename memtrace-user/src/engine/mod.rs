@@ -383,24 +383,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             &self.host,
         );
         t.profile = profile;
-        let mut config = TargetConfig {
-            hold: u64::from(self.opts.holds),
-            ..Default::default()
-        };
-        if let Ok(points) = &spec.bin.gc {
-            config.heap_live = points
-                .heap_live
-                .and_then(|a| t.runtime_addr(a))
-                .unwrap_or(0);
-            config.heap_goal = points
-                .heap_goal
-                .and_then(|a| t.runtime_addr(a))
-                .unwrap_or(0);
-            config.heap_marked = points
-                .heap_marked
-                .and_then(|a| t.runtime_addr(a))
-                .unwrap_or(0);
-        }
+        let config = self.target_config(&t);
         if let Err(e) = self.kernel.add_target(pid, config) {
             if let Some(links) = self.probes.leave(key, pid) {
                 self.kernel.detach(links);
@@ -552,12 +535,49 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             }
         }
         // A launched target's maps mean something once it runs its program.
-        for t in self.targets.values_mut() {
-            if t.image.maps.is_none() && t.exit.is_none() {
-                t.refresh_maps(&self.host);
-            }
+        let pending: Vec<u32> = self
+            .targets
+            .values()
+            .filter(|t| t.image.maps.is_none() && t.exit.is_none())
+            .map(|t| t.pid)
+            .collect();
+        for pid in pending {
+            self.refresh_maps(pid);
         }
         out
+    }
+
+    /// What the probes need to know of a target: whether to hold it, and
+    /// the runtime addresses of the GC view's heap figures (a PIE binary's
+    /// are known once it runs, see [`Engine::refresh_maps`]).
+    fn target_config(&self, t: &Target) -> TargetConfig {
+        let mut config = TargetConfig {
+            hold: u64::from(self.opts.holds),
+            ..Default::default()
+        };
+        if let Ok(points) = &t.bin.gc {
+            let at = |a: Option<u64>| a.and_then(|a| t.runtime_addr(a)).unwrap_or(0);
+            config.heap_live = at(points.heap_live);
+            config.heap_goal = at(points.heap_goal);
+            config.heap_marked = at(points.heap_marked);
+        }
+        config
+    }
+
+    /// Reads a target's maps if they are not known yet; when that makes a
+    /// PIE binary's load address known, its configuration is completed.
+    pub(super) fn refresh_maps(&mut self, pid: u32) {
+        let Some(t) = self.targets.get_mut(&pid) else {
+            return;
+        };
+        let unknown = t.image.maps.is_none();
+        t.refresh_maps(&self.host);
+        if unknown && t.image.maps.is_some() && t.bin.pie {
+            let config = self.target_config(&self.targets[&pid]);
+            if let Err(e) = self.kernel.update_target(pid, config) {
+                log::warn!("pid {pid}: cannot complete its configuration: {e}");
+            }
+        }
     }
 
     /// Starts the window's clock now (once set-up is done and the targets

@@ -313,6 +313,12 @@ impl Kernel for Ebpf {
         self.bump_epoch()
     }
 
+    fn update_target(&mut self, pid: u32, config: TargetConfig) -> Result<(), KernelError> {
+        self.targets
+            .insert(pid, config, 0)
+            .map_err(map_err("TARGETS"))
+    }
+
     fn remove_target(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
         let _ = self.bump_epoch();

@@ -63,6 +63,11 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    fn update_target(&mut self, pid: u32, config: TargetConfig) -> Result<(), KernelError> {
+        self.targets.insert(pid, config);
+        Ok(())
+    }
+
     fn remove_target(&mut self, pid: u32) {
         self.targets.remove(&pid);
     }

@@ -178,6 +178,10 @@ pub trait Kernel {
     /// Makes `pid` a target: from now on the probes report it.
     fn add_target(&mut self, pid: u32, config: TargetConfig) -> Result<(), KernelError>;
 
+    /// Replaces a target's configuration (its runtime addresses became
+    /// known), leaving when it became a target as it was.
+    fn update_target(&mut self, pid: u32, config: TargetConfig) -> Result<(), KernelError>;
+
     /// Stops reporting `pid`.
     fn remove_target(&mut self, pid: u32);
 
