@@ -58,7 +58,7 @@ pub enum TargetError {
     /// A stripped Go binary whose code did not give away a variable that a
     /// feature reads.
     #[error(
-        "{path} is stripped (built with -ldflags=-s), and the {needed_by} needs {symbol}, \
+        "{path} is stripped (built with -ldflags=-s), and the {needed_by} cannot do without {symbol}, \
          which its code did not give away ({reason}): use the rss, mmap or alloc-exact \
          lens, or rebuild without -s"
     )]

@@ -13,19 +13,36 @@ fn goroutine_count(lines: &std::sync::Mutex<Vec<String>>) -> Option<u64> {
 
 /// Goroutines blocked forever in one function, finishing ones in another:
 /// the leaking creation site tops the lens, its live total matches
-/// runtime.NumGoroutine() within 5%, and the finishing ones net to ~0.
+/// runtime.NumGoroutine() within 5%, and the finishing ones net to ~0. In
+/// the default build and in the stripped and PIE-stripped ones, where
+/// `runtime.allgs` is found from code and `runtime.g`'s layout from the
+/// runtime's type descriptor.
 #[test]
 fn leaked_goroutines_are_found_by_creation_site() {
     for v in go_versions() {
+        for build in [
+            "goroutines",
+            "goroutines-stripped",
+            "goroutines-pie-stripped",
+        ] {
+            leak_found(&v, build);
+        }
+    }
+}
+
+fn leak_found(version: &str, build: &str) {
+    // Named in messages as "go1.27.3 goroutines-stripped".
+    let v = &format!("{version} {build}");
+    {
         // The leak stops after 30 beats (~3 s), inside the window, so the
         // count is steady when the window ends.
-        let mut bg = Bg::spawn(&fixture(&v, "goroutines"), &["-beats", "30"]);
+        let mut bg = Bg::spawn(&fixture(version, build), &["-beats", "30"]);
         let lines = collect_stdout(&mut bg);
         assert!(
             wait_until(Duration::from_secs(10), || last_heartbeat(&lines) >= 5),
             "go{v}: fixture never started"
         );
-        let r = Record::new(&format!("goroutines-{v}"))
+        let r = Record::new(&format!("goroutines-{version}-{build}"))
             .pid(bg.pid())
             .lens("goroutines")
             .duration("5")

@@ -115,3 +115,74 @@ fn a_stripped_build_gives_the_unstripped_builds_addresses() {
         assert_eq!(full.found[G_LAYOUT], Ok(Source::Dwarf));
     }
 }
+
+/// The sampled lenses and the GC view on stripped and PIE-stripped builds
+/// give what they give on the default build: at `--memprofile-rate 1` the
+/// alloc lens counts the program's own Mallocs within 2%, with
+/// `main.allocateRecords` on top with its bytes; heap names it too; and the
+/// GC view has every cycle's heap size and goal.
+#[test]
+fn sampled_lenses_and_the_gc_view_work_on_stripped_builds() {
+    const OBJECTS: u64 = 200_000;
+    for v in go_versions() {
+        let mut cycles = Vec::new();
+        for build in ["allocs", "allocs-stripped", "allocs-pie-stripped"] {
+            let what = format!("go{v} {build}");
+            let r = memtrace_tests::Record::new(&format!("stripped-{v}-{build}"))
+                .lens("alloc,heap")
+                .arg("--memprofile-rate")
+                .arg("1")
+                .launch(
+                    &fixture(&v, build),
+                    &[
+                        "-objects",
+                        &OBJECTS.to_string(),
+                        "-maps",
+                        "0",
+                        "-inlined",
+                        "0",
+                    ],
+                )
+                .ok();
+            let s = &r.summary;
+            let mallocs = r.printed("mallocs_total") as f64;
+            let objects = s["lenses"]["alloc"]["objects"].as_u64().unwrap() as f64;
+            assert!(
+                (objects / mallocs - 1.0).abs() <= 0.02,
+                "{what}: {objects} objects vs Mallocs {mallocs}"
+            );
+            for lens in ["alloc", "heap"] {
+                let t = memtrace_tests::top(s, lens);
+                assert_eq!(
+                    t[0].0.last().map(String::as_str),
+                    Some("main.allocateRecords"),
+                    "{what} {lens}: {:?}",
+                    t[0]
+                );
+            }
+            let alloc_top = memtrace_tests::top(s, "alloc")[0].1 as f64;
+            assert!(
+                (alloc_top / (OBJECTS * 64) as f64 - 1.0).abs() <= 0.02,
+                "{what}: main.allocateRecords {alloc_top} bytes"
+            );
+            let gc = &s["gc"];
+            let detail = gc["cycle_detail"].as_array().unwrap();
+            assert!(!detail.is_empty(), "{what}: no GC cycle: {gc}");
+            for c in detail {
+                assert!(
+                    c["heap_live"].as_u64().unwrap() > 0 && c["heap_goal"].as_u64().unwrap() > 0,
+                    "{what}: heap figures missing: {c}"
+                );
+            }
+            cycles.push(gc["cycles"].as_u64().unwrap());
+            // Where the addresses came from.
+            let found = &s["targets"][0]["found"];
+            let want = if build == "allocs" { "symbols" } else { "code" };
+            assert_eq!(found["runtime.mbuckets"], want, "{what}: {found}");
+        }
+        // Same program, same work: the same number of GC cycles, give or
+        // take one.
+        let (lo, hi) = (cycles.iter().min().unwrap(), cycles.iter().max().unwrap());
+        assert!(hi - lo <= 1, "go{v}: GC cycles by build {cycles:?}");
+    }
+}

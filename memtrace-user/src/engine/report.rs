@@ -228,6 +228,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                     build_id: t.bin.table.build_id.clone(),
                     stripped: t.bin.stripped,
                     pie: t.bin.pie,
+                    found: t.bin.found_names(),
                     vmrss_start: t.vmrss_start,
                     vmrss_end: t.timeline.last().map(|p| p.vm_rss),
                     timeline: t.timeline.clone(),

@@ -245,6 +245,20 @@ impl GoBinary {
         Some(vaddr - self.first_load + base)
     }
 
+    /// [`GoBinary::found`] as words: the source's name, or `missing: why`.
+    pub fn found_names(&self) -> BTreeMap<String, String> {
+        self.found
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Ok(s) => s.name().to_string(),
+                    Err(why) => format!("missing: {why}"),
+                };
+                (k.to_string(), v)
+            })
+            .collect()
+    }
+
     /// The error for a feature that needs a runtime variable this binary
     /// did not give away.
     pub fn missing(&self, symbol: &str, needed_by: &str) -> TargetError {

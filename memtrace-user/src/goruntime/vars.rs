@@ -22,8 +22,7 @@ use object::{Object as _, ObjectSection as _};
 use crate::gopclntab::GoTable;
 
 /// Where an address or a structure layout memtrace reads came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     /// The symbol table.
     Symbols,
@@ -36,6 +35,19 @@ pub enum Source {
     RuntimeType,
     /// memtrace's table for the binary's Go release, checked against DWARF.
     VersionTable,
+}
+
+impl Source {
+    /// As `summary.json` and `doctor` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Symbols => "symbols",
+            Source::Code => "code",
+            Source::Dwarf => "dwarf",
+            Source::RuntimeType => "runtime_type",
+            Source::VersionTable => "version_table",
+        }
+    }
 }
 
 /// A runtime variable's link-time address and how it was found.

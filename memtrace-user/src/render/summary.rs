@@ -23,6 +23,11 @@ pub struct TargetSummary {
     pub stripped: bool,
     /// Position-independent executable.
     pub pie: bool,
+    /// Where each runtime variable and structure layout memtrace reads came
+    /// from: `symbols`, `code`, `dwarf`, `runtime_type`, `version_table`,
+    /// or `missing: why`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub found: BTreeMap<String, String>,
     /// `/proc/PID/status` at the window's start and end (launch mode: the
     /// window starts at exec, with nothing resident).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,6 +225,7 @@ mod tests {
                 build_id: "abc".into(),
                 stripped: false,
                 pie: false,
+                found: BTreeMap::new(),
                 vmrss_start: Some(1),
                 vmrss_end: None,
                 timeline: vec![],
