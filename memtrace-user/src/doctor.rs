@@ -381,11 +381,18 @@ pub fn uses_cgo(bin: &GoBinary) -> bool {
 /// Whether each lens works on `bin` (attached to a running process when
 /// `attach`), and why (not).
 pub fn lens_support(bin: &GoBinary, attach: bool) -> Vec<(Lens, Result<String, String>)> {
-    let stripped = |sym: &str| {
-        format!(
-            "{sym} is a data symbol, gone from this stripped binary (built with -ldflags=-s); \
-             rebuild without -s"
-        )
+    // Where a variable came from, or why it was not found.
+    let from = |sym: &str| match bin.found.get(sym) {
+        Some(Ok(source)) => Ok(format!("{sym} from {}", source.name())),
+        Some(Err(why)) => Err(format!(
+            "{sym} was not found ({why}){}",
+            if bin.stripped {
+                "; rebuild without -s"
+            } else {
+                ""
+            }
+        )),
+        None => Err(format!("{sym} was not looked for")),
     };
     Lens::ALL
         .iter()
@@ -393,13 +400,10 @@ pub fn lens_support(bin: &GoBinary, attach: bool) -> Vec<(Lens, Result<String, S
             let r = match l {
                 Lens::Rss => Ok("page-fault tracepoint: any process".to_string()),
                 Lens::Mmap => Ok("memory-syscall tracepoints: any process".to_string()),
-                Lens::Alloc | Lens::Heap => match (bin.mbuckets, bin.mem_profile_rate) {
-                    (Some(_), Some(_)) => {
-                        Ok("reads runtime.mbuckets (the runtime's memory profile)".to_string())
-                    }
-                    (None, _) => Err(stripped("runtime.mbuckets")),
-                    (_, None) => Err(stripped("runtime.MemProfileRate")),
-                },
+                Lens::Alloc | Lens::Heap => from("runtime.mbuckets").and_then(|b| {
+                    let r = from("runtime.MemProfileRate")?;
+                    Ok(format!("reads the runtime's memory profile ({b}, {r})"))
+                }),
                 Lens::AllocExact => {
                     if bin.alloc_points.is_empty() {
                         Err("no allocator entry point found".to_string())
@@ -407,19 +411,18 @@ pub fn lens_support(bin: &GoBinary, attach: bool) -> Vec<(Lens, Result<String, S
                         Ok(format!("{} allocator entry points", bin.alloc_points.len()))
                     }
                 }
-                Lens::Goroutines => match (&bin.goroutines, attach, bin.allgs) {
+                Lens::Goroutines => match (&bin.goroutines, attach, from("runtime.allgs")) {
                     (Err(e), _, _) => Err(e.clone()),
-                    (Ok(_), true, None) => Err(format!(
-                        "in a running process the goroutines alive before tracing come from {}; \
-                         launching the program (record -- CMD) works",
-                        stripped("runtime.allgs")
+                    (Ok(_), true, Err(why)) => Err(format!(
+                        "in a running process the goroutines alive before tracing come from \
+                         runtime.allgs: {why}; launching the program (record -- CMD) works"
                     )),
-                    (Ok(_), false, None) => Ok(
-                        "newproc1/goexit0 uprobes (launch mode; attaching to a running process needs runtime.allgs, stripped here)"
+                    (Ok(_), false, Err(_)) => Ok(
+                        "newproc1/goexit0 uprobes (launch mode; attaching to a running process needs runtime.allgs, not found here)"
                             .to_string(),
                     ),
-                    (Ok(g), _, Some(_)) => Ok(format!(
-                        "{} uprobes a goroutine, runtime.allgs",
+                    (Ok(g), _, Ok(allgs)) => Ok(format!(
+                        "{} uprobes a goroutine, {allgs}",
                         if g.spawned.is_some() { 2 } else { 3 }
                     )),
                 },

@@ -114,14 +114,30 @@ fn doctor_describes_each_kind_of_binary() {
             assert!(lens_line(&text, lens).contains("works"), "{v}: {text}");
         }
 
-        let stripped = stdout(&doctor(&[fixture(&v, "allocs-stripped").to_str().unwrap()]));
-        assert_eq!(field(&stripped, "build"), "stripped, not PIE, no cgo");
-        for lens in ["alloc", "heap"] {
-            let l = lens_line(&stripped, lens);
-            assert!(l.contains("no:") && l.contains("runtime.mbuckets"), "{l}");
+        // Stripped builds: every lens works, the runtime's variables found
+        // from code.
+        for (build, kind) in [
+            ("allocs-stripped", "stripped, not PIE, no cgo"),
+            ("allocs-pie-stripped", "stripped, PIE, no cgo"),
+        ] {
+            let stripped = stdout(&doctor(&[fixture(&v, build).to_str().unwrap()]));
+            assert_eq!(field(&stripped, "build"), kind);
+            for lens in ["rss", "mmap", "alloc", "alloc-exact", "heap", "goroutines"] {
+                assert!(
+                    lens_line(&stripped, lens).contains("works"),
+                    "{v} {build}: {stripped}"
+                );
+            }
+            for lens in ["alloc", "heap"] {
+                let l = lens_line(&stripped, lens);
+                assert!(l.contains("runtime.mbuckets from code"), "{l}");
+            }
+            assert!(lens_line(&stripped, "goroutines").contains("runtime.allgs from code"));
+            assert!(
+                field(&stripped, "GC view").contains("live heap"),
+                "{stripped}"
+            );
         }
-        assert!(lens_line(&stripped, "alloc-exact").contains("works"));
-        assert!(lens_line(&stripped, "goroutines").contains("launch mode"));
 
         let pie = stdout(&doctor(&[fixture(&v, "allocs-pie").to_str().unwrap()]));
         assert_eq!(field(&pie, "build"), "not stripped, PIE, no cgo");
