@@ -451,6 +451,17 @@ pub const COUNTER_COUNT: u32 = 7;
 /// chain). The rest of the cookie is the size floor.
 pub const ALLOC_AT_PUSH: u64 = 1 << 63;
 
+/// Set, with [`ALLOC_AT_PUSH`], when an allocator probe sits on the `JBE`
+/// of the function's stack check (Go 1.19–1.20, whose frames start with
+/// `SUBQ`, not a push; the kernel emulates a conditional jump as it does a
+/// push, so the probe traps once). The `CMP` before it has set the flags:
+/// when the jump will be taken (CF or ZF), the function calls `morestack`
+/// and starts again, so this entry is not counted; the next one is.
+pub const ALLOC_AT_STACK_CHECK: u64 = 1 << 62;
+
+/// Every flag of an allocator probe's cookie; the rest is the size floor.
+pub const ALLOC_FLAGS: u64 = ALLOC_AT_PUSH | ALLOC_AT_STACK_CHECK;
+
 /// Byte offsets of the tracepoint fields the probes read, taken from the
 /// kernel's `format` files at load time and handed to the eBPF object as a
 /// global (`TP_OFFSETS`), so a kernel with another layout is refused by

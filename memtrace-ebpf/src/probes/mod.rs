@@ -115,6 +115,16 @@ pub mod go_abi {
         (r.rip, r.rbp)
     }
 
+    /// Whether a `JBE` at the uprobe will jump: the carry or zero flag
+    /// (set by the `CMP` before it).
+    #[inline(always)]
+    pub fn below_or_equal(ctx: &ProbeContext) -> bool {
+        const CF: u64 = 1;
+        const ZF: u64 = 1 << 6;
+        // SAFETY: as above.
+        unsafe { (*ctx.regs).eflags & (CF | ZF) != 0 }
+    }
+
     /// The stack pointer at a uprobe.
     #[inline(always)]
     pub fn sp(ctx: &ProbeContext) -> u64 {

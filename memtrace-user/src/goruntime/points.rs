@@ -84,7 +84,10 @@ impl Binary<'_> {
             .map(|(f, size_floor)| {
                 let (mut p, flag) = match self.at_frame_push(&f)? {
                     Some(p) => (p, memtrace_common::ALLOC_AT_PUSH),
-                    None => (self.after_prologue(&f)?, 0),
+                    None => match self.at_stack_check(&f)? {
+                        Some(p) => (p, memtrace_common::ALLOC_FLAGS),
+                        None => (self.after_prologue(&f)?, 0),
+                    },
                 };
                 p.cookie = size_floor | flag;
                 Ok(p)
@@ -127,6 +130,35 @@ impl Binary<'_> {
         frame_push(&code[..code.len().min(64)], f.entry)
             .map(|off| self.point(f, f.entry + off, f.name.to_string()))
             .transpose()
+    }
+
+    /// A probe point on the `JBE` of `f`'s stack check, when that jump
+    /// leads to a call of `runtime.morestack_noctxt` (see
+    /// [`stack_check_jump`]).
+    fn at_stack_check(&self, f: &Function<'_>) -> Result<Option<ProbePoint>, TargetError> {
+        let code = self.code(f)?;
+        let Some((off, target)) = stack_check_jump(&code[..code.len().min(64)], f.entry) else {
+            return Ok(None);
+        };
+        let Some(morestack) = self.table.function("runtime.morestack_noctxt") else {
+            return Ok(None);
+        };
+        // The jump's target spills the arguments and calls morestack.
+        let calls_morestack = target
+            .checked_sub(f.entry)
+            .and_then(|t| code.get(t as usize..))
+            .is_some_and(|tail| {
+                let mut d = Decoder::with_ip(64, tail, target, DecoderOptions::NONE);
+                (0..24)
+                    .map_while(|_| d.can_decode().then(|| d.decode()))
+                    .any(|i| {
+                        i.code() == Code::Call_rel32_64 && i.near_branch_target() == morestack.entry
+                    })
+            });
+        if !calls_morestack {
+            return Ok(None);
+        }
+        self.point(f, f.entry + off, f.name.to_string()).map(Some)
     }
 
     /// A probe point right after `f`'s frame setup.
@@ -363,6 +395,32 @@ pub fn frame_push(code: &[u8], ip: u64) -> Option<u64> {
     None
 }
 
+/// Go's stack check at a function's start: `CMPQ SP, 16(R14)` (or, for a
+/// larger frame, `LEAQ -n(SP), R12; CMPQ R12, 16(R14)`: `g.stackguard0`)
+/// and then `JBE` to the `morestack` call. Returns the offset of the
+/// `JBE` from the function start and its target.
+pub fn stack_check_jump(code: &[u8], ip: u64) -> Option<(u64, u64)> {
+    let mut compared = false;
+    let mut sp_in = Register::RSP;
+    for insn in prologue(code, ip).take(3) {
+        match insn.code() {
+            Code::Lea_r64_m if insn.memory_base() == Register::RSP => {
+                sp_in = insn.op0_register();
+            }
+            Code::Cmp_r64_rm64 => {
+                compared = insn.op0_register() == sp_in
+                    && insn.memory_base() == Register::R14
+                    && insn.memory_displacement64() == 16;
+            }
+            Code::Jbe_rel8_64 | Code::Jbe_rel32_64 if compared => {
+                return Some((insn.ip() - ip, insn.near_branch_target()));
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// Offset, from the function start, of the first instruction after Go's
 /// frame setup: `PUSHQ BP; MOVQ SP, BP` (Go ≥ 1.21), or `SUBQ $n, SP;
 /// MOVQ BP, n-8(SP); LEAQ n-8(SP), BP` (older). A probe there sees the caller
@@ -424,6 +482,31 @@ mod tests {
         let mut other = code;
         other[13] = 0xe6; // mov %rsp,%rsi
         assert_eq!(frame_push(&other, 0x4785e0), None);
+    }
+
+    #[test]
+    fn finds_the_stack_check_jump() {
+        // cmp 0x10(%r14),%rsp; jbe +0x8be; sub $0x70,%rsp (Go 1.19 mallocgc)
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0xbe, 0x08, 0x00, 0x00, 0x48, 0x83, 0xec, 0x70,
+        ];
+        assert_eq!(
+            stack_check_jump(&code, 0x40bd80),
+            Some((4, 0x40bd8a + 0x8be))
+        );
+        // lea -0x98(%rsp),%r12; cmp 0x10(%r14),%r12; jbe
+        let large = [
+            0x4c, 0x8d, 0xa4, 0x24, 0x68, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86,
+            0x00, 0x01, 0x00, 0x00,
+        ];
+        assert_eq!(stack_check_jump(&large, 0x1000), Some((12, 0x1012 + 0x100)));
+        // A compare with another field of g (not stackguard0) is not it.
+        let mut other = code;
+        other[3] = 0x18;
+        assert_eq!(stack_check_jump(&other, 0x40bd80), None);
+        // Nor is a JBE after anything else, or a function without a check.
+        assert_eq!(stack_check_jump(&code[4..], 0x40bd84), None);
+        assert_eq!(stack_check_jump(&[0x55, 0x48, 0x89, 0xe5], 0), None);
     }
 
     #[test]
