@@ -88,7 +88,7 @@ fn record_command(
     c
 }
 
-fn alloc_ns(stdout: &str) -> anyhow::Result<f64> {
+pub(crate) fn alloc_ns(stdout: &str) -> anyhow::Result<f64> {
     stdout
         .split_ascii_whitespace()
         .find_map(|w| w.strip_prefix("alloc_ns="))
@@ -96,7 +96,7 @@ fn alloc_ns(stdout: &str) -> anyhow::Result<f64> {
         .context("fixture printed no alloc_ns=")
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }

@@ -4,6 +4,7 @@
 //! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
 
 mod bench;
+mod bench_versions;
 mod bootstrap;
 mod fixtures;
 mod fuzz;
@@ -55,6 +56,9 @@ enum Cmd {
         /// Only the stack cache's and the unchecked fault runs' misattribution.
         #[arg(long)]
         stack_cache_only: bool,
+        /// Only alloc-exact on Go 1.19 beside the newest Go.
+        #[arg(long)]
+        versions_only: bool,
         /// Busy Go services in the agent bench's pushing scenario.
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
@@ -112,12 +116,16 @@ fn main() -> anyhow::Result<()> {
             agent_only,
             agent_procs,
             stack_cache_only,
+            versions_only,
         } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
-            let built = fixtures::build(&root, &env, &[bootstrap::newest()])?;
+            let built = fixtures::build(&root, &env, &[bootstrap::newest(), "1.19"])?;
             let out = root.join("target/bench-out");
             std::fs::create_dir_all(&out)?;
+            if versions_only {
+                return bench_versions::alloc_exact_by_version(&memtrace, &built.root, &out);
+            }
             if gate_only {
                 return bench::gate(&memtrace, &built.dir, &out, gate_trials);
             }
@@ -132,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             bench::run(&memtrace, &built.dir, &out)?;
+            bench_versions::alloc_exact_by_version(&memtrace, &built.root, &out)?;
             run(cargo().current_dir(&root).args([
                 "build",
                 "--release",
