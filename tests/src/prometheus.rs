@@ -36,6 +36,12 @@ impl Prometheus {
     /// Starts Prometheus with `config` (and `rules` as rules.yml beside
     /// it) in `dir`, after `promtool check config`, and waits until ready.
     pub fn start(dir: &Path, config: &str, rules: &str) -> Self {
+        Self::start_on(dir, free_port(), config, rules)
+    }
+
+    /// As [`Prometheus::start`], on `port` (a config that scrapes the
+    /// server itself names it).
+    pub fn start_on(dir: &Path, port: u16, config: &str, rules: &str) -> Self {
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         std::fs::write(dir.join("rules.yml"), rules).unwrap();
         let check = Command::new("promtool")
@@ -50,7 +56,6 @@ impl Prometheus {
             String::from_utf8_lossy(&check.stdout),
             String::from_utf8_lossy(&check.stderr)
         );
-        let port = free_port();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
             .arg(format!(
@@ -76,6 +81,14 @@ impl Prometheus {
         });
         assert!(ready, "prometheus never ready: {}", p.log());
         p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn log(&self) -> String {

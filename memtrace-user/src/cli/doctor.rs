@@ -74,9 +74,12 @@ fn examine(args: &DoctorArgs) -> anyhow::Result<Option<Subject>> {
 
 /// The process's `runtime.MemProfileRate`, read from its memory.
 fn read_rate(bin: &GoBinary, pid: u32, exe: &Path) -> Result<u64, String> {
-    let vaddr = bin
-        .mem_profile_rate
-        .ok_or("runtime.MemProfileRate is a data symbol, gone from this stripped binary")?;
+    let vaddr =
+        bin.mem_profile_rate
+            .ok_or_else(|| match bin.found.get("runtime.MemProfileRate") {
+                Some(Err(why)) => format!("runtime.MemProfileRate was not found: {why}"),
+                _ => "runtime.MemProfileRate was not found".to_string(),
+            })?;
     let maps = crate::procfs::read_maps(pid).ok_or("cannot read its memory maps")?;
     let exe_maps: Vec<_> = maps
         .into_iter()
