@@ -105,7 +105,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 .or_else(|| sampled.remove(&lens))
                 .unwrap_or_default();
             cells.retain(|k, _| pids.contains(&k.0));
-            let extras: Extras = match lens {
+            let mut extras: Extras = match lens {
                 Lens::Rss => {
                     let (start, end) = pids.iter().fold((0, 0), |(s, e), p| {
                         let (a, b) = vmrss(&self.targets[p]);
@@ -133,6 +133,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 Lens::Goroutines => self.goroutine_extras(&pids, &images, duration_secs),
             };
             let p = self.profile(lens, &cells, &images, duration_secs, target_desc.clone());
+            if lens == Lens::Goroutines {
+                let own = lens::goroutines::runtime_owned(&p);
+                extras.insert("runtime_goroutines".into(), own.into());
+            }
             lens_summaries.insert(lens.name().to_string(), summary::lens_summary(&p, extras));
             profiles.push(p);
         }

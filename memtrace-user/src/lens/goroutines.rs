@@ -127,6 +127,22 @@ pub fn count_live(
     Ok(Some(live as u64))
 }
 
+/// Live goroutines the runtime runs for itself, as `runtime.NumGoroutine`
+/// leaves them out (`isSystemGoroutine`): those whose start function (the
+/// leaf) is in package runtime, but for `runtime.main`. `total` less this
+/// is what the program's own `NumGoroutine` says.
+pub fn runtime_owned(live: &Profile) -> u64 {
+    live.named(FrameMode::Func)
+        .iter()
+        .filter(|s| {
+            s.names
+                .last()
+                .is_some_and(|f| f.starts_with("runtime.") && f != "runtime.main")
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
 /// The lens's extras in `summary.json`: per creation site (`by_site`:
 /// profiles of goroutines created, exited, and the live ones' stack bytes),
 /// and each process's live count over time.
@@ -164,6 +180,35 @@ pub fn extras(
 mod tests {
     use super::*;
     use crate::stack::Stack;
+
+    #[test]
+    fn the_runtimes_own_goroutines_are_told_apart() {
+        use crate::render::{Locations, Sample};
+        let mut locs = Locations::default();
+        let mut sample = |names: &[&str], n: u64| Sample {
+            stack: names.iter().map(|f| locs.named(f)).collect(),
+            value: n,
+            objects: 0,
+        };
+        let samples = vec![
+            sample(&["runtime.goexit", "main.serve", "main.handle"], 7),
+            sample(&["runtime.goexit", "runtime.main"], 1),
+            sample(
+                &["runtime.goexit", "runtime.gcenable", "runtime.bgsweep"],
+                1,
+            ),
+            sample(&["[created before tracing]", "runtime.forcegchelper"], 2),
+        ];
+        let p = Profile::new(
+            crate::lens::Lens::Goroutines,
+            locs.locations,
+            Vec::new(),
+            samples,
+            1.0,
+            String::new(),
+        );
+        assert_eq!(runtime_owned(&p), 3);
+    }
 
     #[test]
     fn goroutines_live_created_exited() {
