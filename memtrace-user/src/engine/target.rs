@@ -9,12 +9,15 @@ use serde::Serialize;
 
 use super::host::Host;
 use super::probes::ProbeKey;
+use super::Engine;
 use crate::breakdown::{self, Breakdown};
 use crate::goruntime::GoBinary;
+use crate::kernel::Kernel;
 use crate::lens::sampled::RuntimeProfile;
 use crate::procfs::MapEntry;
 use crate::render::timeline::Point;
 use crate::symbolize::Image;
+use memtrace_common::TargetConfig;
 
 /// How a target ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -220,5 +223,40 @@ impl Target {
                 .map(|s| breakdown::from_smaps(&s, stacks_total)),
             goroutine_stacks,
         });
+    }
+}
+
+impl<K: Kernel, H: Host> Engine<K, H> {
+    /// What the probes need to know of a target: whether to hold it, and
+    /// the runtime addresses of the GC view's heap figures (a PIE binary's
+    /// are known once it runs, see [`Engine::refresh_maps`]).
+    pub(super) fn target_config(&self, t: &Target) -> TargetConfig {
+        let mut config = TargetConfig {
+            hold: u64::from(self.opts.holds),
+            ..Default::default()
+        };
+        if let Ok(points) = &t.bin.gc {
+            let at = |a: Option<u64>| a.and_then(|a| t.runtime_addr(a)).unwrap_or(0);
+            config.heap_live = at(points.heap_live);
+            config.heap_goal = at(points.heap_goal);
+            config.heap_marked = at(points.heap_marked);
+        }
+        config
+    }
+
+    /// Reads a target's maps if they are not known yet; when that makes a
+    /// PIE binary's load address known, its configuration is completed.
+    pub(super) fn refresh_maps(&mut self, pid: u32) {
+        let Some(t) = self.targets.get_mut(&pid) else {
+            return;
+        };
+        let unknown = t.image.maps.is_none();
+        t.refresh_maps(&self.host);
+        if unknown && t.image.maps.is_some() && t.bin.pie {
+            let config = self.target_config(&self.targets[&pid]);
+            if let Err(e) = self.kernel.update_target(pid, config) {
+                log::warn!("pid {pid}: cannot complete its configuration: {e}");
+            }
+        }
     }
 }

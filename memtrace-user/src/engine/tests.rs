@@ -19,6 +19,7 @@ use crate::remote::{FakeMemory, RemoteMemory};
 #[derive(Default)]
 struct FakeHost {
     alive: RefCell<HashSet<u32>>,
+    maps: RefCell<HashMap<u32, (PathBuf, Vec<MapEntry>)>>,
     rss: RefCell<HashMap<u32, u64>>,
     resumed: RefCell<Vec<u32>>,
 }
@@ -30,8 +31,8 @@ impl Host for FakeHost {
     fn alive(&self, pid: u32) -> bool {
         self.alive.borrow().contains(&pid)
     }
-    fn maps(&self, _pid: u32) -> Option<Vec<MapEntry>> {
-        None
+    fn maps(&self, pid: u32) -> Option<Vec<MapEntry>> {
+        self.maps.borrow().get(&pid).map(|m| m.1.clone())
     }
     fn status(&self, pid: u32) -> Option<MemStatus> {
         let vm_rss = *self.rss.borrow().get(&pid)?;
@@ -43,8 +44,8 @@ impl Host for FakeHost {
     fn smaps(&self, _pid: u32) -> Option<String> {
         None
     }
-    fn exe(&self, _pid: u32) -> Option<PathBuf> {
-        None
+    fn exe(&self, pid: u32) -> Option<PathBuf> {
+        self.maps.borrow().get(&pid).map(|m| m.0.clone())
     }
     fn resident_pages(&self, _pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
         Ok(vec![(0x7000_0000, 0x7000_0000 + (1 << 20))])
@@ -290,4 +291,55 @@ fn lifecycle_events_reach_the_policy() {
         .records
         .push_back(record(Event::new(EventKind::ProcExit, 10, 10), &[]));
     assert_eq!(e.drain(), vec![Lifecycle::Exec(42), Lifecycle::Exit(10)]);
+}
+
+/// A launched PIE binary's runtime addresses are unknown until it runs
+/// its program: the GC view's heap addresses go to the kernel as 0, then,
+/// once its maps appear, relocated to where it was loaded.
+#[test]
+fn a_launched_pie_targets_heap_addresses_are_completed_once_it_runs() {
+    use crate::goruntime::{GcPoints, ProbePoint};
+    let point = ProbePoint {
+        symbol: "runtime.gcMarkTermination".into(),
+        vaddr: 0x1000,
+        file_offset: 0x1000,
+        cookie: 0,
+    };
+    let mut bin = GoBinary::for_tests("/srv/pie");
+    bin.pie = true;
+    bin.gc = Ok(GcPoints {
+        mark_termination: point.clone(),
+        stw_stop: point.clone(),
+        stw_start: point,
+        heap_live: Some(0x5_0068),
+        heap_goal: Some(0x5_0048),
+        heap_marked: Some(0x5_0098),
+    });
+    let mut e = engine(&[Lens::Rss], false);
+    e.host.alive.borrow_mut().insert(7);
+    let mut s = spec(7, (1, 1), "/srv/pie");
+    s.bin = Arc::new(bin);
+    s.launched = true;
+    e.add(s).unwrap();
+    assert_eq!(e.kernel.targets[&7].heap_live, 0, "not loaded yet");
+    let base = 0x5555_5555_0000;
+    e.host.maps.borrow_mut().insert(
+        7,
+        (
+            "/srv/pie".into(),
+            vec![MapEntry {
+                start: base,
+                end: base + 0x10_0000,
+                perms: "r-xp".into(),
+                offset: 0,
+                path: Some("/srv/pie".into()),
+            }],
+        ),
+    );
+    e.drain();
+    let c = e.kernel.targets[&7];
+    assert_eq!(
+        (c.heap_live, c.heap_goal, c.heap_marked),
+        (base + 0x5_0068, base + 0x5_0048, base + 0x5_0098)
+    );
 }
