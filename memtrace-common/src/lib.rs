@@ -177,6 +177,19 @@ impl StackField {
     }
 }
 
+/// Whether an allocation's type holds pointers (`_type.PtrBytes != 0`):
+/// the runtime gives small pointer-free objects to the tiny allocator and,
+/// from Go 1.22, a malloc header to pointerful ones over 512 bytes.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocType {
+    /// No type (raw memory) or a type without pointers.
+    NoScan = 0,
+    Scan = 1,
+    /// The type descriptor could not be read.
+    Unknown = 2,
+}
+
 /// One record header in the `EVENTS` ring buffer.
 ///
 /// The body words (`addr`, `size`, `arg`, `arg2`) mean what the
@@ -226,9 +239,19 @@ impl Event {
         self
     }
 
-    /// A heap allocation of `size` bytes.
-    pub const fn alloc(tgid: u32, tid: u32, size: u64) -> Self {
-        Self::new(EventKind::Alloc, tgid, tid).with(0, size, 0, 0)
+    /// A heap allocation of `size` bytes; `class` is what its type says
+    /// of how the runtime places it ([`AllocType`]).
+    pub const fn alloc(tgid: u32, tid: u32, size: u64, class: AllocType) -> Self {
+        Self::new(EventKind::Alloc, tgid, tid).with(0, size, class as u64, 0)
+    }
+
+    /// An allocation's [`AllocType`].
+    pub const fn alloc_type(&self) -> AllocType {
+        match self.arg {
+            0 => AllocType::NoScan,
+            1 => AllocType::Scan,
+            _ => AllocType::Unknown,
+        }
     }
 
     /// `mmap(_, len, prot, flags, ..)` entered.

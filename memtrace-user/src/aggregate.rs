@@ -36,6 +36,9 @@ pub fn histogram() -> Histogram<u64> {
 pub struct Cell {
     pub bytes: u64,
     pub objects: u64,
+    /// alloc-exact: the bytes asked for, before the runtime's rounding
+    /// (`bytes` is what it accounts).
+    pub requested: u64,
 }
 
 /// Adds each range's length to its stack's cell.
@@ -83,9 +86,9 @@ impl Aggregator {
             rss.now_ns = r.ts;
         }
         match r.op {
-            Op::Alloc { size } => {
+            Op::Alloc { size, class } => {
                 if let Some(a) = self.alloc_exact.as_mut() {
-                    a.add(key, size);
+                    a.add(key, size, class);
                 }
             }
             Op::Mmap { addr, len, prot } => {

@@ -18,6 +18,7 @@ use crate::stack::{Stack, StackKey, StackTable};
 pub enum Op {
     Alloc {
         size: u64,
+        class: memtrace_common::AllocType,
     },
     Mmap {
         addr: u64,
@@ -209,7 +210,10 @@ impl Resolver {
             self.refs.remove(&ev.stack_ref);
         }
         let op = match kind {
-            EventKind::Alloc => Op::Alloc { size: ev.size },
+            EventKind::Alloc => Op::Alloc {
+                size: ev.size,
+                class: ev.alloc_type(),
+            },
             EventKind::Munmap => Op::Munmap {
                 addr: ev.addr,
                 len: ev.size,
@@ -348,6 +352,7 @@ pub fn encode(ev: &Event, frames: &[u64]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memtrace_common::AllocType;
 
     fn with_stack(mut ev: Event, stack: StackField, stack_ref: u64) -> Event {
         ev.stack = stack.encode();
@@ -447,11 +452,15 @@ mod tests {
                 want: EVENT_SIZE
             })
         );
-        let mut b = encode(&Event::alloc(7, 1, 1), &[]);
+        let mut b = encode(&Event::alloc(7, 1, 1, AllocType::Scan), &[]);
         b[0] = 99;
         assert_eq!(decode(&b), Err(DecodeError::Kind(99)));
         let truncated = encode(
-            &with_stack(Event::alloc(7, 1, 1), StackField::Frames(3), 0),
+            &with_stack(
+                Event::alloc(7, 1, 1, AllocType::Scan),
+                StackField::Frames(3),
+                0,
+            ),
             &[1, 2],
         );
         assert!(matches!(decode(&truncated), Err(DecodeError::Short { .. })));
@@ -463,23 +472,35 @@ mod tests {
     #[test]
     fn interns_and_reuses_stacks() {
         let mut r = Resolver::default();
-        let defining = with_stack(Event::alloc(7, 1, 64), StackField::Frames(2), 77);
+        let defining = with_stack(
+            Event::alloc(7, 1, 64, AllocType::Scan),
+            StackField::Frames(2),
+            77,
+        );
         let a = r.feed(&encode(&defining, &[10, 20])).unwrap();
-        let reference = with_stack(Event::alloc(7, 9, 64), StackField::Ref, 77);
+        let reference = with_stack(Event::alloc(7, 9, 64, AllocType::Scan), StackField::Ref, 77);
         let b = r.feed(&encode(&reference, &[])).unwrap();
-        let again = with_stack(Event::alloc(7, 2, 64), StackField::Frames(2), 0);
+        let again = with_stack(
+            Event::alloc(7, 2, 64, AllocType::Scan),
+            StackField::Frames(2),
+            0,
+        );
         let c = r.feed(&encode(&again, &[10, 20])).unwrap();
         assert_eq!(a.key, b.key);
         assert_eq!(a.key, c.key, "identical stacks intern to one id");
         assert_eq!(r.stacks.frames(a.key.1), Some(&[10u64, 20][..]));
         assert_eq!(r.stacks.len(), 1);
         // An unknown reference: explicit "lost", never dropped.
-        let unknown = with_stack(Event::alloc(7, 3, 64), StackField::Ref, 78);
+        let unknown = with_stack(Event::alloc(7, 3, 64, AllocType::Scan), StackField::Ref, 78);
         let d = r.feed(&encode(&unknown, &[])).unwrap();
         assert_eq!(d.key, (7, Stack::Lost));
         assert_eq!(r.lost_stacks, 1);
         // Capture errors pass through with their errno.
-        let failed = with_stack(Event::alloc(7, 4, 64), StackField::Error(14), 0);
+        let failed = with_stack(
+            Event::alloc(7, 4, 64, AllocType::Scan),
+            StackField::Error(14),
+            0,
+        );
         let e = r.feed(&encode(&failed, &[])).unwrap();
         assert_eq!(e.key, (7, Stack::Failed(14)));
     }

@@ -65,6 +65,7 @@ pub fn build_profile(
                 stack,
                 value: cell.bytes,
                 objects: cell.objects,
+                requested: cell.requested,
             }
         })
         .collect();
@@ -359,6 +360,7 @@ mod tests {
             Cell {
                 bytes: 100,
                 objects: 1,
+                requested: 90,
             },
         )]);
         let images = HashMap::from([(

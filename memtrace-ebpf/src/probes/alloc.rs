@@ -12,7 +12,8 @@
 //! goes to `morestack` and starts again, and only the entry that goes on
 //! is counted ([`ALLOC_AT_STACK_CHECK`]). The stack is as at the push.
 //!
-//! The size is the first argument. The attach cookie is a size floor:
+//! The size is the first argument, the type the second (its `PtrBytes`
+//! word tells user space how the runtime rounds the size). The attach cookie is a size floor:
 //! `runtime.mallocgc` in Go ≥ 1.27 hands sizes below the size-specialized
 //! tables' length to `mallocgc*SC*` functions, which carry their own probe,
 //! so those calls are skipped here to count each object once.
@@ -20,7 +21,9 @@
 use aya_ebpf::helpers::bpf_probe_read_user;
 use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
-use memtrace_common::{Counter, Event, ALLOC_AT_PUSH, ALLOC_AT_STACK_CHECK, ALLOC_FLAGS};
+use memtrace_common::{
+    AllocType, Counter, Event, ALLOC_AT_PUSH, ALLOC_AT_STACK_CHECK, ALLOC_FLAGS,
+};
 
 use super::{
     bump, current_target, emit_with_stack, emit_with_stack_entry, entry_fingerprint, fingerprint,
@@ -45,7 +48,20 @@ pub fn go_alloc(ctx: ProbeContext) -> u32 {
     if size == 0 || size < floor {
         return 0;
     }
-    let ev = Event::alloc(tgid, tid, size);
+    // The type (second argument): `PtrBytes`, its second word, says
+    // whether the object holds pointers.
+    let typ = go_abi::arg(&ctx, 1);
+    let class = if typ == 0 {
+        AllocType::NoScan
+    } else {
+        // SAFETY: bpf_probe_read_user tolerates any address.
+        match unsafe { bpf_probe_read_user((typ + 8) as *const u64) } {
+            Ok(0) => AllocType::NoScan,
+            Ok(_) => AllocType::Scan,
+            Err(_) => AllocType::Unknown,
+        }
+    };
+    let ev = Event::alloc(tgid, tid, size, class);
     if cookie & ALLOC_AT_PUSH == 0 {
         emit_with_stack(&ctx, ev, fingerprint(ip, bp));
         return 0;

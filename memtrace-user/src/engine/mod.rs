@@ -382,6 +382,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         );
         t.profile = profile;
         let config = self.target_config(&t);
+        if let Some(a) = self.agg.alloc_exact.as_mut() {
+            let rules = crate::lens::sizeclass::Rules::for_version(&spec.bin.go_version);
+            a.rules.insert(pid, rules);
+        }
         if let Err(e) = self.kernel.add_target(pid, config) {
             if let Some(links) = self.probes.leave(key, pid) {
                 self.kernel.detach(links);

@@ -313,7 +313,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                         *k,
                         Cell {
                             bytes: *v,
-                            objects: 0,
+                            ..Cell::default()
                         },
                     )
                 })

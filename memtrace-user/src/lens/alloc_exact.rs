@@ -5,6 +5,9 @@ use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
 
+use memtrace_common::AllocType;
+
+use super::sizeclass::Rules;
 use crate::aggregate::{histogram, Cell};
 use crate::render::summary::{Extras, SizePercentiles};
 use crate::stack::StackKey;
@@ -12,7 +15,12 @@ use crate::stack::StackKey;
 /// `alloc-exact`: every heap allocation, summed by stack.
 pub struct AllocExactAgg {
     pub by_stack: HashMap<StackKey, Cell>,
+    /// Requested sizes.
     pub sizes: Histogram<u64>,
+    /// How each process's Go release rounds sizes (by pid).
+    pub rules: HashMap<u32, Rules>,
+    /// Allocations whose type could not be read (rounded as pointer-free).
+    pub unknown_types: u64,
 }
 
 impl Default for AllocExactAgg {
@@ -20,14 +28,23 @@ impl Default for AllocExactAgg {
         Self {
             by_stack: HashMap::new(),
             sizes: histogram(),
+            rules: HashMap::new(),
+            unknown_types: 0,
         }
     }
 }
 
 impl AllocExactAgg {
-    pub fn add(&mut self, key: StackKey, size: u64) {
+    /// One allocation of `size` requested bytes: counted as the bytes the
+    /// runtime accounts for it (its size class, header, pages).
+    pub fn add(&mut self, key: StackKey, size: u64, class: AllocType) {
+        let rules = self.rules.get(&key.0).copied().unwrap_or_default();
+        if class == AllocType::Unknown {
+            self.unknown_types += 1;
+        }
         let c = self.by_stack.entry(key).or_default();
-        c.bytes += size;
+        c.bytes += rules.allocated(size, class);
+        c.requested += size;
         c.objects += 1;
         self.sizes.saturating_record(size.max(1));
     }
@@ -36,11 +53,14 @@ impl AllocExactAgg {
         self.by_stack.values().fold(Cell::default(), |a, c| Cell {
             bytes: a.bytes + c.bytes,
             objects: a.objects + c.objects,
+            requested: a.requested + c.requested,
         })
     }
 }
 
-/// The lens's extras in `summary.json`: allocation size percentiles.
+/// The lens's extras in `summary.json`: the bytes requested (before the
+/// runtime's rounding, which `total` includes), allocations whose type
+/// could not be read, and requested-size percentiles.
 pub fn extras(a: &AllocExactAgg) -> Extras {
     let h = &a.sizes;
     let pct = if h.is_empty() {
@@ -54,10 +74,20 @@ pub fn extras(a: &AllocExactAgg) -> Extras {
             mean: h.mean(),
         }
     };
-    Extras::from([(
-        "size_percentiles".to_string(),
-        serde_json::to_value(pct).expect("plain struct"),
-    )])
+    Extras::from([
+        (
+            "size_percentiles".to_string(),
+            serde_json::to_value(pct).expect("plain struct"),
+        ),
+        (
+            "requested_bytes".to_string(),
+            serde_json::json!(a.totals().requested),
+        ),
+        (
+            "unknown_types".to_string(),
+            serde_json::json!(a.unknown_types),
+        ),
+    ])
 }
 
 #[cfg(test)]
@@ -68,26 +98,39 @@ mod tests {
     #[test]
     fn alloc_sums_per_stack() {
         let mut a = AllocExactAgg::default();
-        a.add((1, Stack::Id(5)), 64);
-        a.add((1, Stack::Id(5)), 64);
-        a.add((1, Stack::Id(6)), 1000);
+        let scan = AllocType::Scan;
+        a.add((1, Stack::Id(5)), 64, scan);
+        a.add((1, Stack::Id(5)), 64, scan);
+        a.add((1, Stack::Id(6)), 1000, scan);
         assert_eq!(
             a.by_stack[&(1, Stack::Id(5))],
             Cell {
                 bytes: 128,
-                objects: 2
+                objects: 2,
+                requested: 128,
             }
         );
+        // 1000 bytes take the 1024-byte class (Go 1.21 and older: no
+        // header, the default for an unknown process).
         assert_eq!(
             a.totals(),
             Cell {
-                bytes: 1128,
-                objects: 3
+                bytes: 1152,
+                objects: 3,
+                requested: 1128,
             }
         );
-        assert_eq!(a.sizes.len(), 3);
+        // A Go 1.22+ process: the header moves 1000 pointerful bytes up a class.
+        a.rules.insert(2, Rules { headers: true });
+        a.add((2, Stack::Id(6)), 1000, scan);
+        assert_eq!(a.by_stack[&(2, Stack::Id(6))].bytes, 1024);
+        a.add((2, Stack::Id(6)), 1020, scan);
+        assert_eq!(a.by_stack[&(2, Stack::Id(6))].bytes, 1024 + 1152);
+        a.add((2, Stack::Id(6)), 8, AllocType::Unknown);
+        assert_eq!(a.unknown_types, 1);
+        assert_eq!(a.sizes.len(), 6);
         assert!(a.sizes.value_at_quantile(0.99) >= 999);
-        a.add((1, Stack::Id(7)), 64 << 20);
+        a.add((1, Stack::Id(7)), 64 << 20, AllocType::NoScan);
         assert!(a.sizes.max() >= 64 << 20, "large sizes are not clamped");
     }
 }

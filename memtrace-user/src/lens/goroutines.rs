@@ -188,7 +188,7 @@ mod tests {
         let mut sample = |names: &[&str], n: u64| Sample {
             stack: names.iter().map(|f| locs.named(f)).collect(),
             value: n,
-            objects: 0,
+            ..Sample::default()
         };
         let samples = vec![
             sample(&["runtime.goexit", "main.serve", "main.handle"], 7),

@@ -8,6 +8,7 @@ pub mod goroutines;
 pub mod mmap;
 pub mod rss;
 pub mod sampled;
+pub mod sizeclass;
 
 use std::fmt;
 use std::str::FromStr;

@@ -82,12 +82,15 @@ pub struct Location {
 }
 
 /// One stack and its value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
     /// Indices into [`Profile::locations`], root first.
     pub stack: Vec<usize>,
     pub value: u64,
     pub objects: u64,
+    /// alloc-exact: the bytes requested (`value` is what the runtime
+    /// accounts for them).
+    pub requested: u64,
 }
 
 /// How frames are named in flame graphs and folded stacks.
@@ -171,19 +174,21 @@ impl Profile {
         duration_secs: f64,
         target: String,
     ) -> Self {
-        let mut merged: HashMap<Vec<usize>, (u64, u64)> = HashMap::new();
+        let mut merged: HashMap<Vec<usize>, (u64, u64, u64)> = HashMap::new();
         for s in samples {
             let e = merged.entry(s.stack).or_default();
             e.0 += s.value;
             e.1 += s.objects;
+            e.2 += s.requested;
         }
         let mut samples: Vec<Sample> = merged
             .into_iter()
-            .filter(|(_, (v, _))| *v > 0)
-            .map(|(stack, (value, objects))| Sample {
+            .filter(|(_, (v, _, _))| *v > 0)
+            .map(|(stack, (value, objects, requested))| Sample {
                 stack,
                 value,
                 objects,
+                requested,
             })
             .collect();
         samples.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.stack.cmp(&b.stack)));
@@ -214,6 +219,7 @@ impl Profile {
                 stack: names.iter().map(|n| locs.named(n)).collect(),
                 value,
                 objects,
+                ..Sample::default()
             })
             .collect();
         Self::new(
@@ -354,11 +360,13 @@ mod tests {
                     stack: vec![0],
                     value: 64,
                     objects: 1,
+                    ..Sample::default()
                 },
                 Sample {
                     stack: vec![1],
                     value: 32,
                     objects: 1,
+                    ..Sample::default()
                 },
             ],
             1.0,

@@ -158,6 +158,15 @@ pub fn build(p: &Profile) -> PbProfile {
         r#type: space,
         unit,
     });
+    let period_type = sample_type.last().cloned();
+    // alloc-exact: the bytes asked for, beside those the runtime accounts.
+    let requested = p.lens == crate::lens::Lens::AllocExact;
+    if requested {
+        sample_type.push(ValueType {
+            r#type: strings.get("requested_space"),
+            unit,
+        });
+    }
     let mapping: Vec<PbMapping> = p
         .mappings
         .iter()
@@ -219,6 +228,9 @@ pub fn build(p: &Profile) -> PbProfile {
                 value.push(s.objects as i64);
             }
             value.push(s.value as i64);
+            if requested {
+                value.push(s.requested as i64);
+            }
             PbSample {
                 // Leaf first.
                 location_id: s.stack.iter().rev().map(|&l| l as u64 + 1).collect(),
@@ -228,7 +240,7 @@ pub fn build(p: &Profile) -> PbProfile {
         .collect();
     let comment = vec![strings.get(&p.title())];
     PbProfile {
-        period_type: sample_type.last().cloned(),
+        period_type,
         period: 1,
         sample_type,
         sample,
@@ -268,6 +280,12 @@ pub fn folded(pb: &PbProfile, mode: super::FrameMode) -> String {
     let s = |i: i64| pb.string_table.get(i as usize).map_or("", String::as_str);
     let functions: HashMap<u64, &Function> = pb.function.iter().map(|f| (f.id, f)).collect();
     let locations: HashMap<u64, &PbLocation> = pb.location.iter().map(|l| (l.id, l)).collect();
+    // The default sample type's value (alloc-exact's last is requested_space).
+    let index = pb
+        .sample_type
+        .iter()
+        .position(|t| t.r#type == pb.default_sample_type)
+        .unwrap_or(pb.sample_type.len().saturating_sub(1));
     let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
     for sample in &pb.sample {
         let mut names = Vec::new();
@@ -293,7 +311,7 @@ pub fn folded(pb: &PbProfile, mode: super::FrameMode) -> String {
             }
         }
         *sums.entry(super::folded::stack(&names)).or_default() +=
-            sample.value.last().copied().unwrap_or(0);
+            sample.value.get(index).copied().unwrap_or(0);
     }
     sums.into_iter()
         .filter(|(_, v)| *v > 0)
@@ -341,6 +359,7 @@ mod tests {
                 stack: vec![0, 1],
                 value: 640,
                 objects: 10,
+                requested: 600,
             }],
             1.0,
             "t".into(),
@@ -348,7 +367,12 @@ mod tests {
         let pb = build(&p);
         let s = |i: i64| pb.string_table[i as usize].as_str();
         assert_eq!(s(0), "");
-        assert_eq!(pb.sample[0].value, vec![10, 640]);
+        // objects, space (as the runtime accounts it), requested_space.
+        assert_eq!(pb.sample[0].value, vec![10, 640, 600]);
+        let types: Vec<&str> = pb.sample_type.iter().map(|t| s(t.r#type)).collect();
+        assert_eq!(types, ["objects", "space", "requested_space"]);
+        assert_eq!(s(pb.default_sample_type), "space");
+        assert_eq!(pb.period_type.as_ref().map(|t| s(t.r#type)), Some("space"));
         assert_eq!(pb.mapping.len(), 1);
         assert_eq!(s(pb.mapping[0].filename), "/srv/app");
         assert!(pb.mapping[0].has_line_numbers && pb.mapping[0].has_inline_frames);
