@@ -6,6 +6,7 @@ mod doctor;
 mod gate;
 pub mod record;
 mod terminal;
+pub use terminal::drops;
 mod top;
 
 use clap::{Parser, Subcommand};

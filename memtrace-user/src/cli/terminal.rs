@@ -15,6 +15,26 @@ fn fmt_value(unit: &str, v: u64) -> String {
     }
 }
 
+/// What was dropped, and where: the ring buffer, or the kernel skipping a
+/// probe run.
+pub fn drops(c: &crate::render::summary::Counters) -> String {
+    let mut why = Vec::new();
+    if c.ringbuf_drops > 0 {
+        why.push(format!("{} (ring buffer full)", c.ringbuf_drops));
+    }
+    if c.kernel_misses > 0 {
+        why.push(format!(
+            "{} (probe runs the kernel skipped: another BPF program was running on that CPU)",
+            c.kernel_misses
+        ));
+    }
+    format!(
+        "{} events were dropped: {}; totals are low by that many events",
+        c.ringbuf_drops + c.kernel_misses,
+        why.join(", ")
+    )
+}
+
 /// The end-of-run summary of `record`, on stdout (warnings on stderr).
 pub fn print_record<'a>(
     report: &Report,
@@ -27,10 +47,7 @@ pub fn print_record<'a>(
         s.ended_by, s.duration_secs, s.counters.events, s.dropped_events, s.counters.stack_errors
     );
     if s.dropped_events > 0 {
-        eprintln!(
-            "memtrace: warning: {} events were dropped (ring buffer full); totals are low by that many events",
-            s.dropped_events
-        );
+        eprintln!("memtrace: warning: {}", drops(&s.counters));
     }
     for w in &report.warnings {
         eprintln!("memtrace: warning: {w}");

@@ -147,7 +147,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         let summary = Summary {
             targets,
             lenses: lens_summaries,
-            dropped_events: self.kernel.counters().ringbuf_drops,
+            dropped_events: {
+                let k = self.kernel.counters();
+                k.ringbuf_drops + k.kernel_misses
+            },
             duration_secs,
             counters: self.counters(),
             ended_by: ended_by.to_string(),
@@ -249,6 +252,8 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         let k = self.kernel.counters();
         Counters {
             ringbuf_drops: k.ringbuf_drops,
+            kernel_misses: k.kernel_misses,
+            nested_fault_misses: k.nested_fault_misses,
             stack_errors: k.stack_errors,
             stack_reuses: k.stack_reuses,
             fingerprint_collisions: k.fingerprint_collisions,

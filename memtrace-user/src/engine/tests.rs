@@ -242,12 +242,23 @@ fn drops_and_undecodable_records_are_counted() {
     let mut e = engine(&[Lens::Mmap], false);
     add(&mut e, 10, (1, 7), "/srv/app");
     e.kernel.counters.ringbuf_drops = 7;
+    e.kernel.counters.kernel_misses = 3;
     e.kernel.counters.stack_errors = 2;
     e.kernel.records.push_back(vec![1, 2, 3]);
     e.drain();
     let r = e.report(None, "duration");
-    assert_eq!(r.summary.dropped_events, 7);
+    assert_eq!(
+        r.summary.dropped_events, 10,
+        "the ring buffer's and the kernel's"
+    );
     assert_eq!(r.summary.counters.ringbuf_drops, 7);
+    assert_eq!(r.summary.counters.kernel_misses, 3);
+    assert_eq!(
+        crate::cli::drops(&r.summary.counters),
+        "10 events were dropped: 7 (ring buffer full), 3 (probe runs the kernel \
+         skipped: another BPF program was running on that CPU); totals are low by \
+         that many events"
+    );
     assert_eq!(r.summary.counters.stack_errors, 2);
     assert_eq!(r.summary.counters.decode_errors, 1);
 }

@@ -332,7 +332,22 @@ impl Kernel for Ebpf {
                 *slot = v.iter().sum();
             }
         }
-        KernelCounters::from_slots(&slots)
+        let mut k = KernelCounters::from_slots(&slots);
+        for (name, p) in self.ebpf.programs() {
+            let Some(n) = p.fd().ok().and_then(|fd| recursion_misses(fd.as_fd())) else {
+                continue;
+            };
+            // fault_kernel runs inside the kernel's fault handler; a user
+            // address that one of its own reads finds not resident faults
+            // again, in kernel mode, and the kernel skips that nested run:
+            // memtrace's own read, not the target's fault.
+            if name == "fault_kernel" {
+                k.nested_fault_misses += n;
+            } else {
+                k.kernel_misses += n;
+            }
+        }
+        k
     }
 
     fn poll(&mut self, sink: &mut dyn FnMut(&[u8])) {
@@ -380,4 +395,31 @@ impl Kernel for Ebpf {
         // take their slots; they are not read again.
         self.times.forget(retired);
     }
+}
+
+/// Runs of the program behind `fd` that the kernel skipped because
+/// another BPF program was running on the CPU (`recursion_misses` of
+/// `bpf_prog_info`, Linux 5.12+; aya does not expose it). `None` when the
+/// kernel does not say.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: plain C structs, valid when zeroed.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = std::ptr::addr_of_mut!(info) as u64;
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes to
+    // `info`, which lives until the call returns.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    (r == 0).then_some(info.recursion_misses)
 }

@@ -102,6 +102,13 @@ pub struct KernelCounters {
     pub hold_failures: u64,
     pub fingerprint_collisions: u64,
     pub faults_merged: u64,
+    /// Runs of memtrace's programs the kernel skipped because a BPF program
+    /// was already running on that CPU (`bpf_prog_info.recursion_misses`):
+    /// events lost before any of memtrace's code ran.
+    pub kernel_misses: u64,
+    /// The same for `fault_kernel`, whose nested runs are faults its own
+    /// reads of user memory take (not events of the target).
+    pub nested_fault_misses: u64,
 }
 
 impl KernelCounters {
@@ -115,6 +122,8 @@ impl KernelCounters {
             hold_failures: v[Counter::HoldFailures as usize],
             fingerprint_collisions: v[Counter::FingerprintCollisions as usize],
             faults_merged: v[Counter::FaultsMerged as usize],
+            kernel_misses: 0,
+            nested_fault_misses: 0,
         }
     }
 }

@@ -99,6 +99,13 @@ pub struct LensSummary {
 pub struct Counters {
     /// Events lost because the ring buffer was full.
     pub ringbuf_drops: u64,
+    /// Probe runs the kernel skipped (another BPF program was running on
+    /// that CPU): events lost before memtrace's program ran.
+    pub kernel_misses: u64,
+    /// Nested runs of the kernel-mode fault probe the kernel skipped:
+    /// faults its own reads of user memory took (not the target's; not
+    /// counted as drops).
+    pub nested_fault_misses: u64,
     /// Events whose stack could not be captured (kept under "[stack unavailable]").
     pub stack_errors: u64,
     /// Stack walks the kernel skipped because the thread's stack top matched.
