@@ -96,3 +96,38 @@ fn the_size_classes_are_each_toolchains() {
         assert_eq!(theirs, CLASS_TO_SIZE, "go{v}");
     }
 }
+
+/// Under a production-shaped load (tests/fixtures/prodlike: an HTTP server
+/// and 256 keep-alive clients, ~770 goroutines on every CPU, random sizes,
+/// JSON, cgo calls, timers, a loop only SIGURG preemption stops, the GC
+/// running throughout), alloc-exact's objects and bytes are the program's
+/// own Mallocs and TotalAlloc, with nothing dropped.
+#[test]
+fn alloc_exact_holds_under_a_production_shaped_load() {
+    for v in go_versions() {
+        let r = Record::new(&format!("prodlike-{v}"))
+            .lens("alloc-exact")
+            .launch(&fixture(&v, "prodlike"), &["-requests", "5000"])
+            .ok();
+        assert!(r.printed("goroutines") >= 500, "go{v}: a busy service");
+        assert!(r.printed("gc_cycles") >= 5, "go{v}: the GC ran");
+        let exact = &r.summary["lenses"]["alloc-exact"];
+        let (bytes, objects) = (
+            exact["total"].as_f64().unwrap(),
+            exact["objects"].as_f64().unwrap(),
+        );
+        let total_alloc = r.printed("total_alloc_total") as f64;
+        let mallocs = r.printed("mallocs_total") as f64;
+        assert!(
+            (objects / mallocs - 1.0).abs() <= 0.005,
+            "go{v}: {objects} objects vs Mallocs {mallocs}"
+        );
+        assert!(
+            (bytes / total_alloc - 1.0).abs() <= 0.01,
+            "go{v}: {bytes} bytes vs TotalAlloc {total_alloc}"
+        );
+        assert_eq!(r.summary["dropped_events"], 0, "go{v}");
+        assert_eq!(r.summary["counters"]["kernel_misses"], 0, "go{v}");
+        assert_eq!(exact["unknown_types"], 0, "go{v}");
+    }
+}

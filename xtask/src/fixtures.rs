@@ -54,7 +54,12 @@ pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built>
                 _ => &[("", &[])],
             };
             for (suffix, flags) in variants {
-                let cgo = if *suffix == "-cgo" { "1" } else { "0" };
+                // prodlike calls C itself.
+                let cgo = if *suffix == "-cgo" || name == "prodlike" {
+                    "1"
+                } else {
+                    "0"
+                };
                 let out = dir.join(format!("{name}{suffix}"));
                 let mut cmd = Command::new(&go);
                 cmd.current_dir(src_root.join(name))

@@ -4,6 +4,7 @@
 //! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
 
 mod bench;
+mod bench_service;
 mod bench_versions;
 mod bootstrap;
 mod fixtures;
@@ -59,6 +60,9 @@ enum Cmd {
         /// Only alloc-exact on Go 1.19 beside the newest Go.
         #[arg(long)]
         versions_only: bool,
+        /// Only alloc-exact against the alloc lens on Debian's prometheus.
+        #[arg(long)]
+        service_only: bool,
         /// Busy Go services in the agent bench's pushing scenario.
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
@@ -117,6 +121,7 @@ fn main() -> anyhow::Result<()> {
             agent_procs,
             stack_cache_only,
             versions_only,
+            service_only,
         } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
@@ -125,6 +130,9 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             if versions_only {
                 return bench_versions::alloc_exact_by_version(&memtrace, &built.root, &out);
+            }
+            if service_only {
+                return bench_service::prometheus(&memtrace, &out);
             }
             if gate_only {
                 return bench::gate(&memtrace, &built.dir, &out, gate_trials);
@@ -141,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             }
             bench::run(&memtrace, &built.dir, &out)?;
             bench_versions::alloc_exact_by_version(&memtrace, &built.root, &out)?;
+            bench_service::prometheus(&memtrace, &out)?;
             run(cargo().current_dir(&root).args([
                 "build",
                 "--release",
