@@ -112,6 +112,8 @@ pub struct Named {
     pub frames: Vec<Frame>,
     pub value: u64,
     pub objects: u64,
+    /// alloc-exact: the bytes requested.
+    pub requested: u64,
 }
 
 /// A lens's result, ready to render.
@@ -257,10 +259,12 @@ impl Profile {
                 frames: frames.clone(),
                 value: 0,
                 objects: 0,
+                requested: 0,
             });
             // Samples come largest first: the first one's frames stay.
             e.value += s.value;
             e.objects += s.objects;
+            e.requested += s.requested;
         }
         let mut out: Vec<Named> = by.into_values().collect();
         out.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.names.cmp(&b.names)));

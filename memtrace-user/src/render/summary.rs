@@ -71,6 +71,10 @@ pub struct TopEntry {
     pub value: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects: Option<u64>,
+    /// alloc-exact: the bytes requested (`value` is what the runtime
+    /// accounts for them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -198,6 +202,7 @@ pub fn lens_summary(p: &Profile, extra: BTreeMap<String, serde_json::Value>) -> 
                     .collect(),
                 value: s.value,
                 objects: p.has_objects.then_some(s.objects),
+                requested: (p.lens == crate::lens::Lens::AllocExact).then_some(s.requested),
             })
             .collect(),
         extra,
