@@ -403,6 +403,20 @@ fn top_in_a_terminal_names_the_leak_and_detaches_on_q() {
     let screen = capture();
     assert!(seen, "{screen}");
     assert!(screen.contains("lens [rss] alloc"), "{screen}");
+    // The leaking function is the first of the top stacks, named by the
+    // program's own innermost frame (not the runtime's leaf).
+    let first = screen
+        .lines()
+        .find(|l| l.contains("%  "))
+        .unwrap_or_default();
+    assert!(first.contains("main.cacheSession main.go:"), "{screen}");
+    // l: leaf frames, and back.
+    tmux(&["send-keys", "-t", "top", "l"]);
+    assert!(wait_until(Duration::from_secs(10), || capture()
+        .contains("l own frames")));
+    tmux(&["send-keys", "-t", "top", "l"]);
+    assert!(wait_until(Duration::from_secs(10), || capture()
+        .contains("l leaf frames")));
     // Tab: the alloc lens; s: a report.
     tmux(&["send-keys", "-t", "top", "Tab"]);
     assert!(wait_until(Duration::from_secs(10), || capture()

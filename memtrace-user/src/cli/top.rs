@@ -82,6 +82,8 @@ struct TopPolicy {
     lenses: Vec<Lens>,
     lens: usize,
     selected: usize,
+    /// `l`: name top stacks by their leaf frame, not the program's own.
+    leaf_frames: bool,
     started: Instant,
     last_refresh: Option<Instant>,
     interval: Duration,
@@ -99,7 +101,11 @@ impl TopPolicy {
             interval: self.interval.as_secs_f64(),
             rows: self.rows.values().cloned().collect(),
             events: engine.agg.events,
-            drops: engine.kernel.counters().ringbuf_drops,
+            drops: {
+                let k = engine.kernel.counters();
+                k.ringbuf_drops + k.kernel_misses
+            },
+            leaf_frames: self.leaf_frames,
         }
     }
 
@@ -134,7 +140,7 @@ impl TopPolicy {
                 }
             }
             row.exited = exited;
-            row.update_from(lens, &report.summary, TOP_N);
+            row.update_from(lens, &report.summary, TOP_N, self.leaf_frames);
         }
         self.selected = self.selected.min(self.rows.len().saturating_sub(1));
     }
@@ -194,6 +200,10 @@ impl TopPolicy {
                     return Some(Step::Stop("Ctrl-C".into()))
                 }
                 KeyCode::Char('s') => self.save(engine),
+                KeyCode::Char('l') => {
+                    self.leaf_frames = !self.leaf_frames;
+                    self.refresh(engine);
+                }
                 KeyCode::Tab => {
                     self.lens = (self.lens + 1) % self.lenses.len();
                     self.refresh(engine);
@@ -314,6 +324,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         lenses,
         lens: 0,
         selected: 0,
+        leaf_frames: false,
         started: Instant::now(),
         last_refresh: None,
         interval: Duration::from_secs_f64(args.interval),

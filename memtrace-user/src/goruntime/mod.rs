@@ -129,37 +129,17 @@ impl GoBinary {
         let sections = vars::Sections::of(&file);
         let mut var = |rule: &vars::Rule| {
             let r = vars::find(syms.address(rule.name), &table, &sections, rule);
-            found.insert(
+            keep(
+                &mut found,
                 rule.name,
-                r.as_ref().map(|l| l.source).map_err(|e| e.to_string()),
-            );
-            r.ok().map(|l| l.addr)
+                r.map(|l| (l.addr, l.source)).map_err(|e| e.to_string()),
+            )
         };
         let allgs = var(&vars::ALLGS);
         let mem_profile_rate = var(&vars::MEM_PROFILE_RATE);
         let mbuckets = var(&vars::MBUCKETS);
         let gc_controller = var(&vars::GC_CONTROLLER);
-        let g_layout = match crate::gtypes::g_layout(&data) {
-            Some(l) => Ok((l, Source::Dwarf)),
-            None => crate::gtypes::g_layout_from_type(&table).map(|l| (l, Source::RuntimeType)),
-        };
-        found.insert(
-            G_LAYOUT,
-            g_layout.as_ref().map(|l| l.1).map_err(Clone::clone),
-        );
-        let g_layout = g_layout.ok().map(|l| l.0);
-        let gc_fields = match crate::gtypes::GcFields::from_dwarf(&data) {
-            Some(f) => Ok((f, Source::Dwarf)),
-            None => go_release(&go_version)
-                .and_then(|(_, minor)| crate::gtypes::GcFields::for_release(minor))
-                .map(|f| (f, Source::VersionTable))
-                .ok_or_else(|| format!("no DWARF, and memtrace has no table for {go_version}")),
-        };
-        found.insert(
-            GC_LAYOUT,
-            gc_fields.as_ref().map(|f| f.1).map_err(Clone::clone),
-        );
-        let gc_fields = gc_fields.ok().map(|f| f.0);
+        let (g_layout, gc_fields) = layouts(&data, &table, &go_version, &mut found);
         let first_load = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
         Ok(Self {
             path: path.to_owned(),
@@ -279,6 +259,43 @@ impl GoBinary {
             }
         }
     }
+}
+
+/// The layouts of `runtime.g` (DWARF, else the runtime's type descriptor)
+/// and of `runtime.gcControllerState` (DWARF, else the table for the Go
+/// release), each recorded in `found` with its source or why it is missing.
+fn layouts(
+    data: &[u8],
+    table: &GoTable,
+    go_version: &str,
+    found: &mut BTreeMap<&'static str, Result<Source, String>>,
+) -> (
+    Option<crate::gtypes::GLayout>,
+    Option<crate::gtypes::GcFields>,
+) {
+    let g = match crate::gtypes::g_layout(data) {
+        Some(l) => Ok((l, Source::Dwarf)),
+        None => crate::gtypes::g_layout_from_type(table).map(|l| (l, Source::RuntimeType)),
+    };
+    let gc = match crate::gtypes::GcFields::from_dwarf(data) {
+        Some(f) => Ok((f, Source::Dwarf)),
+        None => go_release(go_version)
+            .and_then(|(_, minor)| crate::gtypes::GcFields::for_release(minor))
+            .map(|f| (f, Source::VersionTable))
+            .ok_or_else(|| format!("no DWARF, and memtrace has no table for {go_version}")),
+    };
+    (keep(found, G_LAYOUT, g), keep(found, GC_LAYOUT, gc))
+}
+
+/// Records where a runtime fact came from (or why it is missing) under
+/// `key`, and returns the fact.
+fn keep<T>(
+    found: &mut BTreeMap<&'static str, Result<Source, String>>,
+    key: &'static str,
+    r: Result<(T, Source), String>,
+) -> Option<T> {
+    found.insert(key, r.as_ref().map(|(_, s)| *s).map_err(Clone::clone));
+    r.ok().map(|(v, _)| v)
 }
 
 /// Addresses of data symbols, which only `.symtab` has.

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use crate::lens::Lens;
 use crate::render::human_bytes;
-use crate::render::summary::Summary;
+use crate::render::summary::{Summary, TopEntry};
 
 /// How many VmRSS samples a row keeps for its sparkline.
 pub const HISTORY: usize = 120;
@@ -82,8 +82,10 @@ impl Row {
         self.history.push(rss);
     }
 
-    /// Takes the lens's figures from the process's cumulative report.
-    pub fn update_from(&mut self, lens: Lens, summary: &Summary, top_n: usize) {
+    /// Takes the lens's figures from the process's cumulative report, each
+    /// stack named by its innermost frame of the program's own code (or,
+    /// with `leaf_frames`, by its leaf).
+    pub fn update_from(&mut self, lens: Lens, summary: &Summary, top_n: usize, leaf_frames: bool) {
         self.gc_cycles = summary.gc["cycles"].as_u64().unwrap_or(0);
         self.gc_p99_ns = summary.gc["pauses"]["p99_ns"].as_u64().unwrap_or(0);
         if let Some(g) = summary.lenses.get(Lens::Goroutines.name()) {
@@ -96,7 +98,7 @@ impl Row {
         };
         self.total = ls.total;
         let lines = ls.top.iter().map(|t| {
-            let leaf = t.frames.last();
+            let (function, file, line) = shown_frame(t, leaf_frames);
             TopLine {
                 value: t.value,
                 share: if ls.total > 0 {
@@ -104,14 +106,9 @@ impl Row {
                 } else {
                     0.0
                 },
-                function: leaf.map_or_else(
-                    || t.stack.last().cloned().unwrap_or_default(),
-                    |f| f.function.clone(),
-                ),
-                file: leaf.map_or(String::new(), |f| {
-                    f.file.rsplit('/').next().unwrap_or("").to_string()
-                }),
-                line: leaf.map_or(0, |f| f.line),
+                function,
+                file,
+                line,
             }
         });
         // Stacks that end at the same place are one line here.
@@ -141,6 +138,8 @@ pub struct View {
     pub rows: Vec<Row>,
     pub events: u64,
     pub drops: u64,
+    /// Top stacks named by their leaf frames (`l` toggles).
+    pub leaf_frames: bool,
 }
 
 /// `values` as a line of block characters, `width` wide (the latest
@@ -238,9 +237,69 @@ pub fn plain(view: &View, top_n: usize) -> String {
     out
 }
 
+/// Where a top stack is shown to be: its innermost frame outside the Go
+/// runtime and other plumbing (`runtime.*`, `internal/*`, `syscall.*`: as
+/// `record`'s terminal names it), or its leaf; function, file base name
+/// and line.
+pub fn shown_frame(t: &TopEntry, leaf_frames: bool) -> (String, String, u32) {
+    let own = || {
+        t.frames
+            .iter()
+            .rev()
+            .find(|f| !crate::report::is_plumbing(&f.function))
+    };
+    let frame = if leaf_frames { None } else { own() }.or(t.frames.last());
+    match frame {
+        Some(f) => (
+            f.function.clone(),
+            f.file.rsplit('/').next().unwrap_or("").to_string(),
+            f.line,
+        ),
+        None => (
+            t.stack.last().cloned().unwrap_or_default(),
+            String::new(),
+            0,
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stack_is_named_by_the_programs_own_innermost_frame() {
+        use crate::render::summary::FrameEntry;
+        let f = |function: &str, file: &str, line| FrameEntry {
+            function: function.into(),
+            file: file.into(),
+            line,
+            inlined: false,
+        };
+        let t = TopEntry {
+            stack: vec![],
+            frames: vec![
+                f("runtime.main", "/go/src/runtime/proc.go", 250),
+                f("main.storeSession", "/src/app/main.go", 27),
+                f("runtime.newobject", "/go/src/runtime/malloc.go", 1000),
+                f("runtime.(*mspan).init", "/go/src/runtime/mheap.go", 1400),
+            ],
+            value: 1,
+            objects: None,
+            requested: None,
+        };
+        assert_eq!(
+            shown_frame(&t, false),
+            ("main.storeSession".to_string(), "main.go".to_string(), 27)
+        );
+        assert_eq!(shown_frame(&t, true).0, "runtime.(*mspan).init");
+        // All runtime: the leaf.
+        let runtime_only = TopEntry {
+            frames: vec![f("runtime.bgsweep", "mgcsweep.go", 300)],
+            ..t
+        };
+        assert_eq!(shown_frame(&runtime_only, false).0, "runtime.bgsweep");
+    }
 
     #[test]
     fn rows_track_rate_and_net_growth() {
@@ -294,6 +353,7 @@ mod tests {
             rows: vec![row],
             events: 10,
             drops: 0,
+            leaf_frames: false,
         };
         let text = plain(&v, 5);
         assert!(text.contains("pid 7 svc: RSS 1.0 MiB"), "{text}");

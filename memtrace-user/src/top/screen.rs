@@ -32,12 +32,13 @@ pub fn draw(f: &mut ratatui::Frame<'_>, view: &View, selected: usize, status: &s
         .collect();
     f.render_widget(
         Paragraph::new(Line::from(format!(
-            "memtrace top  {:.0} s  lens {} (Tab)  every {} s  {} events, {} dropped  q quit · s save · ↑↓ select",
+            "memtrace top  {:.0} s  lens {} (Tab)  every {} s  {} events, {} dropped  q quit · s save · ↑↓ select · l {} frames",
             view.elapsed,
             lenses.join(" "),
             view.interval,
             view.events,
-            view.drops
+            view.drops,
+            if view.leaf_frames { "own" } else { "leaf" }
         )))
         .style(Style::new().add_modifier(Modifier::BOLD)),
         head,
@@ -152,6 +153,7 @@ mod tests {
             elapsed: 12.0,
             events: 1000,
             drops: 3,
+            leaf_frames: false,
             rows: vec![row],
         };
         let mut term = Terminal::new(TestBackend::new(140, 20)).unwrap();
