@@ -203,10 +203,36 @@ fn cargo() -> Command {
 }
 
 fn build_memtrace(root: &Path) -> anyhow::Result<PathBuf> {
-    run(cargo()
+    let out = cargo()
         .current_dir(root)
-        .args(["build", "--release", "-p", "memtrace-user"]))?;
+        .args(["build", "--release", "-p", "memtrace-user"])
+        .stderr(Stdio::piped())
+        .output()
+        .context("running cargo build")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprint!("{stderr}");
+    if !out.status.success() {
+        bail!("cargo build --release failed ({})", out.status);
+    }
+    // Issue 32: a good build says nothing that looks like a problem; the
+    // nested eBPF build keeps its output in a log (memtrace-user/build.rs).
+    let warnings = loud_lines(&stderr);
+    if !warnings.is_empty() {
+        bail!(
+            "cargo build --release printed {} warning line(s), first: {}",
+            warnings.len(),
+            warnings[0]
+        );
+    }
     Ok(root.join("target/release/memtrace"))
+}
+
+/// The lines of a cargo build's output that a reader takes for problems.
+fn loud_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("warning"))
+        .collect()
 }
 
 fn demo(root: &Path, secs: u64) -> anyhow::Result<()> {
@@ -363,5 +389,19 @@ impl Tally {
             bail!("{} failed with {status}", show(cmd));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loud_lines;
+
+    #[test]
+    fn loud_lines_are_the_warnings() {
+        let quiet = "   Compiling memtrace-user v0.1.0\n    Finished `release` profile\n";
+        assert!(loud_lines(quiet).is_empty());
+        let loud =
+            "   Compiling memtrace-user v0.1.0\nwarning: memtrace-user@0.1.0:    Compiling core\n";
+        assert_eq!(loud_lines(loud).len(), 1);
     }
 }
