@@ -29,19 +29,20 @@ impl SpawnCookie {
     }
 }
 
-/// Set in an allocator probe's attach cookie when the probe sits on the
+/// Set in a probe's attach cookie (allocator, GC view) when the probe sits on the
 /// function's `PUSHQ BP` (the frame is not set up yet: the direct caller's
 /// return address is at the stack pointer, not in the frame-pointer
 /// chain). The rest of the cookie is the size floor.
-pub const ALLOC_AT_PUSH: u64 = 1 << 63;
+pub const AT_PUSH: u64 = 1 << 63;
 
-/// Set, with [`ALLOC_AT_PUSH`], when an allocator probe sits on the `JBE`
+/// Set (for an allocator, with [`AT_PUSH`]) when a probe sits on the `JBE`
 /// of the function's stack check (Go 1.19–1.20, whose frames start with
 /// `SUBQ`, not a push; the kernel emulates a conditional jump as it does a
 /// push, so the probe traps once). The `CMP` before it has set the flags:
 /// when the jump will be taken (CF or ZF), the function calls `morestack`
 /// and starts again, so this entry is not counted; the next one is.
-pub const ALLOC_AT_STACK_CHECK: u64 = 1 << 62;
+pub const AT_STACK_CHECK: u64 = 1 << 62;
 
-/// Every flag of an allocator probe's cookie; the rest is the size floor.
-pub const ALLOC_FLAGS: u64 = ALLOC_AT_PUSH | ALLOC_AT_STACK_CHECK;
+/// Every flag of a probe point's cookie; in an allocator's, the rest is the
+/// size floor.
+pub const POINT_FLAGS: u64 = AT_PUSH | AT_STACK_CHECK;

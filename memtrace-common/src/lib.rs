@@ -487,7 +487,7 @@ pub const RINGBUF_WAKE_BYTES: u64 = (RINGBUF_BYTES / 8) as u64;
 pub const MAX_TARGETS: u32 = 1024;
 
 mod cookie;
-pub use cookie::{SpawnCookie, ALLOC_AT_PUSH, ALLOC_AT_STACK_CHECK, ALLOC_FLAGS};
+pub use cookie::{SpawnCookie, AT_PUSH, AT_STACK_CHECK, POINT_FLAGS};
 mod fault_run;
 pub use fault_run::{
     called_from, is_ephemeral_ref, FaultRun, FaultRuns, EPHEMERAL_REF, FAULT_RUN_MAX,

@@ -42,3 +42,61 @@ fn forced_gc_cycles_are_counted_with_pauses() {
         assert!(stdout.contains("GC: "), "go{v}: no GC line on the terminal");
     }
 }
+
+/// A GC-heavy program (hundreds of cycles a second, a small live heap),
+/// traced by the costliest lens: the GC view's probes sit on instructions
+/// the kernel emulates, one of them on the stack check's jump on Go
+/// 1.19–1.20, where the entry that goes to `morestack` must not count.
+/// Every cycle the runtime reports with `GODEBUG=gctrace=1` is seen once,
+/// with the same heap goal, and there are two pauses per cycle (plus the
+/// fixture's two `ReadMemStats`).
+#[test]
+fn a_gc_heavy_program_matches_gctrace() {
+    for v in go_versions() {
+        let r = Record::new(&format!("gc-heavy-{v}"))
+            .lens("rss")
+            .env("GODEBUG", "gctrace=1")
+            .launch(
+                &fixture(&v, "allocs"),
+                &[
+                    "-objects", "0", "-maps", "0", "-inlined", "0", "-churn", "3000",
+                ],
+            )
+            .ok();
+        // gctrace: "gc 53 @0.089s 10%: … 3->3->0 MB, 4 MB goal, …"
+        let traced: Vec<u64> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("gc ") && l.contains(" MB goal"))
+            .map(|l| {
+                let before = l.split(" MB goal").next().unwrap();
+                before.rsplit(' ').next().unwrap().parse().unwrap()
+            })
+            .collect();
+        assert!(
+            traced.len() >= 20,
+            "go{v}: only {} gctrace lines: {}",
+            traced.len(),
+            r.stderr
+        );
+        let gc = &r.summary["gc"];
+        let goals: Vec<u64> = gc["cycle_detail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["heap_goal"].as_u64().unwrap() >> 20)
+            .collect();
+        assert_eq!(
+            goals, traced,
+            "go{v}: the heap goal per cycle (MiB) differs from gctrace's"
+        );
+        let cycles = gc["cycles"].as_u64().unwrap();
+        assert_eq!(cycles, traced.len() as u64, "go{v}: cycles");
+        let pauses = gc["pauses"]["count"].as_u64().unwrap();
+        let want = 2 * cycles;
+        assert!(
+            (want..=want + 4).contains(&pauses),
+            "go{v}: {pauses} pauses for {cycles} cycles"
+        );
+    }
+}

@@ -6,11 +6,11 @@
 //! instead of single-stepping it out of line: one trap per hit instead of
 //! two, most of a hit's cost. The frame is not set up there, so the direct
 //! caller's return address is read from the top of the stack and put in the
-//! stack (cookie flag [`ALLOC_AT_PUSH`]). Older frame layouts (`SUBQ` first)
+//! stack (cookie flag [`AT_PUSH`]). Older frame layouts (`SUBQ` first)
 //! (`SUBQ` first, Go 1.19–1.20) get the probe on the stack check's `JBE`,
 //! which the kernel emulates too; there the flags say whether this entry
 //! goes to `morestack` and starts again, and only the entry that goes on
-//! is counted ([`ALLOC_AT_STACK_CHECK`]). The stack is as at the push.
+//! is counted ([`AT_STACK_CHECK`]). The stack is as at the push.
 //!
 //! The size is the first argument, the type the second (its `PtrBytes`
 //! word tells user space how the runtime rounds the size). The attach cookie is a size floor:
@@ -21,9 +21,7 @@
 use aya_ebpf::helpers::bpf_probe_read_user;
 use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
-use memtrace_common::{
-    AllocType, Counter, Event, ALLOC_AT_PUSH, ALLOC_AT_STACK_CHECK, ALLOC_FLAGS,
-};
+use memtrace_common::{AllocType, Counter, Event, AT_PUSH, AT_STACK_CHECK, POINT_FLAGS};
 
 use super::{
     bump, current_target, emit_with_stack, emit_with_stack_entry, entry_fingerprint, fingerprint,
@@ -40,10 +38,10 @@ pub fn go_alloc(ctx: ProbeContext) -> u32 {
     let (ip, bp) = go_abi::ip_bp(&ctx);
     // SAFETY: helper without preconditions beyond a valid context.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    if cookie & ALLOC_AT_STACK_CHECK != 0 && go_abi::below_or_equal(&ctx) {
+    if cookie & AT_STACK_CHECK != 0 && go_abi::below_or_equal(&ctx) {
         return 0; // to morestack: the function starts again
     }
-    let floor = cookie & !ALLOC_FLAGS;
+    let floor = cookie & !POINT_FLAGS;
     // Zero-size requests return &zerobase and are not objects.
     if size == 0 || size < floor {
         return 0;
@@ -62,7 +60,7 @@ pub fn go_alloc(ctx: ProbeContext) -> u32 {
         }
     };
     let ev = Event::alloc(tgid, tid, size, class);
-    if cookie & ALLOC_AT_PUSH == 0 {
+    if cookie & AT_PUSH == 0 {
         emit_with_stack(&ctx, ev, fingerprint(ip, bp));
         return 0;
     }

@@ -82,14 +82,12 @@ impl Binary<'_> {
         std::iter::once((mallocgc, floor))
             .chain(specialized.into_iter().map(|f| (f, 0)))
             .map(|(f, size_floor)| {
-                let (mut p, flag) = match self.at_frame_push(&f)? {
-                    Some(p) => (p, memtrace_common::ALLOC_AT_PUSH),
-                    None => match self.at_stack_check(&f)? {
-                        Some(p) => (p, memtrace_common::ALLOC_FLAGS),
-                        None => (self.after_prologue(&f)?, 0),
-                    },
-                };
-                p.cookie = size_floor | flag;
+                let mut p = self.once_per_call(&f)?;
+                if p.cookie & memtrace_common::AT_STACK_CHECK != 0 {
+                    // The allocator's stack is read as at the push.
+                    p.cookie |= memtrace_common::AT_PUSH;
+                }
+                p.cookie |= size_floor;
                 Ok(p)
             })
             .collect()
@@ -121,6 +119,24 @@ impl Binary<'_> {
             symbol,
             cookie: 0,
         })
+    }
+
+    /// A point that fires once per call of `f` on an instruction the kernel
+    /// emulates, so a hit traps once instead of twice (a single-stepped
+    /// instruction costs a second trap, ~10 µs here): `f`'s `PUSHQ BP`
+    /// (cookie [`memtrace_common::AT_PUSH`]), else its stack check's `JBE`
+    /// (cookie [`memtrace_common::AT_STACK_CHECK`]: the program skips the
+    /// entry that goes to `morestack`), else after its frame setup.
+    fn once_per_call(&self, f: &Function<'_>) -> Result<ProbePoint, TargetError> {
+        if let Some(mut p) = self.at_frame_push(f)? {
+            p.cookie = memtrace_common::AT_PUSH;
+            return Ok(p);
+        }
+        if let Some(mut p) = self.at_stack_check(f)? {
+            p.cookie = memtrace_common::AT_STACK_CHECK;
+            return Ok(p);
+        }
+        self.after_prologue(f)
     }
 
     /// A probe point on `f`'s `PUSHQ BP`, when its frame setup is Go
@@ -189,7 +205,9 @@ impl Binary<'_> {
         controller: Option<u64>,
         fields: Option<crate::gtypes::GcFields>,
     ) -> Result<GcPoints, TargetError> {
-        let at = |name: &str| self.after_prologue(&self.function(name)?);
+        // Hundreds of cycles a second on a GC-heavy program: each probe on
+        // an emulated instruction (they read globals, not the frame).
+        let at = |name: &str| self.once_per_call(&self.function(name)?);
         let field = |pick: fn(&crate::gtypes::GcFields) -> u64| Some(controller? + pick(&fields?));
         Ok(GcPoints {
             mark_termination: at("runtime.gcMarkTermination")?,
