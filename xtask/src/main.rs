@@ -4,6 +4,7 @@
 //! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
 
 mod bench;
+mod bench_lenses;
 mod bench_service;
 mod bench_versions;
 mod bootstrap;
@@ -63,6 +64,9 @@ enum Cmd {
         /// Only alloc-exact against the alloc lens on Debian's prometheus.
         #[arg(long)]
         service_only: bool,
+        /// Only the lens table's GC-heavy shape.
+        #[arg(long)]
+        gc_heavy_only: bool,
         /// Busy Go services in the agent bench's pushing scenario.
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
@@ -122,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             stack_cache_only,
             versions_only,
             service_only,
+            gc_heavy_only,
         } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
@@ -133,6 +138,9 @@ fn main() -> anyhow::Result<()> {
             }
             if service_only {
                 return bench_service::prometheus(&memtrace, &out);
+            }
+            if gc_heavy_only {
+                return bench_lenses::run(&memtrace, &built.dir, &out, true);
             }
             if gate_only {
                 return bench::gate(&memtrace, &built.dir, &out, gate_trials);
@@ -147,7 +155,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            bench::run(&memtrace, &built.dir, &out)?;
+            bench_lenses::run(&memtrace, &built.dir, &out, false)?;
             bench_versions::alloc_exact_by_version(&memtrace, &built.root, &out)?;
             bench_service::prometheus(&memtrace, &out)?;
             run(cargo().current_dir(&root).args([

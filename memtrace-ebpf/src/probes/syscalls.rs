@@ -7,11 +7,27 @@
 //!   sys_enter_mmap: field:unsigned long addr; offset:16; size:8; (then len,
 //!                   prot, flags, ... at 8-byte steps)
 //!   sys_exit_*:     field:long ret; offset:16; size:8; signed:1;
+//!
+//! An enter's stack is remembered by a fingerprint of the user registers
+//! the syscall saved (see [`super::emit_with_stack`]): the Go runtime
+//! returns memory with `madvise` from a handful of places, hundreds of
+//! times a second on a GC-heavy program, and a walk per call was most of
+//! the rss lens's program time there.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use memtrace_common::{Event, EventKind};
 
-use super::{bump_release_gen, current_target, emit, emit_with_stack, tp_offsets};
+use super::{
+    bump_release_gen, current_target, emit, emit_with_stack, entry_fingerprint, tp_offsets,
+    Fingerprint,
+};
 
 /// `mmap`'s MAP_FIXED (include/uapi/asm-generic/mman-common.h).
 const MAP_FIXED: u32 = 0x10;
@@ -21,6 +37,25 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     let at = tp_offsets().syscall_args as usize + 8 * n;
     // SAFETY: the offset comes from the tracepoint's format file.
     unsafe { ctx.read_at::<u64>(at) }.unwrap_or(0)
+}
+
+/// The fingerprint of the calling user stack: the saved registers' pc and
+/// frame pointer, the word at the stack pointer (the direct caller's
+/// return address when the syscall wrapper has no frame of its own, as
+/// Go's have not), then the frame-pointer chain. It only keys the stack
+/// cache; the stack sent is the kernel's walk, as before.
+#[inline(always)]
+fn user_fingerprint() -> Option<Fingerprint> {
+    // SAFETY: helpers without preconditions; the task's saved user
+    // registers are read with a checked kernel read.
+    let regs: pt_regs = unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        bpf_probe_read_kernel(regs).ok()?
+    };
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    let top = unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.ok()?;
+    entry_fingerprint(regs.rip, regs.rbp, top)
 }
 
 /// Emits an exit record with the syscall's result, unless it failed.
@@ -46,7 +81,7 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
     };
     let flags = arg(&ctx, 3) as u32;
     let ev = Event::mmap_enter(tgid, tid, arg(&ctx, 1), arg(&ctx, 2) as u32, flags);
-    emit_with_stack(&ctx, ev, None);
+    emit_with_stack(&ctx, ev, user_fingerprint());
     // Only a fixed mapping can replace resident pages (elsewhere the kernel
     // picks an unmapped range): the Go heap's growth maps many others.
     if flags & MAP_FIXED != 0 {
@@ -69,7 +104,7 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
     emit_with_stack(
         &ctx,
         Event::munmap(tgid, tid, arg(&ctx, 0), arg(&ctx, 1)),
-        None,
+        user_fingerprint(),
     );
     bump_release_gen();
     0
@@ -82,7 +117,7 @@ pub fn madvise_enter(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ev = Event::madvise(tgid, tid, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2) as u32);
-    emit_with_stack(&ctx, ev, None);
+    emit_with_stack(&ctx, ev, user_fingerprint());
     bump_release_gen();
     0
 }
@@ -94,7 +129,7 @@ pub fn mremap_enter(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ev = Event::mremap_enter(tgid, tid, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
-    emit_with_stack(&ctx, ev, None);
+    emit_with_stack(&ctx, ev, user_fingerprint());
     bump_release_gen();
     0
 }
@@ -110,7 +145,11 @@ pub fn brk_enter(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    emit_with_stack(&ctx, Event::brk_enter(tgid, tid, arg(&ctx, 0)), None);
+    emit_with_stack(
+        &ctx,
+        Event::brk_enter(tgid, tid, arg(&ctx, 0)),
+        user_fingerprint(),
+    );
     bump_release_gen();
     0
 }
