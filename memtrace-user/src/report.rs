@@ -314,18 +314,7 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), WriteError> {
     std::fs::rename(tmp, path).map_err(io)
 }
 
-/// Frames of the Go runtime and syscall plumbing, which rarely explain who
-/// asked for memory.
-pub fn is_plumbing(frame: &str) -> bool {
-    [
-        "runtime.",
-        "syscall.",
-        "internal/",
-        "golang.org/x/sys/unix.",
-    ]
-    .iter()
-    .any(|p| frame.starts_with(p))
-}
+pub use crate::render::is_plumbing;
 
 /// A short terminal rendering of a stack: up to `n` frames ending at the
 /// deepest frame of the program's own code, then how many plumbing frames

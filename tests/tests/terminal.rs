@@ -318,6 +318,17 @@ fn check_page(html: &str, pid: u32, lenses: &[&str]) {
     let rss = &html[start..end];
     assert!(rss.contains("<svg"), "no flame graph");
     assert!(rss.contains("main.cacheSession"), "no leak");
+    // The table's first stack is named by the leaking function, not by the
+    // runtime frame it ends in.
+    let first = rss
+        .split("<td class=n>1</td>")
+        .nth(1)
+        .and_then(|row| row.split("<details>").next())
+        .expect("no first row in the rss table");
+    assert!(
+        first.contains("main.cacheSession"),
+        "the first rss row is named {first}"
+    );
     assert!(
         rss.contains("main.go</span>") || rss.contains("main.go:"),
         "no line"

@@ -44,6 +44,30 @@ pub struct Spec {
     pub allocation_stacks: bool,
 }
 
+// Each lens's cost: the one text `--help` prints and README.md's lens
+// table shows (a unit test holds them equal). The figures come from
+// `cargo xtask bench` (docs/BENCHMARKS.md). Every lens also carries the GC
+// view, whose probes fire a few times per GC cycle (see `GC_VIEW_COST`).
+const RSS_COST: &str = "a probe per new resident page, mostly merged in the kernel into runs of \
+contiguous faults, and one per memory syscall: 1.07-1.18x on a loop that allocates and keeps \
+everything live (~0.8 of bpftrace's time with a stack per fault), ~1.03x on a GC-heavy program \
+(below bpftrace's); the same on every Go version (kernel tracepoints)";
+const MMAP_COST: &str = "a probe per memory syscall: no measurable slowdown, on every Go version";
+const ALLOC_COST: &str = "the runtime's own sampling, one sample per --memprofile-rate bytes \
+(default 64 KiB), no probe per allocation: ~1.0-1.1x, on every Go version";
+const ALLOC_EXACT_COST: &str = "a uprobe per allocation, on an instruction the kernel emulates \
+(~0.5 us of trap and ~0.3 us of program a hit): ~14-18x on a loop that only allocates, ~0.11-0.13 \
+of bpftrace's time; Go 1.21 and later are probed at the frame push, Go 1.19-1.20 at the stack \
+check's jump, at 0.97-1.09x the slowdown of Go 1.27";
+const HEAP_COST: &str = "as alloc: the runtime's own sampling, ~1.0-1.1x, on every Go version";
+const GOROUTINES_COST: &str = "two uprobes per goroutine, on instructions the kernel emulates: \
+~6-7x on pure goroutine churn, ~0.2 of bpftrace's time; nothing between goroutine starts; every \
+Go version";
+/// The GC view, which every lens carries: three uprobes on instructions the
+/// kernel emulates, a few hits per GC cycle.
+pub const GC_VIEW_COST: &str = "three uprobes, on instructions the kernel emulates, a few hits \
+per GC cycle: within 2% of untraced on a program that runs hundreds of GC cycles a second";
+
 const NO_PROBES: Probes = Probes {
     gc: false,
     allocs: false,
@@ -67,7 +91,7 @@ impl Lens {
                 name: "rss",
                 unit: "bytes",
                 question: "which stacks made resident memory grow in the window",
-                cost: "per new resident page and memory syscall: ~1.1x on an allocation-heavy loop",
+                cost: RSS_COST,
                 tracepoints: rss::TRACEPOINTS,
                 probes: NO_PROBES,
                 has_objects: false,
@@ -77,7 +101,7 @@ impl Lens {
                 name: "mmap",
                 unit: "bytes",
                 question: "which stacks mapped address space (mmap minus munmap)",
-                cost: "per memory syscall: no measurable slowdown",
+                cost: MMAP_COST,
                 tracepoints: mmap::TRACEPOINTS,
                 probes: NO_PROBES,
                 has_objects: false,
@@ -87,7 +111,7 @@ impl Lens {
                 name: "alloc",
                 unit: "bytes",
                 question: "which stacks allocate the most, sampled by the Go runtime",
-                cost: "the runtime's own sampling (one per --memprofile-rate bytes): ~1.1x",
+                cost: ALLOC_COST,
                 tracepoints: &[],
                 probes: NO_PROBES,
                 has_objects: true,
@@ -97,7 +121,7 @@ impl Lens {
                 name: "alloc-exact",
                 unit: "bytes",
                 question: "every Go heap allocation, exactly counted by stack",
-                cost: "a uprobe per allocation, on an instruction the kernel emulates (~1.5 us each): ~14-18x on a loop that only allocates",
+                cost: ALLOC_EXACT_COST,
                 tracepoints: &[],
                 probes: Probes {
                     allocs: true,
@@ -110,7 +134,7 @@ impl Lens {
                 name: "heap",
                 unit: "bytes",
                 question: "which stacks hold live Go heap (like pprof's inuse_space)",
-                cost: "as alloc: the runtime's own sampling, ~1.1x",
+                cost: HEAP_COST,
                 tracepoints: &[],
                 probes: NO_PROBES,
                 has_objects: false,
@@ -120,7 +144,7 @@ impl Lens {
                 name: "goroutines",
                 unit: "goroutines",
                 question: "which creation sites hold live goroutines (leaks)",
-                cost: "two uprobes per goroutine (~6-7x on pure goroutine churn; nothing between goroutine starts)",
+                cost: GOROUTINES_COST,
                 tracepoints: &[],
                 probes: Probes {
                     goroutines: true,
@@ -148,14 +172,15 @@ impl Lens {
 
 /// The lens list for `--help`: each name with its question and cost.
 pub fn help_table() -> String {
-    Lens::ALL
+    let mut lines: Vec<String> = Lens::ALL
         .iter()
         .map(|l| {
             let s = l.spec();
             format!("  {:<12} {}; cost: {}", s.name, s.question, s.cost)
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    lines.push(format!("  (every lens) the GC view; cost: {GC_VIEW_COST}"));
+    lines.join("\n")
 }
 
 impl fmt::Display for Lens {
@@ -194,6 +219,35 @@ mod tests {
             "bogus".parse::<Lens>(),
             Err(LensError::Unknown(_))
         ));
+    }
+
+    /// README.md's lens table shows the cost `--help` prints, word for word.
+    #[test]
+    fn the_readme_shows_each_cost_that_help_prints() {
+        let readme = include_str!("../../../README.md");
+        for l in Lens::ALL {
+            let s = l.spec();
+            let row = readme
+                .lines()
+                .find(|r| r.starts_with(&format!("| `{}`", s.name)))
+                .unwrap_or_else(|| panic!("README.md has no lens-table row for {}", s.name));
+            let cost = row
+                .trim_end()
+                .trim_end_matches('|')
+                .rsplit('|')
+                .next()
+                .unwrap()
+                .trim();
+            assert_eq!(
+                cost, s.cost,
+                "README.md's cost of {} differs from --help's",
+                s.name
+            );
+        }
+        assert!(
+            readme.contains(GC_VIEW_COST),
+            "README.md does not give the GC view's cost as --help does"
+        );
     }
 
     #[test]

@@ -166,9 +166,10 @@ fn gc_section(out: &mut String, gc: &serde_json::Value) {
     out.push_str("</table></details>");
 }
 
-/// The leaf frame of a top stack, with file:line where known.
+/// The frame that names a top stack (its own code's innermost frame, see
+/// `TopEntry::own_frame`), with file:line where known.
 fn leaf(top: &super::summary::TopEntry) -> String {
-    match top.frames.last() {
+    match top.own_frame.as_ref() {
         Some(f) if f.line > 0 => {
             let file = f.file.rsplit('/').next().unwrap_or(&f.file);
             format!(
@@ -336,6 +337,33 @@ pub fn render(page: &Page<'_>) -> Result<String, svg::SvgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_top_stack_is_named_by_its_own_code() {
+        use super::super::summary::{FrameEntry, TopEntry};
+        let f = |function: &str, file: &str, line| FrameEntry {
+            function: function.into(),
+            file: file.into(),
+            line,
+            inlined: false,
+        };
+        let t = TopEntry::new(
+            vec![],
+            vec![
+                f("main.main", "/src/app/main.go", 10),
+                f("main.storeSession", "/src/app/main.go", 27),
+                f(
+                    "runtime.memclrNoHeapPointers",
+                    "/go/src/runtime/memclr.s",
+                    60,
+                ),
+            ],
+            1,
+        );
+        let named = leaf(&t);
+        assert!(named.starts_with("main.storeSession"), "{named}");
+        assert!(named.contains("main.go:27"), "{named}");
+    }
 
     #[test]
     fn escapes() {

@@ -386,3 +386,16 @@ mod tests {
         assert_eq!(by_line[1].names, vec!["main.f main.go:14"]);
     }
 }
+
+/// Frames of the Go runtime and syscall plumbing, which rarely explain who
+/// asked for memory.
+pub fn is_plumbing(frame: &str) -> bool {
+    [
+        "runtime.",
+        "syscall.",
+        "internal/",
+        "golang.org/x/sys/unix.",
+    ]
+    .iter()
+    .any(|p| frame.starts_with(p))
+}

@@ -50,7 +50,7 @@ pub struct TargetSummary {
 }
 
 /// One frame of a top stack, with its source position.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FrameEntry {
     pub function: String,
     /// Empty when unknown.
@@ -68,6 +68,12 @@ pub struct TopEntry {
     /// The same frames with file and line (of the largest of the sites
     /// merged into this stack when several lines of a function are).
     pub frames: Vec<FrameEntry>,
+    /// What names the stack: its innermost frame of the program's own
+    /// code, outside the Go runtime and syscall plumbing (the leaf when
+    /// every frame is plumbing). `top`, the terminal and index.html show
+    /// it with its file:line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_frame: Option<FrameEntry>,
     pub value: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects: Option<u64>,
@@ -75,6 +81,26 @@ pub struct TopEntry {
     /// accounts for them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested: Option<u64>,
+}
+
+impl TopEntry {
+    /// A top entry, named by its own frame (see [`TopEntry::own_frame`]).
+    pub fn new(stack: Vec<String>, frames: Vec<FrameEntry>, value: u64) -> Self {
+        let own_frame = frames
+            .iter()
+            .rev()
+            .find(|f| !super::is_plumbing(&f.function))
+            .or(frames.last())
+            .cloned();
+        Self {
+            stack,
+            frames,
+            own_frame,
+            value,
+            objects: None,
+            requested: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -188,9 +214,8 @@ pub fn lens_summary(p: &Profile, extra: BTreeMap<String, serde_json::Value>) -> 
             .named(FrameMode::Func)
             .into_iter()
             .take(TOP_N)
-            .map(|s| TopEntry {
-                stack: s.names,
-                frames: s
+            .map(|s| {
+                let frames = s
                     .frames
                     .iter()
                     .map(|f| FrameEntry {
@@ -199,10 +224,12 @@ pub fn lens_summary(p: &Profile, extra: BTreeMap<String, serde_json::Value>) -> 
                         line: f.line,
                         inlined: f.inlined,
                     })
-                    .collect(),
-                value: s.value,
-                objects: p.has_objects.then_some(s.objects),
-                requested: (p.lens == crate::lens::Lens::AllocExact).then_some(s.requested),
+                    .collect();
+                TopEntry {
+                    objects: p.has_objects.then_some(s.objects),
+                    requested: (p.lens == crate::lens::Lens::AllocExact).then_some(s.requested),
+                    ..TopEntry::new(s.names, frames, s.value)
+                }
             })
             .collect(),
         extra,

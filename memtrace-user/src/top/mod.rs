@@ -242,13 +242,11 @@ pub fn plain(view: &View, top_n: usize) -> String {
 /// `record`'s terminal names it), or its leaf; function, file base name
 /// and line.
 pub fn shown_frame(t: &TopEntry, leaf_frames: bool) -> (String, String, u32) {
-    let own = || {
-        t.frames
-            .iter()
-            .rev()
-            .find(|f| !crate::report::is_plumbing(&f.function))
+    let frame = if leaf_frames {
+        t.frames.last()
+    } else {
+        t.own_frame.as_ref()
     };
-    let frame = if leaf_frames { None } else { own() }.or(t.frames.last());
     match frame {
         Some(f) => (
             f.function.clone(),
@@ -276,28 +274,23 @@ mod tests {
             line,
             inlined: false,
         };
-        let t = TopEntry {
-            stack: vec![],
-            frames: vec![
+        let t = TopEntry::new(
+            vec![],
+            vec![
                 f("runtime.main", "/go/src/runtime/proc.go", 250),
                 f("main.storeSession", "/src/app/main.go", 27),
                 f("runtime.newobject", "/go/src/runtime/malloc.go", 1000),
                 f("runtime.(*mspan).init", "/go/src/runtime/mheap.go", 1400),
             ],
-            value: 1,
-            objects: None,
-            requested: None,
-        };
+            1,
+        );
         assert_eq!(
             shown_frame(&t, false),
             ("main.storeSession".to_string(), "main.go".to_string(), 27)
         );
         assert_eq!(shown_frame(&t, true).0, "runtime.(*mspan).init");
         // All runtime: the leaf.
-        let runtime_only = TopEntry {
-            frames: vec![f("runtime.bgsweep", "mgcsweep.go", 300)],
-            ..t
-        };
+        let runtime_only = TopEntry::new(vec![], vec![f("runtime.bgsweep", "mgcsweep.go", 300)], 1);
         assert_eq!(shown_frame(&runtime_only, false).0, "runtime.bgsweep");
     }
 
