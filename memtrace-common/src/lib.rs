@@ -74,6 +74,11 @@ pub enum EventKind {
     /// A [`FaultRun`] that ended because another continues it under the
     /// same stack reference (see `FaultRun::continues`). Same fields.
     FaultRunContinued = 23,
+    /// `oom:mark_victim`: the OOM killer chose the target `tgid` (`tid` is
+    /// the thread that ran the killer, maybe another process's). Its
+    /// anonymous, file and shmem RSS at the kill, in KiB, are in `addr`,
+    /// `size` and `arg`.
+    OomVictim = 24,
 }
 
 impl EventKind {
@@ -102,6 +107,7 @@ impl EventKind {
             21 => Self::FaultRun,
             22 => Self::FaultRunSoFar,
             23 => Self::FaultRunContinued,
+            24 => Self::OomVictim,
             _ => return None,
         })
     }
@@ -342,6 +348,22 @@ impl Event {
         Self::new(EventKind::Hold, tgid, tid).with(0, code, point as u64, stopped as u64)
     }
 
+    /// The OOM killer chose `victim`: its RSS by kind, in KiB.
+    pub const fn oom_victim(
+        victim: u32,
+        killer_tid: u32,
+        anon_kb: u64,
+        file_kb: u64,
+        shmem_kb: u64,
+    ) -> Self {
+        Self::new(EventKind::OomVictim, victim, killer_tid).with(anon_kb, file_kb, shmem_kb, 0)
+    }
+
+    /// An OOM victim's (anonymous, file, shmem) RSS, in KiB.
+    pub const fn oom_rss_kb(&self) -> (u64, u64, u64) {
+        (self.addr, self.size, self.arg)
+    }
+
     /// `mmap`'s protection bits.
     pub const fn prot(&self) -> u32 {
         self.arg as u32
@@ -454,6 +476,10 @@ pub struct TracepointOffsets {
     /// `sched:sched_process_exit`: `bool group_dead` (0: the field is
     /// absent, every exit counts).
     pub exit_group_dead: u64,
+    /// `oom:mark_victim`: `int pid`, then `unsigned long anon_rss`,
+    /// `file_rss` and `shmem_rss` (KiB, 8 bytes apart from `oom_anon_rss`).
+    pub oom_pid: u64,
+    pub oom_anon_rss: u64,
 }
 
 impl TracepointOffsets {
@@ -462,6 +488,8 @@ impl TracepointOffsets {
         syscall_args: 16,
         syscall_ret: 16,
         exit_group_dead: 32,
+        oom_pid: 8,
+        oom_anon_rss: 24,
     };
 }
 
@@ -549,11 +577,11 @@ mod tests {
 
     #[test]
     fn kind_round_trips() {
-        for v in 1..=23 {
+        for v in 1..=24 {
             assert_eq!(EventKind::from_u32(v).map(|k| k as u32), Some(v));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(24), None);
+        assert_eq!(EventKind::from_u32(25), None);
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl Aggregator {
             }),
             Op::Stw { stop, ts } => self.gc.stw(pid, stop, ts),
             // Process lifecycle and holds are the engine's business.
-            Op::ProcExec | Op::ProcExit | Op::Hold { .. } => {}
+            Op::ProcExec | Op::ProcExit | Op::OomVictim { .. } | Op::Hold { .. } => {}
         }
     }
 

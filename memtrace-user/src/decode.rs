@@ -77,6 +77,12 @@ pub enum Op {
     ProcExec,
     /// The process's last thread exited.
     ProcExit,
+    /// The OOM killer chose the process: its RSS by kind at the kill, KiB.
+    OomVictim {
+        anon_kb: u64,
+        file_kb: u64,
+        shmem_kb: u64,
+    },
     /// The process holds itself at `point` (`stopped`: the stop signal was
     /// sent); `code` is its exit code or fatal signal where there is one.
     Hold {
@@ -240,6 +246,14 @@ impl Resolver {
             EventKind::GoExit => Op::GoExit { g: ev.addr },
             EventKind::ProcExec => Op::ProcExec,
             EventKind::ProcExit => Op::ProcExit,
+            EventKind::OomVictim => {
+                let (anon_kb, file_kb, shmem_kb) = ev.oom_rss_kb();
+                Op::OomVictim {
+                    anon_kb,
+                    file_kb,
+                    shmem_kb,
+                }
+            }
             EventKind::Hold => Op::Hold {
                 point: ev.hold_point()?,
                 code: ev.size,

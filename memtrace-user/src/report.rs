@@ -184,6 +184,33 @@ pub struct WrittenReport {
     pub page: PathBuf,
 }
 
+/// Writes the report of an OOM-killed target into `dir/PID-UNIXTIME/`
+/// (the kill's time); returns that directory, or a one-line reason.
+pub fn write_oom_report(
+    report: &crate::engine::Report,
+    pid: u32,
+    dir: &Path,
+    mode: FrameMode,
+) -> Result<std::path::PathBuf, String> {
+    let unix = report
+        .summary
+        .targets
+        .iter()
+        .find(|t| t.pid == pid)
+        .and_then(|t| t.oom_kill.as_ref())
+        .map_or(0, |o| o.unix_time);
+    let dir = dir.join(format!("{pid}-{unix}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    write_report(&dir, report, mode)
+        .map(|_| dir.clone())
+        .map_err(|e| {
+            format!(
+                "its report could not be written to {}: {e:#}",
+                dir.display()
+            )
+        })
+}
+
 /// Writes a whole report into `out`: every lens's files, `summary.json`,
 /// `timeline.svg` (`timeline-PID.svg` when there are several) and
 /// `index.html`.

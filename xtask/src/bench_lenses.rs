@@ -55,9 +55,9 @@ enum Shape {
 /// How a variant runs the fixture.
 enum Runner {
     Untraced,
-    /// The fixture alone with one more environment variable (e.g. the
-    /// runtime's own sampler at memtrace's rate, `GODEBUG=memprofilerate=N`).
-    UntracedWith(&'static str, &'static str),
+    /// The fixture alone with more arguments (e.g. the runtime's own
+    /// sampler at memtrace's rate, `-memprofilerate N`).
+    UntracedWith(&'static [&'static str]),
     /// `memtrace record --lens LENS [ARGS] -- fixture`.
     Memtrace(&'static str, &'static [&'static str]),
     /// `bpftrace -e PROGRAM -c fixture`; `{bin}` stands for the fixture path.
@@ -255,7 +255,9 @@ fn gc_heavy_variants(bpftrace_alloc: &'static str) -> Vec<Variant> {
         // (what pprof's heap profile costs at the same resolution).
         v(
             GC_SAMPLER,
-            Runner::UntracedWith("GODEBUG", "memprofilerate=65536"),
+            // Not GODEBUG=memprofilerate: a program that never calls
+            // runtime.MemProfile has profiling off at init whatever it says.
+            Runner::UntracedWith(&["-memprofilerate", "65536"]),
             LISTS,
             true,
         ),
@@ -306,14 +308,20 @@ const GC_BPF_ALLOC: &str = "bpftrace allocators+GC (gc-heavy, small)";
 /// The GC view alone is read from the `goroutines` lens, whose own probes
 /// never fire on this program (it starts no goroutines after the GC's).
 fn gc_heavy_verdicts(variants: &[Variant]) {
+    // The median of per-round ratios: each run against the untraced run of
+    // its own round, which cancels the drift that moves whole rounds.
     let slowdown = |name: &str| {
         let v = variants.iter().find(|v| v.name == name)?;
-        Some(median(&v.times) / base(variants, v.objects, v.shape))
+        let b = variants.iter().find(|u| {
+            matches!(u.runner, Runner::Untraced) && u.objects == v.objects && u.shape == v.shape
+        })?;
+        let ratios: Vec<f64> = v.times.iter().zip(&b.times).map(|(t, u)| t / u).collect();
+        Some(median(&ratios))
     };
     if slowdown(GC_UNTRACED).is_none() {
         return;
     }
-    println!("\ngc-heavy goals (medians):");
+    println!("\ngc-heavy goals (medians of each round's ratio to that round's untraced run):");
     let line = |what: &str, a: Option<f64>, b: Option<f64>, limit: f64| {
         if let (Some(a), Some(b)) = (a, b) {
             let ok = a / b <= limit;
@@ -501,9 +509,9 @@ fn run_variant(
     let (fixture, fixture_args) = v.fixture(allocs, spawner);
     let output = match v.runner {
         Runner::Untraced => Command::new(fixture).args(&fixture_args).output()?,
-        Runner::UntracedWith(k, val) => Command::new(fixture)
+        Runner::UntracedWith(more) => Command::new(fixture)
             .args(&fixture_args)
-            .env(k, val)
+            .args(more)
             .output()?,
         Runner::Memtrace(lens, extra) => {
             let dir = out.join(v.name.replace(' ', "-"));

@@ -85,6 +85,21 @@ const PROC_GAUGES: &[ProcGauge] = &[
         |p| p.heap_marked.map(|v| v as i64),
     ),
     (
+        "memtrace_process_cgroup_limit_bytes",
+        "The memory limit of the process's cgroup (the tightest up its hierarchy); no series when unlimited",
+        |p| p.cgroup_limit.map(|v| v as i64),
+    ),
+    (
+        "memtrace_process_cgroup_usage_bytes",
+        "What the cgroup's limit is held against (memory.current / memory.usage_in_bytes)",
+        |p| p.cgroup_usage.map(|v| v as i64),
+    ),
+    (
+        "memtrace_process_cgroup_seconds_to_limit",
+        "When the cgroup's usage would reach its limit at the slope of the last 30 s; no series when flat",
+        |p| p.seconds_to_limit.map(|v| v.round() as i64),
+    ),
+    (
         "memtrace_process_go_heap_goal_bytes",
         "The Go heap size the GC aims to stay under, as of the last GC cycle",
         |p| p.heap_goal.map(|v| v as i64),
@@ -179,6 +194,23 @@ pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
         "memtrace_snapshots",
         "Automatic snapshots written",
         s.snapshots,
+    );
+    let by_trigger = Family::<Labels, Counter>::default();
+    for (kind, n) in &s.snapshots_by_trigger {
+        by_trigger
+            .get_or_create(&vec![("trigger".to_string(), escape(kind))])
+            .inc_by(*n);
+    }
+    reg.register(
+        "memtrace_trigger_snapshots",
+        "Reports written by trigger: growth, limit (the cgroup limit's threshold), oom_kill",
+        by_trigger,
+    );
+    counter(
+        &mut reg,
+        "memtrace_oom_kills",
+        "Traced processes the OOM killer chose",
+        s.oom_kills,
     );
     counter(
         &mut reg,

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod kubelet;
+pub mod limits;
 pub mod metrics;
 pub mod push;
 pub mod session;
@@ -43,6 +44,11 @@ pub struct ProcState {
     pub goroutines: u64,
     pub gc_cycles: u64,
     pub snapshots: u64,
+    /// The memory cgroup's limit and usage, and when usage would reach
+    /// the limit at its current slope.
+    pub cgroup_limit: Option<u64>,
+    pub cgroup_usage: Option<u64>,
+    pub seconds_to_limit: Option<f64>,
     /// Unix time the last window ended.
     pub window_end: Option<u64>,
 }
@@ -70,5 +76,9 @@ pub struct Shared {
     /// rendered, published and handed to the pusher.
     pub last_window_secs: f64,
     pub snapshots: u64,
+    /// Snapshots by what triggered them: `growth`, `limit`, `oom_kill`.
+    pub snapshots_by_trigger: BTreeMap<String, u64>,
+    /// Traced processes the OOM killer chose.
+    pub oom_kills: u64,
     pub discovered: u64,
 }

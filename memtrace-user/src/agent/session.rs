@@ -47,6 +47,11 @@ pub struct Snapshots {
     pub period_secs: u64,
     pub growth_bytes: u64,
     pub keep: usize,
+    /// Percent of a memory cgroup's limit whose crossing writes a
+    /// snapshot (0: off).
+    pub limit_pct: f64,
+    /// Where the report of an OOM-killed process goes (`PID-UNIXTIME/`).
+    pub oom_dir: PathBuf,
 }
 
 pub struct AgentPolicy {
@@ -62,6 +67,7 @@ pub struct AgentPolicy {
     /// traces) and the processes of them traced now.
     bins: HashMap<BinaryId, (Option<Arc<GoBinary>>, HashSet<u32>)>,
     labels: HashMap<u32, CgroupLabels>,
+    limits: super::limits::LimitTrigger,
     started: Instant,
     last_second: Instant,
     me: u32,
@@ -93,6 +99,10 @@ impl AgentPolicy {
                 snapshots.growth_bytes,
             ),
             filters,
+            limits: super::limits::LimitTrigger::new(
+                snapshots.limit_pct,
+                snapshots.period_secs as f64,
+            ),
             snapshots,
             last_window_dir,
             shared,
@@ -239,6 +249,7 @@ impl AgentPolicy {
         let binary = t.probe_key.binary;
         engine.forget(pid);
         self.rolling.forget(pid);
+        self.limits.forget(pid);
         self.labels.remove(&pid);
         if let Some((_, pids)) = self.bins.get_mut(&binary) {
             pids.remove(&pid);
@@ -297,8 +308,24 @@ impl AgentPolicy {
             let Some(st) = engine.host.status(pid) else {
                 continue;
             };
+            let cgroup = engine.target(pid).and_then(|t| {
+                let usage: Vec<(f64, u64)> = t.cgroup_usage.iter().copied().collect();
+                Some(crate::cgroup::memory::summarize(t.cgroup.clone()?, &usage))
+            });
             if let Some(p) = self.shared.lock().expect("agent state").procs.get_mut(&pid) {
                 p.vmrss = st.vm_rss;
+                p.cgroup_limit = cgroup.as_ref().and_then(|c| c.reading.limit_bytes);
+                p.cgroup_usage = cgroup.as_ref().map(|c| c.reading.usage_bytes);
+                p.seconds_to_limit = cgroup.as_ref().and_then(|c| c.seconds_to_limit);
+            }
+            if let Some(c) = cgroup.filter(|c| self.limits.observe(pid, t, c.used_pct)) {
+                let why = c.describe(human_bytes);
+                let trigger = serde_json::json!({
+                    "kind": "limit",
+                    "limit_pct": self.snapshots.limit_pct,
+                    "cgroup": c,
+                });
+                self.snapshot(engine, pid, trigger, &why);
             }
             if let Some(g) = self.rolling.observe(pid, t, st.vm_rss) {
                 eprintln!(
@@ -348,7 +375,18 @@ impl AgentPolicy {
         let began = Instant::now();
         for (pid, growth) in self.rolling.take_due() {
             if engine.target(pid).is_some() {
-                self.snapshot(engine, pid, growth);
+                let trigger = serde_json::json!({
+                    "kind": "growth",
+                    "rss_growth_bytes": growth,
+                    "period_secs": self.snapshots.period_secs,
+                    "threshold_bytes": self.snapshots.growth_bytes,
+                });
+                let why = format!(
+                    "RSS grew {} in {} s",
+                    human_bytes(growth),
+                    self.snapshots.period_secs
+                );
+                self.snapshot(engine, pid, trigger, &why);
             }
         }
         let drops = engine.kernel.counters();
@@ -487,16 +525,20 @@ impl AgentPolicy {
         }
     }
 
-    /// Writes a `record`-style report of `pid` for a triggered snapshot.
-    fn snapshot<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>, pid: u32, growth: u64) {
+    /// Writes a `record`-style report of `pid` for a triggered snapshot;
+    /// `trigger` (with its `kind`) goes into `summary.json`, `why` to the log.
+    fn snapshot<K: Kernel, H: Host>(
+        &mut self,
+        engine: &mut Engine<K, H>,
+        pid: u32,
+        trigger: serde_json::Value,
+        why: &str,
+    ) {
         let root = &self.snapshots.dir;
         let dir = root.join(format!("{pid}-{}", unix_now()));
         let mut report = self.report_of(engine, pid, "snapshot");
-        report.summary.trigger = Some(serde_json::json!({
-            "rss_growth_bytes": growth,
-            "period_secs": self.snapshots.period_secs,
-            "threshold_bytes": self.snapshots.growth_bytes,
-        }));
+        let kind = trigger["kind"].as_str().unwrap_or("growth").to_string();
+        report.summary.trigger = Some(trigger);
         let written = std::fs::create_dir_all(&dir)
             .map_err(|e| e.to_string())
             .and_then(|_| write_report(&dir, &report, FrameMode::Func).map_err(|e| e.to_string()));
@@ -505,18 +547,44 @@ impl AgentPolicy {
                 prune(root, self.snapshots.keep);
                 let mut shared = self.shared.lock().expect("agent state");
                 shared.snapshots += 1;
+                *shared.snapshots_by_trigger.entry(kind).or_default() += 1;
                 if let Some(p) = shared.procs.get_mut(&pid) {
                     p.snapshots += 1;
                 }
                 eprintln!(
-                    "memtrace: agent: snapshot of pid {pid}: RSS grew {} in {} s → {}",
-                    human_bytes(growth),
-                    self.snapshots.period_secs,
+                    "memtrace: agent: snapshot of pid {pid}: {why} → {}",
                     dir.display()
                 );
             }
             Err(e) => eprintln!("memtrace: agent: snapshot of pid {pid} failed: {e}"),
         }
+    }
+}
+
+impl AgentPolicy {
+    /// The OOM killer chose `pid`: its report goes to `OUT/oom/PID-UNIXTIME/`
+    /// at once, and (with a profile store) its last window is pushed.
+    fn oom_killed<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>, pid: u32) {
+        let report = self.report_of(engine, pid, "oom_kill");
+        match crate::report::write_oom_report(
+            &report,
+            pid,
+            &self.snapshots.oom_dir,
+            FrameMode::Func,
+        ) {
+            Ok(dir) => eprintln!(
+                "memtrace: agent: pid {pid} was killed by the OOM killer; its report is in {}",
+                dir.display()
+            ),
+            Err(e) => eprintln!("memtrace: agent: pid {pid} was killed by the OOM killer; {e}"),
+        }
+        self.publish(pid, &report);
+        let mut shared = self.shared.lock().expect("agent state");
+        shared.oom_kills += 1;
+        *shared
+            .snapshots_by_trigger
+            .entry("oom_kill".into())
+            .or_default() += 1;
     }
 }
 
@@ -530,6 +598,7 @@ impl<K: Kernel, H: Host> Policy<K, H> for AgentPolicy {
                     self.consider(engine, pid);
                 }
                 Lifecycle::Exit(pid) => self.remove(engine, pid),
+                Lifecycle::OomKill(pid) => self.oom_killed(engine, pid),
             }
         }
     }

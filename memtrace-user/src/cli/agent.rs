@@ -36,6 +36,10 @@ pub struct AgentArgs {
     /// ...within this many seconds.
     #[arg(long, default_value_t = 300)]
     pub snapshot_period: u64,
+    /// Snapshot a process whose memory cgroup crosses this percent of its
+    /// limit (0: never), at most once per --snapshot-period.
+    #[arg(long, default_value_t = 90.0, value_parser = pct)]
+    pub snapshot_limit_pct: f64,
     /// Snapshots kept on disk (oldest removed first).
     #[arg(long, default_value_t = 20)]
     pub max_snapshots: usize,
@@ -290,6 +294,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 period_secs: args.snapshot_period,
                 growth_bytes: args.snapshot_growth_mib << 20,
                 keep: args.max_snapshots,
+                limit_pct: args.snapshot_limit_pct,
+                oom_dir: args.out.join("oom"),
             },
             args.out.join("last-window"),
             shared,
@@ -314,4 +320,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         engine.finish();
         Ok::<(), anyhow::Error>(())
     })
+}
+
+/// A percentage from 0 to 100.
+fn pct(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number: give a percent such as 90"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{v} is not a percent from 0 to 100"));
+    }
+    Ok(v)
 }

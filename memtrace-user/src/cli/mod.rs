@@ -65,7 +65,7 @@ impl Cli {
     /// Runs the command; `Ok` carries its exit code.
     pub fn execute(self) -> anyhow::Result<u8> {
         match self.command {
-            Commands::Record(args) => record::run(args).map(|()| 0),
+            Commands::Record(args) => record::run(args),
             Commands::Diff(args) => diff::run(args).map(|()| 0),
             Commands::Gate(args) => gate::run(args),
             Commands::Agent(args) => agent::run(args).map(|()| 0),

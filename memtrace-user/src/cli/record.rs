@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 
 use crate::engine::host::Procfs;
 use crate::engine::run::{self, Policy, Step};
-use crate::engine::{setup, Engine, Options};
+use crate::engine::{setup, Engine, Lifecycle, Options};
 use crate::kernel::{ebpf::Ebpf, Kernel};
 use crate::lens::Lens;
 use crate::render::FrameMode;
@@ -62,13 +62,44 @@ pub struct RecordArgs {
 }
 
 /// Ends the window after `duration` or when every target has exited.
+/// A target the OOM killer chooses gets its report at once, in
+/// `OUT/oom/PID-UNIXTIME/`.
 struct RecordPolicy {
     started: Instant,
     duration: Option<Duration>,
     last_progress: Instant,
+    out: PathBuf,
+    frames: FrameMode,
+    /// Each OOM-killed target, and where its report went (or why not).
+    oom: Vec<(u32, Result<PathBuf, String>)>,
 }
 
+/// Exit status of `record` when the OOM killer killed a target.
+pub const OOM_EXIT: u8 = 3;
+
 impl<K: Kernel, H: crate::engine::Host> Policy<K, H> for RecordPolicy {
+    fn on_lifecycle(&mut self, engine: &mut Engine<K, H>, events: Vec<Lifecycle>) {
+        for e in events {
+            if let Lifecycle::OomKill(pid) = e {
+                let report = engine.report(Some(&[pid]), "oom_kill");
+                let written = crate::report::write_oom_report(
+                    &report,
+                    pid,
+                    &self.out.join("oom"),
+                    self.frames,
+                );
+                match &written {
+                    Ok(dir) => eprintln!(
+                        "memtrace: pid {pid} was killed by the OOM killer; its report is in {}",
+                        dir.display()
+                    ),
+                    Err(e) => eprintln!("memtrace: pid {pid} was killed by the OOM killer; {e}"),
+                }
+                self.oom.push((pid, written));
+            }
+        }
+    }
+
     fn on_tick(&mut self, engine: &mut Engine<K, H>, _exited: &[u32]) -> Step {
         if engine.live_pids().is_empty() {
             return Step::Stop("every target exited".into());
@@ -89,7 +120,7 @@ impl<K: Kernel, H: crate::engine::Host> Policy<K, H> for RecordPolicy {
     }
 }
 
-pub fn run(args: RecordArgs) -> anyhow::Result<()> {
+pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     if args.pids.is_empty() == args.command.is_empty() {
         bail!("give either --pid PID (repeatable) or -- CMD ARGS, not both and not neither: e.g. `memtrace record --pid 1234`");
     }
@@ -148,8 +179,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         started,
         duration: args.duration.map(Duration::from_secs_f64),
         last_progress: started,
+        out: args.out.clone(),
+        frames: args.frames,
+        oom: Vec::new(),
     };
-    let ended_by = rt.block_on(run::drive(&mut engine, &mut policy))?;
+    let mut ended_by = rt.block_on(run::drive(&mut engine, &mut policy))?;
+    if !policy.oom.is_empty() && ended_by == "every target exited" {
+        ended_by = "oom_kill".into();
+    }
     engine.finish();
     engine.release_guardian();
     // Symbolizing and rendering can take seconds on big profiles: say so
@@ -177,7 +214,27 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     }
     let written = written?;
     super::terminal::print_record(&report, &written, engine.targets());
-    Ok(())
+    if policy.oom.is_empty() {
+        return Ok(0);
+    }
+    for (pid, written) in &policy.oom {
+        let cgroup = report
+            .summary
+            .targets
+            .iter()
+            .find(|t| t.pid == *pid)
+            .and_then(|t| t.cgroup.as_ref())
+            .map(|c| format!(" ({})", c.describe(crate::report::human_bytes)))
+            .unwrap_or_default();
+        eprintln!(
+            "memtrace: pid {pid} was killed by the OOM killer{cgroup}; {}",
+            match written {
+                Ok(dir) => format!("its report is in {}", dir.display()),
+                Err(e) => e.clone(),
+            }
+        );
+    }
+    Ok(OOM_EXIT)
 }
 
 fn announce(engine: &Engine<Ebpf, Procfs>, args: &RecordArgs) {

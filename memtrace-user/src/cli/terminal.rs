@@ -83,6 +83,22 @@ pub fn print_record<'a>(
                 human_bytes(b.abs_diff(a))
             );
         }
+        if let Some(c) = &t.cgroup {
+            println!("pid {}: {}", t.pid, c.describe(human_bytes));
+        }
+        if let Some(o) = &t.oom_kill {
+            println!(
+                "pid {}: killed by the OOM killer {:.1} s into the window, with {} anonymous, {} file and {} shared memory resident",
+                t.pid,
+                o.at_secs,
+                human_bytes(o.anon_rss_bytes),
+                human_bytes(o.file_rss_bytes),
+                human_bytes(o.shmem_rss_bytes)
+            );
+            for u in &o.unread {
+                println!("pid {}: not read at the kill: {u}", t.pid);
+            }
+        }
         if let Some(b) = t.breakdown {
             println!(
                 "pid {}: resident now: Go heap {}, goroutine stacks {}, off-heap anonymous {}, file-backed {}, other {}",

@@ -75,6 +75,69 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         t.capture_final(&self.host, &live);
     }
 
+    /// The OOM killer chose `pid` (`rss_kb`: anonymous, file, shmem). The
+    /// victim cannot be held: read at once what can still be read (its
+    /// cgroup, mappings, profile, breakdown), and note what could not.
+    /// Returns whether `pid` is a target not seen killed before.
+    pub(super) fn oom_victim(&mut self, pid: u32, rss_kb: [u64; 3]) -> bool {
+        let Some(mut t) = self.targets.remove(&pid) else {
+            return false;
+        };
+        if t.oom.is_some() {
+            self.targets.insert(pid, t);
+            return false;
+        }
+        let cgroup = self.host.memory_cgroup(pid);
+        let alive = self.host.alive(pid);
+        if alive {
+            self.capture(&mut t);
+        }
+        let mut unread = Vec::new();
+        let gone = "the process was gone";
+        if cgroup.is_none() {
+            unread.push(format!(
+                "memory cgroup: {}",
+                if alive { "unreadable" } else { gone }
+            ));
+        } else {
+            t.cgroup = cgroup;
+        }
+        let state = t.final_state.as_ref();
+        if state.and_then(|s| s.breakdown).is_none() {
+            unread.push(format!(
+                "breakdown: /proc/{pid}/smaps {}",
+                if alive {
+                    "was empty (the kernel was reclaiming the victim's memory)"
+                } else {
+                    gone
+                }
+            ));
+        }
+        if state.and_then(|s| s.heap_live).is_none() && t.bin.gc.is_ok() {
+            unread.push(format!(
+                "Go heap size: {}",
+                if alive {
+                    "the victim's memory was unreadable"
+                } else {
+                    gone
+                }
+            ));
+        }
+        let unix_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        t.oom = Some(super::OomKill {
+            at_secs: self.window_secs(),
+            unix_time,
+            anon_rss_bytes: rss_kb[0] << 10,
+            file_rss_bytes: rss_kb[1] << 10,
+            shmem_rss_bytes: rss_kb[2] << 10,
+            unread,
+        });
+        self.targets.insert(pid, t);
+        true
+    }
+
     /// Ends the session's tracing: the kernel stops reporting, what is in
     /// the ring buffer is taken, live targets' final state is read, and
     /// every runtime value memtrace wrote is restored.

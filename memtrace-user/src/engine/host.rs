@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::cgroup::memory::{self as memcg, MemoryCgroup};
 use crate::procfs::{self, MapEntry, MemStatus};
 use crate::remote::{ProcessMemory, RemoteMemory};
 
@@ -28,6 +29,11 @@ pub trait Host {
     fn wait_stopped(&self, pid: u32) -> bool;
     /// Continues a stopped process (SIGCONT).
     fn resume(&self, pid: u32);
+    /// The memory cgroup `pid` lives in: its limit and usage (`None`:
+    /// unreadable, or a host without one).
+    fn memory_cgroup(&self, _pid: u32) -> Option<MemoryCgroup> {
+        None
+    }
 }
 
 /// The real host.
@@ -85,5 +91,10 @@ impl Host for Procfs {
     fn resume(&self, pid: u32) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    }
+
+    fn memory_cgroup(&self, pid: u32) -> Option<MemoryCgroup> {
+        let text = std::fs::read_to_string(procfs::proc_dir(pid).join("cgroup")).ok()?;
+        memcg::read(&memcg::SysFs, &text)
     }
 }

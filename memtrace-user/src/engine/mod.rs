@@ -55,7 +55,10 @@ use crate::symbolize::Symbolizer;
 pub use host::Host;
 pub use probes::{BinaryId, ProbeKey};
 pub use report::Report;
-pub use target::{Exit, Target};
+pub use target::{Exit, OomKill, Target};
+
+/// The OOM killer's choice of victim: every session watches for its targets.
+pub const OOM: Tracepoint = Tracepoint::new("oom_victim", "oom", "mark_victim");
 
 /// Process exec and exit, for discovery (the agent).
 pub const DISCOVERY: &[Tracepoint] = &[
@@ -123,6 +126,7 @@ impl Options {
         if self.discovery {
             tps.extend_from_slice(DISCOVERY);
         }
+        tps.push(OOM);
         tps.sort();
         tps.dedup();
         tps
@@ -184,6 +188,8 @@ pub enum Lifecycle {
     Exec(u32),
     /// A target's last thread exited.
     Exit(u32),
+    /// The OOM killer chose a target (see [`Target::oom`]); it exits soon.
+    OomKill(u32),
 }
 
 /// The clock of a session and of its current window.
@@ -518,7 +524,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         kernel.poll(&mut |bytes| {
             if let Some(r) = resolver.feed(bytes) {
                 match r.op {
-                    Op::ProcExec | Op::ProcExit | Op::Hold { .. } => special.push(r),
+                    Op::ProcExec | Op::ProcExit | Op::OomVictim { .. } | Op::Hold { .. } => {
+                        special.push(r)
+                    }
                     _ => agg.apply(&r),
                 }
             }
@@ -528,6 +536,13 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             match r.op {
                 Op::ProcExec => out.push(Lifecycle::Exec(pid)),
                 Op::ProcExit => out.push(Lifecycle::Exit(pid)),
+                Op::OomVictim {
+                    anon_kb,
+                    file_kb,
+                    shmem_kb,
+                } if self.oom_victim(pid, [anon_kb, file_kb, shmem_kb]) => {
+                    out.push(Lifecycle::OomKill(pid));
+                }
                 Op::Hold {
                     point,
                     code,

@@ -240,7 +240,12 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                     vmrss_end: t.timeline.last().map(|p| p.vm_rss),
                     timeline: t.timeline.clone(),
                     breakdown: t.final_state.as_ref().and_then(|f| f.breakdown),
+                    cgroup: t.cgroup.clone().map(|c| {
+                        let usage: Vec<(f64, u64)> = t.cgroup_usage.iter().copied().collect();
+                        crate::cgroup::memory::summarize(c, &usage)
+                    }),
                     exit: t.exit,
+                    oom_kill: t.oom.clone(),
                     labels: None,
                 }
             })

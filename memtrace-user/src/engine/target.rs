@@ -11,6 +11,7 @@ use super::host::Host;
 use super::probes::ProbeKey;
 use super::Engine;
 use crate::breakdown::{self, Breakdown};
+use crate::cgroup::memory::MemoryCgroup;
 use crate::goruntime::GoBinary;
 use crate::kernel::Kernel;
 use crate::lens::sampled::RuntimeProfile;
@@ -18,6 +19,23 @@ use crate::procfs::MapEntry;
 use crate::render::timeline::Point;
 use crate::symbolize::Image;
 use memtrace_common::TargetConfig;
+
+/// The OOM killer chose a target: what the kernel said of it, and what
+/// memtrace could not read from it any more.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OomKill {
+    /// Seconds into the window.
+    pub at_secs: f64,
+    /// Unix time, seconds.
+    pub unix_time: u64,
+    /// Its resident memory at the kill, by kind (`oom:mark_victim`).
+    pub anon_rss_bytes: u64,
+    pub file_rss_bytes: u64,
+    pub shmem_rss_bytes: u64,
+    /// What could not be read from the victim (it cannot be held), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<String>,
+}
 
 /// How a target ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -93,7 +111,18 @@ pub struct Target {
     /// The runtime's memory profile (alloc and heap lenses).
     pub profile: Option<RuntimeProfile>,
     pub final_state: Option<FinalState>,
+    /// The memory cgroup, read every second with the timeline (and at an
+    /// OOM kill).
+    pub cgroup: Option<MemoryCgroup>,
+    /// The OOM killer chose it.
+    pub oom: Option<OomKill>,
+    /// Its usage over the last [`CGROUP_HISTORY`] readings, for the growth
+    /// rate: `(window seconds, bytes)`.
+    pub cgroup_usage: std::collections::VecDeque<(f64, u64)>,
 }
+
+/// Readings the cgroup's growth rate is taken over (one a second).
+pub const CGROUP_HISTORY: usize = 30;
 
 impl Target {
     pub fn new(
@@ -127,6 +156,9 @@ impl Target {
             live_goroutines: Vec::new(),
             profile: None,
             final_state: None,
+            cgroup: None,
+            cgroup_usage: std::collections::VecDeque::new(),
+            oom: None,
         }
     }
 
@@ -163,8 +195,15 @@ impl Target {
         }
     }
 
-    /// One point of the RSS timeline.
+    /// One point of the RSS timeline, and the cgroup's usage.
     pub fn sample(&mut self, host: &dyn Host, t: f64) {
+        if let Some(c) = host.memory_cgroup(self.pid) {
+            if self.cgroup_usage.len() == CGROUP_HISTORY {
+                self.cgroup_usage.pop_front();
+            }
+            self.cgroup_usage.push_back((t, c.usage_bytes));
+            self.cgroup = Some(c);
+        }
         if let Some(s) = host.status(self.pid).filter(|s| s.vm_rss > 0) {
             self.timeline.push(Point {
                 t,

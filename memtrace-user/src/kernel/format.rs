@@ -109,6 +109,21 @@ pub fn offsets(read: &dyn Fn(&str) -> Option<String>) -> Result<TracepointOffset
             .find(|f| f.name == "group_dead" && f.size == 1)
             .map_or(0, |f| f.offset);
     }
+    if let Some(text) = read("oom/mark_victim") {
+        let tp = "oom:mark_victim";
+        let f = parse(&text);
+        out.oom_pid = field(&f, tp, "pid", 4)?;
+        let rss: Vec<u64> = ["anon_rss", "file_rss", "shmem_rss"]
+            .iter()
+            .map(|n| field(&f, tp, n, 8))
+            .collect::<Result<_, _>>()?;
+        if rss.windows(2).any(|w| w[1] != w[0] + 8) {
+            return Err(FormatError::Layout {
+                tracepoint: tp.to_string(),
+            });
+        }
+        out.oom_anon_rss = rss[0];
+    }
     Ok(out)
 }
 

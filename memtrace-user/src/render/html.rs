@@ -63,7 +63,7 @@ fn value(unit: &str, v: u64) -> String {
 fn targets_table(out: &mut String, targets: &[TargetSummary]) {
     out.push_str(
         "<table><tr><th>pid</th><th>executable</th><th>Go</th><th>build</th>\
-         <th>VmRSS start → end</th><th>ended</th></tr>",
+         <th>VmRSS start → end</th><th>memory cgroup</th><th>ended</th></tr>",
     );
     for t in targets {
         let rss = match (t.vmrss_start, t.vmrss_end) {
@@ -80,10 +80,14 @@ fn targets_table(out: &mut String, targets: &[TargetSummary]) {
             .exit
             .as_ref()
             .map_or("running".to_string(), |e| e.describe());
+        let cgroup = t
+            .cgroup
+            .as_ref()
+            .map_or("-".to_string(), |c| c.describe(human_bytes));
         let _ = write!(
             out,
             "<tr><td class=n>{}</td><td><code>{}</code></td><td>{}{}</td><td>{build}</td>\
-             <td class=n>{rss}</td><td>{}</td></tr>",
+             <td class=n>{rss}</td><td>{}</td><td>{}</td></tr>",
             t.pid,
             esc(&t.exe),
             esc(&t.go_version),
@@ -91,6 +95,7 @@ fn targets_table(out: &mut String, targets: &[TargetSummary]) {
                 "<br><span class=muted>{}</span>",
                 esc(m)
             )),
+            esc(&cgroup),
             esc(&ended)
         );
     }

@@ -318,6 +318,19 @@ pub(crate) fn profile(lens: Lens, stacks: &[(&[&str], u64, u64)]) -> Profile {
     )
 }
 
+/// Frames of the Go runtime and syscall plumbing, which rarely explain who
+/// asked for memory.
+pub fn is_plumbing(frame: &str) -> bool {
+    [
+        "runtime.",
+        "syscall.",
+        "internal/",
+        "golang.org/x/sys/unix.",
+    ]
+    .iter()
+    .any(|p| frame.starts_with(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,17 +398,4 @@ mod tests {
         assert_eq!(by_line[0].names, vec!["main.f main.go:12"]);
         assert_eq!(by_line[1].names, vec!["main.f main.go:14"]);
     }
-}
-
-/// Frames of the Go runtime and syscall plumbing, which rarely explain who
-/// asked for memory.
-pub fn is_plumbing(frame: &str) -> bool {
-    [
-        "runtime.",
-        "syscall.",
-        "internal/",
-        "golang.org/x/sys/unix.",
-    ]
-    .iter()
-    .any(|p| frame.starts_with(p))
 }

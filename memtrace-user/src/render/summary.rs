@@ -44,6 +44,14 @@ pub struct TargetSummary {
     /// How the target ended, if it did during the window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<crate::engine::Exit>,
+    /// The OOM killer chose it: when, its RSS at the kill, and what could
+    /// not be read from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kill: Option<crate::engine::OomKill>,
+    /// Its memory cgroup: the limit, usage, growth and when it would reach
+    /// the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<crate::cgroup::memory::CgroupSummary>,
     /// Where it runs (the agent: cgroup, pod and container).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<serde_json::Value>,
@@ -269,6 +277,8 @@ mod tests {
                 vmrss_end: None,
                 timeline: vec![],
                 breakdown: None,
+                cgroup: None,
+                oom_kill: None,
                 exit: None,
                 labels: None,
             }],

@@ -6,6 +6,8 @@
 //! - `/kubepods/burstable/pod<uid>/<id>` (cgroupfs driver)
 //! - `/docker/<id>` and `/system.slice/docker-<id>.scope` (plain docker)
 
+pub mod memory;
+
 use serde::Serialize;
 
 /// Labels derived from one cgroup path.
