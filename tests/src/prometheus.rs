@@ -25,6 +25,28 @@ pub fn config(port: u16, token_file: Option<&Path>) -> String {
     )
 }
 
+/// deploy/alert-rules.yaml with its ranges and `for:` durations shortened
+/// so that a test minute stands for half an hour; the expressions and
+/// thresholds are the shipped ones.
+pub fn quick_rules() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/alert-rules.yaml");
+    let mut rules = std::fs::read_to_string(&path).unwrap();
+    for (from, to) in [
+        ("[30m]", "[20s]"),
+        ("[10m]", "[20s]"),
+        ("for: 30m", "for: 3s"),
+        ("for: 10m", "for: 3s"),
+        ("for: 2m", "for: 2s"),
+    ] {
+        assert!(
+            rules.contains(from),
+            "alert-rules.yaml no longer has {from}"
+        );
+        rules = rules.replace(from, to);
+    }
+    rules
+}
+
 /// A Prometheus server on a free loopback port.
 pub struct Prometheus {
     child: Child,

@@ -29,27 +29,6 @@ fn write_token(dir: &Path, name: &str, token: &str) -> PathBuf {
     p
 }
 
-/// deploy/alert-rules.yaml with its ranges and `for:` durations shortened
-/// so that a test minute stands for half an hour; the expressions and
-/// thresholds are the shipped ones.
-fn quick_rules() -> String {
-    let shipped = std::fs::read_to_string(deploy("alert-rules.yaml")).unwrap();
-    let mut rules = shipped.clone();
-    for (from, to) in [
-        ("[30m]", "[20s]"),
-        ("[10m]", "[20s]"),
-        ("for: 30m", "for: 3s"),
-        ("for: 10m", "for: 3s"),
-    ] {
-        assert!(
-            rules.contains(from),
-            "alert-rules.yaml no longer has {from}"
-        );
-        rules = rules.replace(from, to);
-    }
-    rules
-}
-
 #[test]
 fn prometheus_scrapes_with_the_token_and_the_alerts_fire() {
     let v = go_versions().pop().unwrap();
@@ -94,7 +73,7 @@ fn prometheus_scrapes_with_the_token_and_the_alerts_fire() {
     let (lp, op, sp, gp) = (leak.pid(), offheap.pid(), steady.pid(), gor.pid());
 
     let config = prometheus::config(agent.port, Some(&token_file));
-    let prom = Prometheus::start(&dir, &config, &quick_rules());
+    let prom = Prometheus::start(&dir, &config, &prometheus::quick_rules());
 
     // Scraped with the token, per-process RSS by pid.
     let scraped = wait_until(Duration::from_secs(30), || {

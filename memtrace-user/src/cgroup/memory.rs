@@ -105,6 +105,7 @@ pub struct MemoryCgroup {
     /// against (page cache and kernel memory included, so more than RSS).
     pub usage_bytes: u64,
     /// OOM kills in the cgroup so far (`memory.events` / `memory.oom_control`).
+    /// A reading taken at a kill may not count that kill yet.
     pub oom_kills: u64,
 }
 
@@ -338,6 +339,7 @@ impl CgroupSummary {
             self.used_pct.unwrap_or(0.0)
         );
         match (self.growth_bytes_per_sec, self.seconds_to_limit) {
+            _ if self.used_pct.is_some_and(|p| p >= 99.5) => s.push_str(", at the limit"),
             (Some(rate), Some(secs)) => s.push_str(&format!(
                 ", growing {}/s, limit in about {}",
                 human(rate as u64),

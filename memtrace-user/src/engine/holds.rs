@@ -87,20 +87,35 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             self.targets.insert(pid, t);
             return false;
         }
-        let cgroup = self.host.memory_cgroup(pid);
+        // The cgroup first, while the victim is still in it (a dying
+        // process shows the root); a reading elsewhere is not its own.
+        let cgroup = self
+            .host
+            .memory_cgroup(pid)
+            .filter(|c| t.cgroup.as_ref().is_none_or(|old| old.path == c.path));
         let alive = self.host.alive(pid);
+        let secs = self.window_secs();
+        let mut unread = Vec::new();
+        let gone = "the process was gone";
+        match cgroup {
+            Some(c) => t.take_cgroup(secs, c),
+            None => unread.push(format!(
+                "memory cgroup at the kill: {} (the last reading stands)",
+                if alive {
+                    "the process had left it"
+                } else {
+                    gone
+                }
+            )),
+        }
+        // Marked now: later samples of a dying process are not its own.
+        t.oom = Some(super::OomKill::default());
         if alive {
             self.capture(&mut t);
         }
-        let mut unread = Vec::new();
-        let gone = "the process was gone";
-        if cgroup.is_none() {
-            unread.push(format!(
-                "memory cgroup: {}",
-                if alive { "unreadable" } else { gone }
-            ));
-        } else {
-            t.cgroup = cgroup;
+        // An exiting process's smaps reads empty: nothing to show.
+        if let Some(s) = t.final_state.as_mut() {
+            s.breakdown = s.breakdown.filter(|b| b.total() > 0);
         }
         let state = t.final_state.as_ref();
         if state.and_then(|s| s.breakdown).is_none() {
@@ -127,7 +142,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         t.oom = Some(super::OomKill {
-            at_secs: self.window_secs(),
+            at_secs: secs,
             unix_time,
             anon_rss_bytes: rss_kb[0] << 10,
             file_rss_bytes: rss_kb[1] << 10,

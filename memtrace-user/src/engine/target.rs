@@ -197,12 +197,12 @@ impl Target {
 
     /// One point of the RSS timeline, and the cgroup's usage.
     pub fn sample(&mut self, host: &dyn Host, t: f64) {
-        if let Some(c) = host.memory_cgroup(self.pid) {
-            if self.cgroup_usage.len() == CGROUP_HISTORY {
-                self.cgroup_usage.pop_front();
+        // A process on its way out shows the root cgroup: its own last
+        // reading stands.
+        if self.oom.is_none() && self.exit.is_none() {
+            if let Some(c) = host.memory_cgroup(self.pid) {
+                self.take_cgroup(t, c);
             }
-            self.cgroup_usage.push_back((t, c.usage_bytes));
-            self.cgroup = Some(c);
         }
         if let Some(s) = host.status(self.pid).filter(|s| s.vm_rss > 0) {
             self.timeline.push(Point {
@@ -213,6 +213,19 @@ impl Target {
                 rss_shmem: s.rss_shmem,
             });
         }
+    }
+
+    /// One cgroup reading at `t`; a process that moved to another cgroup
+    /// starts its usage history over.
+    pub fn take_cgroup(&mut self, t: f64, c: MemoryCgroup) {
+        if self.cgroup.as_ref().is_some_and(|old| old.path != c.path) {
+            self.cgroup_usage.clear();
+        }
+        if self.cgroup_usage.len() == CGROUP_HISTORY {
+            self.cgroup_usage.pop_front();
+        }
+        self.cgroup_usage.push_back((t, c.usage_bytes));
+        self.cgroup = Some(c);
     }
 
     /// Anonymous private writable mappings, for THP `always` accounting.
