@@ -354,6 +354,20 @@ impl CgroupSummary {
     }
 }
 
+impl CgroupSummary {
+    /// For a table cell: "78% of 512.0 MiB, full in 3 min", "no limit".
+    pub fn short(&self, human: impl Fn(u64) -> String) -> String {
+        let Some(limit) = self.reading.limit_bytes else {
+            return "no limit".into();
+        };
+        let mut s = format!("{:.0}% of {}", self.used_pct.unwrap_or(0.0), human(limit));
+        if let Some(secs) = self.seconds_to_limit {
+            s.push_str(&format!(", full in {}", about(secs)));
+        }
+        s
+    }
+}
+
 /// A duration as a person says it: "40 s", "3 min", "2.5 h".
 fn about(secs: f64) -> String {
     if secs < 90.0 {

@@ -186,6 +186,7 @@ fn the_one_line_says_what_the_projection_rests_on() {
         s.projection.as_deref().unwrap().contains("last 29 s"),
         "{s:?}"
     );
+    assert_eq!(s.short(human), "75% of 200 MiB, full in 50 s");
     // Flat: no projection.
     let flat: Vec<(f64, u64)> = (0..30).map(|i| (i as f64, 150 << 20)).collect();
     let s = summarize(c, &flat);

@@ -83,9 +83,6 @@ pub fn print_record<'a>(
                 human_bytes(b.abs_diff(a))
             );
         }
-        if let Some(c) = &t.cgroup {
-            println!("pid {}: {}", t.pid, c.describe(human_bytes));
-        }
         if let Some(o) = &t.oom_kill {
             println!(
                 "pid {}: killed by the OOM killer {:.1} s into the window, with {} anonymous, {} file and {} shared memory resident",
@@ -109,6 +106,9 @@ pub fn print_record<'a>(
                 human_bytes(b.file_backed),
                 human_bytes(b.other)
             );
+        }
+        if let Some(c) = &t.cgroup {
+            println!("pid {}: {}", t.pid, c.describe(human_bytes));
         }
     }
     print_gc(&s.gc);

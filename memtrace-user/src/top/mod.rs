@@ -51,6 +51,8 @@ pub struct Row {
     /// VmRSS now less VmRSS when tracing began.
     pub net: i64,
     pub goroutines: Option<u64>,
+    /// The memory cgroup's limit, in short ("78% of 512.0 MiB, full in 3 min").
+    pub limit: Option<String>,
     pub gc_cycles: u64,
     pub gc_p99_ns: u64,
     /// How it ended, once it has.
@@ -87,6 +89,14 @@ impl Row {
     /// with `leaf_frames`, by its leaf).
     pub fn update_from(&mut self, lens: Lens, summary: &Summary, top_n: usize, leaf_frames: bool) {
         self.gc_cycles = summary.gc["cycles"].as_u64().unwrap_or(0);
+        if let Some(c) = summary
+            .targets
+            .iter()
+            .find(|t| t.pid == self.pid)
+            .and_then(|t| t.cgroup.as_ref())
+        {
+            self.limit = Some(c.short(crate::render::human_bytes));
+        }
         self.gc_p99_ns = summary.gc["pauses"]["p99_ns"].as_u64().unwrap_or(0);
         if let Some(g) = summary.lenses.get(Lens::Goroutines.name()) {
             self.goroutines = Some(g.total);

@@ -53,6 +53,7 @@ pub fn draw(f: &mut ratatui::Frame<'_>, view: &View, selected: usize, status: &s
             "NET",
             "GOROUTINES",
             "GC",
+            "CGROUP LIMIT",
         ]
         .map(|h| Cell::from(h).style(Style::new().add_modifier(Modifier::BOLD))),
     );
@@ -73,6 +74,7 @@ pub fn draw(f: &mut ratatui::Frame<'_>, view: &View, selected: usize, status: &s
                 Cell::from(top::signed_bytes(r.net)),
                 Cell::from(r.goroutines.map_or("-".into(), |g| g.to_string())),
                 Cell::from(top::gc(r)),
+                Cell::from(r.limit.clone().unwrap_or_else(|| "-".into())),
             ])
         })
         .collect();
@@ -85,6 +87,7 @@ pub fn draw(f: &mut ratatui::Frame<'_>, view: &View, selected: usize, status: &s
         Constraint::Length(12),
         Constraint::Length(11),
         Constraint::Length(24),
+        Constraint::Min(16),
     ];
     let mut state = TableState::default().with_selected(Some(selected));
     f.render_stateful_widget(
