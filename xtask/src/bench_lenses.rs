@@ -34,16 +34,10 @@ const BIG: u64 = 1_000_000;
 const SMALL: u64 = 100_000;
 /// Goroutines started and joined by the goroutine-churn fixture.
 const SPAWN: u64 = 100_000;
-/// 64 KiB lists the GC-heavy shape builds and drops: ~0.3 s untraced,
-/// about 240 GC cycles, 640 k allocations.
-const LISTS: u64 = 10_000;
-/// The same for alloc-exact and its bpftrace equivalent (a probe per
-/// allocation: bpftrace's ~10 µs a hit would make the big run take 7 s).
-const LISTS_SMALL: u64 = 2_000;
 
 /// The program shape a variant runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     /// The allocation loop: `objects` 64-byte records kept live.
     Allocs,
     /// `objects` goroutines started and joined.
@@ -53,7 +47,7 @@ enum Shape {
 }
 
 /// How a variant runs the fixture.
-enum Runner {
+pub(crate) enum Runner {
     Untraced,
     /// The fixture alone with more arguments (e.g. the runtime's own
     /// sampler at memtrace's rate, `-memprofilerate N`).
@@ -64,19 +58,19 @@ enum Runner {
     Bpftrace(&'static str),
 }
 
-struct Variant {
-    name: &'static str,
-    runner: Runner,
+pub(crate) struct Variant {
+    pub(crate) name: &'static str,
+    pub(crate) runner: Runner,
     /// Part of the rss comparison (runs [`RSS_ROUNDS`] times).
-    rss: bool,
-    shape: Shape,
-    objects: u64,
-    times: Vec<f64>,
+    pub(crate) rss: bool,
+    pub(crate) shape: Shape,
+    pub(crate) objects: u64,
+    pub(crate) times: Vec<f64>,
     /// memtrace's own CPU seconds per second of its run.
-    cpu: Vec<f64>,
-    peak_rss_kib: Vec<u64>,
+    pub(crate) cpu: Vec<f64>,
+    pub(crate) peak_rss_kib: Vec<u64>,
     /// (events per second, dropped events, events) from summary.json.
-    events: Vec<(f64, u64, f64)>,
+    pub(crate) events: Vec<(f64, u64, f64)>,
 }
 
 impl Variant {
@@ -190,196 +184,11 @@ pub fn run(
     if gc_heavy_only {
         variants.clear();
     }
-    variants.extend(gc_heavy_variants(bpftrace_alloc));
+    variants.extend(crate::bench_gc_heavy::variants(bpftrace_alloc));
     rounds(&mut variants, memtrace, &allocs, &spawner, out)?;
     print_table(&variants);
-    gc_heavy_verdicts(&variants);
+    crate::bench_gc_heavy::verdicts(&variants);
     probe_costs(memtrace, &allocs, &spawner, out, &variants)
-}
-
-/// The GC-heavy shape: every lens beside bpftrace doing the same probes
-/// (alloc and heap read the runtime's own sampler, which bpftrace cannot:
-/// beside that sampler at the same rate). All but alloc-exact's run [`RSS_ROUNDS`] times: the goals
-/// (at or below bpftrace, the GC view within 2% of untraced, rss within
-/// 3% of its floor) are smaller than a median of five can tell.
-fn gc_heavy_variants(bpftrace_alloc: &'static str) -> Vec<Variant> {
-    let v = |name, runner, objects, rss| Variant {
-        name,
-        runner,
-        rss,
-        shape: Shape::GcHeavy,
-        objects,
-        times: vec![],
-        cpu: vec![],
-        peak_rss_kib: vec![],
-        events: vec![],
-    };
-    // bpftrace's equivalent of a lens attaches what the lens attaches: its
-    // own probes, with stacks where it keeps them, and the GC view's.
-    let all = |parts: &[&str]| -> &'static str { Box::leak(parts.join(" ").into_boxed_str()) };
-    let gc = "uprobe:{bin}:runtime.gcMarkTermination, \
-         uprobe:{bin}:runtime.stopTheWorldWithSema, uprobe:{bin}:runtime.startTheWorldWithSema \
-         /pid == cpid/ { @gc[probe] = count(); }";
-    let faults =
-        "tracepoint:exceptions:page_fault_user /pid == cpid/ { @faults[ustack] = count(); }";
-    let syscalls = "tracepoint:syscalls:sys_enter_mmap, tracepoint:syscalls:sys_enter_munmap, \
-         tracepoint:syscalls:sys_enter_madvise /pid == cpid/ { @syscalls[ustack] = count(); }";
-    let goroutines = "uprobe:{bin}:runtime.newproc1 /pid == cpid/ { @spawn[ustack] = count(); } \
-         uprobe:{bin}:runtime.goexit0 /pid == cpid/ { @exits = count(); }";
-    vec![
-        v(GC_UNTRACED, Runner::Untraced, LISTS, true),
-        v(GC_RSS, Runner::Memtrace("rss", &[]), LISTS, true),
-        v(
-            GC_RSS_FLOOR,
-            Runner::Memtrace("rss", &["--fault-probe-floor"]),
-            LISTS,
-            true,
-        ),
-        v(
-            GC_BPF_RSS,
-            Runner::Bpftrace(all(&[faults, syscalls, gc])),
-            LISTS,
-            true,
-        ),
-        v(GC_MMAP, Runner::Memtrace("mmap", &[]), LISTS, true),
-        v(
-            GC_BPF_MMAP,
-            Runner::Bpftrace(all(&[syscalls, gc])),
-            LISTS,
-            true,
-        ),
-        v(GC_ALLOC, Runner::Memtrace("alloc", &[]), LISTS, true),
-        v(GC_HEAP, Runner::Memtrace("heap", &[]), LISTS, true),
-        // alloc and heap read the runtime's own sampler, which bpftrace
-        // cannot: their equivalent is that sampler at memtrace's rate
-        // (what pprof's heap profile costs at the same resolution).
-        v(
-            GC_SAMPLER,
-            // Not GODEBUG=memprofilerate: a program that never calls
-            // runtime.MemProfile has profiling off at init whatever it says.
-            Runner::UntracedWith(&["-memprofilerate", "65536"]),
-            LISTS,
-            true,
-        ),
-        v(
-            GC_GOROUTINES,
-            Runner::Memtrace("goroutines", &[]),
-            LISTS,
-            true,
-        ),
-        v(
-            GC_BPF_GOROUTINES,
-            Runner::Bpftrace(all(&[goroutines, gc])),
-            LISTS,
-            true,
-        ),
-        v(GC_UNTRACED_SMALL, Runner::Untraced, LISTS_SMALL, false),
-        v(
-            GC_ALLOC_EXACT,
-            Runner::Memtrace("alloc-exact", &[]),
-            LISTS_SMALL,
-            false,
-        ),
-        v(
-            GC_BPF_ALLOC,
-            Runner::Bpftrace(all(&[bpftrace_alloc, gc])),
-            LISTS_SMALL,
-            false,
-        ),
-    ]
-}
-
-const GC_UNTRACED: &str = "untraced (gc-heavy)";
-const GC_RSS: &str = "memtrace rss (gc-heavy)";
-const GC_RSS_FLOOR: &str = "memtrace rss, floor (gc-heavy)";
-const GC_BPF_RSS: &str = "bpftrace faults+syscalls+GC (gc-heavy)";
-const GC_MMAP: &str = "memtrace mmap (gc-heavy)";
-const GC_BPF_MMAP: &str = "bpftrace syscalls+GC (gc-heavy)";
-const GC_ALLOC: &str = "memtrace alloc (gc-heavy)";
-const GC_HEAP: &str = "memtrace heap (gc-heavy)";
-const GC_SAMPLER: &str = "untraced, memprofilerate=64K (gc-heavy)";
-const GC_GOROUTINES: &str = "memtrace goroutines (gc-heavy)";
-const GC_BPF_GOROUTINES: &str = "bpftrace newproc1+goexit0+GC (gc-heavy)";
-const GC_UNTRACED_SMALL: &str = "untraced (gc-heavy, small)";
-const GC_ALLOC_EXACT: &str = "memtrace alloc-exact (gc-heavy, small)";
-const GC_BPF_ALLOC: &str = "bpftrace allocators+GC (gc-heavy, small)";
-
-/// The GC-heavy shape's goals, each a line that says met or missed.
-/// The GC view alone is read from the `goroutines` lens, whose own probes
-/// never fire on this program (it starts no goroutines after the GC's).
-fn gc_heavy_verdicts(variants: &[Variant]) {
-    // The median of per-round ratios: each run against the untraced run of
-    // its own round, which cancels the drift that moves whole rounds.
-    let slowdown = |name: &str| {
-        let v = variants.iter().find(|v| v.name == name)?;
-        let b = variants.iter().find(|u| {
-            matches!(u.runner, Runner::Untraced) && u.objects == v.objects && u.shape == v.shape
-        })?;
-        let ratios: Vec<f64> = v.times.iter().zip(&b.times).map(|(t, u)| t / u).collect();
-        Some(median(&ratios))
-    };
-    if slowdown(GC_UNTRACED).is_none() {
-        return;
-    }
-    println!("\ngc-heavy goals (medians of each round's ratio to that round's untraced run):");
-    let line = |what: &str, a: Option<f64>, b: Option<f64>, limit: f64| {
-        if let (Some(a), Some(b)) = (a, b) {
-            let ok = a / b <= limit;
-            println!(
-                "  {what:<52} {a:.3}x vs {b:.3}x: {} ({:.3}, goal ≤ {limit:.2})",
-                if ok { "met" } else { "MISSED" },
-                a / b
-            );
-        }
-    };
-    line(
-        "rss at or below bpftrace's equivalent",
-        slowdown(GC_RSS),
-        slowdown(GC_BPF_RSS),
-        1.0,
-    );
-    line(
-        "rss within 3% of its floor",
-        slowdown(GC_RSS),
-        slowdown(GC_RSS_FLOOR),
-        1.03,
-    );
-    line(
-        "mmap at or below bpftrace's equivalent",
-        slowdown(GC_MMAP),
-        slowdown(GC_BPF_MMAP),
-        1.0,
-    );
-    line(
-        "goroutines at or below bpftrace's equivalent",
-        slowdown(GC_GOROUTINES),
-        slowdown(GC_BPF_GOROUTINES),
-        1.0,
-    );
-    line(
-        "the GC view alone (goroutines lens) within 2% of untraced",
-        slowdown(GC_GOROUTINES),
-        Some(1.0),
-        1.02,
-    );
-    line(
-        "alloc at or below the runtime's sampler at its rate",
-        slowdown(GC_ALLOC),
-        slowdown(GC_SAMPLER),
-        1.0,
-    );
-    line(
-        "heap at or below the runtime's sampler at its rate",
-        slowdown(GC_HEAP),
-        slowdown(GC_SAMPLER),
-        1.0,
-    );
-    line(
-        "alloc-exact at or below bpftrace's equivalent",
-        slowdown(GC_ALLOC_EXACT),
-        slowdown(GC_BPF_ALLOC),
-        1.0,
-    );
 }
 
 /// Runs every variant, interleaved: [`RUNS`] rounds, [`RSS_ROUNDS`] for
@@ -417,7 +226,7 @@ fn rounds(
 }
 
 /// The median untraced time of a workload.
-fn base(variants: &[Variant], objects: u64, shape: Shape) -> f64 {
+pub(crate) fn base(variants: &[Variant], objects: u64, shape: Shape) -> f64 {
     variants
         .iter()
         .find(|v| matches!(v.runner, Runner::Untraced) && v.objects == objects && v.shape == shape)

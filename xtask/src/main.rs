@@ -4,6 +4,7 @@
 //! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
 
 mod bench;
+mod bench_gc_heavy;
 mod bench_lenses;
 mod bench_service;
 mod bench_versions;
@@ -67,6 +68,9 @@ enum Cmd {
         /// Only the lens table's GC-heavy shape.
         #[arg(long)]
         gc_heavy_only: bool,
+        /// Only the lens table (every shape).
+        #[arg(long)]
+        lenses_only: bool,
         /// Busy Go services in the agent bench's pushing scenario.
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
             versions_only,
             service_only,
             gc_heavy_only,
+            lenses_only,
         } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
@@ -139,8 +144,8 @@ fn main() -> anyhow::Result<()> {
             if service_only {
                 return bench_service::prometheus(&memtrace, &out);
             }
-            if gc_heavy_only {
-                return bench_lenses::run(&memtrace, &built.dir, &out, true);
+            if gc_heavy_only || lenses_only {
+                return bench_lenses::run(&memtrace, &built.dir, &out, gc_heavy_only);
             }
             if gate_only {
                 return bench::gate(&memtrace, &built.dir, &out, gate_trials);

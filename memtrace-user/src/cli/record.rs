@@ -56,6 +56,10 @@ pub struct RecordArgs {
     /// bench`, which shows what observing every fault costs by itself.
     #[arg(long, hide = true)]
     pub fault_probe_floor: bool,
+    /// Leave the GC view's probes out (the report has no GC cycles); for
+    /// `cargo xtask bench`, which shows what the GC view costs by itself.
+    #[arg(long, hide = true)]
+    pub no_gc_view: bool,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -137,6 +141,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     opts.tuning.stack_cache = !args.no_stack_cache;
     opts.tuning.recheck_runs = !args.unchecked_fault_runs;
     opts.tuning.fault_floor = args.fault_probe_floor;
+    opts.tuning.gc_view = !args.no_gc_view;
     if args.fault_probe_floor {
         eprintln!("memtrace: --fault-probe-floor: faults are not counted (a measurement mode)");
     }

@@ -333,7 +333,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             p.goroutines |= s.goroutines;
         }
         match &bin.gc {
-            Ok(_) => p.gc = true,
+            Ok(_) => p.gc = self.opts.tuning.gc_view,
             Err(e) => self.warn_once(format!("pid {pid}: no GC view: {e}")),
         }
         if self.opts.holds {

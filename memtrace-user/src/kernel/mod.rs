@@ -57,6 +57,8 @@ pub struct ProbeTuning {
     /// The fault probes check their target and count nothing (on: the
     /// probe point's own cost, the floor of any fault-based lens).
     pub fault_floor: bool,
+    /// Attach the GC view's probes (off: for measuring what they cost).
+    pub gc_view: bool,
 }
 
 impl Default for ProbeTuning {
@@ -65,6 +67,7 @@ impl Default for ProbeTuning {
             stack_cache: true,
             recheck_runs: true,
             fault_floor: false,
+            gc_view: true,
         }
     }
 }
