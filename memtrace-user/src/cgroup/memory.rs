@@ -379,6 +379,70 @@ fn about(secs: f64) -> String {
     }
 }
 
+/// A process's own view of its cgroup tree: its mounts (from
+/// `/proc/PID/mountinfo`) under `/proc/PID/root`. The way in when
+/// memtrace runs in a container of its own cgroup namespace (a DaemonSet
+/// on cgroup v2), where `/proc/PID/cgroup` names the target's cgroup
+/// relative to memtrace's (`/../../kubepods…`) and memtrace's
+/// `/sys/fs/cgroup` shows only its own subtree: the container runtime
+/// mounts each container's cgroup at its own `/sys/fs/cgroup`.
+pub struct ProcessView {
+    pub root: PathBuf,
+    pub mountinfo: String,
+}
+
+impl ProcessView {
+    pub fn of(pid: u32) -> Option<Self> {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        Some(Self {
+            mountinfo: std::fs::read_to_string(dir.join("mountinfo")).ok()?,
+            root: dir.join("root"),
+        })
+    }
+
+    /// The process's memory cgroup as it sees it: the root of its cgroup
+    /// namespace, which is its container's cgroup. Limits set above it
+    /// (a pod's) are out of its view.
+    pub fn read(&self) -> Option<MemoryCgroup> {
+        let m = mounts(&self.mountinfo);
+        let (version, root) = match (&m.v1_memory, &m.v2) {
+            (Some((_, r)), _) => (1, r.clone()),
+            (None, Some((_, r))) => (2, r.clone()),
+            _ => return None,
+        };
+        let proc_cgroup = if version == 1 {
+            format!("1:memory:{root}\n")
+        } else {
+            format!("0::{root}\n")
+        };
+        read(self, &proc_cgroup)
+    }
+}
+
+impl CgroupFs for ProcessView {
+    fn mounts(&self) -> Mounts {
+        let mut m = mounts(&self.mountinfo);
+        let under = |e: &mut Option<(PathBuf, String)>| {
+            if let Some((point, _)) = e.as_mut() {
+                *point = self.root.join(point.strip_prefix("/").unwrap_or(point));
+            }
+        };
+        under(&mut m.v1_memory);
+        under(&mut m.v2);
+        m
+    }
+
+    fn read(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+}
+
+/// Whether a `/proc/PID/cgroup` path lies outside the reader's cgroup
+/// namespace (`/../..`): the host's tree cannot be walked from it.
+pub fn outside_view(proc_cgroup: &str) -> bool {
+    proc_cgroup.lines().any(|l| l.contains(":/.."))
+}
+
 /// The host's cgroup tree.
 pub struct SysFs;
 

@@ -194,3 +194,30 @@ fn the_one_line_says_what_the_projection_rests_on() {
     assert_eq!(s.projection, None);
     assert!(s.describe(human).contains("not growing"));
 }
+
+/// memtrace in a container of its own cgroup namespace (a DaemonSet on
+/// cgroup v2): the host's tree is out of view, the target's own is not.
+#[test]
+fn a_targets_own_view_of_its_container() {
+    assert!(outside_view(
+        "0::/../../kubepods-burstable-pod6b1d.slice/cri-containerd-9f3e.scope\n"
+    ));
+    assert!(!outside_view("0::/kubepods.slice/x.scope\n"));
+    let root = std::env::temp_dir().join(format!("memtrace-view-{}", std::process::id()));
+    let cg = root.join("sys/fs/cgroup");
+    std::fs::create_dir_all(&cg).unwrap();
+    std::fs::write(cg.join("memory.max"), "268435456\n").unwrap();
+    std::fs::write(cg.join("memory.current"), "67108864\n").unwrap();
+    std::fs::write(cg.join("memory.events"), "oom 0\noom_kill 0\n").unwrap();
+    let view = ProcessView {
+        root: root.clone(),
+        mountinfo: "1880 1870 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup rw,nsdelegate\n"
+            .into(),
+    };
+    let c = view.read().unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(c.version, 2);
+    assert_eq!(c.limit_bytes, Some(256 << 20));
+    assert_eq!(c.usage_bytes, 64 << 20);
+    assert_eq!(c.used_pct().map(f64::round), Some(25.0));
+}

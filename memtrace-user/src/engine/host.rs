@@ -95,6 +95,12 @@ impl Host for Procfs {
 
     fn memory_cgroup(&self, pid: u32) -> Option<MemoryCgroup> {
         let text = std::fs::read_to_string(procfs::proc_dir(pid).join("cgroup")).ok()?;
-        memcg::read(&memcg::SysFs, &text)
+        if !memcg::outside_view(&text) {
+            if let Some(c) = memcg::read(&memcg::SysFs, &text) {
+                return Some(c);
+            }
+        }
+        // In a container of memtrace's own: the target's view of its own.
+        memcg::ProcessView::of(pid)?.read()
     }
 }

@@ -313,11 +313,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         self.clock.window.elapsed().as_secs_f64()
     }
 
-    /// Number of attached probe sets.
-    pub fn probe_sets(&self) -> usize {
-        self.probes.len()
-    }
-
     fn warn_once(&mut self, msg: String) {
         if self.warned.insert(msg.clone()) {
             eprintln!("memtrace: warning: {msg}");
@@ -575,18 +570,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     pub fn rotate(&mut self) {
         self.agg.rotate();
         self.clock = Clock::now();
-    }
-
-    /// Values memtrace wrote into targets and must write back if it dies:
-    /// (pid, address, original value).
-    pub fn restore_points(&self) -> Vec<(u32, u64, u64)> {
-        self.targets
-            .values()
-            .filter_map(|t| {
-                let (addr, v) = t.profile.as_ref()?.restore_point()?;
-                Some((t.pid, addr, v))
-            })
-            .collect()
     }
 }
 

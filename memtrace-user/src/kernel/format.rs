@@ -219,4 +219,32 @@ print fmt: \"addr: 0x%08lx\"
             Err(FormatError::Layout { .. })
         ));
     }
+
+    /// This kernel's `oom:mark_victim` (Linux 6.18), and one whose fields moved.
+    #[test]
+    fn oom_victim_offsets() {
+        let victim = "\tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] comm;\toffset:12;\tsize:4;\tsigned:0;
+\tfield:unsigned long total_vm;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:unsigned long anon_rss;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned long file_rss;\toffset:32;\tsize:8;\tsigned:0;
+\tfield:unsigned long shmem_rss;\toffset:40;\tsize:8;\tsigned:0;
+\tfield:uid_t uid;\toffset:48;\tsize:4;\tsigned:0;";
+        let read = |tp: &str| (tp == "oom/mark_victim").then(|| victim.to_string());
+        let o = offsets(&read).unwrap();
+        assert_eq!((o.oom_pid, o.oom_anon_rss), (8, 24));
+        let moved = victim
+            .replace("offset:24;", "offset:48;")
+            .replace("offset:32;", "offset:56;")
+            .replace("offset:40;", "offset:64;");
+        let read_moved = |tp: &str| (tp == "oom/mark_victim").then(|| moved.clone());
+        assert_eq!(offsets(&read_moved).unwrap().oom_anon_rss, 48);
+        // The RSS fields out of order are refused, not misread.
+        let gappy = victim.replace("offset:32;", "offset:36;");
+        let read_gappy = |tp: &str| (tp == "oom/mark_victim").then(|| gappy.clone());
+        assert!(matches!(
+            offsets(&read_gappy),
+            Err(FormatError::Layout { .. })
+        ));
+    }
 }
