@@ -48,25 +48,35 @@ pub struct Spec {
 // table shows (a unit test holds them equal). The figures come from
 // `cargo xtask bench` (docs/BENCHMARKS.md). Every lens also carries the GC
 // view, whose probes fire a few times per GC cycle (see `GC_VIEW_COST`).
-const RSS_COST: &str = "a probe per new resident page, mostly merged in the kernel into runs of \
-contiguous faults, and one per memory syscall: 1.07-1.18x on a loop that allocates and keeps \
-everything live (~0.8 of bpftrace's time with a stack per fault), ~1.03x on a GC-heavy program \
-(below bpftrace's); the same on every Go version (kernel tracepoints)";
-const MMAP_COST: &str = "a probe per memory syscall: no measurable slowdown, on every Go version";
-const ALLOC_COST: &str = "the runtime's own sampling, one sample per --memprofile-rate bytes \
-(default 64 KiB), no probe per allocation: ~1.0-1.1x, on every Go version";
-const ALLOC_EXACT_COST: &str = "a uprobe per allocation, on an instruction the kernel emulates \
-(~0.5 us of trap and ~0.3 us of program a hit): ~14-18x on a loop that only allocates, ~0.11-0.13 \
-of bpftrace's time; Go 1.21 and later are probed at the frame push, Go 1.19-1.20 at the stack \
-check's jump, at 0.97-1.09x the slowdown of Go 1.27";
-const HEAP_COST: &str = "as alloc: the runtime's own sampling, ~1.0-1.1x, on every Go version";
-const GOROUTINES_COST: &str = "two uprobes per goroutine, on instructions the kernel emulates: \
-~6-7x on pure goroutine churn, ~0.2 of bpftrace's time; nothing between goroutine starts; every \
-Go version";
+const RSS_COST: &str =
+    "a probe per new resident page, mostly merged in the kernel into runs of contiguous \
+faults, and one per memory syscall: 1.03-1.18x on a loop that allocates and keeps \
+everything live (0.8 of bpftrace's time with a stack per fault), 0.98-1.05x on a program \
+that runs hundreds of GC cycles a second (0.9 of bpftrace's); the same on every Go \
+version (kernel tracepoints)";
+const MMAP_COST: &str =
+    "a probe per memory syscall: no measurable slowdown (0.98x; 1.0x on a GC-heavy program, \
+0.9 of bpftrace's time), on every Go version";
+const ALLOC_COST: &str =
+    "the runtime's own sampling, one sample per --memprofile-rate bytes (default 64 KiB), no \
+probe per allocation: ~1.0x on an allocation loop, ~1.05x on a GC-heavy program (the \
+sampler's own cost at that rate), on every Go version";
+const ALLOC_EXACT_COST: &str =
+    "a uprobe per allocation, on an instruction the kernel emulates (~0.5 us of trap and ~0.3 \
+us of program a hit): ~13-15x on a loop that only allocates, 2.6x on a GC-heavy program, \
+0.05-0.13 of bpftrace's time; Go 1.21 and later are probed at the frame push, Go \
+1.19-1.20 at the stack check's jump, at 0.97-1.09x the slowdown of Go 1.27";
+const HEAP_COST: &str =
+    "as alloc: the runtime's own sampling, ~1.0x on an allocation loop, ~1.05x on a GC-heavy \
+program, on every Go version";
+const GOROUTINES_COST: &str =
+    "two uprobes per goroutine, on instructions the kernel emulates: ~4-7x on pure goroutine \
+churn, 0.1-0.2 of bpftrace's time; nothing between goroutine starts; every Go version";
 /// The GC view, which every lens carries: three uprobes on instructions the
 /// kernel emulates, a few hits per GC cycle.
-pub const GC_VIEW_COST: &str = "three uprobes, on instructions the kernel emulates, a few hits \
-per GC cycle: within 2% of untraced on a program that runs hundreds of GC cycles a second";
+pub const GC_VIEW_COST: &str =
+    "three uprobes, on instructions the kernel emulates, a few hits per GC cycle: 0.3% on a \
+program that runs 800 GC cycles a second";
 
 const NO_PROBES: Probes = Probes {
     gc: false,
