@@ -323,6 +323,10 @@ impl CgroupSummary {
     pub fn describe(&self, human: impl Fn(u64) -> String) -> String {
         let r = &self.reading;
         let Some(limit) = r.limit_bytes else {
+            // The root cgroup's usage is the whole host's: not the target's.
+            if r.path == "/" {
+                return "root memory cgroup: no memory limit".into();
+            }
             return format!(
                 "cgroup {}: no memory limit, {} used",
                 r.path,

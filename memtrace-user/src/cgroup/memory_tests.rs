@@ -70,6 +70,11 @@ fn v1s_page_counter_maximum_is_no_limit() {
     assert_eq!(c.limit_bytes, None);
     assert_eq!(c.used_pct(), None);
     assert_eq!(seconds_to_limit(&c, 1e6), None);
+    let s = summarize(c, &[]);
+    assert_eq!(
+        s.describe(|b| b.to_string()),
+        "root memory cgroup: no memory limit"
+    );
 }
 
 const V2_MOUNTS: &str =
