@@ -266,7 +266,11 @@ fn net_parts(
     inline: bool,
 ) -> Result<(Vec<u8>, String), WriteError> {
     let deltas = render::diff::net(grew, released, mode);
-    let net = s.lenses["rss"].extra["net_growth"].as_i64().unwrap_or(0);
+    let net = s.lenses["rss"]
+        .extra
+        .as_ref()
+        .and_then(|e| e.rss())
+        .map_or(0, |r| r.net_growth);
     let title = format!(
         "memtrace rss-net: {} ({:.1} s): net {}{} (red grew, blue released memory resident before tracing; widths: bytes grown plus released)",
         grew.target,

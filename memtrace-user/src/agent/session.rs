@@ -461,7 +461,7 @@ impl AgentPolicy {
         if let Some(p) = shared.procs.get_mut(&pid) {
             p.growth_bytes = lens(Lens::Rss).map_or(0, |s| s.total);
             p.net_growth_bytes = lens(Lens::Rss)
-                .and_then(|s| s.extra.get("net_growth")?.as_i64())
+                .and_then(|s| Some(s.extra.as_ref()?.rss()?.net_growth))
                 .unwrap_or(0);
             // The last GC cycle of the window, if there was one.
             if let Some(c) = report.summary.gc["cycle_detail"]

@@ -60,7 +60,9 @@ pub fn print_record<'a>(
     for (p, w) in report.profiles.iter().zip(&written.profiles) {
         print_lens(p);
         if p.lens == Lens::Rss {
-            print_net(&s.lenses["rss"].extra, p.total());
+            if let Some(r) = s.lenses["rss"].extra.as_ref().and_then(|e| e.rss()) {
+                print_net(r, p.total());
+            }
         }
         println!(
             "  wrote {}, {}, {}",
@@ -150,9 +152,8 @@ fn print_lens(p: &Profile) {
 }
 
 /// `net +X (grew Y, released Z that was resident before tracing)`.
-fn print_net(extra: &crate::render::summary::Extras, grew: u64) {
-    let net = extra["net_growth"].as_i64().unwrap_or(0);
-    let released = extra["released_before_bytes"].as_u64().unwrap_or(0);
+fn print_net(extra: &crate::lens::rss::RssExtras, grew: u64) {
+    let (net, released) = (extra.net_growth, extra.released_before_bytes);
     println!(
         "  net {}{} (grew {}, released {} that was resident before tracing)",
         if net >= 0 { "+" } else { "-" },

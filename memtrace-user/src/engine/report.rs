@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use super::{Engine, Host};
 use crate::aggregate::Cell;
 use crate::kernel::Kernel;
+use crate::lens::LensExtras;
 use crate::lens::{self, Lens};
-use crate::render::summary::{self, Counters, Extras, Summary};
+use crate::render::summary::{self, Counters, Summary};
 use crate::render::{timeline::Point, Profile};
 use crate::report::build_profile;
 use crate::stack::StackKey;
@@ -105,19 +106,24 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 .or_else(|| sampled.remove(&lens))
                 .unwrap_or_default();
             cells.retain(|k, _| pids.contains(&k.0));
-            let mut extras: Extras = match lens {
+            let mut extras: Option<LensExtras> = match lens {
                 Lens::Rss => {
                     let (start, end) = pids.iter().fold((0, 0), |(s, e), p| {
                         let (a, b) = vmrss(&self.targets[p]);
                         (s + a.unwrap_or(0), e + b.unwrap_or(0))
                     });
-                    lens::rss::extras(self.agg.rss.as_ref().expect("rss on"), &pids, start, end)
+                    let r = self.agg.rss.as_ref().expect("rss on");
+                    Some(LensExtras::Rss(lens::rss::extras(r, &pids, start, end)))
                 }
-                Lens::Mmap => lens::mmap::extras(self.agg.mmap.as_ref().expect("mmap on")),
-                Lens::AllocExact => {
-                    lens::alloc_exact::extras(self.agg.alloc_exact.as_ref().expect("on"))
-                }
-                Lens::Alloc => lens::sampled::extras(rate, since, None),
+                Lens::Mmap => Some(LensExtras::Mmap(lens::mmap::extras(
+                    self.agg.mmap.as_ref().expect("mmap on"),
+                ))),
+                Lens::AllocExact => Some(LensExtras::AllocExact(lens::alloc_exact::extras(
+                    self.agg.alloc_exact.as_ref().expect("on"),
+                ))),
+                Lens::Alloc => Some(LensExtras::Sampled(lens::sampled::extras(
+                    rate, since, None,
+                ))),
                 Lens::Heap => {
                     let total = cells.values().map(|c| c.bytes).sum::<u64>();
                     let live = pids
@@ -128,14 +134,15 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                     if since == lens::sampled::SampledSince::Attach {
                         warnings.push(heap_note(total, live));
                     }
-                    e
+                    Some(LensExtras::Sampled(e))
                 }
-                Lens::Goroutines => self.goroutine_extras(&pids, &images, duration_secs),
+                Lens::Goroutines => self
+                    .goroutine_extras(&pids, &images, duration_secs)
+                    .map(LensExtras::Goroutines),
             };
             let p = self.profile(lens, &cells, &images, duration_secs, target_desc.clone());
-            if lens == Lens::Goroutines {
-                let own = lens::goroutines::runtime_owned(&p);
-                extras.insert("runtime_goroutines".into(), own.into());
+            if let Some(LensExtras::Goroutines(g)) = extras.as_mut() {
+                g.runtime_goroutines = lens::goroutines::runtime_owned(&p);
             }
             lens_summaries.insert(lens.name().to_string(), summary::lens_summary(&p, extras));
             profiles.push(p);
@@ -311,10 +318,8 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         pids: &[u32],
         images: &HashMap<u32, (String, Image)>,
         secs: f64,
-    ) -> Extras {
-        let Some(gs) = self.agg.goroutines.as_ref() else {
-            return Extras::new();
-        };
+    ) -> Option<lens::goroutines::GoroutineExtras> {
+        let gs = self.agg.goroutines.as_ref()?;
         let mine = |m: &HashMap<StackKey, u64>| -> HashMap<StackKey, Cell> {
             m.iter()
                 .filter(|(k, _)| pids.contains(&k.0))
@@ -350,6 +355,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             .iter()
             .map(|p| (*p, self.targets[p].live_goroutines.clone()))
             .collect();
-        lens::goroutines::extras(&by_site, unknown_exits, live_over_time)
+        Some(lens::goroutines::extras(
+            &by_site,
+            unknown_exits,
+            live_over_time,
+        ))
     }
 }

@@ -9,8 +9,8 @@ use memtrace_common::AllocType;
 
 use super::sizeclass::Rules;
 use crate::aggregate::{histogram, Cell};
-use crate::render::summary::{Extras, SizePercentiles};
 use crate::stack::StackKey;
+use serde::Serialize;
 
 /// `alloc-exact`: every heap allocation, summed by stack.
 pub struct AllocExactAgg {
@@ -58,12 +58,34 @@ impl AllocExactAgg {
     }
 }
 
+/// Percentiles of requested sizes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SizePercentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// The alloc-exact lens's figures in `summary.json` beside its stacks.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct AllocExactExtras {
+    /// Requested sizes.
+    pub size_percentiles: SizePercentiles,
+    /// The bytes requested, before the runtime's rounding (which `total`
+    /// includes).
+    pub requested_bytes: u64,
+    /// Allocations whose type could not be read.
+    pub unknown_types: u64,
+}
+
 /// The lens's extras in `summary.json`: the bytes requested (before the
 /// runtime's rounding, which `total` includes), allocations whose type
 /// could not be read, and requested-size percentiles.
-pub fn extras(a: &AllocExactAgg) -> Extras {
+pub fn extras(a: &AllocExactAgg) -> AllocExactExtras {
     let h = &a.sizes;
-    let pct = if h.is_empty() {
+    let size_percentiles = if h.is_empty() {
         SizePercentiles::default()
     } else {
         SizePercentiles {
@@ -74,20 +96,11 @@ pub fn extras(a: &AllocExactAgg) -> Extras {
             mean: h.mean(),
         }
     };
-    Extras::from([
-        (
-            "size_percentiles".to_string(),
-            serde_json::to_value(pct).expect("plain struct"),
-        ),
-        (
-            "requested_bytes".to_string(),
-            serde_json::json!(a.totals().requested),
-        ),
-        (
-            "unknown_types".to_string(),
-            serde_json::json!(a.unknown_types),
-        ),
-    ])
+    AllocExactExtras {
+        size_percentiles,
+        requested_bytes: a.totals().requested,
+        unknown_types: a.unknown_types,
+    }
 }
 
 #[cfg(test)]

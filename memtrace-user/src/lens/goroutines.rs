@@ -9,7 +9,7 @@ use crate::aggregate::Cell;
 use crate::goruntime::GoBinary;
 use crate::gtypes::{G_DEAD, G_SCAN};
 use crate::remote::RemoteMemory;
-use crate::render::{summary::Extras, FrameMode, Profile};
+use crate::render::{FrameMode, Profile};
 use crate::stack::{StackKey, StackTable};
 use crate::symbolize::EXISTING_GOROUTINE;
 
@@ -143,6 +143,42 @@ pub fn runtime_owned(live: &Profile) -> u64 {
         .sum()
 }
 
+/// One creation site in `summary.json`: goroutines created and exited in
+/// the window, and the live ones' stack bytes.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Site {
+    pub stack: Vec<String>,
+    pub created: u64,
+    pub exited: u64,
+    pub stack_bytes: u64,
+}
+
+/// A process's live goroutines every second.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LiveOverTime {
+    pub pid: u32,
+    pub live: Vec<LivePoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LivePoint {
+    pub t: f64,
+    pub live: usize,
+}
+
+/// The goroutines lens's figures in `summary.json` beside its stacks.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GoroutineExtras {
+    pub created: u64,
+    pub exited: u64,
+    pub unknown_exits: u64,
+    pub sites: Vec<Site>,
+    pub live_over_time: Vec<LiveOverTime>,
+    /// Live goroutines the runtime owns (which `runtime.NumGoroutine`
+    /// leaves out).
+    pub runtime_goroutines: u64,
+}
+
 /// The lens's extras in `summary.json`: per creation site (`by_site`:
 /// profiles of goroutines created, exited, and the live ones' stack bytes),
 /// and each process's live count over time.
@@ -150,7 +186,7 @@ pub fn extras(
     by_site: &[Profile],
     unknown_exits: u64,
     live_over_time: Vec<(u32, Vec<(f64, usize)>)>,
-) -> Extras {
+) -> GoroutineExtras {
     let mut sites: BTreeMap<Vec<String>, [u64; 3]> = BTreeMap::new();
     for (i, p) in by_site.iter().take(3).enumerate() {
         for s in p.named(FrameMode::Func) {
@@ -158,22 +194,31 @@ pub fn extras(
         }
     }
     let total = |i: usize| by_site.get(i).map_or(0, Profile::total);
-    let sites: Vec<serde_json::Value> = sites
-        .into_iter()
-        .map(|(stack, [c, e, b])| serde_json::json!({"stack": stack, "created": c, "exited": e, "stack_bytes": b}))
-        .collect();
-    let timeline: Vec<serde_json::Value> = live_over_time
-        .into_iter()
-        .map(|(pid, live)| serde_json::json!({"pid": pid, "live": live.iter().map(|(t, n)| serde_json::json!({"t": t, "live": n})).collect::<Vec<_>>()}))
-        .collect();
-    let j = |k: &str, v: serde_json::Value| (k.to_string(), v);
-    Extras::from([
-        j("created", serde_json::json!(total(0))),
-        j("exited", serde_json::json!(total(1))),
-        j("unknown_exits", serde_json::json!(unknown_exits)),
-        j("sites", serde_json::json!(sites)),
-        j("live_over_time", serde_json::json!(timeline)),
-    ])
+    GoroutineExtras {
+        created: total(0),
+        exited: total(1),
+        unknown_exits,
+        sites: sites
+            .into_iter()
+            .map(|(stack, [created, exited, stack_bytes])| Site {
+                stack,
+                created,
+                exited,
+                stack_bytes,
+            })
+            .collect(),
+        live_over_time: live_over_time
+            .into_iter()
+            .map(|(pid, live)| LiveOverTime {
+                pid,
+                live: live
+                    .into_iter()
+                    .map(|(t, live)| LivePoint { t, live })
+                    .collect(),
+            })
+            .collect(),
+        runtime_goroutines: 0,
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use crate::aggregate::{page_round, sum_by_key, Cell, PROT_NONE};
 use crate::kernel::Tracepoint;
 use crate::rangemap::RangeMap;
-use crate::render::summary::Extras;
 use crate::stack::StackKey;
 
 /// mmap (enter and exit, paired for the address) and munmap.
@@ -66,12 +65,17 @@ impl MmapAgg {
     }
 }
 
+/// The mmap lens's figures in `summary.json` beside its stacks.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MmapExtras {
+    pub unmapped_bytes: u64,
+}
+
 /// The lens's extras in `summary.json`.
-pub fn extras(m: &MmapAgg) -> Extras {
-    Extras::from([(
-        "unmapped_bytes".to_string(),
-        serde_json::json!(m.unmapped_bytes),
-    )])
+pub fn extras(m: &MmapAgg) -> MmapExtras {
+    MmapExtras {
+        unmapped_bytes: m.unmapped_bytes,
+    }
 }
 
 #[cfg(test)]

@@ -180,6 +180,30 @@ impl Lens {
     }
 }
 
+/// A lens's own figures in `summary.json`, beside its stacks: typed, so
+/// what reads them back (the terminal, index.html, the agent) names fields,
+/// not JSON keys. Serialized flat into the lens's object.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum LensExtras {
+    Rss(rss::RssExtras),
+    Mmap(mmap::MmapExtras),
+    AllocExact(alloc_exact::AllocExactExtras),
+    /// alloc and heap.
+    Sampled(sampled::SampledExtras),
+    Goroutines(goroutines::GoroutineExtras),
+}
+
+impl LensExtras {
+    /// The rss lens's figures, if these are they.
+    pub fn rss(&self) -> Option<&rss::RssExtras> {
+        match self {
+            LensExtras::Rss(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// The lens list for `--help`: each name with its question and cost.
 pub fn help_table() -> String {
     let mut lines: Vec<String> = Lens::ALL

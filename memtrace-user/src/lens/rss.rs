@@ -10,7 +10,6 @@ use memtrace_common::FaultRun;
 use crate::aggregate::{page_round, sum_by_key, Cell, PAGE};
 use crate::kernel::Tracepoint;
 use crate::rangemap::RangeMap;
-use crate::render::summary::Extras;
 use crate::stack::StackKey;
 
 /// Faults (user and kernel mode) and every syscall that maps or releases.
@@ -484,40 +483,42 @@ impl RssAgg {
     }
 }
 
+/// The rss lens's figures in `summary.json` beside its stacks.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RssExtras {
+    /// Growth less what was resident before the window and released.
+    pub net_growth: i64,
+    pub released_before_bytes: u64,
+    pub released_bytes: u64,
+    pub release_requested_bytes: u64,
+    pub lazy_free_bytes: u64,
+    pub repeat_faults: u64,
+    pub run_pages_released: u64,
+    pub untracked_bytes: u64,
+    /// The transparent huge page mode: `always`, `madvise` or `never`.
+    pub thp: String,
+    pub vmrss_start: u64,
+    pub vmrss_end: u64,
+    pub vmrss_growth: i64,
+}
+
 /// The lens's extras in `summary.json` for the processes `pids`.
-pub fn extras(r: &RssAgg, pids: &[u32], vmrss_start: u64, vmrss_end: u64) -> Extras {
-    let untracked: u64 = r.untracked.values().map(|c| c.bytes).sum();
+pub fn extras(r: &RssAgg, pids: &[u32], vmrss_start: u64, vmrss_end: u64) -> RssExtras {
     let (grew, released) = r.net_growth(pids);
-    let j = |k: &str, v: serde_json::Value| (k.to_string(), v);
-    Extras::from([
-        j(
-            "net_growth",
-            serde_json::json!(grew as i64 - released as i64),
-        ),
-        j("released_before_bytes", serde_json::json!(released)),
-        j("released_bytes", serde_json::json!(r.released_bytes)),
-        j(
-            "release_requested_bytes",
-            serde_json::json!(r.release_requested_bytes),
-        ),
-        j("lazy_free_bytes", serde_json::json!(r.lazy_free_bytes)),
-        j("repeat_faults", serde_json::json!(r.repeat_faults)),
-        j(
-            "run_pages_released",
-            serde_json::json!(r.run_pages_released),
-        ),
-        j("untracked_bytes", serde_json::json!(untracked)),
-        j(
-            "thp",
-            serde_json::json!(format!("{:?}", r.thp).to_lowercase()),
-        ),
-        j("vmrss_start", serde_json::json!(vmrss_start)),
-        j("vmrss_end", serde_json::json!(vmrss_end)),
-        j(
-            "vmrss_growth",
-            serde_json::json!(vmrss_end as i64 - vmrss_start as i64),
-        ),
-    ])
+    RssExtras {
+        net_growth: grew as i64 - released as i64,
+        released_before_bytes: released,
+        released_bytes: r.released_bytes,
+        release_requested_bytes: r.release_requested_bytes,
+        lazy_free_bytes: r.lazy_free_bytes,
+        repeat_faults: r.repeat_faults,
+        run_pages_released: r.run_pages_released,
+        untracked_bytes: r.untracked.values().map(|c| c.bytes).sum(),
+        thp: format!("{:?}", r.thp).to_lowercase(),
+        vmrss_start,
+        vmrss_end,
+        vmrss_growth: vmrss_end as i64 - vmrss_start as i64,
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use crate::lens::Lens;
 use crate::memprof::{self, Bucket};
 use crate::procfs::MapEntry;
 use crate::remote::RemoteMemory;
-use crate::render::summary::Extras;
 use crate::stack::{StackKey, StackTable};
 
 /// Since when the runtime's memory profile has been sampling.
@@ -223,22 +222,31 @@ impl RuntimeProfile {
     }
 }
 
+/// The alloc and heap lenses' figures in `summary.json` beside their stacks.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SampledExtras {
+    pub sample_rate_bytes: u64,
+    pub sampled_since: SampledSince,
+    /// heap: the Go heap's live bytes at the end (from the GC controller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_live_bytes: Option<u64>,
+    /// heap: the share of those the lens accounts for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_live_coverage: Option<f64>,
+}
+
 /// The lenses' extras in `summary.json`. For `heap` with `heap_live`
 /// (the Go heap's live bytes at the end, from the GC controller): how much
 /// of it the lens accounts for.
-pub fn extras(rate: u64, since: SampledSince, heap: Option<(u64, u64)>) -> Extras {
-    let mut e = Extras::from([
-        ("sample_rate_bytes".to_string(), serde_json::json!(rate)),
-        ("sampled_since".to_string(), serde_json::json!(since)),
-    ]);
-    if let Some((total, live)) = heap.filter(|(_, live)| *live > 0) {
-        e.insert("heap_live_bytes".into(), serde_json::json!(live));
-        e.insert(
-            "heap_live_coverage".into(),
-            serde_json::json!((total as f64 / live as f64 * 1000.0).round() / 1000.0),
-        );
+pub fn extras(rate: u64, since: SampledSince, heap: Option<(u64, u64)>) -> SampledExtras {
+    let heap = heap.filter(|(_, live)| *live > 0);
+    SampledExtras {
+        sample_rate_bytes: rate,
+        sampled_since: since,
+        heap_live_bytes: heap.map(|(_, live)| live),
+        heap_live_coverage: heap
+            .map(|(total, live)| (total as f64 / live as f64 * 1000.0).round() / 1000.0),
     }
-    e
 }
 
 #[cfg(test)]

@@ -303,7 +303,12 @@ pub fn render(page: &Page<'_>) -> Result<String, svg::SvgError> {
             let _ = write!(out, ", {o} objects");
         }
         if p.lens == Lens::Rss {
-            if let Some(net) = ls.extra.get("net_growth").and_then(|v| v.as_i64()) {
+            if let Some(net) = ls
+                .extra
+                .as_ref()
+                .and_then(|e| e.rss())
+                .map(|r| r.net_growth)
+            {
                 let _ = write!(
                     out,
                     "; net growth {}{} (what became resident and stayed, less what was resident before and was released)",

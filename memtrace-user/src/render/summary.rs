@@ -7,7 +7,6 @@ use serde::Serialize;
 use super::{FrameMode, Profile};
 
 /// Lens-specific fields of a lens's summary entry.
-pub type Extras = BTreeMap<String, serde_json::Value>;
 
 #[derive(Debug, Serialize)]
 pub struct TargetSummary {
@@ -111,15 +110,6 @@ impl TopEntry {
     }
 }
 
-#[derive(Debug, Serialize, Default)]
-pub struct SizePercentiles {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub max: u64,
-    pub mean: f64,
-}
-
 #[derive(Debug, Serialize)]
 pub struct LensSummary {
     pub unit: &'static str,
@@ -128,9 +118,10 @@ pub struct LensSummary {
     pub objects: Option<u64>,
     pub stacks: usize,
     pub top: Vec<TopEntry>,
-    /// Lens-specific extras (e.g. size percentiles, unmapped bytes).
+    /// The lens's own figures (e.g. size percentiles, unmapped bytes),
+    /// beside its stacks.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub extra: Option<crate::lens::LensExtras>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -212,7 +203,7 @@ pub struct ProbeCost {
 /// How many stacks `top` lists.
 pub const TOP_N: usize = 20;
 
-pub fn lens_summary(p: &Profile, extra: BTreeMap<String, serde_json::Value>) -> LensSummary {
+pub fn lens_summary(p: &Profile, extra: Option<crate::lens::LensExtras>) -> LensSummary {
     LensSummary {
         unit: p.unit,
         total: p.total(),
@@ -260,7 +251,9 @@ mod tests {
             "alloc-exact".to_string(),
             lens_summary(
                 &p,
-                BTreeMap::from([("x".to_string(), serde_json::json!(1))]),
+                Some(crate::lens::LensExtras::Mmap(
+                    crate::lens::mmap::MmapExtras { unmapped_bytes: 1 },
+                )),
             ),
         );
         let s = Summary {
@@ -298,7 +291,7 @@ mod tests {
             v["lenses"]["alloc-exact"]["top"][0]["stack"][1],
             "main.leak"
         );
-        assert_eq!(v["lenses"]["alloc-exact"]["x"], 1);
+        assert_eq!(v["lenses"]["alloc-exact"]["unmapped_bytes"], 1, "extras flat");
         assert_eq!(
             v["lenses"]["alloc-exact"]["top"][0]["frames"][1]["function"],
             "main.leak"
