@@ -121,7 +121,10 @@ impl TopPolicy {
                 continue;
             };
             let alive = t.exit.is_none();
-            let exited = t.exit.map(|e| e.describe());
+            let exited = match (&t.oom, t.exit) {
+                (Some(_), _) => Some("killed by the OOM killer".to_string()),
+                (None, e) => e.map(|e| e.describe()),
+            };
             let name = t.name();
             let allgs = t.bin.allgs.and_then(|a| t.runtime_addr(a));
             let bin = t.bin.clone();

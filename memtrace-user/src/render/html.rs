@@ -76,10 +76,10 @@ fn targets_table(out: &mut String, targets: &[TargetSummary]) {
             if t.stripped { "stripped" } else { "symbols" },
             if t.pie { ", PIE" } else { "" }
         );
-        let ended = t
-            .exit
-            .as_ref()
-            .map_or("running".to_string(), |e| e.describe());
+        let ended = match (&t.oom_kill, &t.exit) {
+            (Some(o), _) => format!("killed by the OOM killer at {:.1} s", o.at_secs),
+            (None, e) => e.as_ref().map_or("running".to_string(), |e| e.describe()),
+        };
         let cgroup = t
             .cgroup
             .as_ref()

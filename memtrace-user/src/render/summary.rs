@@ -291,7 +291,10 @@ mod tests {
             v["lenses"]["alloc-exact"]["top"][0]["stack"][1],
             "main.leak"
         );
-        assert_eq!(v["lenses"]["alloc-exact"]["unmapped_bytes"], 1, "extras flat");
+        assert_eq!(
+            v["lenses"]["alloc-exact"]["unmapped_bytes"], 1,
+            "extras flat"
+        );
         assert_eq!(
             v["lenses"]["alloc-exact"]["top"][0]["frames"][1]["function"],
             "main.leak"
