@@ -168,6 +168,9 @@ fn record_reports_the_limit_and_the_oom_kill() {
     let dir = oom_report(&out, pid).unwrap_or_else(|| panic!("no oom/ report: {stderr}"));
     assert!(stderr.contains(&dir.display().to_string()), "{stderr}");
     assert_killed_in(&summary(&dir), &cg, pid, "oom/ report");
+    let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(page.contains("killed by the OOM killer"), "index.html");
+    assert!(page.contains("cgroup limit 200.0 MiB"), "index.html");
     // The window's own report ends the same way.
     assert_killed_in(&summary(&out), &cg, pid, "the record's report");
     assert_no_memtrace_programs();
