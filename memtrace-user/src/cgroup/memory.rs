@@ -125,14 +125,7 @@ impl MemoryCgroup {
 /// namespace's view).
 pub fn read(fs: &dyn CgroupFs, proc_cgroup: &str) -> Option<MemoryCgroup> {
     let m = fs.mounts();
-    let entries: Vec<(&str, &str)> = proc_cgroup
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctrl, path) = (it.next()?, it.next()?, it.next()?);
-            Some((ctrl, path))
-        })
-        .collect();
+    let entries = super::entries(proc_cgroup);
     let v1 = entries
         .iter()
         .find(|(ctrl, _)| ctrl.split(',').any(|c| c == "memory"))

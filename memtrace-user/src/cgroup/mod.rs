@@ -20,19 +20,24 @@ pub struct CgroupLabels {
     pub container_id: Option<String>,
 }
 
-/// The process's cgroup path from `/proc/PID/cgroup`: the v2 entry
-/// (`0::/path`) unless it is the root of a hybrid host, where the v1 memory
-/// controller's path (which kubelet and runtimes set) is the one that says
-/// where the process belongs; else the first non-root entry.
-pub fn path_from_proc(text: &str) -> Option<String> {
-    let entries: Vec<(&str, &str)> = text
-        .lines()
+/// The (controllers, path) entries of `/proc/PID/cgroup`
+/// ("ID:CONTROLLERS:PATH"; v2's controllers are empty).
+pub fn entries(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
         .filter_map(|l| {
             let mut it = l.splitn(3, ':');
             let (_, ctrl, path) = (it.next()?, it.next()?, it.next()?);
             Some((ctrl, path))
         })
-        .collect();
+        .collect()
+}
+
+/// The process's cgroup path from `/proc/PID/cgroup`: the v2 entry
+/// (`0::/path`) unless it is the root of a hybrid host, where the v1 memory
+/// controller's path (which kubelet and runtimes set) is the one that says
+/// where the process belongs; else the first non-root entry.
+pub fn path_from_proc(text: &str) -> Option<String> {
+    let entries = entries(text);
     let v2 = entries.iter().find(|(c, _)| c.is_empty());
     let pick = v2
         .filter(|(_, p)| *p != "/" || entries.len() == 1)

@@ -351,12 +351,7 @@ mod tests {
     #[test]
     fn a_top_stack_is_named_by_its_own_code() {
         use super::super::summary::{FrameEntry, TopEntry};
-        let f = |function: &str, file: &str, line| FrameEntry {
-            function: function.into(),
-            file: file.into(),
-            line,
-            inlined: false,
-        };
+        let f = FrameEntry::at;
         let t = TopEntry::new(
             vec![],
             vec![

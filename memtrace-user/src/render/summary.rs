@@ -68,6 +68,18 @@ pub struct FrameEntry {
     pub inlined: bool,
 }
 
+impl FrameEntry {
+    /// A frame that is not inlined.
+    pub fn at(function: &str, file: &str, line: u32) -> Self {
+        Self {
+            function: function.into(),
+            file: file.into(),
+            line,
+            inlined: false,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct TopEntry {
     /// Function names, root first.

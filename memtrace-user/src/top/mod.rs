@@ -278,12 +278,7 @@ mod tests {
     #[test]
     fn a_stack_is_named_by_the_programs_own_innermost_frame() {
         use crate::render::summary::FrameEntry;
-        let f = |function: &str, file: &str, line| FrameEntry {
-            function: function.into(),
-            file: file.into(),
-            line,
-            inlined: false,
-        };
+        let f = FrameEntry::at;
         let t = TopEntry::new(
             vec![],
             vec![
