@@ -87,17 +87,7 @@ pub fn offsets(read: &dyn Fn(&str) -> Option<String>) -> Result<TracepointOffset
     let mut out = TracepointOffsets::DEFAULT;
     if let Some(text) = read("syscalls/sys_enter_mmap") {
         let tp = "syscalls:sys_enter_mmap";
-        let f = parse(&text);
-        let args: Vec<u64> = ["addr", "len", "prot", "flags"]
-            .iter()
-            .map(|n| field(&f, tp, n, 8))
-            .collect::<Result<_, _>>()?;
-        if args.windows(2).any(|w| w[1] != w[0] + 8) {
-            return Err(FormatError::Layout {
-                tracepoint: tp.to_string(),
-            });
-        }
-        out.syscall_args = args[0];
+        out.syscall_args = words(&parse(&text), tp, &["addr", "len", "prot", "flags"])?;
     }
     if let Some(text) = read("syscalls/sys_exit_mmap") {
         out.syscall_ret = field(&parse(&text), "syscalls:sys_exit_mmap", "ret", 8)?;
@@ -113,18 +103,24 @@ pub fn offsets(read: &dyn Fn(&str) -> Option<String>) -> Result<TracepointOffset
         let tp = "oom:mark_victim";
         let f = parse(&text);
         out.oom_pid = field(&f, tp, "pid", 4)?;
-        let rss: Vec<u64> = ["anon_rss", "file_rss", "shmem_rss"]
-            .iter()
-            .map(|n| field(&f, tp, n, 8))
-            .collect::<Result<_, _>>()?;
-        if rss.windows(2).any(|w| w[1] != w[0] + 8) {
-            return Err(FormatError::Layout {
-                tracepoint: tp.to_string(),
-            });
-        }
-        out.oom_anon_rss = rss[0];
+        out.oom_anon_rss = words(&f, tp, &["anon_rss", "file_rss", "shmem_rss"])?;
     }
     Ok(out)
+}
+
+/// The offset of the first of `names`, 8-byte fields that must follow one
+/// another (a probe reads them at 8-byte steps from the first).
+fn words(f: &[Field], tp: &str, names: &[&str]) -> Result<u64, FormatError> {
+    let at: Vec<u64> = names
+        .iter()
+        .map(|n| field(f, tp, n, 8))
+        .collect::<Result<_, _>>()?;
+    if at.windows(2).any(|w| w[1] != w[0] + 8) {
+        return Err(FormatError::Layout {
+            tracepoint: tp.to_string(),
+        });
+    }
+    Ok(at[0])
 }
 
 /// [`offsets`] from the format files under `tracefs`.
