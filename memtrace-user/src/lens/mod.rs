@@ -204,17 +204,41 @@ impl LensExtras {
     }
 }
 
-/// The lens list for `--help`: each name with its question and cost.
+/// The lens list for `--help`: each name with its question and cost,
+/// wrapped under the name's column.
 pub fn help_table() -> String {
-    let mut lines: Vec<String> = Lens::ALL
+    let mut rows: Vec<(&str, String)> = Lens::ALL
         .iter()
         .map(|l| {
             let s = l.spec();
-            format!("  {:<12} {}; cost: {}", s.name, s.question, s.cost)
+            (s.name, format!("{}; cost: {}", s.question, s.cost))
         })
         .collect();
-    lines.push(format!("  (every lens) the GC view; cost: {GC_VIEW_COST}"));
-    lines.join("\n")
+    rows.push(("(every lens)", format!("the GC view; cost: {GC_VIEW_COST}")));
+    rows.iter()
+        .map(|(name, text)| format!("  {name:<12} {}", wrap(text, 86, 15)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `text` in lines of at most `width` characters, the lines after the
+/// first indented by `indent` spaces.
+fn wrap(text: &str, width: usize, indent: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split(' ') {
+        if line > 0 && line + 1 + word.len() > width {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += word.chars().count();
+    }
+    out
 }
 
 impl fmt::Display for Lens {
