@@ -244,49 +244,54 @@ pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
         me.rss_bytes as i64,
     );
     if let Some(p) = push {
-        counter(
-            &mut reg,
-            "memtrace_push_profiles",
-            "Profiles delivered to the profile store",
-            p.pushed,
-        );
-        counter(
-            &mut reg,
-            "memtrace_push_failures",
-            "Push attempts that failed (each is retried)",
-            p.failed,
-        );
-        counter(
-            &mut reg,
-            "memtrace_push_dropped",
-            "Profiles dropped: the spool was full",
-            p.dropped,
-        );
-        gauge(
-            &mut reg,
-            "memtrace_push_spooled_profiles",
-            "Profiles waiting in the spool",
-            p.spooled as i64,
-        );
-        gauge(
-            &mut reg,
-            "memtrace_push_spooled_bytes",
-            "Bytes waiting in the spool",
-            p.spooled_bytes as i64,
-        );
-        let h = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
-        for l in &p.latencies {
-            h.observe(*l);
-        }
-        reg.register(
-            "memtrace_push_latency_seconds",
-            "Time to deliver one push",
-            h,
-        );
+        push_metrics(&mut reg, p);
     }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String");
     out
+}
+
+/// The pusher's delivery figures (with `--pyroscope`).
+fn push_metrics(reg: &mut Registry, p: &PushStats) {
+    counter(
+        reg,
+        "memtrace_push_profiles",
+        "Profiles delivered to the profile store",
+        p.pushed,
+    );
+    counter(
+        reg,
+        "memtrace_push_failures",
+        "Push attempts that failed (each is retried)",
+        p.failed,
+    );
+    counter(
+        reg,
+        "memtrace_push_dropped",
+        "Profiles dropped: the spool was full",
+        p.dropped,
+    );
+    gauge(
+        reg,
+        "memtrace_push_spooled_profiles",
+        "Profiles waiting in the spool",
+        p.spooled as i64,
+    );
+    gauge(
+        reg,
+        "memtrace_push_spooled_bytes",
+        "Bytes waiting in the spool",
+        p.spooled_bytes as i64,
+    );
+    let h = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+    for l in &p.latencies {
+        h.observe(*l);
+    }
+    reg.register(
+        "memtrace_push_latency_seconds",
+        "Time to deliver one push",
+        h,
+    );
 }
 
 #[cfg(test)]
