@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use memtrace_user::gopclntab::GoTable;
-use memtrace_user::symbolize::{Image, Symbolizer};
+use memtrace_user::binary::gopclntab::GoTable;
+use memtrace_user::binary::symbolize::{Image, Symbolizer};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

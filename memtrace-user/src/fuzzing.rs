@@ -12,9 +12,10 @@ use std::sync::Arc;
 /// A Go executable: everything `GoBinary::parse` reads, then symbolization
 /// of pcs across its text (line tables and inline trees).
 pub fn go_binary(data: &[u8]) {
-    let _ = crate::goruntime::parse_buildinfo(data);
-    let _ = crate::gtypes::g_layout(data);
-    let Ok(bin) = crate::goruntime::GoBinary::parse(Path::new("fuzz"), Arc::from(data)) else {
+    let _ = crate::binary::goruntime::parse_buildinfo(data);
+    let _ = crate::binary::gtypes::g_layout(data);
+    let Ok(bin) = crate::binary::goruntime::GoBinary::parse(Path::new("fuzz"), Arc::from(data))
+    else {
         return;
     };
     let table = &bin.table;
@@ -38,35 +39,37 @@ pub fn go_binary(data: &[u8]) {
         let _ = table.locate(pc);
         let _ = table.frames(pc);
     }
-    let _ = crate::doctor::lens_support(&bin, true);
-    let _ = crate::doctor::allocators(&bin);
+    let _ = crate::front::doctor::lens_support(&bin, true);
+    let _ = crate::front::doctor::allocators(&bin);
 }
 
 /// `.go.buildinfo` alone.
 pub fn buildinfo(data: &[u8]) {
-    let _ = crate::goruntime::parse_buildinfo(data);
+    let _ = crate::binary::goruntime::parse_buildinfo(data);
 }
 
 /// The `/proc` texts memtrace parses: maps, smaps, status, cgroup,
 /// net/tcp.
 pub fn procfs(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let maps = crate::procfs::parse_maps(&text);
+    let maps = crate::host::procfs::parse_maps(&text);
     for m in &maps {
         let _ = m.contains(m.start);
     }
-    let _ =
-        crate::breakdown::from_smaps(&text, u64::from(data.first().copied().unwrap_or(0)) << 20);
-    let _ = crate::procfs::parse_status(&text);
-    let _ = crate::procfs::parse_cap_eff(&text);
-    let _ = crate::cgroup::path_from_proc(&text);
-    let _ = crate::procfs::parse_listening(&text);
-    let _ = crate::procfs::parse_state(&text);
+    let _ = crate::host::breakdown::from_smaps(
+        &text,
+        u64::from(data.first().copied().unwrap_or(0)) << 20,
+    );
+    let _ = crate::host::procfs::parse_status(&text);
+    let _ = crate::host::procfs::parse_cap_eff(&text);
+    let _ = crate::host::cgroup::path_from_proc(&text);
+    let _ = crate::host::procfs::parse_listening(&text);
+    let _ = crate::host::procfs::parse_state(&text);
 }
 
 /// The kubelet's `/pods` answer.
 pub fn kubelet(data: &[u8]) {
-    if let Ok(pods) = crate::agent::kubelet::parse_pods(data) {
+    if let Ok(pods) = crate::front::agent::kubelet::parse_pods(data) {
         for p in pods.values() {
             let _ = p.app();
         }

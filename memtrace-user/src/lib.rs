@@ -7,31 +7,13 @@
 //! and `remote` touch the kernel or other processes; the rest is pure and
 //! unit-tested.
 
-pub mod agent;
-pub mod aggregate;
-pub mod breakdown;
-pub mod cgroup;
+pub mod binary;
 pub mod cli;
-pub mod decode;
-pub mod doctor;
 pub mod engine;
-pub mod error;
+pub mod front;
 pub mod fuzzing;
-pub mod gate;
-pub mod gopclntab;
-pub mod goruntime;
-pub mod gtypes;
-pub mod guard;
+pub mod host;
 pub mod kernel;
-pub mod launch;
 pub mod lens;
-pub mod memprof;
-pub mod preflight;
-pub mod procfs;
-pub mod rangemap;
-pub mod remote;
+pub mod model;
 pub mod render;
-pub mod report;
-pub mod stack;
-pub mod symbolize;
-pub mod top;

@@ -3,7 +3,7 @@
 //! frames come out as Go names them. Needs no privileges.
 
 use memtrace_tests::{fixture, go_versions};
-use memtrace_user::gopclntab::GoTable;
+use memtrace_user::binary::gopclntab::GoTable;
 use object::{Object as _, ObjectSymbol as _};
 
 fn table(path: &std::path::Path) -> GoTable {

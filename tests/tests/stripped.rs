@@ -7,9 +7,9 @@
 //! the same addresses as the unstripped one. Needs no privileges.
 
 use memtrace_tests::{fixture, go_versions};
-use memtrace_user::goruntime::vars::{self, Source};
-use memtrace_user::goruntime::{GoBinary, GC_LAYOUT, G_LAYOUT};
-use memtrace_user::gtypes::{self, GcFields};
+use memtrace_user::binary::goruntime::vars::{self, Source};
+use memtrace_user::binary::goruntime::{GoBinary, GC_LAYOUT, G_LAYOUT};
+use memtrace_user::binary::gtypes::{self, GcFields};
 use object::{Object as _, ObjectSymbol as _};
 
 const RULES: [vars::Rule; 4] = [
@@ -98,7 +98,7 @@ fn a_stripped_build_gives_the_unstripped_builds_addresses() {
         assert_eq!(stripped.g_layout, full.g_layout, "go{v}");
         let (s, f) = (stripped.gc.as_ref().unwrap(), full.gc.as_ref().unwrap());
         assert!(s.heap_live.is_some(), "go{v}: heap figures");
-        let rel = |g: &memtrace_user::goruntime::GcPoints| {
+        let rel = |g: &memtrace_user::binary::goruntime::GcPoints| {
             let live = g.heap_live.unwrap();
             (
                 g.heap_goal.unwrap().wrapping_sub(live),

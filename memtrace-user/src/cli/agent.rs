@@ -8,16 +8,16 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 
-use crate::agent::kubelet::Kubelet;
-use crate::agent::metrics::SelfUsage;
-use crate::agent::push::{self, Auth, PushConfig, Pusher};
-use crate::agent::session::{AgentPolicy, Filters, Snapshots};
-use crate::agent::{self, Shared};
 use crate::engine::host::Procfs;
 use crate::engine::{run, Engine, Options};
+use crate::front::agent::kubelet::Kubelet;
+use crate::front::agent::metrics::SelfUsage;
+use crate::front::agent::push::{self, Auth, PushConfig, Pusher};
+use crate::front::agent::session::{AgentPolicy, Filters, Snapshots};
+use crate::front::agent::{self, Shared};
+use crate::host::procfs;
 use crate::kernel::ebpf::Ebpf;
 use crate::lens::Lens;
-use crate::procfs;
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -218,7 +218,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     opts.max_stacks_per_process = Some(args.max_stacks_per_process.max(1));
     let tracepoints = opts.tracepoints();
     let paths: Vec<String> = tracepoints.iter().map(|t| t.path()).collect();
-    crate::preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())?;
+    crate::host::preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())?;
     std::fs::create_dir_all(&args.out).with_context(|| {
         format!(
             "cannot create output directory {}: choose another with --out",
@@ -275,7 +275,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
     )?;
     rt.block_on(async move {
-        let kernel = Ebpf::load(&tracepoints, &crate::preflight::tracefs_dir())?;
+        let kernel = Ebpf::load(&tracepoints, &crate::host::preflight::tracefs_dir())?;
         let mut engine = Engine::new(kernel, Procfs, opts);
         eprintln!(
             "memtrace: agent: serving http://{}/metrics, /profiles; windows of {} s; snapshots under {}",

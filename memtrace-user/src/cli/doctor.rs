@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use crate::doctor::{self, Check, HostFacts, Status, Tracefs};
+use crate::binary::goruntime::GoBinary;
 use crate::engine::Options;
-use crate::error::TargetError;
-use crate::goruntime::GoBinary;
+use crate::front::doctor::{self, Check, HostFacts, Status, Tracefs};
+use crate::host::remote::{ProcessMemory, RemoteMemory as _};
 use crate::kernel::ebpf::Ebpf;
 use crate::lens::Lens;
-use crate::remote::{ProcessMemory, RemoteMemory as _};
+use crate::model::error::TargetError;
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
@@ -39,9 +39,13 @@ enum Subject {
 fn examine(args: &DoctorArgs) -> anyhow::Result<Option<Subject>> {
     let (path, shown, pid) = match (args.pid, &args.binary) {
         (Some(pid), _) => {
-            crate::procfs::check_pid(pid)?;
-            let exe = crate::procfs::exe_path(pid)?;
-            (crate::procfs::proc_dir(pid).join("exe"), exe, Some(pid))
+            crate::host::procfs::check_pid(pid)?;
+            let exe = crate::host::procfs::exe_path(pid)?;
+            (
+                crate::host::procfs::proc_dir(pid).join("exe"),
+                exe,
+                Some(pid),
+            )
         }
         (None, Some(p)) => (p.clone(), p.clone(), None),
         (None, None) => return Ok(None),
@@ -80,7 +84,7 @@ fn read_rate(bin: &GoBinary, pid: u32, exe: &Path) -> Result<u64, String> {
                 Some(Err(why)) => format!("runtime.MemProfileRate was not found: {why}"),
                 _ => "runtime.MemProfileRate was not found".to_string(),
             })?;
-    let maps = crate::procfs::read_maps(pid).ok_or("cannot read its memory maps")?;
+    let maps = crate::host::procfs::read_maps(pid).ok_or("cannot read its memory maps")?;
     let exe_maps: Vec<_> = maps
         .into_iter()
         .filter(|m| m.path.as_deref() == Some(exe))
@@ -120,7 +124,7 @@ fn live_check(facts: &HostFacts) -> Check {
     }
     let r = (|| -> anyhow::Result<()> {
         let tp = crate::engine::DISCOVERY[1];
-        let mut k = Ebpf::load(&[tp], &crate::preflight::tracefs_dir())?;
+        let mut k = Ebpf::load(&[tp], &crate::host::preflight::tracefs_dir())?;
         let (exe, off) = own_entry()?;
         k.try_uprobe(&exe, off)?;
         Ok(())

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 
-use crate::gate::series::{Metric, Requests};
-use crate::gate::stats::Verdict;
-use crate::gate::{self, pct, Config};
-use crate::report::human_bytes;
+use crate::front::gate::series::{Metric, Requests};
+use crate::front::gate::stats::Verdict;
+use crate::front::gate::{self, pct, Config};
+use crate::render::report::human_bytes;
 
 /// What an inconclusive result counts as.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -77,8 +77,8 @@ fn split(what: &str, s: &str) -> anyhow::Result<Vec<String>> {
         bail!("--{what} is empty: give the command and its arguments");
     }
     // The program must exist and be a Go binary before anything runs.
-    let path = crate::launch::resolve(&argv[0])?;
-    crate::goruntime::GoBinary::open(&path)?;
+    let path = crate::host::launch::resolve(&argv[0])?;
+    crate::binary::goruntime::GoBinary::open(&path)?;
     Ok(argv)
 }
 

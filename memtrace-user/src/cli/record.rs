@@ -86,7 +86,7 @@ impl<K: Kernel, H: crate::engine::Host> Policy<K, H> for RecordPolicy {
         for e in events {
             if let Lifecycle::OomKill(pid) = e {
                 let report = engine.report(Some(&[pid]), "oom_kill");
-                let written = crate::report::write_oom_report(
+                let written = crate::render::report::write_oom_report(
                     &report,
                     pid,
                     &self.out.join("oom"),
@@ -156,7 +156,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     })?;
     // Forked first, while memtrace has one thread: it undoes what memtrace
     // writes into targets if memtrace is killed.
-    let guardian = crate::guard::Guardian::spawn().context("starting the guardian process")?;
+    let guardian =
+        crate::host::guard::Guardian::spawn().context("starting the guardian process")?;
     // Resolve and vet every target before touching the kernel.
     let (specs, gate) = if args.command.is_empty() {
         let specs = args
@@ -213,7 +214,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
         );
     }
     let step = Instant::now();
-    let written = crate::report::write_report(&args.out, &report, args.frames);
+    let written = crate::render::report::write_report(&args.out, &report, args.frames);
     if progress {
         eprintln!(" {:.1} s", step.elapsed().as_secs_f64());
     }
@@ -229,7 +230,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
             .iter()
             .find(|t| t.pid == *pid)
             .and_then(|t| t.cgroup.as_ref())
-            .map(|c| format!(" ({})", c.describe(crate::report::human_bytes)))
+            .map(|c| format!(" ({})", c.describe(crate::render::report::human_bytes)))
             .unwrap_or_default();
         eprintln!(
             "memtrace: pid {pid} was killed by the OOM killer{cgroup}; {}",

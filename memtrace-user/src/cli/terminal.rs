@@ -4,8 +4,8 @@
 
 use crate::engine::{Report, Target};
 use crate::lens::Lens;
+use crate::render::report::{human_bytes, is_plumbing, short_stack, WrittenReport};
 use crate::render::{FrameMode, Profile};
-use crate::report::{human_bytes, is_plumbing, short_stack, WrittenReport};
 
 fn fmt_value(unit: &str, v: u64) -> String {
     if unit == "bytes" {

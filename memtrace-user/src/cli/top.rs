@@ -17,15 +17,15 @@ use ratatui::crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
 };
 
+use crate::binary::goruntime::GoBinary;
 use crate::engine::host::Procfs;
 use crate::engine::run::{self, Policy, Step};
 use crate::engine::{setup, Engine, Options, TargetSpec};
-use crate::goruntime::GoBinary;
+use crate::front::top::{self, screen, Row, View};
 use crate::kernel::ebpf::Ebpf;
 use crate::kernel::Kernel as _;
 use crate::lens::Lens;
 use crate::render::FrameMode;
-use crate::top::{self, screen, Row, View};
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
@@ -135,7 +135,7 @@ impl TopPolicy {
                 ..Row::default()
             });
             if alive {
-                if let Some(s) = crate::procfs::read_status(pid) {
+                if let Some(s) = crate::host::procfs::read_status(pid) {
                     row.sample(s.vm_rss, secs);
                 }
                 if !traced_goroutines {
@@ -158,7 +158,7 @@ impl TopPolicy {
         self.status = match std::fs::create_dir_all(&dir)
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                crate::report::write_report(&dir, &report, FrameMode::Line)
+                crate::render::report::write_report(&dir, &report, FrameMode::Line)
                     .map_err(|e| e.to_string())
             }) {
             Ok(w) => format!("saved the report so far: {}", w.page.display()),
@@ -233,7 +233,7 @@ impl TopPolicy {
 /// Live goroutines from `runtime.allgs`, when the binary says how to read
 /// their state.
 fn live_goroutines(bin: &GoBinary, pid: u32, allgs: u64) -> Option<u64> {
-    let mem = crate::remote::ProcessMemory::open(pid).ok()?;
+    let mem = crate::host::remote::ProcessMemory::open(pid).ok()?;
     crate::lens::goroutines::count_live(bin, &mem, allgs)
         .ok()
         .flatten()
@@ -273,7 +273,7 @@ fn scan(opts: &Options) -> Vec<TargetSpec> {
         .collect();
     pids.sort_unstable();
     for pid in pids {
-        let via = crate::procfs::proc_dir(pid).join("exe");
+        let via = crate::host::procfs::proc_dir(pid).join("exe");
         let Ok(meta) = std::fs::metadata(&via) else {
             continue;
         };
@@ -306,7 +306,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     setup::check_host(&opts)?;
     // Forked while memtrace has one thread: it undoes what memtrace writes
     // into targets if memtrace is killed.
-    let guardian = crate::guard::Guardian::spawn().context("starting the guardian process")?;
+    let guardian =
+        crate::host::guard::Guardian::spawn().context("starting the guardian process")?;
     let specs = if args.pids.is_empty() {
         let s = scan(&opts);
         if s.is_empty() {

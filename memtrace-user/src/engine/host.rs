@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use crate::cgroup::memory::{self as memcg, MemoryCgroup};
-use crate::procfs::{self, MapEntry, MemStatus};
-use crate::remote::{ProcessMemory, RemoteMemory};
+use crate::host::cgroup::memory::{self as memcg, MemoryCgroup};
+use crate::host::procfs::{self, MapEntry, MemStatus};
+use crate::host::remote::{ProcessMemory, RemoteMemory};
 
 pub trait Host {
     /// The target's memory (see [`RemoteMemory`]).
@@ -73,7 +73,7 @@ impl Host for Procfs {
     }
 
     fn reap(&self, pid: u32) -> Option<i32> {
-        crate::launch::try_wait(pid)
+        crate::host::launch::try_wait(pid)
     }
 
     fn wait_stopped(&self, pid: u32) -> bool {

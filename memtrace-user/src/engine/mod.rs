@@ -11,7 +11,7 @@
 //! [`Host`]), so the lifecycle here is unit-tested without either.
 //!
 //! ```no_run
-//! # fn demo(bin: std::sync::Arc<memtrace_user::goruntime::GoBinary>) -> anyhow::Result<()> {
+//! # fn demo(bin: std::sync::Arc<memtrace_user::binary::goruntime::GoBinary>) -> anyhow::Result<()> {
 //! use memtrace_user::engine::{Engine, Options, TargetSpec, host::Procfs};
 //! use memtrace_user::kernel::ebpf::Ebpf;
 //! use memtrace_user::lens::Lens;
@@ -44,13 +44,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::aggregate::Aggregator;
-use crate::decode::{Op, Resolved, Resolver};
-use crate::error::TargetError;
-use crate::goruntime::GoBinary;
+use crate::binary::goruntime::GoBinary;
+use crate::binary::symbolize::Symbolizer;
+use crate::kernel::decode::{Op, Resolved, Resolver};
 use crate::kernel::{Kernel, KernelError, ProbeTuning, Probes, Scope, Tracepoint};
+use crate::lens::aggregate::Aggregator;
 use crate::lens::{goroutines, rss::Thp, sampled::RuntimeProfile, Lens};
-use crate::symbolize::Symbolizer;
+use crate::model::error::TargetError;
 
 pub use host::Host;
 pub use probes::{BinaryId, ProbeKey};
@@ -151,8 +151,8 @@ impl TargetSpec {
     /// A running process, reached through `/proc/PID/exe` (which works for
     /// deleted files and other mount namespaces).
     pub fn running(pid: u32, bin: Arc<GoBinary>) -> Result<Self, TargetError> {
-        let via = crate::procfs::proc_dir(pid).join("exe");
-        let exe = crate::procfs::exe_path(pid)?;
+        let via = crate::host::procfs::proc_dir(pid).join("exe");
+        let exe = crate::host::procfs::exe_path(pid)?;
         let meta = std::fs::metadata(&via).map_err(|source| TargetError::Exe { pid, source })?;
         Ok(Self {
             pid,
@@ -224,7 +224,7 @@ pub struct Engine<K: Kernel, H: Host> {
     /// Warnings already shown (each once).
     warned: HashSet<String>,
     /// Undoes what memtrace wrote into targets if memtrace dies.
-    guard: Option<crate::guard::Guardian>,
+    guard: Option<crate::host::guard::Guardian>,
 }
 
 impl<K: Kernel, H: Host> Engine<K, H> {
@@ -248,7 +248,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
 
     /// Has `guard` undo what this session writes into its targets (and
     /// continue them) if memtrace dies.
-    pub fn set_guardian(&mut self, guard: crate::guard::Guardian) {
+    pub fn set_guardian(&mut self, guard: crate::host::guard::Guardian) {
         self.guard = Some(guard);
     }
 

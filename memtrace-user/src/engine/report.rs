@@ -5,15 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Engine, Host};
-use crate::aggregate::Cell;
+use crate::binary::symbolize::Image;
 use crate::kernel::Kernel;
+use crate::lens::aggregate::Cell;
 use crate::lens::LensExtras;
 use crate::lens::{self, Lens};
+use crate::model::stack::StackKey;
+use crate::render::report::build_profile;
 use crate::render::summary::{self, Counters, Summary};
 use crate::render::{timeline::Point, Profile};
-use crate::report::build_profile;
-use crate::stack::StackKey;
-use crate::symbolize::Image;
 
 /// One process's RSS over the window, for `timeline.svg`.
 pub struct Timeline {
@@ -42,7 +42,7 @@ fn heap_note(total: u64, live: u64) -> String {
         format!(
             "; it accounts for {:.0}% of the Go heap's {} live bytes",
             total as f64 / live as f64 * 100.0,
-            crate::report::human_bytes(live)
+            crate::render::report::human_bytes(live)
         )
     } else {
         String::new()
@@ -249,7 +249,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                     breakdown: t.final_state.as_ref().and_then(|f| f.breakdown),
                     cgroup: t.cgroup.clone().map(|c| {
                         let usage: Vec<(f64, u64)> = t.cgroup_usage.iter().copied().collect();
-                        crate::cgroup::memory::summarize(c, &usage)
+                        crate::host::cgroup::memory::summarize(c, &usage)
                     }),
                     exit: t.exit,
                     oom_kill: t.oom.clone(),

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::agent::watch::GrowthWatch;
+use crate::front::agent::watch::GrowthWatch;
 
 pub struct Rolling {
     /// Seconds per window.

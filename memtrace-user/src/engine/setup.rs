@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use super::host::Procfs;
 use super::{Engine, EngineError, Options, TargetSpec};
-use crate::error::{EnvError, TargetError};
-use crate::goruntime::GoBinary;
-use crate::guard::Guardian;
+use crate::binary::goruntime::GoBinary;
+use crate::host::guard::Guardian;
+use crate::host::launch::{self, Gated};
 use crate::kernel::{ebpf::Ebpf, KernelError};
-use crate::launch::{self, Gated};
 use crate::lens::Lens;
+use crate::model::error::{EnvError, TargetError};
 
 /// Why a session could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +67,11 @@ fn relabel(e: TargetError, via: &Path, exe: &Path) -> TargetError {
 
 /// A running process, vetted.
 pub fn running(pid: u32) -> Result<TargetSpec, TargetError> {
-    crate::procfs::check_pid(pid)?;
-    let exe = crate::procfs::exe_path(pid)?;
+    crate::host::procfs::check_pid(pid)?;
+    let exe = crate::host::procfs::exe_path(pid)?;
     // /proc/PID/exe reaches the file even in another mount namespace or
     // after it was deleted.
-    let via = crate::procfs::proc_dir(pid).join("exe");
+    let via = crate::host::procfs::proc_dir(pid).join("exe");
     let mut bin = GoBinary::open(&via).map_err(|e| relabel(e, &via, &exe))?;
     bin.path = exe;
     TargetSpec::running(pid, Arc::new(bin))
@@ -131,7 +131,7 @@ pub fn launch(
 /// tracefs, tracepoints): first, before any target is looked at.
 pub fn check_host(opts: &Options) -> Result<(), EnvError> {
     let paths: Vec<String> = opts.tracepoints().iter().map(|t| t.path()).collect();
-    crate::preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())
+    crate::host::preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Loads the probes and adds `specs` (vetted first), with `guardian`
@@ -151,7 +151,11 @@ pub fn start(
         for s in specs {
             vet(s, opts)?;
         }
-        let kernel = Ebpf::load_with(&tracepoints, &crate::preflight::tracefs_dir(), opts.tuning)?;
+        let kernel = Ebpf::load_with(
+            &tracepoints,
+            &crate::host::preflight::tracefs_dir(),
+            opts.tuning,
+        )?;
         let mut engine = Engine::new(kernel, Procfs, opts.clone());
         engine.set_guardian(guardian.take().expect("set once"));
         for s in specs {

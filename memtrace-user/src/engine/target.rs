@@ -10,14 +10,14 @@ use serde::Serialize;
 use super::host::Host;
 use super::probes::ProbeKey;
 use super::Engine;
-use crate::breakdown::{self, Breakdown};
-use crate::cgroup::memory::MemoryCgroup;
-use crate::goruntime::GoBinary;
+use crate::binary::goruntime::GoBinary;
+use crate::binary::symbolize::Image;
+use crate::host::breakdown::{self, Breakdown};
+use crate::host::cgroup::memory::MemoryCgroup;
+use crate::host::procfs::MapEntry;
 use crate::kernel::Kernel;
 use crate::lens::sampled::RuntimeProfile;
-use crate::procfs::MapEntry;
 use crate::render::timeline::Point;
-use crate::symbolize::Image;
 use memtrace_common::TargetConfig;
 
 /// The OOM killer chose a target: what the kernel said of it, and what
@@ -138,7 +138,7 @@ impl Target {
             image: Image {
                 exe: exe.clone(),
                 maps: if launched { None } else { host.maps(pid) },
-                root: Some(crate::procfs::proc_dir(pid).join("root")),
+                root: Some(crate::host::procfs::proc_dir(pid).join("root")),
             },
             exe,
             bin,

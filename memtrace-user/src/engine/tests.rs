@@ -10,10 +10,10 @@ use memtrace_common::{Event, EventKind, HoldPoint, StackField};
 use super::host::Host;
 use super::rolling::Rolling;
 use super::*;
-use crate::decode::encode;
+use crate::host::procfs::{MapEntry, MemStatus};
+use crate::host::remote::{FakeMemory, RemoteMemory};
+use crate::kernel::decode::encode;
 use crate::kernel::fake::FakeKernel;
-use crate::procfs::{MapEntry, MemStatus};
-use crate::remote::{FakeMemory, RemoteMemory};
 
 /// Processes that exist only in the test.
 #[derive(Default)]
@@ -309,7 +309,7 @@ fn lifecycle_events_reach_the_policy() {
 /// once its maps appear, relocated to where it was loaded.
 #[test]
 fn a_launched_pie_targets_heap_addresses_are_completed_once_it_runs() {
-    use crate::goruntime::{GcPoints, ProbePoint};
+    use crate::binary::goruntime::{GcPoints, ProbePoint};
     let point = ProbePoint {
         symbol: "runtime.gcMarkTermination".into(),
         vaddr: 0x1000,

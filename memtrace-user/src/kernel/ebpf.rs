@@ -18,7 +18,7 @@ use memtrace_common::{Event, EventKind, FaultRuns, TargetConfig, COUNTER_COUNT};
 
 use super::runs::{self, TargetTimes};
 use super::{format, Kernel, KernelCounters, KernelError, ProbeTuning, Probes, Scope, Tracepoint};
-use crate::goruntime::{GoBinary, ProbePoint};
+use crate::binary::goruntime::{GoBinary, ProbePoint};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
 
@@ -387,7 +387,7 @@ impl Kernel for Ebpf {
             for (ra, rb) in ca.runs.iter().zip(&cb.runs) {
                 if runs::settled(ra, rb) && self.times.live(ra, retired) {
                     let ev = Event::fault_run(EventKind::FaultRunSoFar, ra);
-                    sink(&crate::decode::encode(&ev, &[]));
+                    sink(&crate::kernel::decode::encode(&ev, &[]));
                 }
             }
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use memtrace_common::TargetConfig;
 
 use super::{Kernel, KernelCounters, KernelError, Probes, Scope};
-use crate::goruntime::GoBinary;
+use crate::binary::goruntime::GoBinary;
 
 /// What the fake kernel was asked, and what it will answer.
 #[derive(Default)]

@@ -5,6 +5,7 @@
 //!
 //! Nothing here interprets records: that is `decode`'s job.
 
+pub mod decode;
 pub mod ebpf;
 #[cfg(test)]
 pub mod fake;
@@ -16,7 +17,7 @@ use std::path::Path;
 
 use memtrace_common::{Counter, TargetConfig, COUNTER_COUNT};
 
-use crate::goruntime::GoBinary;
+use crate::binary::goruntime::GoBinary;
 
 /// A tracepoint program and where it attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -8,8 +8,8 @@ use hdrhistogram::Histogram;
 use memtrace_common::AllocType;
 
 use super::sizeclass::Rules;
-use crate::aggregate::{histogram, Cell};
-use crate::stack::StackKey;
+use crate::lens::aggregate::{histogram, Cell};
+use crate::model::stack::StackKey;
 use serde::Serialize;
 
 /// `alloc-exact`: every heap allocation, summed by stack.
@@ -106,7 +106,7 @@ pub fn extras(a: &AllocExactAgg) -> AllocExactExtras {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stack::Stack;
+    use crate::model::stack::Stack;
 
     #[test]
     fn alloc_sums_per_stack() {

@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::aggregate::Cell;
-use crate::goruntime::GoBinary;
-use crate::gtypes::{G_DEAD, G_SCAN};
-use crate::remote::RemoteMemory;
+use crate::binary::goruntime::GoBinary;
+use crate::binary::gtypes::{G_DEAD, G_SCAN};
+use crate::binary::symbolize::EXISTING_GOROUTINE;
+use crate::host::remote::RemoteMemory;
+use crate::lens::aggregate::Cell;
+use crate::model::stack::{StackKey, StackTable};
 use crate::render::{FrameMode, Profile};
-use crate::stack::{StackKey, StackTable};
-use crate::symbolize::EXISTING_GOROUTINE;
 
 /// `goroutines`: live goroutines by creation stack (the `go` statement's,
 /// with the start function as leaf). Created and exited counts per stack.
@@ -224,7 +224,7 @@ pub fn extras(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stack::Stack;
+    use crate::model::stack::Stack;
 
     #[test]
     fn the_runtimes_own_goroutines_are_told_apart() {

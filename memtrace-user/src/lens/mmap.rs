@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use crate::aggregate::{page_round, sum_by_key, Cell, PROT_NONE};
 use crate::kernel::Tracepoint;
-use crate::rangemap::RangeMap;
-use crate::stack::StackKey;
+use crate::lens::aggregate::{page_round, sum_by_key, Cell, PROT_NONE};
+use crate::model::rangemap::RangeMap;
+use crate::model::stack::StackKey;
 
 /// mmap (enter and exit, paired for the address) and munmap.
 pub const TRACEPOINTS: &[Tracepoint] = &[
@@ -81,8 +81,8 @@ pub fn extras(m: &MmapAgg) -> MmapExtras {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::PAGE;
-    use crate::stack::Stack;
+    use crate::lens::aggregate::PAGE;
+    use crate::model::stack::Stack;
 
     const RW: u32 = 3;
 

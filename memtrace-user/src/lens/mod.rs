@@ -2,6 +2,7 @@
 //! module: the question it answers and what it costs, the tracepoints and
 //! uprobes it needs, its aggregator, and its extras in `summary.json`.
 
+pub mod aggregate;
 pub mod alloc_exact;
 pub mod gc;
 pub mod goroutines;

@@ -7,10 +7,10 @@ use std::collections::{HashMap, VecDeque};
 
 use memtrace_common::FaultRun;
 
-use crate::aggregate::{page_round, sum_by_key, Cell, PAGE};
 use crate::kernel::Tracepoint;
-use crate::rangemap::RangeMap;
-use crate::stack::StackKey;
+use crate::lens::aggregate::{page_round, sum_by_key, Cell, PAGE};
+use crate::model::rangemap::RangeMap;
+use crate::model::stack::StackKey;
 
 /// Faults (user and kernel mode) and every syscall that maps or releases.
 pub const TRACEPOINTS: &[Tracepoint] = &[

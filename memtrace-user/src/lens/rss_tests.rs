@@ -1,7 +1,7 @@
 //! Unit tests of the rss lens's aggregator.
 
 use super::*;
-use crate::stack::Stack;
+use crate::model::stack::Stack;
 
 /// The stack that releases memory in these tests.
 const REL: StackKey = (1, Stack::Id(99));

@@ -8,14 +8,14 @@
 
 use std::collections::HashMap;
 
-use crate::aggregate::Cell;
-use crate::error::TargetError;
-use crate::goruntime::GoBinary;
+use crate::binary::goruntime::GoBinary;
+use crate::binary::memprof::{self, Bucket};
+use crate::host::procfs::MapEntry;
+use crate::host::remote::RemoteMemory;
+use crate::lens::aggregate::Cell;
 use crate::lens::Lens;
-use crate::memprof::{self, Bucket};
-use crate::procfs::MapEntry;
-use crate::remote::RemoteMemory;
-use crate::stack::{StackKey, StackTable};
+use crate::model::error::TargetError;
+use crate::model::stack::{StackKey, StackTable};
 
 /// Since when the runtime's memory profile has been sampling.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -252,7 +252,7 @@ pub fn extras(rate: u64, since: SampledSince, heap: Option<(u64, u64)>) -> Sampl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::FakeMemory;
+    use crate::host::remote::FakeMemory;
 
     #[test]
     fn writes_the_rate_when_off_and_restores_it() {

@@ -37,7 +37,7 @@ impl Rules {
     /// For a Go version string (`go1.22.3`); unknown versions get the
     /// newest rules.
     pub fn for_version(go_version: &str) -> Self {
-        let minor = crate::goruntime::go_release(go_version).map_or(u32::MAX, |(_, m)| m);
+        let minor = crate::binary::goruntime::go_release(go_version).map_or(u32::MAX, |(_, m)| m);
         Self {
             headers: minor >= 22,
         }

@@ -18,6 +18,7 @@ pub mod diff;
 pub mod folded;
 pub mod html;
 pub mod pprof;
+pub mod report;
 pub mod summary;
 pub mod svg;
 pub mod timeline;

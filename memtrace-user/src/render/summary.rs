@@ -39,7 +39,7 @@ pub struct TargetSummary {
     /// Where resident memory sits at the end (or when the target exited,
     /// if it held itself on the way out).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub breakdown: Option<crate::breakdown::Breakdown>,
+    pub breakdown: Option<crate::host::breakdown::Breakdown>,
     /// How the target ended, if it did during the window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<crate::engine::Exit>,
@@ -50,7 +50,7 @@ pub struct TargetSummary {
     /// Its memory cgroup: the limit, usage, growth and when it would reach
     /// the limit.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<crate::cgroup::memory::CgroupSummary>,
+    pub cgroup: Option<crate::host::cgroup::memory::CgroupSummary>,
     /// Where it runs (the agent: cgroup, pod and container).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<serde_json::Value>,

@@ -1,0 +1,142 @@
+//! The agent's reports beside its windows: what goes to Pyroscope, the
+//! triggered snapshots (growth, limit) and the report of an OOM-killed
+//! process. A child of `session`, so it sees the policy's state.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{unix_now, AgentPolicy};
+use crate::engine::Engine;
+use crate::engine::Host;
+use crate::front::agent::Rendered;
+use crate::kernel::Kernel;
+use crate::render::report::write_report;
+use crate::render::FrameMode;
+
+impl AgentPolicy {
+    /// One window of `pid` for Pyroscope: a series per lens, labelled.
+    pub(super) fn push_request(
+        &self,
+        pid: u32,
+        rendered: &[(&str, Arc<Rendered>)],
+    ) -> crate::front::agent::push::PushRequest {
+        let state = self.proc_state(pid);
+        let state = state.unwrap_or_default();
+        let exe_name = state
+            .exe
+            .rsplit('/')
+            .next()
+            .unwrap_or(&state.exe)
+            .to_string();
+        let container = state.pod.as_ref().and_then(|p| {
+            let id = state.labels.container_id.as_ref()?;
+            p.containers.get(id).cloned()
+        });
+        let service = state
+            .pod
+            .as_ref()
+            .and_then(|p| p.app().map(str::to_string))
+            .or_else(|| container.clone())
+            .unwrap_or_else(|| exe_name.trim_end_matches(" (deleted)").to_string());
+        let mut common = vec![
+            ("service_name".to_string(), service),
+            ("node".to_string(), self.node.clone()),
+            ("pid".to_string(), pid.to_string()),
+            ("go_version".to_string(), state.go_version.clone()),
+        ];
+        if let Some(p) = &state.pod {
+            common.push(("namespace".into(), p.namespace.clone()));
+            common.push(("pod".into(), p.name.clone()));
+        }
+        if let Some(c) = container {
+            common.push(("container".into(), c));
+        }
+        crate::front::agent::push::PushRequest {
+            series: rendered
+                .iter()
+                .map(|(lens, r)| {
+                    let mut labels = vec![("__name__".to_string(), format!("memtrace_{lens}"))];
+                    labels.extend(common.iter().cloned());
+                    crate::front::agent::push::series(&labels, r.pprof.clone())
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes a `record`-style report of `pid` for a triggered snapshot;
+    /// `trigger` (with its `kind`) goes into `summary.json`, `why` to the log.
+    pub(super) fn snapshot<K: Kernel, H: Host>(
+        &mut self,
+        engine: &mut Engine<K, H>,
+        pid: u32,
+        trigger: serde_json::Value,
+        why: &str,
+    ) {
+        let root = &self.snapshots.dir;
+        let dir = root.join(format!("{pid}-{}", unix_now()));
+        let mut report = self.report_of(engine, pid, "snapshot");
+        let kind = trigger["kind"].as_str().unwrap_or("growth").to_string();
+        report.summary.trigger = Some(trigger);
+        let written = std::fs::create_dir_all(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|_| write_report(&dir, &report, FrameMode::Func).map_err(|e| e.to_string()));
+        match written {
+            Ok(_) => {
+                prune(root, self.snapshots.keep);
+                let mut shared = self.shared.lock().expect("agent state");
+                shared.snapshots += 1;
+                *shared.snapshots_by_trigger.entry(kind).or_default() += 1;
+                if let Some(p) = shared.procs.get_mut(&pid) {
+                    p.snapshots += 1;
+                }
+                eprintln!(
+                    "memtrace: agent: snapshot of pid {pid}: {why} → {}",
+                    dir.display()
+                );
+            }
+            Err(e) => eprintln!("memtrace: agent: snapshot of pid {pid} failed: {e}"),
+        }
+    }
+
+    /// The OOM killer chose `pid`: its report goes to `OUT/oom/PID-UNIXTIME/`
+    /// at once, and (with a profile store) its last window is pushed.
+    pub(super) fn oom_killed<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>, pid: u32) {
+        let report = self.report_of(engine, pid, "oom_kill");
+        match crate::render::report::write_oom_report(
+            &report,
+            pid,
+            &self.snapshots.oom_dir,
+            FrameMode::Func,
+        ) {
+            Ok(dir) => eprintln!(
+                "memtrace: agent: pid {pid} was killed by the OOM killer; its report is in {}",
+                dir.display()
+            ),
+            Err(e) => eprintln!("memtrace: agent: pid {pid} was killed by the OOM killer; {e}"),
+        }
+        self.publish(pid, &report);
+        let mut shared = self.shared.lock().expect("agent state");
+        shared.oom_kills += 1;
+        *shared
+            .snapshots_by_trigger
+            .entry("oom_kill".into())
+            .or_default() += 1;
+    }
+}
+
+/// Keeps the `keep` newest snapshot directories under `root`.
+pub(super) fn prune(root: &std::path::Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut dirs: Vec<(SystemTime, PathBuf)> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    dirs.sort();
+    let excess = dirs.len().saturating_sub(keep);
+    for (_, d) in dirs.into_iter().take(excess) {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

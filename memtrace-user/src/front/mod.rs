@@ -1,0 +1,7 @@
+//! The front ends, each with its own policy: `agent` (the node agent),
+//! `gate` (CI's regression gate), `top` (the live screen) and `doctor`.
+
+pub mod agent;
+pub mod doctor;
+pub mod gate;
+pub mod top;
