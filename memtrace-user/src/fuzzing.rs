@@ -79,8 +79,8 @@ pub fn kubelet(data: &[u8]) {
 /// A pprof profile, gzipped or not (`memtrace diff` reads users' files).
 pub fn pprof(data: &[u8]) {
     if let Ok(p) = crate::render::pprof::decode(data) {
-        let _ = crate::render::pprof::folded(&p, crate::render::FrameMode::Func);
-        let _ = crate::render::pprof::folded(&p, crate::render::FrameMode::Line);
+        let _ = crate::render::pprof::folded(&p, crate::model::profile::FrameMode::Func);
+        let _ = crate::render::pprof::folded(&p, crate::model::profile::FrameMode::Line);
     }
 }
 

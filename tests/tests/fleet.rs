@@ -557,7 +557,8 @@ fn pushes_reach_the_store_labelled_and_survive_an_outage() {
         "{}",
         pb.duration_nanos
     );
-    let folded = memtrace_user::render::pprof::folded(pb, memtrace_user::render::FrameMode::Line);
+    let folded =
+        memtrace_user::render::pprof::folded(pb, memtrace_user::model::profile::FrameMode::Line);
     let leaf = top_leaf(&folded);
     assert!(
         leaf.contains("main.cacheSession") && leaf.contains("main.go:"),

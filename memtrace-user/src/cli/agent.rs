@@ -17,7 +17,7 @@ use crate::front::agent::session::{AgentPolicy, Filters, Snapshots};
 use crate::front::agent::{self, Shared};
 use crate::host::procfs;
 use crate::kernel::ebpf::Ebpf;
-use crate::lens::Lens;
+use crate::model::lens::Lens;
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {

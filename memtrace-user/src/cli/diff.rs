@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use crate::render::{self, diff, FrameMode};
+use crate::model::profile::FrameMode;
+use crate::render::{self, diff};
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {

@@ -11,8 +11,8 @@ use crate::engine::Options;
 use crate::front::doctor::{self, Check, HostFacts, Status, Tracefs};
 use crate::host::remote::{ProcessMemory, RemoteMemory as _};
 use crate::kernel::ebpf::Ebpf;
-use crate::lens::Lens;
 use crate::model::error::TargetError;
+use crate::model::lens::Lens;
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {

@@ -11,8 +11,8 @@ use crate::engine::host::Procfs;
 use crate::engine::run::{self, Policy, Step};
 use crate::engine::{setup, Engine, Lifecycle, Options};
 use crate::kernel::{ebpf::Ebpf, Kernel};
-use crate::lens::Lens;
-use crate::render::FrameMode;
+use crate::model::lens::Lens;
+use crate::model::profile::FrameMode;
 
 #[derive(Debug, clap::Args)]
 pub struct RecordArgs {

@@ -2,10 +2,11 @@
 //! three stacks, VmRSS and where resident memory sits per target, and the
 //! GC view.
 
-use crate::engine::{Report, Target};
-use crate::lens::Lens;
+use crate::engine::Target;
+use crate::model::lens::Lens;
+use crate::model::profile::{FrameMode, Profile};
+use crate::model::report::Report;
 use crate::render::report::{human_bytes, is_plumbing, short_stack, WrittenReport};
-use crate::render::{FrameMode, Profile};
 
 fn fmt_value(unit: &str, v: u64) -> String {
     if unit == "bytes" {
@@ -17,7 +18,7 @@ fn fmt_value(unit: &str, v: u64) -> String {
 
 /// What was dropped, and where: the ring buffer, or the kernel skipping a
 /// probe run.
-pub fn drops(c: &crate::render::summary::Counters) -> String {
+pub fn drops(c: &crate::model::summary::Counters) -> String {
     let mut why = Vec::new();
     if c.ringbuf_drops > 0 {
         why.push(format!("{} (ring buffer full)", c.ringbuf_drops));
@@ -152,7 +153,7 @@ fn print_lens(p: &Profile) {
 }
 
 /// `net +X (grew Y, released Z that was resident before tracing)`.
-fn print_net(extra: &crate::lens::rss::RssExtras, grew: u64) {
+fn print_net(extra: &crate::model::extras::RssExtras, grew: u64) {
     let (net, released) = (extra.net_growth, extra.released_before_bytes);
     println!(
         "  net {}{} (grew {}, released {} that was resident before tracing)",

@@ -24,8 +24,8 @@ use crate::engine::{setup, Engine, Options, TargetSpec};
 use crate::front::top::{self, screen, Row, View};
 use crate::kernel::ebpf::Ebpf;
 use crate::kernel::Kernel as _;
-use crate::lens::Lens;
-use crate::render::FrameMode;
+use crate::model::lens::Lens;
+use crate::model::profile::FrameMode;
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {

@@ -4,10 +4,12 @@
 //! memory is gone; then it continues it. `finish` reads the same final
 //! state from targets still running when the session ends.
 
+use crate::model::target::OomKill;
 use memtrace_common::HoldPoint;
 
-use super::{Engine, Exit, Host, Target};
+use super::{Engine, Host, Target};
 use crate::kernel::Kernel;
+use crate::model::target::Exit;
 
 impl<K: Kernel, H: Host> Engine<K, H> {
     /// A target stopped itself: set or read its state, then continue it.
@@ -109,7 +111,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             )),
         }
         // Marked now: later samples of a dying process are not its own.
-        t.oom = Some(super::OomKill::default());
+        t.oom = Some(OomKill::default());
         if alive {
             self.capture(&mut t);
         }
@@ -141,7 +143,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         let unix_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        t.oom = Some(super::OomKill {
+        t.oom = Some(OomKill {
             at_secs: secs,
             unix_time,
             anon_rss_bytes: rss_kb[0] << 10,

@@ -4,9 +4,10 @@
 
 use std::path::PathBuf;
 
-use crate::host::cgroup::memory::{self as memcg, MemoryCgroup};
+use crate::host::cgroup::memory as memcg;
 use crate::host::procfs::{self, MapEntry, MemStatus};
 use crate::host::remote::{ProcessMemory, RemoteMemory};
+use crate::model::target::MemoryCgroup;
 
 pub trait Host {
     /// The target's memory (see [`RemoteMemory`]).

@@ -3,7 +3,7 @@
 //! It owns the kernel side (probes and targets), the [`Resolver`] and the
 //! lenses' aggregators, per-process [`Target`]s and per-binary probe sets
 //! (refcounted by device and inode), and turns what it gathered into a
-//! [`Report`] for any set of its processes. `record`, `agent`, `gate` and
+//! [`Report`](crate::model::report::Report) for any set of its processes. `record`, `agent`, `gate` and
 //! `top` are policies over it: which processes to add, when a window ends,
 //! what to do with its report. [`run::drive`] is the loop they share.
 //!
@@ -14,7 +14,7 @@
 //! # fn demo(bin: std::sync::Arc<memtrace_user::binary::goruntime::GoBinary>) -> anyhow::Result<()> {
 //! use memtrace_user::engine::{Engine, Options, TargetSpec, host::Procfs};
 //! use memtrace_user::kernel::ebpf::Ebpf;
-//! use memtrace_user::lens::Lens;
+//! use memtrace_user::model::lens::Lens;
 //!
 //! let opts = Options::new(vec![Lens::Rss]);
 //! let kernel = Ebpf::load(&opts.tracepoints(), std::path::Path::new("/sys/kernel/tracing"))?;
@@ -49,13 +49,15 @@ use crate::binary::symbolize::Symbolizer;
 use crate::kernel::decode::{Op, Resolved, Resolver};
 use crate::kernel::{Kernel, KernelError, ProbeTuning, Probes, Scope, Tracepoint};
 use crate::lens::aggregate::Aggregator;
-use crate::lens::{goroutines, rss::Thp, sampled::RuntimeProfile, Lens};
+use crate::lens::goroutines;
+use crate::lens::rss::Thp;
+use crate::lens::sampled::RuntimeProfile;
 use crate::model::error::TargetError;
+use crate::model::lens::Lens;
 
 pub use host::Host;
 pub use probes::{BinaryId, ProbeKey};
-pub use report::Report;
-pub use target::{Exit, OomKill, Target};
+pub use target::Target;
 
 /// The OOM killer's choice of victim: every session watches for its targets.
 pub const OOM: Tracepoint = Tracepoint::new("oom_victim", "oom", "mark_victim");

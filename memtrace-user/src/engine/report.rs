@@ -2,39 +2,21 @@
 //! processes, with the typed `summary.json` that `record` writes and the
 //! agent's snapshots share.
 
+use crate::model::extras::SampledSince;
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Engine, Host};
 use crate::binary::symbolize::Image;
 use crate::kernel::Kernel;
+use crate::lens;
 use crate::lens::aggregate::Cell;
-use crate::lens::LensExtras;
-use crate::lens::{self, Lens};
+use crate::model::extras::LensExtras;
+use crate::model::lens::Lens;
+use crate::model::profile::Profile;
+use crate::model::report::{Report, Timeline};
 use crate::model::stack::StackKey;
+use crate::model::summary::{self, Counters, Summary};
 use crate::render::report::build_profile;
-use crate::render::summary::{self, Counters, Summary};
-use crate::render::{timeline::Point, Profile};
-
-/// One process's RSS over the window, for `timeline.svg`.
-pub struct Timeline {
-    pub pid: u32,
-    pub title: String,
-    pub points: Vec<Point>,
-}
-
-/// Everything a window produced.
-pub struct Report {
-    /// One per lens, in lens order.
-    pub profiles: Vec<Profile>,
-    pub summary: Summary,
-    /// With the rss lens: each process's RSS timeline.
-    pub timelines: Vec<Timeline>,
-    /// With the rss lens: the release, by the releasing stack, of memory
-    /// resident before the window (the other half of `rss-net`).
-    pub rss_released: Option<Profile>,
-    /// Warnings for the terminal (e.g. a lens with nothing to show).
-    pub warnings: Vec<String>,
-}
 
 /// The heap lens's caveat when sampling began at attach.
 fn heap_note(total: u64, live: u64) -> String {
@@ -131,7 +113,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                         .filter_map(|p| self.targets[p].final_state.as_ref()?.heap_live)
                         .sum::<u64>();
                     let e = lens::sampled::extras(rate, since, Some((total, live)));
-                    if since == lens::sampled::SampledSince::Attach {
+                    if since == SampledSince::Attach {
                         warnings.push(heap_note(total, live));
                     }
                     Some(LensExtras::Sampled(e))
@@ -194,14 +176,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         &mut self,
         pids: &[u32],
         warnings: &mut Vec<String>,
-    ) -> (
-        HashMap<Lens, HashMap<StackKey, Cell>>,
-        u64,
-        lens::sampled::SampledSince,
-    ) {
+    ) -> (HashMap<Lens, HashMap<StackKey, Cell>>, u64, SampledSince) {
         let mut sampled: HashMap<Lens, HashMap<StackKey, Cell>> = HashMap::new();
         let mut rate = 0;
-        let mut since = lens::sampled::SampledSince::Start;
+        let mut since = SampledSince::Start;
         if !self.opts.sampled() {
             return (sampled, rate, since);
         }
@@ -210,9 +188,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 continue;
             };
             rate = rate.max(p.rate);
-            if p.since == lens::sampled::SampledSince::Attach
-                || since == lens::sampled::SampledSince::Start
-            {
+            if p.since == SampledSince::Attach || since == SampledSince::Start {
                 since = p.since;
             }
             match p.cells(&mut self.resolver.stacks) {
@@ -318,7 +294,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         pids: &[u32],
         images: &HashMap<u32, (String, Image)>,
         secs: f64,
-    ) -> Option<lens::goroutines::GoroutineExtras> {
+    ) -> Option<crate::model::extras::GoroutineExtras> {
         let gs = self.agg.goroutines.as_ref()?;
         let mine = |m: &HashMap<StackKey, u64>| -> HashMap<StackKey, Cell> {
             m.iter()

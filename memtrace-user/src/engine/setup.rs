@@ -13,8 +13,8 @@ use crate::binary::goruntime::GoBinary;
 use crate::host::guard::Guardian;
 use crate::host::launch::{self, Gated};
 use crate::kernel::{ebpf::Ebpf, KernelError};
-use crate::lens::Lens;
 use crate::model::error::{EnvError, TargetError};
+use crate::model::lens::Lens;
 
 /// Why a session could not start.
 #[derive(Debug, thiserror::Error)]

@@ -5,80 +5,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use super::host::Host;
 use super::probes::ProbeKey;
 use super::Engine;
 use crate::binary::goruntime::GoBinary;
 use crate::binary::symbolize::Image;
-use crate::host::breakdown::{self, Breakdown};
-use crate::host::cgroup::memory::MemoryCgroup;
+use crate::host::breakdown;
 use crate::host::procfs::MapEntry;
 use crate::kernel::Kernel;
 use crate::lens::sampled::RuntimeProfile;
-use crate::render::timeline::Point;
+use crate::model::report::Point;
+use crate::model::target::Breakdown;
+use crate::model::target::{Exit, MemoryCgroup, OomKill};
 use memtrace_common::TargetConfig;
-
-/// The OOM killer chose a target: what the kernel said of it, and what
-/// memtrace could not read from it any more.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct OomKill {
-    /// Seconds into the window.
-    pub at_secs: f64,
-    /// Unix time, seconds.
-    pub unix_time: u64,
-    /// Its resident memory at the kill, by kind (`oom:mark_victim`).
-    pub anon_rss_bytes: u64,
-    pub file_rss_bytes: u64,
-    pub shmem_rss_bytes: u64,
-    /// What could not be read from the victim (it cannot be held), and why.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unread: Vec<String>,
-}
-
-/// How a target ended.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Exit {
-    /// Its exit code, when it exited normally and memtrace saw it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<i32>,
-    /// The signal that killed it, when one did and memtrace saw it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    /// It replaced itself with another program (exec): tracing of it ended
-    /// there, though the process goes on.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub exec: bool,
-}
-
-impl Exit {
-    /// From a `launch::try_wait` status (128 + signal for a killed child).
-    pub fn from_status(status: i32) -> Self {
-        if status > 128 {
-            Exit {
-                signal: Some(status - 128),
-                ..Exit::default()
-            }
-        } else {
-            Exit {
-                code: Some(status),
-                ..Exit::default()
-            }
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        if self.exec {
-            return "replaced itself with another program (exec); tracing ended there".into();
-        }
-        match (self.code, self.signal) {
-            (Some(c), _) => format!("exited with status {c}"),
-            (None, Some(s)) => format!("was killed by signal {s}"),
-            (None, None) => "exited".to_string(),
-        }
-    }
-}
 
 /// What is read from a target while it can still be read: at the end of
 /// the window, or when it holds itself on its way out.

@@ -1,5 +1,6 @@
 //! The engine's lifecycle against a fake kernel and fake processes.
 
+use crate::model::target::Exit;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Engine, Exit, Host};
+use super::{Engine, Host};
 use crate::kernel::Kernel;
 use crate::lens::rss::Thp;
+use crate::model::target::Exit;
 
 impl<K: Kernel, H: Host> Engine<K, H> {
     /// Every ~100 ms: notices exited targets (retiring them), and once a

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use crate::binary::goruntime::GoBinary;
-use crate::lens::Lens;
+use crate::model::lens::Lens;
 
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;

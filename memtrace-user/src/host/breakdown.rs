@@ -3,31 +3,9 @@
 //! pages and the rest. Answers "RSS is much larger than heap_inuse: where is
 //! it?". Parsing is pure; reading the target's memory is a small edge.
 
-use serde::Serialize;
+use crate::model::target::Breakdown;
 
 use crate::host::remote::RemoteMemory;
-
-/// Resident bytes by kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Breakdown {
-    /// Anonymous memory in Go's heap arena address ranges, less goroutine stacks.
-    pub go_heap: u64,
-    /// Goroutine stacks (allocated from heap spans).
-    pub goroutine_stacks: u64,
-    /// Other private anonymous memory: syscall.Mmap, cgo/malloc (`[heap]`),
-    /// and the runtime's own off-heap metadata.
-    pub off_heap_anon: u64,
-    /// Pages of mapped files (the binary's text included).
-    pub file_backed: u64,
-    /// Thread stacks, shared memory, vdso and the like.
-    pub other: u64,
-}
-
-impl Breakdown {
-    pub fn total(&self) -> u64 {
-        self.go_heap + self.goroutine_stacks + self.off_heap_anon + self.file_backed + self.other
-    }
-}
 
 /// Go reserves heap arenas in 64 MiB-aligned units (`heapArenaBytes` on
 /// 64-bit Linux), at hint addresses that newer versions randomize.

@@ -360,13 +360,13 @@ impl Kernel for Ebpf {
         self.ring.as_fd().try_clone_to_owned().ok()
     }
 
-    fn probe_costs(&self) -> Vec<crate::render::summary::ProbeCost> {
+    fn probe_costs(&self) -> Vec<crate::model::summary::ProbeCost> {
         let mut out: Vec<_> = self
             .ebpf
             .programs()
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
-                (info.run_count() > 0).then(|| crate::render::summary::ProbeCost {
+                (info.run_count() > 0).then(|| crate::model::summary::ProbeCost {
                     program: name.to_string(),
                     runs: info.run_count(),
                     ns: info.run_time().as_nanos() as u64,

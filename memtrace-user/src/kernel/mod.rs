@@ -215,7 +215,7 @@ pub trait Kernel {
 
     /// Each program that ran, with its run count and total run time, when
     /// the kernel keeps BPF statistics (`kernel.bpf_stats_enabled`).
-    fn probe_costs(&self) -> Vec<crate::render::summary::ProbeCost> {
+    fn probe_costs(&self) -> Vec<crate::model::summary::ProbeCost> {
         Vec::new()
     }
 }

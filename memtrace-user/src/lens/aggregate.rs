@@ -7,14 +7,12 @@ use std::collections::HashMap;
 use hdrhistogram::Histogram;
 
 use crate::kernel::decode::{Op, Resolved};
-use crate::lens::{
-    alloc_exact::AllocExactAgg,
-    gc::{GcAgg, GcCycle},
-    goroutines::GoroutineAgg,
-    mmap::MmapAgg,
-    rss::{RssAgg, Thp},
-    Lens,
-};
+use crate::lens::alloc_exact::AllocExactAgg;
+use crate::lens::gc::{GcAgg, GcCycle};
+use crate::lens::goroutines::GoroutineAgg;
+use crate::lens::mmap::MmapAgg;
+use crate::lens::rss::{RssAgg, Thp};
+use crate::model::lens::Lens;
 use crate::model::stack::StackKey;
 
 pub const PAGE: u64 = 4096;

@@ -1,6 +1,8 @@
 //! The `alloc-exact` lens: every Go heap allocation, counted by a uprobe
 //! on each allocator entry point (a debugging mode: see its cost).
 
+use crate::model::extras::AllocExactExtras;
+use crate::model::extras::SizePercentiles;
 use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
@@ -10,7 +12,6 @@ use memtrace_common::AllocType;
 use super::sizeclass::Rules;
 use crate::lens::aggregate::{histogram, Cell};
 use crate::model::stack::StackKey;
-use serde::Serialize;
 
 /// `alloc-exact`: every heap allocation, summed by stack.
 pub struct AllocExactAgg {
@@ -56,28 +57,6 @@ impl AllocExactAgg {
             requested: a.requested + c.requested,
         })
     }
-}
-
-/// Percentiles of requested sizes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct SizePercentiles {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub max: u64,
-    pub mean: f64,
-}
-
-/// The alloc-exact lens's figures in `summary.json` beside its stacks.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct AllocExactExtras {
-    /// Requested sizes.
-    pub size_percentiles: SizePercentiles,
-    /// The bytes requested, before the runtime's rounding (which `total`
-    /// includes).
-    pub requested_bytes: u64,
-    /// Allocations whose type could not be read.
-    pub unknown_types: u64,
 }
 
 /// The lens's extras in `summary.json`: the bytes requested (before the

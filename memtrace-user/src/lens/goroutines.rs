@@ -3,6 +3,10 @@
 //! exited counts; goroutines that predate tracing are read from
 //! `runtime.allgs`.
 
+use crate::model::extras::GoroutineExtras;
+use crate::model::extras::LiveOverTime;
+use crate::model::extras::LivePoint;
+use crate::model::extras::Site;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::binary::goruntime::GoBinary;
@@ -10,8 +14,8 @@ use crate::binary::gtypes::{G_DEAD, G_SCAN};
 use crate::binary::symbolize::EXISTING_GOROUTINE;
 use crate::host::remote::RemoteMemory;
 use crate::lens::aggregate::Cell;
+use crate::model::profile::{FrameMode, Profile};
 use crate::model::stack::{StackKey, StackTable};
-use crate::render::{FrameMode, Profile};
 
 /// `goroutines`: live goroutines by creation stack (the `go` statement's,
 /// with the start function as leaf). Created and exited counts per stack.
@@ -143,42 +147,6 @@ pub fn runtime_owned(live: &Profile) -> u64 {
         .sum()
 }
 
-/// One creation site in `summary.json`: goroutines created and exited in
-/// the window, and the live ones' stack bytes.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Site {
-    pub stack: Vec<String>,
-    pub created: u64,
-    pub exited: u64,
-    pub stack_bytes: u64,
-}
-
-/// A process's live goroutines every second.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct LiveOverTime {
-    pub pid: u32,
-    pub live: Vec<LivePoint>,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct LivePoint {
-    pub t: f64,
-    pub live: usize,
-}
-
-/// The goroutines lens's figures in `summary.json` beside its stacks.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct GoroutineExtras {
-    pub created: u64,
-    pub exited: u64,
-    pub unknown_exits: u64,
-    pub sites: Vec<Site>,
-    pub live_over_time: Vec<LiveOverTime>,
-    /// Live goroutines the runtime owns (which `runtime.NumGoroutine`
-    /// leaves out).
-    pub runtime_goroutines: u64,
-}
-
 /// The lens's extras in `summary.json`: per creation site (`by_site`:
 /// profiles of goroutines created, exited, and the live ones' stack bytes),
 /// and each process's live count over time.
@@ -228,7 +196,7 @@ mod tests {
 
     #[test]
     fn the_runtimes_own_goroutines_are_told_apart() {
-        use crate::render::{Locations, Sample};
+        use crate::model::profile::{Locations, Sample};
         let mut locs = Locations::default();
         let mut sample = |names: &[&str], n: u64| Sample {
             stack: names.iter().map(|f| locs.named(f)).collect(),
@@ -245,7 +213,7 @@ mod tests {
             sample(&["[created before tracing]", "runtime.forcegchelper"], 2),
         ];
         let p = Profile::new(
-            crate::lens::Lens::Goroutines,
+            crate::model::lens::Lens::Goroutines,
             locs.locations,
             Vec::new(),
             samples,

@@ -1,6 +1,7 @@
 //! The `mmap` lens: which stacks mapped address space (mmap minus munmap)
 //! during the window.
 
+use crate::model::extras::MmapExtras;
 use std::collections::HashMap;
 
 use crate::kernel::Tracepoint;
@@ -63,12 +64,6 @@ impl MmapAgg {
         }
         out
     }
-}
-
-/// The mmap lens's figures in `summary.json` beside its stacks.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct MmapExtras {
-    pub unmapped_bytes: u64,
 }
 
 /// The lens's extras in `summary.json`.

@@ -11,27 +11,12 @@ pub mod rss;
 pub mod sampled;
 pub mod sizeclass;
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::kernel::{Probes, Tracepoint};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Lens {
-    Rss,
-    Mmap,
-    Alloc,
-    AllocExact,
-    Heap,
-    Goroutines,
-}
+use crate::model::lens::Lens;
 
 /// What one lens is and needs.
 #[derive(Debug)]
 pub struct Spec {
-    pub name: &'static str,
-    /// `bytes` or `goroutines`.
-    pub unit: &'static str,
     /// The question it answers, in one line.
     pub question: &'static str,
     /// What its cost scales with.
@@ -87,20 +72,9 @@ const NO_PROBES: Probes = Probes {
 };
 
 impl Lens {
-    pub const ALL: [Lens; 6] = [
-        Lens::Rss,
-        Lens::Mmap,
-        Lens::Alloc,
-        Lens::AllocExact,
-        Lens::Heap,
-        Lens::Goroutines,
-    ];
-
     pub fn spec(self) -> &'static Spec {
         match self {
             Lens::Rss => &Spec {
-                name: "rss",
-                unit: "bytes",
                 question: "which stacks made resident memory grow in the window",
                 cost: RSS_COST,
                 tracepoints: rss::TRACEPOINTS,
@@ -109,8 +83,6 @@ impl Lens {
                 allocation_stacks: false,
             },
             Lens::Mmap => &Spec {
-                name: "mmap",
-                unit: "bytes",
                 question: "which stacks mapped address space (mmap minus munmap)",
                 cost: MMAP_COST,
                 tracepoints: mmap::TRACEPOINTS,
@@ -119,8 +91,6 @@ impl Lens {
                 allocation_stacks: false,
             },
             Lens::Alloc => &Spec {
-                name: "alloc",
-                unit: "bytes",
                 question: "which stacks allocate the most, sampled by the Go runtime",
                 cost: ALLOC_COST,
                 tracepoints: &[],
@@ -129,8 +99,6 @@ impl Lens {
                 allocation_stacks: true,
             },
             Lens::AllocExact => &Spec {
-                name: "alloc-exact",
-                unit: "bytes",
                 question: "every Go heap allocation, exactly counted by stack",
                 cost: ALLOC_EXACT_COST,
                 tracepoints: &[],
@@ -142,8 +110,6 @@ impl Lens {
                 allocation_stacks: true,
             },
             Lens::Heap => &Spec {
-                name: "heap",
-                unit: "bytes",
                 question: "which stacks hold live Go heap (like pprof's inuse_space)",
                 cost: HEAP_COST,
                 tracepoints: &[],
@@ -152,8 +118,6 @@ impl Lens {
                 allocation_stacks: true,
             },
             Lens::Goroutines => &Spec {
-                name: "goroutines",
-                unit: "goroutines",
                 question: "which creation sites hold live goroutines (leaks)",
                 cost: GOROUTINES_COST,
                 tracepoints: &[],
@@ -166,43 +130,6 @@ impl Lens {
             },
         }
     }
-
-    pub fn name(self) -> &'static str {
-        self.spec().name
-    }
-
-    pub fn unit(self) -> &'static str {
-        self.spec().unit
-    }
-
-    /// Whether it reads the runtime's memory profile (alloc, heap).
-    pub fn sampled(self) -> bool {
-        matches!(self, Lens::Alloc | Lens::Heap)
-    }
-}
-
-/// A lens's own figures in `summary.json`, beside its stacks: typed, so
-/// what reads them back (the terminal, index.html, the agent) names fields,
-/// not JSON keys. Serialized flat into the lens's object.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-#[serde(untagged)]
-pub enum LensExtras {
-    Rss(rss::RssExtras),
-    Mmap(mmap::MmapExtras),
-    AllocExact(alloc_exact::AllocExactExtras),
-    /// alloc and heap.
-    Sampled(sampled::SampledExtras),
-    Goroutines(goroutines::GoroutineExtras),
-}
-
-impl LensExtras {
-    /// The rss lens's figures, if these are they.
-    pub fn rss(&self) -> Option<&rss::RssExtras> {
-        match self {
-            LensExtras::Rss(r) => Some(r),
-            _ => None,
-        }
-    }
 }
 
 /// The lens list for `--help`: each name with its question and cost,
@@ -212,7 +139,7 @@ pub fn help_table() -> String {
         .iter()
         .map(|l| {
             let s = l.spec();
-            (s.name, format!("{}; cost: {}", s.question, s.cost))
+            (l.name(), format!("{}; cost: {}", s.question, s.cost))
         })
         .collect();
     rows.push(("(every lens)", format!("the GC view; cost: {GC_VIEW_COST}")));
@@ -242,29 +169,6 @@ fn wrap(text: &str, width: usize, indent: usize) -> String {
     out
 }
 
-impl fmt::Display for Lens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An unknown lens name.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LensError {
-    #[error("unknown lens `{0}`: choose from rss, mmap, alloc, alloc-exact, heap, goroutines")]
-    Unknown(String),
-}
-
-impl FromStr for Lens {
-    type Err = LensError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Lens::ALL
-            .into_iter()
-            .find(|l| l.name() == s.trim())
-            .ok_or_else(|| LensError::Unknown(s.to_string()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,7 +180,7 @@ mod tests {
         }
         assert!(matches!(
             "bogus".parse::<Lens>(),
-            Err(LensError::Unknown(_))
+            Err(crate::model::lens::LensError::Unknown(_))
         ));
     }
 
@@ -288,8 +192,8 @@ mod tests {
             let s = l.spec();
             let row = readme
                 .lines()
-                .find(|r| r.starts_with(&format!("| `{}`", s.name)))
-                .unwrap_or_else(|| panic!("README.md has no lens-table row for {}", s.name));
+                .find(|r| r.starts_with(&format!("| `{}`", l.name())))
+                .unwrap_or_else(|| panic!("README.md has no lens-table row for {}", l.name()));
             let cost = row
                 .trim_end()
                 .trim_end_matches('|')
@@ -298,9 +202,10 @@ mod tests {
                 .unwrap()
                 .trim();
             assert_eq!(
-                cost, s.cost,
+                cost,
+                s.cost,
                 "README.md's cost of {} differs from --help's",
-                s.name
+                l.name()
             );
         }
         assert!(

@@ -3,6 +3,7 @@
 //! when they stop being so. Its aggregator keeps, per process, the pages
 //! that became resident in the window and still are.
 
+use crate::model::extras::RssExtras;
 use std::collections::{HashMap, VecDeque};
 
 use memtrace_common::FaultRun;
@@ -481,25 +482,6 @@ impl RssAgg {
         }
         next
     }
-}
-
-/// The rss lens's figures in `summary.json` beside its stacks.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct RssExtras {
-    /// Growth less what was resident before the window and released.
-    pub net_growth: i64,
-    pub released_before_bytes: u64,
-    pub released_bytes: u64,
-    pub release_requested_bytes: u64,
-    pub lazy_free_bytes: u64,
-    pub repeat_faults: u64,
-    pub run_pages_released: u64,
-    pub untracked_bytes: u64,
-    /// The transparent huge page mode: `always`, `madvise` or `never`.
-    pub thp: String,
-    pub vmrss_start: u64,
-    pub vmrss_end: u64,
-    pub vmrss_growth: i64,
 }
 
 /// The lens's extras in `summary.json` for the processes `pids`.

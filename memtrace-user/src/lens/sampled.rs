@@ -6,6 +6,8 @@
 //! goes. `alloc` is what was allocated between the first and the last
 //! snapshot; `heap` is what the last one says is live.
 
+use crate::model::extras::SampledExtras;
+use crate::model::extras::SampledSince;
 use std::collections::HashMap;
 
 use crate::binary::goruntime::GoBinary;
@@ -13,24 +15,9 @@ use crate::binary::memprof::{self, Bucket};
 use crate::host::procfs::MapEntry;
 use crate::host::remote::RemoteMemory;
 use crate::lens::aggregate::Cell;
-use crate::lens::Lens;
 use crate::model::error::TargetError;
+use crate::model::lens::Lens;
 use crate::model::stack::{StackKey, StackTable};
-
-/// Since when the runtime's memory profile has been sampling.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SampledSince {
-    /// Since the program started: memtrace set the rate before any user
-    /// code ran (launch mode).
-    Exec,
-    /// Since memtrace attached: the program had sampling off, so what it
-    /// allocated before is not in the profile.
-    Attach,
-    /// The program's own rate, on all along.
-    #[default]
-    Start,
-}
 
 pub struct RuntimeProfile {
     pid: u32,
@@ -220,19 +207,6 @@ impl RuntimeProfile {
             (lens, cells)
         }))
     }
-}
-
-/// The alloc and heap lenses' figures in `summary.json` beside their stacks.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct SampledExtras {
-    pub sample_rate_bytes: u64,
-    pub sampled_since: SampledSince,
-    /// heap: the Go heap's live bytes at the end (from the GC controller).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heap_live_bytes: Option<u64>,
-    /// heap: the share of those the lens accounts for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heap_live_coverage: Option<f64>,
 }
 
 /// The lenses' extras in `summary.json`. For `heap` with `heap_live`

@@ -2,5 +2,11 @@
 //! else from the crate.
 
 pub mod error;
+pub mod extras;
+pub mod lens;
+pub mod profile;
 pub mod rangemap;
+pub mod report;
 pub mod stack;
+pub mod summary;
+pub mod target;

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use inferno::{differential, flamegraph};
 
-use super::{folded, FrameMode, Profile};
+use super::folded;
+use crate::model::profile::{FrameMode, Profile};
 
 /// One stack's values in the two profiles.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,8 +158,8 @@ mod tests {
 
     #[test]
     fn net_view_changes_by_net_growth() {
-        use crate::lens::Lens;
-        use crate::render::profile;
+        use crate::model::lens::Lens;
+        use crate::model::profile::profile;
         let grew = profile(
             Lens::Rss,
             &[(&["main", "cache"], 300, 1), (&["main", "both"], 50, 1)],

@@ -1,6 +1,6 @@
 //! Brendan Gregg's folded format: `root;...;leaf VALUE` per line.
 
-use super::{FrameMode, Profile};
+use crate::model::profile::{FrameMode, Profile};
 
 /// Frame names may not contain the separators of the format.
 pub fn clean(frame: &str) -> String {
@@ -29,9 +29,9 @@ pub fn render(p: &Profile, mode: FrameMode) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::profile;
     use super::*;
-    use crate::lens::Lens;
+    use crate::model::lens::Lens;
+    use crate::model::profile::profile;
 
     #[test]
     fn renders_lines() {

@@ -5,9 +5,10 @@
 
 use std::fmt::Write as _;
 
-use super::summary::{LensSummary, Summary, TargetSummary};
-use super::{human_bytes, svg, FrameMode, Profile};
-use crate::lens::Lens;
+use super::svg;
+use crate::model::lens::Lens;
+use crate::model::profile::{human_bytes, FrameMode, Profile};
+use crate::model::summary::{LensSummary, Summary, TargetSummary};
 
 /// What the page shows besides the summary.
 pub struct Page<'a> {
@@ -173,7 +174,7 @@ fn gc_section(out: &mut String, gc: &serde_json::Value) {
 
 /// The frame that names a top stack (its own code's innermost frame, see
 /// `TopEntry::own_frame`), with file:line where known.
-fn leaf(top: &super::summary::TopEntry) -> String {
+fn leaf(top: &crate::model::summary::TopEntry) -> String {
     match top.own_frame.as_ref() {
         Some(f) if f.line > 0 => {
             let file = f.file.rsplit('/').next().unwrap_or(&f.file);
@@ -350,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_top_stack_is_named_by_its_own_code() {
-        use super::super::summary::{FrameEntry, TopEntry};
+        use crate::model::summary::{FrameEntry, TopEntry};
         let f = FrameEntry::at;
         let t = TopEntry::new(
             vec![],

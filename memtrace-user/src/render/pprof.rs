@@ -7,13 +7,15 @@
 //! first, as pprof orders them), and every function a Function with its
 //! file and start line: `-list`, `-lines`, `-addresses` and `-traces` work.
 
+use crate::model::profile::Frame;
+use crate::model::profile::FrameMode;
 use std::collections::HashMap;
 use std::io::Write as _;
 
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
-use super::Profile;
+use crate::model::profile::Profile;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct PbProfile {
@@ -160,7 +162,7 @@ pub fn build(p: &Profile) -> PbProfile {
     });
     let period_type = sample_type.last().cloned();
     // alloc-exact: the bytes asked for, beside those the runtime accounts.
-    let requested = p.lens == crate::lens::Lens::AllocExact;
+    let requested = p.lens == crate::model::lens::Lens::AllocExact;
     if requested {
         sample_type.push(ValueType {
             r#type: strings.get("requested_space"),
@@ -276,7 +278,7 @@ pub fn decode(bytes: &[u8]) -> std::io::Result<PbProfile> {
 
 /// A decoded profile as folded lines (root first; the last sample value),
 /// frames named by function or by source line.
-pub fn folded(pb: &PbProfile, mode: super::FrameMode) -> String {
+pub fn folded(pb: &PbProfile, mode: FrameMode) -> String {
     let s = |i: i64| pb.string_table.get(i as usize).map_or("", String::as_str);
     let functions: HashMap<u64, &Function> = pb.function.iter().map(|f| (f.id, f)).collect();
     let locations: HashMap<u64, &PbLocation> = pb.location.iter().map(|l| (l.id, l)).collect();
@@ -297,7 +299,7 @@ pub fn folded(pb: &PbProfile, mode: super::FrameMode) -> String {
                 let Some(f) = functions.get(&line.function_id) else {
                     continue;
                 };
-                let frame = super::Frame {
+                let frame = Frame {
                     function: s(f.name).into(),
                     file: s(f.filename).into(),
                     line: u32::try_from(line.line).unwrap_or(0),
@@ -305,8 +307,8 @@ pub fn folded(pb: &PbProfile, mode: super::FrameMode) -> String {
                     inlined: false,
                 };
                 names.push(match mode {
-                    super::FrameMode::Func => frame.function.to_string(),
-                    super::FrameMode::Line => frame.with_line(),
+                    FrameMode::Func => frame.function.to_string(),
+                    FrameMode::Line => frame.with_line(),
                 });
             }
         }
@@ -321,9 +323,9 @@ pub fn folded(pb: &PbProfile, mode: super::FrameMode) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Frame, Location, Mapping, Sample};
     use super::*;
-    use crate::lens::Lens;
+    use crate::model::lens::Lens;
+    use crate::model::profile::{Frame, Location, Mapping, Sample};
 
     #[test]
     fn encodes_mappings_addresses_lines_and_inlining() {
@@ -394,11 +396,11 @@ mod tests {
         let gz = render(&p).unwrap();
         assert_eq!(decode(&gz).unwrap(), pb, "round trip through gzip");
         assert_eq!(
-            folded(&pb, crate::render::FrameMode::Func),
+            folded(&pb, crate::model::profile::FrameMode::Func),
             "main.main;main.outer;main.newPoint 640\n"
         );
         assert_eq!(
-            folded(&pb, crate::render::FrameMode::Line),
+            folded(&pb, crate::model::profile::FrameMode::Line),
             "main.main;main.outer main.go:20;main.newPoint main.go:42 640\n"
         );
     }

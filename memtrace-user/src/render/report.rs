@@ -10,11 +10,11 @@ use crate::binary::symbolize::{
     hide_allocator_leaf, pop_leaf_frames, Image, StackLoc, Symbolizer, STACK_UNAVAILABLE,
 };
 use crate::lens::aggregate::Cell;
-use crate::lens::Lens;
+use crate::model::lens::Lens;
+use crate::model::profile::{Frame, FrameMode, Location, Locations, Mapping, Profile, Sample};
 use crate::model::stack::{Stack, StackKey};
-use crate::render::{
-    self, summary::Summary, Frame, FrameMode, Location, Locations, Mapping, Profile, Sample,
-};
+use crate::model::summary::Summary;
+use crate::render;
 
 /// Symbolizes every stack of one lens into a profile of locations.
 pub fn build_profile(
@@ -187,7 +187,7 @@ pub struct WrittenReport {
 /// Writes the report of an OOM-killed target into `dir/PID-UNIXTIME/`
 /// (the kill's time); returns that directory, or a one-line reason.
 pub fn write_oom_report(
-    report: &crate::engine::Report,
+    report: &crate::model::report::Report,
     pid: u32,
     dir: &Path,
     mode: FrameMode,
@@ -216,7 +216,7 @@ pub fn write_oom_report(
 /// `index.html`.
 pub fn write_report(
     out: &Path,
-    r: &crate::engine::Report,
+    r: &crate::model::report::Report,
     mode: FrameMode,
 ) -> Result<WrittenReport, WriteError> {
     let profiles = r
@@ -307,7 +307,7 @@ fn write_net(
 
 /// The whole report as one self-contained HTML page (`index.html`, and the
 /// agent's `/profiles/PID/index.html`).
-pub fn html_page(r: &crate::engine::Report, mode: FrameMode) -> Result<String, WriteError> {
+pub fn html_page(r: &crate::model::report::Report, mode: FrameMode) -> Result<String, WriteError> {
     let grew = r.profiles.iter().find(|p| p.lens == Lens::Rss);
     let net = match (grew, &r.rss_released) {
         (Some(grew), Some(released)) => Some(net_parts(grew, released, &r.summary, mode, true)?.0),
@@ -345,7 +345,7 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), WriteError> {
     std::fs::rename(tmp, path).map_err(io)
 }
 
-pub use crate::render::is_plumbing;
+pub use crate::model::profile::is_plumbing;
 
 /// A short terminal rendering of a stack: up to `n` frames ending at the
 /// deepest frame of the program's own code, then how many plumbing frames
@@ -367,7 +367,7 @@ pub fn short_stack(frames: &[String], n: usize) -> String {
     s
 }
 
-pub use crate::render::human_bytes;
+pub use crate::model::profile::human_bytes;
 
 #[cfg(test)]
 mod tests {

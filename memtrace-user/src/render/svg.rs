@@ -2,7 +2,8 @@
 
 use inferno::flamegraph::{self, Options};
 
-use super::{folded, FrameMode, Profile};
+use super::folded;
+use crate::model::profile::{FrameMode, Profile};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot render flame graph: {0}")]
@@ -50,9 +51,9 @@ fn empty_svg(title: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::profile;
     use super::*;
-    use crate::lens::Lens;
+    use crate::model::lens::Lens;
+    use crate::model::profile::profile;
 
     #[test]
     fn svg_has_title_and_frames() {

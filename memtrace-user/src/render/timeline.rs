@@ -1,17 +1,7 @@
 //! `timeline.svg`: a small line chart of RSS over the window.
 
+use crate::model::report::Point;
 use std::fmt::Write as _;
-
-/// One `/proc/PID/status` sample.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Point {
-    /// Seconds since the window started.
-    pub t: f64,
-    pub vm_rss: u64,
-    pub rss_anon: u64,
-    pub rss_file: u64,
-    pub rss_shmem: u64,
-}
 
 /// A line: its name, colour and how to read it from a point.
 type Series = (&'static str, &'static str, fn(&Point) -> u64);

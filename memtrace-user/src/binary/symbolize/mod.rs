@@ -18,7 +18,7 @@ use blazesym::symbolize::{
 
 use crate::binary::gopclntab::GoTable;
 use crate::host::procfs::MapEntry;
-use crate::render::Frame;
+use crate::model::profile::Frame;
 
 /// The frames at one address of a stack, outermost first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,7 +153,7 @@ impl Symbolizer {
     /// The binary `addr` is in, as pprof wants it: the mapping of the
     /// process's maps that holds it, or (maps unknown) the executable's text
     /// segment at its link-time address.
-    pub fn mapping_of(&self, image: &Image, addr: u64) -> Option<crate::render::Mapping> {
+    pub fn mapping_of(&self, image: &Image, addr: u64) -> Option<crate::model::profile::Mapping> {
         let build_id = |path: &Path| {
             self.go_paths
                 .get(path)
@@ -164,7 +164,7 @@ impl Symbolizer {
             Some(maps) => {
                 let m = maps.iter().find(|m| m.contains(addr))?;
                 let path = strip_deleted(m.path.as_deref()?);
-                Some(crate::render::Mapping {
+                Some(crate::model::profile::Mapping {
                     start: m.start,
                     limit: m.end,
                     offset: m.offset,
@@ -178,7 +178,7 @@ impl Symbolizer {
                 let (start, limit, offset) = table.text_segment()?;
                 (start..limit)
                     .contains(&addr)
-                    .then(|| crate::render::Mapping {
+                    .then(|| crate::model::profile::Mapping {
                         start,
                         limit,
                         offset,

@@ -14,13 +14,14 @@ use super::{ProcState, Rendered, Shared, TOP_SERIES};
 use crate::binary::goruntime::GoBinary;
 use crate::engine::rolling::Rolling;
 use crate::engine::run::{Policy, Step};
-use crate::engine::{BinaryId, Engine, Host, Lifecycle, Report, TargetSpec};
+use crate::engine::{BinaryId, Engine, Host, Lifecycle, TargetSpec};
 use crate::host::cgroup::{self, CgroupLabels};
 use crate::host::procfs;
 use crate::kernel::Kernel;
-use crate::lens::Lens;
+use crate::model::lens::Lens;
+use crate::model::profile::FrameMode;
+use crate::model::report::Report;
 use crate::render::report::{human_bytes, write_report};
-use crate::render::FrameMode;
 
 /// Which processes the agent traces.
 #[derive(Clone, Debug, Default)]

@@ -11,8 +11,8 @@ use crate::engine::Engine;
 use crate::engine::Host;
 use crate::front::agent::Rendered;
 use crate::kernel::Kernel;
+use crate::model::profile::FrameMode;
 use crate::render::report::write_report;
-use crate::render::FrameMode;
 
 impl AgentPolicy {
     /// One window of `pid` for Pyroscope: a series per lens, labelled.

@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::model::profile::FrameMode;
 use crate::render::report::human_bytes;
-use crate::render::{self, diff, FrameMode};
+use crate::render::{self, diff};
 use run::{RunError, RunOutcome, RunSpec};
 use series::{Metric, Requests, RunValue, SeriesError};
 use stats::{Comparison, StatsError, Verdict};

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use super::series::{counter_value, Metric, Requests, Samples};
 use crate::engine::run::{self, Policy, Step};
 use crate::engine::setup::{self, SetupError};
-use crate::engine::{monotonic_ns, Engine, Exit, Host, Options};
+use crate::engine::{monotonic_ns, Engine, Host, Options};
 use crate::kernel::Kernel;
-use crate::lens::Lens;
-use crate::render::{FrameMode, Profile};
+use crate::model::lens::Lens;
+use crate::model::profile::{FrameMode, Profile};
+use crate::model::target::Exit;
 
 /// How long a service has to start listening before `--load` is refused.
 const READY_WAIT: Duration = Duration::from_secs(15);

@@ -8,9 +8,9 @@ pub mod screen;
 
 use std::fmt::Write as _;
 
-use crate::lens::Lens;
-use crate::render::human_bytes;
-use crate::render::summary::{Summary, TopEntry};
+use crate::model::lens::Lens;
+use crate::model::profile::human_bytes;
+use crate::model::summary::{Summary, TopEntry};
 
 /// How many VmRSS samples a row keeps for its sparkline.
 pub const HISTORY: usize = 120;
@@ -95,7 +95,7 @@ impl Row {
             .find(|t| t.pid == self.pid)
             .and_then(|t| t.cgroup.as_ref())
         {
-            self.limit = Some(c.short(crate::render::human_bytes));
+            self.limit = Some(c.short(crate::model::profile::human_bytes));
         }
         self.gc_p99_ns = summary.gc["pauses"]["p99_ns"].as_u64().unwrap_or(0);
         if let Some(g) = summary.lenses.get(Lens::Goroutines.name()) {
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_stack_is_named_by_the_programs_own_innermost_frame() {
-        use crate::render::summary::FrameEntry;
+        use crate::model::summary::FrameEntry;
         let f = FrameEntry::at;
         let t = TopEntry::new(
             vec![],

@@ -8,7 +8,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Cell, Paragraph, Row as TableRow, Table, TableState};
 
 use crate::front::top::{self, View};
-use crate::render::human_bytes;
+use crate::model::profile::human_bytes;
 
 /// Draws `view` with row `selected` highlighted and `status` at the foot.
 pub fn draw(f: &mut ratatui::Frame<'_>, view: &View, selected: usize, status: &str) {
@@ -139,7 +139,7 @@ mod tests {
 
     use super::*;
     use crate::front::top::Row;
-    use crate::lens::Lens;
+    use crate::model::lens::Lens;
 
     #[test]
     fn draws_the_header_the_rows_and_the_selected_process_stacks() {

@@ -13,9 +13,9 @@
 //! the hierarchy's root (a pod's limit binds its containers as much as
 //! their own), with the cgroup that sets it.
 
+use crate::model::target::CgroupSummary;
+use crate::model::target::MemoryCgroup;
 use std::path::{Path, PathBuf};
-
-use serde::Serialize;
 
 /// cgroup v1 shows "no limit" as the page counter's maximum rounded down
 /// to a page (9223372036854771712 on 4 KiB pages): anything from 2^62 up
@@ -82,40 +82,6 @@ fn unescape(s: &str) -> String {
 pub trait CgroupFs {
     fn mounts(&self) -> Mounts;
     fn read(&self, path: &Path) -> Option<String>;
-}
-
-/// The memory cgroup of a process, read once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct MemoryCgroup {
-    /// 1 or 2.
-    pub version: u8,
-    /// The process's cgroup in its hierarchy.
-    pub path: String,
-    /// The tightest limit from the cgroup up to the root (`memory.max`,
-    /// `memory.limit_in_bytes`); `None`: unlimited.
-    pub limit_bytes: Option<u64>,
-    /// The cgroup that sets that limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit_set_at: Option<String>,
-    /// The tightest `memory.high` (v2), where the kernel throttles and
-    /// reclaims before the limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub high_bytes: Option<u64>,
-    /// `memory.current` / `memory.usage_in_bytes`: what the limit is held
-    /// against (page cache and kernel memory included, so more than RSS).
-    pub usage_bytes: u64,
-    /// OOM kills in the cgroup so far (`memory.events` / `memory.oom_control`).
-    /// A reading taken at a kill may not count that kill yet.
-    pub oom_kills: u64,
-}
-
-impl MemoryCgroup {
-    /// Usage as a share of the limit, in percent.
-    pub fn used_pct(&self) -> Option<f64> {
-        self.limit_bytes
-            .filter(|&l| l > 0)
-            .map(|l| self.usage_bytes as f64 * 100.0 / l as f64)
-    }
 }
 
 /// Reads the memory cgroup of the process whose `/proc/PID/cgroup` is
@@ -267,26 +233,6 @@ pub fn growth_rate(samples: &[(f64, u64)]) -> Option<f64> {
     (den > 0.0).then(|| num / den)
 }
 
-/// A memory cgroup as a report shows it: the last reading, how fast usage
-/// grows and when it would reach the limit.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct CgroupSummary {
-    #[serde(flatten)]
-    pub reading: MemoryCgroup,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub used_pct: Option<f64>,
-    /// The least-squares slope of usage over the last readings (one a
-    /// second), bytes/s.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub growth_bytes_per_sec: Option<f64>,
-    /// At that slope; absent when usage is flat or falling, or unlimited.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seconds_to_limit: Option<f64>,
-    /// What the projection rests on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub projection: Option<String>,
-}
-
 /// The summary of a reading and the usage samples before it.
 pub fn summarize(reading: MemoryCgroup, usage: &[(f64, u64)]) -> CgroupSummary {
     let rate = growth_rate(usage);
@@ -307,72 +253,6 @@ pub fn summarize(reading: MemoryCgroup, usage: &[(f64, u64)]) -> CgroupSummary {
             )
         }),
         reading,
-    }
-}
-
-impl CgroupSummary {
-    /// One line: "cgroup limit 512 MiB: 78% used, growing 2.1 MiB/s,
-    /// limit in about 3 min". `human` formats bytes.
-    pub fn describe(&self, human: impl Fn(u64) -> String) -> String {
-        let r = &self.reading;
-        let Some(limit) = r.limit_bytes else {
-            // The root cgroup's usage is the whole host's: not the target's.
-            if r.path == "/" {
-                return "root memory cgroup: no memory limit".into();
-            }
-            return format!(
-                "cgroup {}: no memory limit, {} used",
-                r.path,
-                human(r.usage_bytes)
-            );
-        };
-        let mut s = format!(
-            "cgroup limit {}{}: {:.0}% used",
-            human(limit),
-            match &r.limit_set_at {
-                Some(at) if *at != r.path => format!(" (set at {at})"),
-                _ => String::new(),
-            },
-            self.used_pct.unwrap_or(0.0)
-        );
-        match (self.growth_bytes_per_sec, self.seconds_to_limit) {
-            _ if self.used_pct.is_some_and(|p| p >= 99.5) => s.push_str(", at the limit"),
-            (Some(rate), Some(secs)) => s.push_str(&format!(
-                ", growing {}/s, limit in about {}",
-                human(rate as u64),
-                about(secs)
-            )),
-            _ => s.push_str(", not growing"),
-        }
-        if r.oom_kills > 0 {
-            s.push_str(&format!(", {} OOM kill(s) so far", r.oom_kills));
-        }
-        s
-    }
-}
-
-impl CgroupSummary {
-    /// For a table cell: "78% of 512.0 MiB, full in 3 min", "no limit".
-    pub fn short(&self, human: impl Fn(u64) -> String) -> String {
-        let Some(limit) = self.reading.limit_bytes else {
-            return "no limit".into();
-        };
-        let mut s = format!("{:.0}% of {}", self.used_pct.unwrap_or(0.0), human(limit));
-        if let Some(secs) = self.seconds_to_limit {
-            s.push_str(&format!(", full in {}", about(secs)));
-        }
-        s
-    }
-}
-
-/// A duration as a person says it: "40 s", "3 min", "2.5 h".
-fn about(secs: f64) -> String {
-    if secs < 90.0 {
-        format!("{secs:.0} s")
-    } else if secs < 90.0 * 60.0 {
-        format!("{:.0} min", secs / 60.0)
-    } else {
-        format!("{:.1} h", secs / 3600.0)
     }
 }
 

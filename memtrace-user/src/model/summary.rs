@@ -1,10 +1,11 @@
 //! `summary.json`: the machine-readable result of a recording.
 
+use crate::model::profile::is_plumbing;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{FrameMode, Profile};
+use super::profile::{FrameMode, Profile};
 
 /// Lens-specific fields of a lens's summary entry.
 
@@ -35,22 +36,22 @@ pub struct TargetSummary {
     pub vmrss_end: Option<u64>,
     /// VmRSS, RssAnon, RssFile, RssShmem sampled every second.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub timeline: Vec<crate::render::timeline::Point>,
+    pub timeline: Vec<crate::model::report::Point>,
     /// Where resident memory sits at the end (or when the target exited,
     /// if it held itself on the way out).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub breakdown: Option<crate::host::breakdown::Breakdown>,
+    pub breakdown: Option<crate::model::target::Breakdown>,
     /// How the target ended, if it did during the window.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit: Option<crate::engine::Exit>,
+    pub exit: Option<crate::model::target::Exit>,
     /// The OOM killer chose it: when, its RSS at the kill, and what could
     /// not be read from it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub oom_kill: Option<crate::engine::OomKill>,
+    pub oom_kill: Option<crate::model::target::OomKill>,
     /// Its memory cgroup: the limit, usage, growth and when it would reach
     /// the limit.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<crate::host::cgroup::memory::CgroupSummary>,
+    pub cgroup: Option<crate::model::target::CgroupSummary>,
     /// Where it runs (the agent: cgroup, pod and container).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<serde_json::Value>,
@@ -108,7 +109,7 @@ impl TopEntry {
         let own_frame = frames
             .iter()
             .rev()
-            .find(|f| !super::is_plumbing(&f.function))
+            .find(|f| !is_plumbing(&f.function))
             .or(frames.last())
             .cloned();
         Self {
@@ -133,7 +134,7 @@ pub struct LensSummary {
     /// The lens's own figures (e.g. size percentiles, unmapped bytes),
     /// beside its stacks.
     #[serde(flatten)]
-    pub extra: Option<crate::lens::LensExtras>,
+    pub extra: Option<crate::model::extras::LensExtras>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -215,7 +216,7 @@ pub struct ProbeCost {
 /// How many stacks `top` lists.
 pub const TOP_N: usize = 20;
 
-pub fn lens_summary(p: &Profile, extra: Option<crate::lens::LensExtras>) -> LensSummary {
+pub fn lens_summary(p: &Profile, extra: Option<crate::model::extras::LensExtras>) -> LensSummary {
     LensSummary {
         unit: p.unit,
         total: p.total(),
@@ -238,7 +239,8 @@ pub fn lens_summary(p: &Profile, extra: Option<crate::lens::LensExtras>) -> Lens
                     .collect();
                 TopEntry {
                     objects: p.has_objects.then_some(s.objects),
-                    requested: (p.lens == crate::lens::Lens::AllocExact).then_some(s.requested),
+                    requested: (p.lens == crate::model::lens::Lens::AllocExact)
+                        .then_some(s.requested),
                     ..TopEntry::new(s.names, frames, s.value)
                 }
             })
@@ -249,13 +251,13 @@ pub fn lens_summary(p: &Profile, extra: Option<crate::lens::LensExtras>) -> Lens
 
 #[cfg(test)]
 mod tests {
-    use super::super::profile;
     use super::*;
+    use crate::model::profile::profile;
 
     #[test]
     fn json_shape() {
         let p = profile(
-            crate::lens::Lens::AllocExact,
+            crate::model::lens::Lens::AllocExact,
             &[(&["main.main", "main.leak"], 640, 10)],
         );
         let mut lenses = BTreeMap::new();
@@ -263,8 +265,8 @@ mod tests {
             "alloc-exact".to_string(),
             lens_summary(
                 &p,
-                Some(crate::lens::LensExtras::Mmap(
-                    crate::lens::mmap::MmapExtras { unmapped_bytes: 1 },
+                Some(crate::model::extras::LensExtras::Mmap(
+                    crate::model::extras::MmapExtras { unmapped_bytes: 1 },
                 )),
             ),
         );

@@ -1,0 +1,36 @@
+//! Everything a window produced: the profiles, the summary and the RSS
+//! timelines. Built by the engine; written by `render::report`.
+
+use super::profile::Profile;
+use super::summary::Summary;
+
+/// One process's RSS over the window, for `timeline.svg`.
+pub struct Timeline {
+    pub pid: u32,
+    pub title: String,
+    pub points: Vec<Point>,
+}
+
+/// Everything a window produced.
+pub struct Report {
+    /// One per lens, in lens order.
+    pub profiles: Vec<Profile>,
+    pub summary: Summary,
+    /// With the rss lens: each process's RSS timeline.
+    pub timelines: Vec<Timeline>,
+    /// With the rss lens: the release, by the releasing stack, of memory
+    /// resident before the window (the other half of `rss-net`).
+    pub rss_released: Option<Profile>,
+    /// Warnings for the terminal (e.g. a lens with nothing to show).
+    pub warnings: Vec<String>,
+}
+/// One `/proc/PID/status` sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Point {
+    /// Seconds since the window started.
+    pub t: f64,
+    pub vm_rss: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub rss_shmem: u64,
+}
