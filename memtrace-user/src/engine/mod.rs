@@ -30,7 +30,6 @@ mod holds;
 pub mod host;
 pub mod probes;
 pub mod report;
-pub mod rolling;
 pub mod run;
 pub mod setup;
 pub mod target;
@@ -46,6 +45,7 @@ use std::time::Instant;
 
 use crate::binary::goruntime::GoBinary;
 use crate::binary::symbolize::Symbolizer;
+use crate::host::clock::monotonic_ns;
 use crate::kernel::decode::{Op, Resolved, Resolver};
 use crate::kernel::{Kernel, KernelError, ProbeTuning, Probes, Scope, Tracepoint};
 use crate::lens::aggregate::Aggregator;
@@ -573,15 +573,4 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         self.agg.rotate();
         self.clock = Clock::now();
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

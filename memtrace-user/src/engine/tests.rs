@@ -9,7 +9,6 @@ use std::sync::Arc;
 use memtrace_common::{Event, EventKind, HoldPoint, StackField};
 
 use super::host::Host;
-use super::rolling::Rolling;
 use super::*;
 use crate::host::procfs::{MapEntry, MemStatus};
 use crate::host::remote::{FakeMemory, RemoteMemory};
@@ -212,30 +211,6 @@ fn a_window_rotation_restarts_rss_and_keeps_live_goroutines() {
         second.summary.lenses["goroutines"].total, 1,
         "live ones carry over"
     );
-}
-
-#[test]
-fn a_snapshot_falls_due_and_is_taken_when_the_window_ends() {
-    const MIB: u64 = 1 << 20;
-    let mut r = Rolling::new(10.0, 5.0, 50 * MIB);
-    let mut due_at = None;
-    for s in 0..=12u64 {
-        let t = s as f64;
-        // pid 10 grows 20 MiB/s; pid 11 is steady.
-        if r.observe(10, t, 100 * MIB + s * 20 * MIB).is_some() && due_at.is_none() {
-            due_at = Some(t);
-        }
-        assert_eq!(r.observe(11, t, 100 * MIB), None);
-        if r.window_over(t) {
-            break;
-        }
-    }
-    assert_eq!(due_at, Some(5.0), "due once the period is covered");
-    let due = r.take_due();
-    assert_eq!(due.len(), 1);
-    assert_eq!(due[0].0, 10);
-    assert!(due[0].1 >= 100 * MIB);
-    assert!(r.take_due().is_empty(), "taken once");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod breakdown;
 pub mod cgroup;
+pub mod clock;
 pub mod guard;
 pub mod launch;
 pub mod preflight;

@@ -10,8 +10,20 @@ use std::collections::HashMap;
 
 use memtrace_common::{Event, EventKind, HoldPoint, StackField, EVENT_SIZE};
 
-use crate::lens::rss::Run;
 use crate::model::stack::{Stack, StackKey, StackTable};
+
+/// A run of faults the kernel merged (see `memtrace_common::FaultRun`): the
+/// pages after `first` at `stride` steps, `count` of them so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub tid: u32,
+    pub first: u64,
+    pub stride: u64,
+    pub count: u64,
+    pub start_ns: u64,
+    /// The run ended (its last word), or was read in progress.
+    pub ended: bool,
+}
 
 /// What happened, with its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

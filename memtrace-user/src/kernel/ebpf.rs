@@ -309,7 +309,7 @@ impl Kernel for Ebpf {
         self.targets
             .insert(pid, config, 0)
             .map_err(map_err("TARGETS"))?;
-        self.times.add(pid, crate::engine::monotonic_ns());
+        self.times.add(pid, crate::host::clock::monotonic_ns());
         self.bump_epoch()
     }
 

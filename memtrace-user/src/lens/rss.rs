@@ -3,6 +3,7 @@
 //! when they stop being so. Its aggregator keeps, per process, the pages
 //! that became resident in the window and still are.
 
+use crate::kernel::decode::Run;
 use crate::model::extras::RssExtras;
 use std::collections::{HashMap, VecDeque};
 
@@ -106,19 +107,6 @@ impl RssProc {
         }
         self.releases.push_back((now, start, end));
     }
-}
-
-/// A run of faults the kernel merged (see `memtrace_common::FaultRun`): the
-/// pages after `first` at `stride` steps, `count` of them so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Run {
-    pub tid: u32,
-    pub first: u64,
-    pub stride: u64,
-    pub count: u64,
-    pub start_ns: u64,
-    /// The run ended (its last word), or was read in progress.
-    pub ended: bool,
 }
 
 /// `rss`: bytes that became resident during the window (page faults, THP

@@ -1,5 +1,5 @@
 //! The lenses by name: what `--lens` takes and every report names. What
-//! each lens asks of the kernel and how it aggregates sit in `crate::lens`.
+//! each lens asks of the kernel and how it aggregates sit in the lens layer (`lens/`).
 
 use std::fmt;
 use std::str::FromStr;

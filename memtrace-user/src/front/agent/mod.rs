@@ -7,6 +7,7 @@ pub mod kubelet;
 pub mod limits;
 pub mod metrics;
 pub mod push;
+pub mod rolling;
 pub mod session;
 pub mod watch;
 

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::kubelet::{Kubelet, PodMeta};
+use super::rolling::Rolling;
 use super::{ProcState, Rendered, Shared, TOP_SERIES};
 use crate::binary::goruntime::GoBinary;
-use crate::engine::rolling::Rolling;
 use crate::engine::run::{Policy, Step};
 use crate::engine::{BinaryId, Engine, Host, Lifecycle, TargetSpec};
 use crate::host::cgroup::{self, CgroupLabels};

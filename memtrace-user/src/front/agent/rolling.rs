@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::front::agent::watch::GrowthWatch;
+use super::watch::GrowthWatch;
 
 pub struct Rolling {
     /// Seconds per window.
@@ -55,5 +55,34 @@ impl Rolling {
     pub fn forget(&mut self, pid: u32) {
         self.watches.remove(&pid);
         self.due.remove(&pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_falls_due_and_is_taken_when_the_window_ends() {
+        const MIB: u64 = 1 << 20;
+        let mut r = Rolling::new(10.0, 5.0, 50 * MIB);
+        let mut due_at = None;
+        for s in 0..=12u64 {
+            let t = s as f64;
+            // pid 10 grows 20 MiB/s; pid 11 is steady.
+            if r.observe(10, t, 100 * MIB + s * 20 * MIB).is_some() && due_at.is_none() {
+                due_at = Some(t);
+            }
+            assert_eq!(r.observe(11, t, 100 * MIB), None);
+            if r.window_over(t) {
+                break;
+            }
+        }
+        assert_eq!(due_at, Some(5.0), "due once the period is covered");
+        let due = r.take_due();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, 10);
+        assert!(due[0].1 >= 100 * MIB);
+        assert!(r.take_due().is_empty(), "taken once");
     }
 }
