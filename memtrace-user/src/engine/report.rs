@@ -9,7 +9,7 @@ use super::{Engine, Host};
 use crate::binary::symbolize::Image;
 use crate::kernel::Kernel;
 use crate::lens;
-use crate::lens::aggregate::Cell;
+use crate::lens::cell::Cell;
 use crate::model::extras::LensExtras;
 use crate::model::lens::Lens;
 use crate::model::profile::Profile;

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use memtrace_common::AllocType;
 
 use super::sizeclass::Rules;
-use crate::lens::aggregate::{histogram, Cell};
+use crate::lens::cell::{histogram, Cell};
 use crate::model::stack::StackKey;
 
 /// `alloc-exact`: every heap allocation, summed by stack.

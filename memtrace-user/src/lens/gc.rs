@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
 
-use crate::lens::aggregate::histogram;
+use crate::lens::cell::histogram;
 
 /// One GC cycle as seen at mark termination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

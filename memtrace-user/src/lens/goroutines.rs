@@ -13,7 +13,7 @@ use crate::binary::goruntime::GoBinary;
 use crate::binary::gtypes::{G_DEAD, G_SCAN};
 use crate::binary::symbolize::EXISTING_GOROUTINE;
 use crate::host::remote::RemoteMemory;
-use crate::lens::aggregate::Cell;
+use crate::lens::cell::Cell;
 use crate::model::profile::{FrameMode, Profile};
 use crate::model::stack::{StackKey, StackTable};
 

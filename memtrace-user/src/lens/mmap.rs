@@ -5,7 +5,7 @@ use crate::model::extras::MmapExtras;
 use std::collections::HashMap;
 
 use crate::kernel::Tracepoint;
-use crate::lens::aggregate::{page_round, sum_by_key, Cell, PROT_NONE};
+use crate::lens::cell::{page_round, sum_by_key, Cell, PROT_NONE};
 use crate::model::rangemap::RangeMap;
 use crate::model::stack::StackKey;
 
@@ -76,7 +76,7 @@ pub fn extras(m: &MmapAgg) -> MmapExtras {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lens::aggregate::PAGE;
+    use crate::lens::cell::PAGE;
     use crate::model::stack::Stack;
 
     const RW: u32 = 3;

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod alloc_exact;
+pub mod cell;
 pub mod gc;
 pub mod goroutines;
 pub mod mmap;

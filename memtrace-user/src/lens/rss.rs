@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use memtrace_common::FaultRun;
 
 use crate::kernel::Tracepoint;
-use crate::lens::aggregate::{page_round, sum_by_key, Cell, PAGE};
+use crate::lens::cell::{page_round, sum_by_key, Cell, PAGE};
 use crate::model::rangemap::RangeMap;
 use crate::model::stack::StackKey;
 

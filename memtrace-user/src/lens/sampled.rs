@@ -14,7 +14,7 @@ use crate::binary::goruntime::GoBinary;
 use crate::binary::memprof::{self, Bucket};
 use crate::host::procfs::MapEntry;
 use crate::host::remote::RemoteMemory;
-use crate::lens::aggregate::Cell;
+use crate::lens::cell::Cell;
 use crate::model::error::TargetError;
 use crate::model::lens::Lens;
 use crate::model::stack::{StackKey, StackTable};

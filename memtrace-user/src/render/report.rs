@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::binary::symbolize::{
     hide_allocator_leaf, pop_leaf_frames, Image, StackLoc, Symbolizer, STACK_UNAVAILABLE,
 };
-use crate::lens::aggregate::Cell;
+use crate::lens::cell::Cell;
 use crate::model::lens::Lens;
 use crate::model::profile::{Frame, FrameMode, Location, Locations, Mapping, Profile, Sample};
 use crate::model::stack::{Stack, StackKey};
