@@ -14,7 +14,7 @@ use crate::host::breakdown;
 use crate::host::procfs::MapEntry;
 use crate::kernel::Kernel;
 use crate::lens::sampled::RuntimeProfile;
-use crate::model::report::Point;
+use crate::model::summary::Point;
 use crate::model::target::Breakdown;
 use crate::model::target::{Exit, MemoryCgroup, OomKill};
 use memtrace_common::TargetConfig;

@@ -2,7 +2,7 @@
 //! timelines. Built by the engine; written by `render::report`.
 
 use super::profile::Profile;
-use super::summary::Summary;
+use super::summary::{Point, Summary};
 
 /// One process's RSS over the window, for `timeline.svg`.
 pub struct Timeline {
@@ -23,14 +23,4 @@ pub struct Report {
     pub rss_released: Option<Profile>,
     /// Warnings for the terminal (e.g. a lens with nothing to show).
     pub warnings: Vec<String>,
-}
-/// One `/proc/PID/status` sample.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Point {
-    /// Seconds since the window started.
-    pub t: f64,
-    pub vm_rss: u64,
-    pub rss_anon: u64,
-    pub rss_file: u64,
-    pub rss_shmem: u64,
 }

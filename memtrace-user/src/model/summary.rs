@@ -36,7 +36,7 @@ pub struct TargetSummary {
     pub vmrss_end: Option<u64>,
     /// VmRSS, RssAnon, RssFile, RssShmem sampled every second.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub timeline: Vec<crate::model::report::Point>,
+    pub timeline: Vec<Point>,
     /// Where resident memory sits at the end (or when the target exited,
     /// if it held itself on the way out).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -247,6 +247,17 @@ pub fn lens_summary(p: &Profile, extra: Option<crate::model::extras::LensExtras>
             .collect(),
         extra,
     }
+}
+
+/// One `/proc/PID/status` sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Point {
+    /// Seconds since the window started.
+    pub t: f64,
+    pub vm_rss: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub rss_shmem: u64,
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `timeline.svg`: a small line chart of RSS over the window.
 
-use crate::model::report::Point;
+use crate::model::summary::Point;
 use std::fmt::Write as _;
 
 /// A line: its name, colour and how to read it from a point.
