@@ -64,20 +64,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         let (mut sampled, rate, since) = self.sampled_cells(&pids, &mut warnings);
 
         let vmrss = |t: &super::Target| (t.vmrss_start, t.timeline.last().map(|p| p.vm_rss));
-        let rss_released = self.agg.rss.as_ref().map(|r| {
-            let mut cells = r.released_before.clone();
-            cells.retain(|k, _| pids.contains(&k.0));
-            cells
-        });
-        let rss_released = rss_released.map(|cells| {
-            self.profile(
-                Lens::Rss,
-                &cells,
-                &images,
-                duration_secs,
-                target_desc.clone(),
-            )
-        });
+        let rss_released = self.rss_released(&pids, &images, duration_secs, &target_desc);
         let mut lens_summaries = BTreeMap::new();
         let mut profiles = Vec::new();
         let lenses = self.opts.lenses.clone();
@@ -147,20 +134,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             trigger: None,
             probe_costs: self.kernel.probe_costs(),
         };
-        let timelines = if self.opts.has(Lens::Rss) {
-            pids.iter()
-                .map(|p| {
-                    let t = &self.targets[p];
-                    Timeline {
-                        pid: *p,
-                        title: format!("RSS of {} (pid {p})", t.name()),
-                        points: t.timeline.clone(),
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let timelines = self.timelines(&pids);
         Report {
             profiles,
             summary,
@@ -168,6 +142,43 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             rss_released,
             warnings,
         }
+    }
+
+    /// With the rss lens: the release, by the releasing stack, of memory
+    /// resident before the window.
+    fn rss_released(
+        &mut self,
+        pids: &[u32],
+        images: &HashMap<u32, (String, Image)>,
+        duration_secs: f64,
+        target_desc: &str,
+    ) -> Option<Profile> {
+        let mut cells = self.agg.rss.as_ref()?.released_before.clone();
+        cells.retain(|k, _| pids.contains(&k.0));
+        Some(self.profile(
+            Lens::Rss,
+            &cells,
+            images,
+            duration_secs,
+            target_desc.to_string(),
+        ))
+    }
+
+    /// With the rss lens: each process's RSS timeline.
+    fn timelines(&self, pids: &[u32]) -> Vec<Timeline> {
+        if !self.opts.has(Lens::Rss) {
+            return Vec::new();
+        }
+        pids.iter()
+            .map(|p| {
+                let t = &self.targets[p];
+                Timeline {
+                    pid: *p,
+                    title: format!("RSS of {} (pid {p})", t.name()),
+                    points: t.timeline.clone(),
+                }
+            })
+            .collect()
     }
 
     /// The alloc and heap lenses' cells of `pids`, from each target's memory
