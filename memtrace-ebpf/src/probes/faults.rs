@@ -140,33 +140,12 @@ fn frameless_caller(ip: u64, sp: u64) -> Option<u64> {
     called_from(code, ra, ip).then_some(ra)
 }
 
-/// A user-mode fault at `page` at instruction `ip` with frame pointer `bp`
-/// and stack pointer `sp`: merged into one of this CPU's runs, or sent
-/// with its stack (and made the first page of a new run).
-///
-/// A run is keyed by its thread, instruction, frame pointer and the frame's
-/// caller ([`frame_key`]). The caller is read on every page; whether the
-/// function has a frame of its own (so which word names the caller) is
-/// decided at the first page of a run in that frame, and kept with the run.
+/// One pass over the slots: the most recent run in this frame (the one a
+/// fault most likely extends), and the slot a new run would take (an
+/// empty one, else the one used least recently). The choices are kept in
+/// the map: as registers, each candidate index was a verifier state.
 #[inline(always)]
-fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u64; 3]) {
-    let [ip, bp, sp] = regs;
-    let gen = release_gen();
-    // The record is built only where one goes out: building it up front
-    // put a call (zeroing its fields) on the path of every merged fault.
-    let ev = || Event::fault(tgid, tid, page, 4096);
-    let Some(runs) = FAULT_RUNS.get_ptr_mut(0) else {
-        emit_with_stack(ctx, ev(), None);
-        return;
-    };
-    // SAFETY: as in `end_runs`.
-    let runs = unsafe { &mut *runs };
-    runs.clock += 1;
-    let clock = runs.clock;
-    // One pass over the slots: the most recent run in this frame (the one
-    // a fault most likely extends), and the slot a new run would take (an
-    // empty one, else the one used least recently). The choices are kept
-    // in the map: as registers, each candidate index was a verifier state.
+fn choose_slots(runs: &mut FaultRuns, tgid: u32, tid: u32, ip: u64, bp: u64) {
     runs.cand = FAULT_RUN_SLOTS as u64;
     runs.cand_used = 0;
     runs.victim = 0;
@@ -191,6 +170,32 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u6
             runs.victim = i as u64;
         }
     }
+}
+
+/// A user-mode fault at `page` at instruction `ip` with frame pointer `bp`
+/// and stack pointer `sp`: merged into one of this CPU's runs, or sent
+/// with its stack (and made the first page of a new run).
+///
+/// A run is keyed by its thread, instruction, frame pointer and the frame's
+/// caller ([`frame_key`]). The caller is read on every page; whether the
+/// function has a frame of its own (so which word names the caller) is
+/// decided at the first page of a run in that frame, and kept with the run.
+#[inline(always)]
+fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u64; 3]) {
+    let [ip, bp, sp] = regs;
+    let gen = release_gen();
+    // The record is built only where one goes out: building it up front
+    // put a call (zeroing its fields) on the path of every merged fault.
+    let ev = || Event::fault(tgid, tid, page, 4096);
+    let Some(runs) = FAULT_RUNS.get_ptr_mut(0) else {
+        emit_with_stack(ctx, ev(), None);
+        return;
+    };
+    // SAFETY: as in `end_runs`.
+    let runs = unsafe { &mut *runs };
+    runs.clock += 1;
+    let clock = runs.clock;
+    choose_slots(runs, tgid, tid, ip, bp);
     let found = runs.cand < FAULT_RUN_SLOTS as u64;
     let c = (runs.cand as usize) & (FAULT_RUN_SLOTS - 1);
     // Whether the function has a frame of its own is the run's, if there

@@ -538,8 +538,24 @@ fn emit_stack<C: EbpfContext>(
         bump(Counter::FingerprintCollisions);
         collided = true;
     }
-    ev.stack = StackField::Frames(frames as u32).encode();
     let shared = fp.is_some() && !collided;
+    send_walked(rec, ev, frames, fp.as_ref(), shared, ephemeral, hash)
+}
+
+/// Sends the stack walked into `rec` (`frames` of them) with `ev`. A
+/// shared stack (remembered under `fp`) or an `ephemeral` one gets a
+/// reference of its own, which is returned (0: none, or not sent).
+#[inline(always)]
+fn send_walked(
+    rec: &mut Record,
+    mut ev: Event,
+    frames: usize,
+    fp: Option<&Fingerprint>,
+    shared: bool,
+    ephemeral: bool,
+    hash: u64,
+) -> u64 {
+    ev.stack = StackField::Frames(frames as u32).encode();
     if shared || ephemeral {
         if let Some(next) = NEXT_REF.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -566,7 +582,7 @@ fn emit_stack<C: EbpfContext>(
         bump(Counter::RingbufDrops);
         return 0;
     }
-    if let (Some(words), true) = (fp.as_ref(), shared && ev.stack_ref != 0) {
+    if let (Some(words), true) = (fp, shared && ev.stack_ref != 0) {
         let known = StackRef {
             id: ev.stack_ref,
             uses: 0,
