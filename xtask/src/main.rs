@@ -4,6 +4,7 @@
 //! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
 
 mod bench;
+mod bench_agent;
 mod bench_gc_heavy;
 mod bench_lenses;
 mod bench_service;
@@ -155,8 +156,8 @@ fn main() -> anyhow::Result<()> {
                 return bench::run_check(&memtrace, &built.dir, &out);
             }
             if agent_only {
-                for sc in bench::agent_scenarios(agent_procs) {
-                    bench::agent(&memtrace, &built.dir, &out, &sc)?;
+                for sc in bench_agent::agent_scenarios(agent_procs) {
+                    bench_agent::agent(&memtrace, &built.dir, &out, &sc)?;
                 }
                 return Ok(());
             }
@@ -177,8 +178,8 @@ fn main() -> anyhow::Result<()> {
             )?;
             bench::stack_cache(&memtrace, &built.dir, &out)?;
             bench::run_check(&memtrace, &built.dir, &out)?;
-            for sc in bench::agent_scenarios(agent_procs) {
-                bench::agent(&memtrace, &built.dir, &out, &sc)?;
+            for sc in bench_agent::agent_scenarios(agent_procs) {
+                bench_agent::agent(&memtrace, &built.dir, &out, &sc)?;
             }
             bench::gate(&memtrace, &built.dir, &out, gate_trials)
         }
