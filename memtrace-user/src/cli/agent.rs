@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 
 use crate::engine::host::Procfs;
-use crate::engine::{run, Engine, Options};
+use crate::engine::{run, setup, Engine, Options};
 use crate::front::agent::kubelet::Kubelet;
 use crate::front::agent::metrics::SelfUsage;
 use crate::front::agent::push::{self, Auth, PushConfig, Pusher};
@@ -216,9 +216,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     opts.per_binary = true;
     opts.discovery = true;
     opts.max_stacks_per_process = Some(args.max_stacks_per_process.max(1));
+    setup::check_host(&opts)?;
     let tracepoints = opts.tracepoints();
-    let paths: Vec<String> = tracepoints.iter().map(|t| t.path()).collect();
-    crate::host::preflight::check(&paths.iter().map(String::as_str).collect::<Vec<_>>())?;
     std::fs::create_dir_all(&args.out).with_context(|| {
         format!(
             "cannot create output directory {}: choose another with --out",

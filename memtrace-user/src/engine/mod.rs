@@ -11,21 +11,22 @@
 //! [`Host`]), so the lifecycle here is unit-tested without either.
 //!
 //! ```no_run
-//! # fn demo(bin: std::sync::Arc<memtrace_user::binary::goruntime::GoBinary>) -> anyhow::Result<()> {
-//! use memtrace_user::engine::{Engine, Options, TargetSpec, host::Procfs};
+//! # fn demo() -> anyhow::Result<()> {
+//! use memtrace_user::engine::{Engine, Options, host::Procfs, setup};
 //! use memtrace_user::kernel::ebpf::Ebpf;
 //! use memtrace_user::model::lens::Lens;
 //!
 //! let opts = Options::new(vec![Lens::Rss]);
 //! let kernel = Ebpf::load(&opts.tracepoints(), std::path::Path::new("/sys/kernel/tracing"))?;
 //! let mut engine = Engine::new(kernel, Procfs, opts);
-//! engine.add(TargetSpec::running(1234, bin)?)?;
+//! engine.add(setup::running(1234)?)?;
 //! // ... engine.drain() and engine.tick() as events come, then:
 //! engine.finish();
 //! let report = engine.report(None, "duration");
 //! # Ok(()) }
 //! ```
 
+pub mod discover;
 mod holds;
 pub mod host;
 pub mod probes;
@@ -38,7 +39,6 @@ mod tests;
 mod tick;
 
 use std::collections::{BTreeMap, HashSet};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -147,24 +147,6 @@ pub struct TargetSpec {
     pub bin: Arc<GoBinary>,
     /// Started by memtrace and held before exec (launch mode).
     pub launched: bool,
-}
-
-impl TargetSpec {
-    /// A running process, reached through `/proc/PID/exe` (which works for
-    /// deleted files and other mount namespaces).
-    pub fn running(pid: u32, bin: Arc<GoBinary>) -> Result<Self, TargetError> {
-        let via = crate::host::procfs::proc_dir(pid).join("exe");
-        let exe = crate::host::procfs::exe_path(pid)?;
-        let meta = std::fs::metadata(&via).map_err(|source| TargetError::Exe { pid, source })?;
-        Ok(Self {
-            pid,
-            exe,
-            attach_path: via,
-            binary: (meta.dev(), meta.ino()),
-            bin,
-            launched: false,
-        })
-    }
 }
 
 /// Why a process could not be added.

@@ -4,9 +4,9 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::discover::Process;
 use super::host::Procfs;
 use super::{Engine, EngineError, Options, TargetSpec};
 use crate::binary::goruntime::GoBinary;
@@ -29,52 +29,10 @@ pub enum SetupError {
     Engine(#[from] EngineError),
 }
 
-/// Error messages should name the path the user knows, not /proc/PID/exe.
-fn relabel(e: TargetError, via: &Path, exe: &Path) -> TargetError {
-    let fix = |p: PathBuf| if p == via { exe.to_owned() } else { p };
-    match e {
-        TargetError::NotGo(p) => TargetError::NotGo(fix(p)),
-        TargetError::Stripped {
-            path,
-            symbol,
-            needed_by,
-            reason,
-        } => TargetError::Stripped {
-            path: fix(path),
-            symbol,
-            needed_by,
-            reason,
-        },
-        TargetError::GoVersion { path, version } => TargetError::GoVersion {
-            path: fix(path),
-            version,
-        },
-        TargetError::MissingSymbol { path, symbol } => TargetError::MissingSymbol {
-            path: fix(path),
-            symbol,
-        },
-        TargetError::Prologue { path, symbol } => TargetError::Prologue {
-            path: fix(path),
-            symbol,
-        },
-        TargetError::Read { path, reason } => TargetError::Read {
-            path: fix(path),
-            reason,
-        },
-        other => other,
-    }
-}
-
 /// A running process, vetted.
 pub fn running(pid: u32) -> Result<TargetSpec, TargetError> {
-    crate::host::procfs::check_pid(pid)?;
-    let exe = crate::host::procfs::exe_path(pid)?;
-    // /proc/PID/exe reaches the file even in another mount namespace or
-    // after it was deleted.
-    let via = crate::host::procfs::proc_dir(pid).join("exe");
-    let mut bin = GoBinary::open(&via).map_err(|e| relabel(e, &via, &exe))?;
-    bin.path = exe;
-    TargetSpec::running(pid, Arc::new(bin))
+    let p = Process::open(pid)?;
+    Ok(p.spec(Arc::new(p.go_binary()?)))
 }
 
 /// Refuses lenses that need data symbols a binary lacks, before anything is

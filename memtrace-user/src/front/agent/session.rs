@@ -4,7 +4,6 @@
 //! snapshots of processes whose RSS keeps growing.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -12,9 +11,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::kubelet::{Kubelet, PodMeta};
 use super::rolling::Rolling;
 use super::{ProcState, Rendered, Shared, TOP_SERIES};
-use crate::binary::goruntime::GoBinary;
+use crate::engine::discover::{self, Binaries, Process};
 use crate::engine::run::{Policy, Step};
-use crate::engine::{BinaryId, Engine, Host, Lifecycle, TargetSpec};
+use crate::engine::{BinaryId, Engine, Host, Lifecycle};
 use crate::host::cgroup::{self, CgroupLabels};
 use crate::host::procfs;
 use crate::kernel::Kernel;
@@ -64,9 +63,11 @@ pub struct AgentPolicy {
     pub kubelet: Option<Kubelet>,
     pods: HashMap<String, PodMeta>,
     rolling: Rolling,
-    /// Binaries seen: their analysis (`None`: not a Go binary memtrace
-    /// traces) and the processes of them traced now.
-    bins: HashMap<BinaryId, (Option<Arc<GoBinary>>, HashSet<u32>)>,
+    /// Binaries seen, parsed once each.
+    bins: Binaries,
+    /// The processes traced now, by binary: a binary is forgotten with its
+    /// last process.
+    bin_pids: HashMap<BinaryId, HashSet<u32>>,
     labels: HashMap<u32, CgroupLabels>,
     limits: super::limits::LimitTrigger,
     started: Instant,
@@ -112,7 +113,8 @@ impl AgentPolicy {
             shared,
             kubelet,
             pods: HashMap::new(),
-            bins: HashMap::new(),
+            bins: Binaries::default(),
+            bin_pids: HashMap::new(),
             labels: HashMap::new(),
             started: Instant::now(),
             last_second: Instant::now(),
@@ -125,14 +127,7 @@ impl AgentPolicy {
     /// Considers every process running now.
     pub fn scan<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>) {
         self.refresh_pods(true);
-        let Ok(rd) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        let pids: Vec<u32> = rd
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        for pid in pids {
+        for pid in discover::pids() {
             self.consider(engine, pid);
         }
     }
@@ -142,61 +137,40 @@ impl AgentPolicy {
         if pid == self.me || engine.target(pid).is_some() {
             return;
         }
-        let via = procfs::proc_dir(pid).join("exe");
-        let (Ok(meta), Ok(exe)) = (std::fs::metadata(&via), std::fs::read_link(&via)) else {
+        let Ok(p) = Process::open(pid) else {
             return; // kernel thread, gone, or not ours to read
         };
-        let name = exe
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let cg = std::fs::read_to_string(procfs::proc_dir(pid).join("cgroup"))
             .ok()
             .and_then(|t| cgroup::path_from_proc(&t))
             .unwrap_or_default();
-        if !self.filters.admit(&name, &cg) {
+        if !self.filters.admit(&p.name(), &cg) {
             return;
         }
-        let binary = (meta.dev(), meta.ino());
-        let (bin, _) = self.bins.entry(binary).or_insert_with(|| {
-            let bin = match GoBinary::open(&via) {
-                Ok(b) => Some(Arc::new(b)),
-                Err(crate::model::error::TargetError::NotGo(_)) => None,
-                Err(e) => {
-                    eprintln!(
-                        "memtrace: agent: skipping {} (pid {pid}): {e}",
-                        exe.display()
-                    );
-                    None
-                }
-            };
-            (bin, HashSet::new())
-        });
-        let Some(bin) = bin.clone() else {
-            return;
+        let bin = match self.bins.of(&p) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!(
+                    "memtrace: agent: skipping {} (pid {pid}): {e}",
+                    p.exe.display()
+                );
+                return;
+            }
         };
-        let spec = TargetSpec {
-            pid,
-            exe: exe.clone(),
-            attach_path: via,
-            binary,
-            bin: bin.clone(),
-            launched: false,
-        };
-        if let Err(e) = engine.add(spec) {
+        let (binary, exe) = (p.binary, p.exe.clone());
+        if let Err(e) = engine.add(p.spec(bin.clone())) {
             eprintln!(
                 "memtrace: agent: cannot trace pid {pid} ({}): {e}",
                 exe.display()
             );
             if matches!(e, crate::engine::EngineError::Kernel(_)) {
                 // The binary cannot be probed: do not try its processes again.
-                self.bins.insert(binary, (None, HashSet::new()));
+                self.bins.refuse(binary);
             }
             return;
         }
-        if let Some((_, pids)) = self.bins.get_mut(&binary) {
-            pids.insert(pid);
-        }
+        self.bin_pids.entry(binary).or_default().insert(pid);
         let labels = cgroup::labels(&cg);
         if labels
             .pod_uid
@@ -255,10 +229,11 @@ impl AgentPolicy {
         self.rolling.forget(pid);
         self.limits.forget(pid);
         self.labels.remove(&pid);
-        if let Some((_, pids)) = self.bins.get_mut(&binary) {
+        if let Some(pids) = self.bin_pids.get_mut(&binary) {
             pids.remove(&pid);
             if pids.is_empty() {
-                self.bins.remove(&binary);
+                self.bin_pids.remove(&binary);
+                self.bins.forget(binary);
             }
         }
         let mut shared = self.shared.lock().expect("agent state");

@@ -1,9 +1,10 @@
 //! `memtrace top`'s model: what one refresh shows, built from the engine's
 //! cumulative report of each process and its VmRSS history, and the plain
 //! text it prints when stdout is not a terminal. The terminal UI (in
-//! `cli/top.rs`) draws the same [`View`] with [`screen::draw`]; everything
+//! `policy`) draws the same [`View`] with [`screen::draw`]; everything
 //! here is pure.
 
+pub mod policy;
 pub mod screen;
 
 use std::fmt::Write as _;
