@@ -1,10 +1,12 @@
-//! memtrace's user space, in layers: `kernel` (the eBPF object behind a
-//! trait) → `engine` (a tracing session: targets, probes per binary,
-//! windows) → `decode` and `aggregate` (records into per-lens aggregates,
-//! the lenses in `lens`) → `symbolize` → `report` and `render` (profiles
-//! and their formats). `cli` parses arguments and prints; `agent` is the
-//! node agent's policy and HTTP API. Only `kernel::ebpf`, `engine::host`
-//! and `remote` touch the kernel or other processes; the rest is pure and
+//! memtrace's user space, in ten layers, bottom to top: `model` (what every
+//! layer shares), `host` (/proc, target memory, cgroups), `binary` (what
+//! Go executables hold, and symbolization), `kernel` (the eBPF object
+//! behind a trait, and its records decoded), `lens` (the aggregators),
+//! `render` (profiles and their formats), `engine` (a tracing session),
+//! `front` (the agent, gate, top and doctor policies), `cli` (parsing and
+//! printing) and `fuzzing`. Each imports only from the layers below it
+//! (`tests/architecture.rs`). Only `kernel::ebpf`, `engine::host` and
+//! `host::remote` touch the kernel or other processes; the rest is pure and
 //! unit-tested.
 
 pub mod binary;
