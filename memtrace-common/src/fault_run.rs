@@ -63,6 +63,10 @@ pub struct FaultRun {
     /// The release generation (bumped by every release syscall of any
     /// target) the run began in; a fault in another generation ends it.
     pub gen: u64,
+    /// The first page's goroutine label set and its first word (see
+    /// [`crate::Event::labels`]).
+    pub labels: u64,
+    pub labels_check: u64,
 }
 
 /// Set in a stack reference that no fingerprint stands for (its stack's

@@ -215,9 +215,17 @@ pub struct Event {
     arg2: u64,
     /// Stack reference defined or used by this record (0: none).
     pub stack_ref: u64,
+    /// The goroutine's pprof label set (`g.labels`, a pointer in the
+    /// target) when the event happened; 0: none, or not read (the target
+    /// cannot set labels, or the event has no goroutine).
+    pub labels: u64,
+    /// A fingerprint of the set then ([`labels_check`]), so that user
+    /// space, reading the set later, can tell it from another set the
+    /// address was reused for.
+    pub labels_check: u64,
 }
 
-pub const EVENT_SIZE: usize = 64;
+pub const EVENT_SIZE: usize = 80;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 
 impl Event {
@@ -234,7 +242,16 @@ impl Event {
             arg: 0,
             arg2: 0,
             stack_ref: 0,
+            labels: 0,
+            labels_check: 0,
         }
+    }
+
+    /// The event with the goroutine's label set pointer and its first word.
+    pub const fn with_labels(mut self, (labels, check): (u64, u64)) -> Self {
+        self.labels = labels;
+        self.labels_check = check;
+        self
     }
 
     const fn with(mut self, addr: u64, size: u64, arg: u64, arg2: u64) -> Self {
@@ -287,6 +304,8 @@ impl Event {
             Self::new(kind, run.tgid, run.tid).with(run.first, run.count, run.stride, run.start_ns);
         ev.stack = STACK_REF;
         ev.stack_ref = run.stack_ref;
+        ev.labels = run.labels;
+        ev.labels_check = run.labels_check;
         ev
     }
 
@@ -434,6 +453,34 @@ pub struct TargetConfig {
     /// Whether the target may hold itself at the `go_hold` probes (1) or
     /// not (0).
     pub hold: u64,
+    /// How to read the current goroutine's pprof labels (all 0: events
+    /// carry none).
+    pub labels: LabelOffsets,
+}
+
+/// Offsets for reading a goroutine's pprof label set, when the target can
+/// set labels (it links `runtime/pprof.runtime_setProfLabel`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LabelOffsets {
+    /// `labels` in `runtime.g` (0: no labels).
+    pub g_labels: u64,
+    /// Where, from the set's first word, the second word of its
+    /// fingerprint sits (see [`labels_check`]).
+    pub check_at: u64,
+    /// `m` in `runtime.g` and `curg` in `runtime.m`: on the system stack
+    /// (g0, whose labels are nil) the labels are the user goroutine's the
+    /// thread runs, as Go's own CPU profiler takes them (0: unknown).
+    pub g_m: u64,
+    pub m_curg: u64,
+}
+
+/// A label set's fingerprint from its first word `w1` (its map, or its
+/// slice's array) and the word `w2` at `w1 + TargetConfig::labels_check_at`
+/// (the map's hash seed, or the first label's value): another set at the
+/// same address differs in one or the other.
+pub const fn labels_check(w1: u64, w2: u64) -> u64 {
+    w1 ^ w2.rotate_left(32)
 }
 
 /// Index into the `COUNTERS` per-CPU array.

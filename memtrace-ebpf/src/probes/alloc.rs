@@ -24,13 +24,13 @@ use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, progra
 use memtrace_common::{AllocType, Counter, Event, AT_PUSH, AT_STACK_CHECK, POINT_FLAGS};
 
 use super::{
-    bump, current_target, emit_with_stack, emit_with_stack_entry, entry_fingerprint, fingerprint,
-    go_abi,
+    bump, current_target_labels, emit_with_stack, emit_with_stack_entry, entry_fingerprint,
+    fingerprint, go_abi, labels_of,
 };
 
 #[uprobe]
 pub fn go_alloc(ctx: ProbeContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, labels_off)) = current_target_labels() else {
         return 0;
     };
     bump(Counter::AllocHits);
@@ -59,7 +59,8 @@ pub fn go_alloc(ctx: ProbeContext) -> u32 {
             Err(_) => AllocType::Unknown,
         }
     };
-    let ev = Event::alloc(tgid, tid, size, class);
+    let ev =
+        Event::alloc(tgid, tid, size, class).with_labels(labels_of(go_abi::g(&ctx), labels_off));
     if cookie & AT_PUSH == 0 {
         emit_with_stack(&ctx, ev, fingerprint(ip, bp));
         return 0;

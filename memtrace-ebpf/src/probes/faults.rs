@@ -52,7 +52,7 @@ use memtrace_common::{
 
 use super::{
     bump, current_target, current_target_cached, emit, emit_with_stack, emit_with_stack_for_run,
-    entry_fingerprint, fault_floor, fingerprint, recheck_runs, release_gen,
+    entry_fingerprint, fault_floor, fingerprint, labels_of, recheck_runs, release_gen, user_regs,
 };
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
@@ -181,12 +181,18 @@ fn choose_slots(runs: &mut FaultRuns, tgid: u32, tid: u32, ip: u64, bp: u64) {
 /// function has a frame of its own (so which word names the caller) is
 /// decided at the first page of a run in that frame, and kept with the run.
 #[inline(always)]
-fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u64; 3]) {
+fn user_fault<C: EbpfContext>(
+    ctx: &C,
+    (tgid, tid): (u32, u32),
+    page: u64,
+    regs: [u64; 3],
+    labels: (u64, u64),
+) {
     let [ip, bp, sp] = regs;
     let gen = release_gen();
     // The record is built only where one goes out: building it up front
     // put a call (zeroing its fields) on the path of every merged fault.
-    let ev = || Event::fault(tgid, tid, page, 4096);
+    let ev = || Event::fault(tgid, tid, page, 4096).with_labels(labels);
     let Some(runs) = FAULT_RUNS.get_ptr_mut(0) else {
         emit_with_stack(ctx, ev(), None);
         return;
@@ -291,6 +297,8 @@ fn user_fault<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, page: u64, regs: [u6
         stack_ref,
         start_ns: now,
         gen,
+        labels: labels.0,
+        labels_check: labels.1,
     };
     run.seq = seq.wrapping_add(1);
 }
@@ -306,7 +314,7 @@ fn user_page(addr: u64) -> Option<u64> {
 /// a helper call, on the hottest path of the lens).
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
-    let Some((tgid, tid)) = current_target_cached() else {
+    let Some((tgid, tid, labels_off)) = current_target_cached() else {
         return 0;
     };
     if fault_floor() {
@@ -318,8 +326,8 @@ pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(1);
     // SAFETY: the tracepoint's BTF types `regs` (`struct pt_regs *`), so the
     // verifier checks these loads (and makes them fault-safe).
-    let frame = unsafe { [(*regs).rip, (*regs).rbp, (*regs).rsp] };
-    user_fault(&ctx, tgid, tid, page, frame);
+    let (frame, g) = unsafe { ([(*regs).rip, (*regs).rbp, (*regs).rsp], (*regs).r14) };
+    user_fault(&ctx, (tgid, tid), page, frame, labels_of(g, labels_off));
     0
 }
 
@@ -328,14 +336,20 @@ pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
 /// the user stack is walked.
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn fault_kernel(ctx: RawTracePointContext) -> i32 {
-    let Some((tgid, tid)) = current_target_cached() else {
+    let Some((tgid, tid, labels_off)) = current_target_cached() else {
         return 0;
     };
     if fault_floor() {
         return 0;
     }
     if let Some(page) = user_page(ctx.arg(0)) {
-        emit_with_stack(&ctx, Event::fault(tgid, tid, page, 4096), None);
+        let labels = if labels_off.g_labels == 0 {
+            (0, 0)
+        } else {
+            user_regs().map_or((0, 0), |r| labels_of(r.r14, labels_off))
+        };
+        let ev = Event::fault(tgid, tid, page, 4096).with_labels(labels);
+        emit_with_stack(&ctx, ev, None);
     }
     0
 }

@@ -27,19 +27,29 @@ use aya_ebpf::{
 };
 use memtrace_common::{Event, EventKind, SpawnCookie};
 
-use super::{current_target, emit, emit_with_stack, fingerprint_from, go_abi};
+use super::{
+    current_target, current_target_labels, emit, emit_with_stack, fingerprint_from, go_abi,
+    labels_of,
+};
 
 #[uprobe]
 pub fn go_newproc(ctx: ProbeContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, labels_off)) = current_target_labels() else {
         return 0;
     };
     let fnv = go_abi::arg(&ctx, 0);
+    // newproc1(fn, callergp, callerpc): the new goroutine inherits the
+    // creator's labels (newproc1 runs on the system stack, so R14 is g0).
+    let labels = labels_of(go_abi::arg(&ctx, 1), labels_off);
     // SAFETY: bpf_probe_read_user tolerates any address.
     let start_pc = unsafe { bpf_probe_read_user(fnv as *const u64) }.unwrap_or(0);
     // newproc1 runs on the system stack, so the top of its stack is the
     // same for every `go` statement: always walk (no fingerprint).
-    emit_with_stack(&ctx, Event::go_create(tgid, tid, start_pc), None);
+    emit_with_stack(
+        &ctx,
+        Event::go_create(tgid, tid, start_pc).with_labels(labels),
+        None,
+    );
     0
 }
 
@@ -50,7 +60,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
 /// two.
 #[uprobe]
 pub fn go_spawned(ctx: ProbeContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, labels_off)) = current_target_labels() else {
         return 0;
     };
     // SAFETY: reads the probe's attach cookie.
@@ -86,7 +96,8 @@ pub fn go_spawned(ctx: ProbeContext) -> u32 {
     let (ip, bp) = go_abi::ip_bp(&ctx);
     emit_with_stack(
         &ctx,
-        Event::go_spawned(tgid, tid, g, start_pc),
+        // newproc1 gave the new goroutine its creator's labels.
+        Event::go_spawned(tgid, tid, g, start_pc).with_labels(labels_of(g, labels_off)),
         fingerprint_from(ip, bp, gopc),
     );
     0

@@ -21,18 +21,22 @@ pub mod procs;
 pub mod syscalls;
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        pt_regs, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_task_pt_regs,
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     EbpfContext,
 };
 use memtrace_common::{
-    verify_on_use, Counter, Event, StackField, TargetConfig, TracepointOffsets, COUNTER_COUNT,
-    EPHEMERAL_REF, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS, RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
+    labels_check, verify_on_use, Counter, Event, LabelOffsets, StackField, TargetConfig,
+    TracepointOffsets, COUNTER_COUNT, EPHEMERAL_REF, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS,
+    RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
 };
 
 /// Tracepoint field offsets, set by user space at load from the kernel's
@@ -131,6 +135,67 @@ pub mod go_abi {
         // SAFETY: as above.
         unsafe { (*ctx.regs).rsp }
     }
+
+    /// The current goroutine (`*g`): R14 in Go code (ABIInternal).
+    #[inline(always)]
+    pub fn g(ctx: &ProbeContext) -> u64 {
+        // SAFETY: as above.
+        unsafe { (*ctx.regs).r14 }
+    }
+}
+
+/// The label set pointer of goroutine `g` (`g.labels` at offset `off`)
+/// and the set's first word: (0, 0) when the target carries no labels
+/// (`off` 0), the goroutine has none, or they cannot be read. Outside Go
+/// code R14 may not hold a g: what it points at then is read as user
+/// memory, and user space keeps only label sets that decode.
+#[inline(always)]
+pub fn labels_of(g: u64, off: LabelOffsets) -> (u64, u64) {
+    if off.g_labels == 0 || g == 0 {
+        return (0, 0);
+    }
+    let read = |a: u64| {
+        // SAFETY: bpf_probe_read_user tolerates any address.
+        unsafe { bpf_probe_read_user(a as *const u64) }.unwrap_or(0)
+    };
+    let mut ptr = read(g.wrapping_add(off.g_labels));
+    if ptr == 0 && off.m_curg != 0 {
+        // On g0 (the system stack): the user goroutine the thread runs.
+        let curg = read(read(g.wrapping_add(off.g_m)).wrapping_add(off.m_curg));
+        if curg != 0 && curg != g {
+            ptr = read(curg.wrapping_add(off.g_labels));
+        }
+    }
+    if ptr == 0 {
+        return (0, 0);
+    }
+    let w1 = read(ptr);
+    let w2 = read(w1.wrapping_add(off.check_at));
+    (ptr, labels_check(w1, w2))
+}
+
+/// The calling task's saved user registers (from a tracepoint, where the
+/// context holds the kernel's).
+#[inline(always)]
+pub fn user_regs() -> Option<pt_regs> {
+    // SAFETY: helpers without preconditions; the saved registers are read
+    // with a checked kernel read.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        bpf_probe_read_kernel(regs).ok()
+    }
+}
+
+/// The current thread's (tgid, tid) and its process's `g.labels` offset
+/// (0: no labels), if its process is a target.
+#[inline(always)]
+pub fn current_target_labels() -> Option<(u32, u32, LabelOffsets)> {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: a map value read by copy.
+    let config = unsafe { TARGETS.get(tgid) }?;
+    Some((tgid, id as u32, config.labels))
 }
 
 #[map]
@@ -212,35 +277,39 @@ pub struct TargetVerdict {
     pid_tgid: u64,
     epoch: u64,
     target: u64,
+    /// How to read the target's labels.
+    labels: LabelOffsets,
 }
 
 #[map]
 static TARGET_VERDICT: PerCpuArray<TargetVerdict> = PerCpuArray::with_max_entries(1, 0);
 
-/// As [`current_target`], remembering the answer for the thread per CPU
+/// As [`current_target_labels`], remembering the answer for the thread per CPU
 /// (until `TARGETS` changes): faults come in bursts from one thread, and
 /// the hash lookup was a fifth of the fault probe's time. Only for
 /// programs that run with preemption off (the fault tracepoints), so that
 /// no other program rewrites the CPU's verdict halfway.
 #[inline(always)]
-pub fn current_target_cached() -> Option<(u32, u32)> {
+pub fn current_target_cached() -> Option<(u32, u32, LabelOffsets)> {
     let id = bpf_get_current_pid_tgid();
     let epoch = match TARGETS_EPOCH.get_ptr(0) {
         // SAFETY: map value pointer; user space may bump it concurrently.
         Some(p) => unsafe { core::ptr::read_volatile(p) },
-        None => return current_target(),
+        None => return current_target_labels(),
     };
     let Some(v) = TARGET_VERDICT.get_ptr_mut(0) else {
-        return current_target();
+        return current_target_labels();
     };
     // SAFETY: per-CPU map value, written with preemption off.
     let v = unsafe { &mut *v };
     if v.pid_tgid != id || v.epoch != epoch {
-        v.target = u64::from(current_target().is_some());
+        let found = current_target_labels();
+        v.target = u64::from(found.is_some());
+        v.labels = found.map_or(LabelOffsets::default(), |(_, _, l)| l);
         v.pid_tgid = id;
         v.epoch = epoch;
     }
-    (v.target != 0).then_some(((id >> 32) as u32, id as u32))
+    (v.target != 0).then_some(((id >> 32) as u32, id as u32, v.labels))
 }
 
 /// The current thread's (tgid, tid) if its process is a target.

@@ -14,19 +14,12 @@
 //! times a second on a GC-heavy program, and a walk per call was most of
 //! the rss lens's program time there.
 
-use aya_ebpf::{
-    bindings::pt_regs,
-    helpers::{
-        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
-    },
-    macros::tracepoint,
-    programs::TracePointContext,
-};
-use memtrace_common::{Event, EventKind};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use memtrace_common::{Event, EventKind, LabelOffsets};
 
 use super::{
-    bump_release_gen, current_target, emit, emit_with_stack, entry_fingerprint, tp_offsets,
-    Fingerprint,
+    bump_release_gen, current_target, current_target_labels, emit, emit_with_stack,
+    entry_fingerprint, labels_of, tp_offsets, user_regs,
 };
 
 /// `mmap`'s MAP_FIXED (include/uapi/asm-generic/mman-common.h).
@@ -39,23 +32,26 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(at) }.unwrap_or(0)
 }
 
-/// The fingerprint of the calling user stack: the saved registers' pc and
-/// frame pointer, the word at the stack pointer (the direct caller's
-/// return address when the syscall wrapper has no frame of its own, as
-/// Go's have not), then the frame-pointer chain. It only keys the stack
-/// cache; the stack sent is the kernel's walk, as before.
+/// Emits a syscall enter with its stack, and the labels of the goroutine
+/// in the saved R14 (see [`labels_of`]). The stack is remembered by a
+/// fingerprint of the saved user registers: pc and frame pointer, the word
+/// at the stack pointer (the direct caller's return address when the
+/// syscall wrapper has no frame of its own, as Go's have not), then the
+/// frame-pointer chain. It only keys the stack cache; the stack sent is
+/// the kernel's walk, as before.
 #[inline(always)]
-fn user_fingerprint() -> Option<Fingerprint> {
-    // SAFETY: helpers without preconditions; the task's saved user
-    // registers are read with a checked kernel read.
-    let regs: pt_regs = unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        bpf_probe_read_kernel(regs).ok()?
+fn emit_enter(ctx: &TracePointContext, ev: Event, labels_off: LabelOffsets) {
+    let Some(regs) = user_regs() else {
+        emit_with_stack(ctx, ev, None);
+        return;
     };
+    let ev = ev.with_labels(labels_of(regs.r14, labels_off));
     // SAFETY: bpf_probe_read_user tolerates any address.
-    let top = unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.ok()?;
-    entry_fingerprint(regs.rip, regs.rbp, top)
+    let fp = match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
+        Ok(top) => entry_fingerprint(regs.rip, regs.rbp, top),
+        Err(_) => None,
+    };
+    emit_with_stack(ctx, ev, fp);
 }
 
 /// Emits an exit record with the syscall's result, unless it failed.
@@ -76,12 +72,12 @@ fn exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
 /// `mmap(addr, len, prot, flags, fd, off)`.
 #[tracepoint]
 pub fn mmap_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, labels_off)) = current_target_labels() else {
         return 0;
     };
     let flags = arg(&ctx, 3) as u32;
     let ev = Event::mmap_enter(tgid, tid, arg(&ctx, 1), arg(&ctx, 2) as u32, flags);
-    emit_with_stack(&ctx, ev, user_fingerprint());
+    emit_enter(&ctx, ev, labels_off);
     // Only a fixed mapping can replace resident pages (elsewhere the kernel
     // picks an unmapped range): the Go heap's growth maps many others.
     if flags & MAP_FIXED != 0 {
@@ -98,14 +94,11 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
 /// `munmap(addr, len)`.
 #[tracepoint]
 pub fn munmap_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, labels_off)) = current_target_labels() else {
         return 0;
     };
-    emit_with_stack(
-        &ctx,
-        Event::munmap(tgid, tid, arg(&ctx, 0), arg(&ctx, 1)),
-        user_fingerprint(),
-    );
+    let ev = Event::munmap(tgid, tid, arg(&ctx, 0), arg(&ctx, 1));
+    emit_enter(&ctx, ev, labels_off);
     bump_release_gen();
     0
 }
@@ -113,11 +106,11 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
 /// `madvise(start, len_in, behavior)`.
 #[tracepoint]
 pub fn madvise_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, labels_off)) = current_target_labels() else {
         return 0;
     };
     let ev = Event::madvise(tgid, tid, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2) as u32);
-    emit_with_stack(&ctx, ev, user_fingerprint());
+    emit_enter(&ctx, ev, labels_off);
     bump_release_gen();
     0
 }
@@ -125,11 +118,11 @@ pub fn madvise_enter(ctx: TracePointContext) -> u32 {
 /// `mremap(addr, old_len, new_len, flags, new_addr)`.
 #[tracepoint]
 pub fn mremap_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, labels_off)) = current_target_labels() else {
         return 0;
     };
     let ev = Event::mremap_enter(tgid, tid, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
-    emit_with_stack(&ctx, ev, user_fingerprint());
+    emit_enter(&ctx, ev, labels_off);
     bump_release_gen();
     0
 }
@@ -142,14 +135,11 @@ pub fn mremap_exit(ctx: TracePointContext) -> u32 {
 /// `brk(brk)`.
 #[tracepoint]
 pub fn brk_enter(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, labels_off)) = current_target_labels() else {
         return 0;
     };
-    emit_with_stack(
-        &ctx,
-        Event::brk_enter(tgid, tid, arg(&ctx, 0)),
-        user_fingerprint(),
-    );
+    let ev = Event::brk_enter(tgid, tid, arg(&ctx, 0));
+    emit_enter(&ctx, ev, labels_off);
     bump_release_gen();
     0
 }

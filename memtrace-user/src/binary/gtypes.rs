@@ -24,6 +24,8 @@ pub struct GLayout {
     pub startpc: u64,
     /// `labels`: the goroutine's pprof label set.
     pub labels: u64,
+    /// `m`: the thread running it.
+    pub m: u64,
 }
 
 impl GLayout {
@@ -37,6 +39,7 @@ impl GLayout {
             gopc: *m.get("gopc")?,
             startpc: *m.get("startpc")?,
             labels: *m.get("labels")?,
+            m: *m.get("m")?,
         })
     }
 }
@@ -147,6 +150,16 @@ pub fn g_layout_from_type(table: &GoTable) -> Result<GLayout, String> {
         .ok_or_else(|| format!("no struct type descriptor at {typ:#x}"))?;
     GLayout::from_members(&members)
         .ok_or_else(|| format!("the type at {typ:#x} is not runtime.g (fields missing)"))
+}
+
+/// `curg` in `runtime.m` (the user goroutine a thread runs), from DWARF
+/// or the type `runtime.allocm` allocates.
+pub fn m_curg(data: &[u8], table: &GoTable) -> Option<u64> {
+    let members = struct_members(data, "runtime.m").or_else(|| {
+        let typ = allocated_type(table, "runtime.allocm")?;
+        struct_fields(table, typ)
+    })?;
+    members.get("curg").copied()
 }
 
 /// The type descriptor `caller` first hands to `runtime.newobject`.

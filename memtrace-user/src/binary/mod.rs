@@ -5,5 +5,6 @@
 pub mod gopclntab;
 pub mod goruntime;
 pub mod gtypes;
+pub mod labels;
 pub mod memprof;
 pub mod symbolize;

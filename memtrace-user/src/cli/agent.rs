@@ -22,6 +22,11 @@ use crate::model::lens::Lens;
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     /// Length of each rolling profile window, seconds.
+    /// pprof label keys (comma-separated) whose values split the flame
+    /// graphs and folded stacks: a `[KEY=value]` root frame each
+    /// (`[KEY=[no labels]]` for what had no such label).
+    #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = super::label_key)]
+    pub split_by_label: Vec<String>,
     #[arg(long, default_value_t = 60)]
     pub window: u64,
     /// Address of the HTTP endpoint (/metrics, /healthz, /profiles).
@@ -214,6 +219,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let mut opts = Options::new(lenses);
     opts.per_binary = true;
+    opts.split_by_label = args.split_by_label.clone();
     opts.discovery = true;
     opts.max_stacks_per_process = Some(args.max_stacks_per_process.max(1));
     setup::check_host(&opts)?;

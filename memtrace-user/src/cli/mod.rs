@@ -57,6 +57,23 @@ pub enum Commands {
 }
 
 /// The lenses, each with its question and cost, for `--help`.
+/// A pprof label key for `--split-by-label`.
+fn label_key(s: &str) -> Result<String, String> {
+    let k = s.trim();
+    if k.is_empty() || k.contains(['=', ';', ',']) || k.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{s:?} is not a label key: give the key of a pprof label, such as route"
+        ));
+    }
+    if k.chars().count() > crate::model::labels::MAX_CHARS {
+        return Err(format!(
+            "label key {s:?} is longer than {} characters",
+            crate::model::labels::MAX_CHARS
+        ));
+    }
+    Ok(k.to_string())
+}
+
 fn lenses_help() -> String {
     format!("Lenses (--lens):\n{}", crate::lens::help_table())
 }

@@ -40,6 +40,11 @@ pub struct RecordArgs {
     /// pprof profiles and summary.json always carry both.
     #[arg(long, value_enum, default_value_t = FrameMode::Func)]
     pub frames: FrameMode,
+    /// pprof label keys (comma-separated) whose values split the flame
+    /// graphs and folded stacks: a `[KEY=value]` root frame each
+    /// (`[KEY=[no labels]]` for what had no such label).
+    #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = super::label_key)]
+    pub split_by_label: Vec<String>,
     /// Walk every event's stack instead of reusing a stack whose top (pc,
     /// frame pointer, six return addresses) matches one walked before:
     /// slower, and exact where stacks differ only deeper down.
@@ -138,6 +143,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     }
     let mut opts = Options::new(args.lens.clone());
     opts.memprofile_rate = args.memprofile_rate;
+    opts.split_by_label = args.split_by_label.clone();
     opts.tuning.stack_cache = !args.no_stack_cache;
     opts.tuning.recheck_runs = !args.unchecked_fault_runs;
     opts.tuning.fault_floor = args.fault_probe_floor;

@@ -29,6 +29,11 @@ pub struct TopArgs {
     /// Where `s` saves reports (a directory per save).
     #[arg(long, default_value = "./memtrace-out")]
     pub out: PathBuf,
+    /// pprof label keys (comma-separated) whose values split the flame
+    /// graphs and folded stacks: a `[KEY=value]` root frame each
+    /// (`[KEY=[no labels]]` for what had no such label).
+    #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = super::label_key)]
+    pub split_by_label: Vec<String>,
 }
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
@@ -40,7 +45,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     }
     let mut lenses = args.lens.clone();
     lenses.dedup();
-    let opts = Options::new(lenses.clone());
+    let mut opts = Options::new(lenses.clone());
+    opts.split_by_label = args.split_by_label.clone();
     setup::check_host(&opts)?;
     // Forked while memtrace has one thread: it undoes what memtrace writes
     // into targets if memtrace is killed.

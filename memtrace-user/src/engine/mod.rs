@@ -29,6 +29,7 @@
 pub mod discover;
 mod holds;
 pub mod host;
+pub mod labels;
 pub mod probes;
 pub mod report;
 pub mod run;
@@ -54,6 +55,7 @@ use crate::lens::rss::Thp;
 use crate::lens::sampled::RuntimeProfile;
 use crate::model::error::TargetError;
 use crate::model::lens::Lens;
+use labels::LabelReader;
 
 pub use host::Host;
 pub use probes::{BinaryId, ProbeKey};
@@ -88,6 +90,9 @@ pub struct Options {
     /// Process exec/exit tracepoints (agent discovery).
     pub discovery: bool,
     pub thp: Thp,
+    /// pprof label keys whose values split the flame graphs and folded
+    /// stacks (a `[KEY=value]` root frame each).
+    pub split_by_label: Vec<String>,
 }
 
 impl Options {
@@ -102,6 +107,7 @@ impl Options {
             max_stacks_per_process: None,
             tuning: ProbeTuning::default(),
             discovery: false,
+            split_by_label: Vec::new(),
             thp: Thp::parse(
                 &std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
                     .unwrap_or_default(),
@@ -147,6 +153,25 @@ pub struct TargetSpec {
     pub bin: Arc<GoBinary>,
     /// Started by memtrace and held before exec (launch mode).
     pub launched: bool,
+}
+
+/// `r` with its stack split by its goroutine's label set, if it has one;
+/// a GC cycle forgets what its process's label pointers named.
+fn labeled(
+    mut r: Resolved,
+    resolver: &mut Resolver,
+    labels: &mut LabelReader,
+    host: &impl Host,
+) -> Resolved {
+    if let Op::GcCycle { .. } = r.op {
+        labels.gc_cycle(r.key.0);
+    }
+    if r.labels.0 != 0 {
+        if let Some(set) = labels.set_of(r.key.0, r.labels, &|pid| host.memory(pid)) {
+            r.key = resolver.stacks.with_labels(r.key, set);
+        }
+    }
+    r
 }
 
 /// Why a process could not be added.
@@ -201,6 +226,8 @@ pub struct Engine<K: Kernel, H: Host> {
     opts: Options,
     pub resolver: Resolver,
     pub agg: Aggregator,
+    /// The targets' pprof label sets.
+    pub labels: LabelReader,
     probes: probes::ProbeSets<K::Links>,
     targets: BTreeMap<u32, Target>,
     pub sym: Symbolizer,
@@ -221,6 +248,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             host,
             opts,
             resolver,
+            labels: LabelReader::default(),
             probes: probes::ProbeSets::default(),
             targets: BTreeMap::new(),
             sym: Symbolizer::default(),
@@ -366,6 +394,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             &self.host,
         );
         t.profile = profile;
+        if let Some(format) = spec.bin.labels {
+            self.labels.add(pid, format);
+        }
         let config = self.target_config(&t);
         if let Some(a) = self.agg.alloc_exact.as_mut() {
             let rules = crate::lens::sizeclass::Rules::for_version(&spec.bin.go_version);
@@ -470,11 +501,13 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             kernel,
             resolver,
             agg,
+            labels,
+            host,
             ..
         } = self;
         kernel.fault_runs(retired, &mut |bytes| {
             if let Some(r) = resolver.feed(bytes) {
-                agg.apply(&r);
+                agg.apply(&labeled(r, resolver, labels, host));
             }
         });
     }
@@ -485,6 +518,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         if self.targets.remove(&pid).is_some() {
             self.agg.forget(pid);
             self.resolver.forget(pid);
+            self.labels.forget(pid);
         }
     }
 
@@ -498,10 +532,13 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             kernel,
             resolver,
             agg,
+            labels,
+            host,
             ..
         } = self;
         kernel.poll(&mut |bytes| {
             if let Some(r) = resolver.feed(bytes) {
+                let r = labeled(r, resolver, labels, host);
                 match r.op {
                     Op::ProcExec | Op::ProcExit | Op::OomVictim { .. } | Op::Hold { .. } => {
                         special.push(r)

@@ -133,6 +133,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             gc: lens::gc::summary(&gc, self.clock.window_ns),
             trigger: None,
             probe_costs: self.kernel.probe_costs(),
+            labels: Some(self.labels.stats()).filter(|s| s.sets > 0 || s.unreadable > 0),
         };
         let timelines = self.timelines(&pids);
         Report {
@@ -141,6 +142,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             timelines,
             rss_released,
             warnings,
+            split_by: self.opts.split_by_label.clone(),
         }
     }
 
@@ -279,8 +281,14 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         duration_secs: f64,
         target: String,
     ) -> Profile {
-        let stacks = &self.resolver.stacks;
-        let stack_of = |s| stacks.frames(s).map(<[u64]>::to_vec);
+        let (stacks, sets) = (&self.resolver.stacks, &self.labels.sets);
+        let stack_of = |s| {
+            let labels = stacks.label_set(s).map(|id| sets.get(id).to_vec());
+            (
+                stacks.frames(s).map(<[u64]>::to_vec),
+                labels.unwrap_or_default(),
+            )
+        };
         let mut p = build_profile(
             lens,
             cells,

@@ -226,6 +226,14 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             hold: u64::from(self.opts.holds),
             ..Default::default()
         };
+        if let (Some(format), Some(g)) = (t.bin.labels, t.bin.g_layout) {
+            config.labels = memtrace_common::LabelOffsets {
+                g_labels: g.labels,
+                check_at: format.check_at(),
+                g_m: g.m,
+                m_curg: t.bin.m_curg.unwrap_or(0),
+            };
+        }
         if let Ok(points) = &t.bin.gc {
             let at = |a: Option<u64>| a.and_then(|a| t.runtime_addr(a)).unwrap_or(0);
             config.heap_live = at(points.heap_live);

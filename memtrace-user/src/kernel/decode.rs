@@ -111,6 +111,9 @@ pub struct Resolved {
     pub op: Op,
     /// When it happened (monotonic ns; 0 for records read from maps).
     pub ts: u64,
+    /// Its goroutine's pprof label set, a pointer in the target (0: none),
+    /// and the set's first word when the event happened.
+    pub labels: (u64, u64),
 }
 
 /// Why a record could not be decoded.
@@ -305,6 +308,7 @@ impl Resolver {
                         start_pc: ev.start_pc(),
                     },
                     ts: ev.ts_ns,
+                    labels: (ev.labels, ev.labels_check),
                 });
             }
         };
@@ -312,6 +316,7 @@ impl Resolver {
             key,
             op,
             ts: ev.ts_ns,
+            labels: (ev.labels, ev.labels_check),
         })
     }
 
@@ -355,10 +360,12 @@ impl Resolver {
             ),
             _ => (key, Op::Brk { result: ev.addr }),
         };
+        // The enter's labels: the exit is the same goroutine's.
         Some(Resolved {
             key,
             op,
             ts: ev.ts_ns,
+            labels: (e.labels, e.labels_check),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extras;
+pub mod labels;
 pub mod lens;
 pub mod profile;
 pub mod rangemap;

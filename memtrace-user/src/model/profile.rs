@@ -9,8 +9,18 @@
 //! by function or by source line ([`FrameMode`]), merged with
 //! [`Profile::named`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+use super::labels::{LabelSet, NO_LABELS};
+
+/// The value of `key` in `labels`.
+pub fn label_value<'a>(labels: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
 
 use crate::model::lens::Lens;
 
@@ -83,6 +93,8 @@ pub struct Sample {
     /// alloc-exact: the bytes requested (`value` is what the runtime
     /// accounts for them).
     pub requested: u64,
+    /// The pprof labels of the goroutine that did it, sorted by key.
+    pub labels: LabelSet,
 }
 
 /// How frames are named in flame graphs and folded stacks.
@@ -168,9 +180,9 @@ impl Profile {
         duration_secs: f64,
         target: String,
     ) -> Self {
-        let mut merged: HashMap<Vec<usize>, (u64, u64, u64)> = HashMap::new();
+        let mut merged: HashMap<(Vec<usize>, LabelSet), (u64, u64, u64)> = HashMap::new();
         for s in samples {
-            let e = merged.entry(s.stack).or_default();
+            let e = merged.entry((s.stack, s.labels)).or_default();
             e.0 += s.value;
             e.1 += s.objects;
             e.2 += s.requested;
@@ -178,14 +190,20 @@ impl Profile {
         let mut samples: Vec<Sample> = merged
             .into_iter()
             .filter(|(_, (v, _, _))| *v > 0)
-            .map(|(stack, (value, objects, requested))| Sample {
+            .map(|((stack, labels), (value, objects, requested))| Sample {
                 stack,
                 value,
                 objects,
                 requested,
+                labels,
             })
             .collect();
-        samples.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.stack.cmp(&b.stack)));
+        samples.sort_by(|a, b| {
+            b.value
+                .cmp(&a.value)
+                .then_with(|| a.stack.cmp(&b.stack))
+                .then_with(|| a.labels.cmp(&b.labels))
+        });
         Self {
             lens,
             unit: lens.unit(),
@@ -265,6 +283,51 @@ impl Profile {
 
     pub fn total(&self) -> u64 {
         self.samples.iter().map(|s| s.value).sum()
+    }
+
+    /// The total by label: key → value → total, [`NO_LABELS`] for the
+    /// samples without the key. Empty when no sample has labels.
+    pub fn by_label(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let keys: BTreeSet<&str> = self
+            .samples
+            .iter()
+            .flat_map(|s| s.labels.iter().map(|(k, _)| k.as_str()))
+            .collect();
+        let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for key in keys {
+            let totals = out.entry(key.to_string()).or_default();
+            for s in &self.samples {
+                let value = label_value(&s.labels, key).unwrap_or(NO_LABELS);
+                *totals.entry(value.to_string()).or_default() += s.value;
+            }
+        }
+        out
+    }
+
+    /// The profile with a root frame `[KEY=value]` per key of `keys` on
+    /// every stack (`[KEY=[no labels]]` where the sample has no such
+    /// label): a flame graph split by label.
+    pub fn split_by_labels(&self, keys: &[String]) -> Profile {
+        let mut p = self.clone();
+        if keys.is_empty() {
+            return p;
+        }
+        let mut locs = Locations {
+            locations: std::mem::take(&mut p.locations),
+            index: HashMap::new(),
+        };
+        for s in &mut p.samples {
+            let roots: Vec<usize> = keys
+                .iter()
+                .map(|k| {
+                    let v = label_value(&s.labels, k).unwrap_or(NO_LABELS);
+                    locs.named(&format!("[{k}={v}]"))
+                })
+                .collect();
+            s.stack.splice(0..0, roots);
+        }
+        p.locations = locs.locations;
+        p
     }
 
     pub fn objects(&self) -> u64 {

@@ -23,4 +23,6 @@ pub struct Report {
     pub rss_released: Option<Profile>,
     /// Warnings for the terminal (e.g. a lens with nothing to show).
     pub warnings: Vec<String>,
+    /// pprof label keys that split the flame graphs and folded stacks.
+    pub split_by: Vec<String>,
 }

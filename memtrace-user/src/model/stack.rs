@@ -49,6 +49,10 @@ pub struct StackTable {
     cap: Option<usize>,
     /// Stacks turned away by the cap.
     pub capped: u64,
+    /// A stack under a label set, by (process, stack, set), and each such
+    /// stack's set.
+    labeled: HashMap<(u32, u32, u32), u32>,
+    label_sets: HashMap<u32, u32>,
 }
 
 impl StackTable {
@@ -95,6 +99,38 @@ impl StackTable {
         self.stacks.is_empty()
     }
 
+    /// `key`'s stack under label set `set` (see `model::labels`): the same
+    /// frames, a stack of its own, so that every lens's cells split by
+    /// label set. Counted against the process's cap; past it, or for a
+    /// stack with no frames, the stack stays unlabeled.
+    pub fn with_labels(&mut self, key: StackKey, set: u32) -> StackKey {
+        let (pid, Stack::Id(base)) = key else {
+            return key;
+        };
+        if let Some(&id) = self.labeled.get(&(pid, base, set)) {
+            return (pid, Stack::Id(id));
+        }
+        let held = self.per_pid.entry(pid).or_default();
+        if self.cap.is_some_and(|cap| *held >= cap) {
+            return key;
+        }
+        *held += 1;
+        let id = self.stacks.len() as u32;
+        let frames = self.stacks.get(base as usize).cloned().unwrap_or_default();
+        self.stacks.push(frames);
+        self.labeled.insert((pid, base, set), id);
+        self.label_sets.insert(id, set);
+        (pid, Stack::Id(id))
+    }
+
+    /// The label set of a stack made by [`StackTable::with_labels`].
+    pub fn label_set(&self, stack: Stack) -> Option<u32> {
+        match stack {
+            Stack::Id(id) => self.label_sets.get(&id).copied(),
+            _ => None,
+        }
+    }
+
     /// `key`'s stack with `pc` pushed as a new leaf.
     pub fn with_leaf(&mut self, key: StackKey, pc: u64) -> StackKey {
         let mut frames = vec![pc];
@@ -106,6 +142,16 @@ impl StackTable {
     /// ids stay allocated (empty), so no other id changes.
     pub fn forget(&mut self, pid: u32, keep: &HashSet<u32>) {
         self.per_pid.remove(&pid);
+        let (stacks, sets) = (&mut self.stacks, &mut self.label_sets);
+        self.labeled.retain(|(p, _, _), id| {
+            if *p == pid {
+                sets.remove(id);
+                if let Some(s) = stacks.get_mut(*id as usize) {
+                    *s = Vec::new();
+                }
+            }
+            *p != pid
+        });
         let stacks = &mut self.stacks;
         self.ids.retain(|(p, _), id| {
             if *p != pid {

@@ -135,6 +135,10 @@ pub struct LensSummary {
     /// beside its stacks.
     #[serde(flatten)]
     pub extra: Option<crate::model::extras::LensExtras>,
+    /// The total by pprof label: key → value → total (`[no labels]` for
+    /// what carried none of that key). Absent when nothing had labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_label: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -203,6 +207,10 @@ pub struct Summary {
     /// which `cargo xtask bench` sets for one measured run per lens).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probe_costs: Vec<ProbeCost>,
+    /// pprof label sets seen, and what their bounds folded (absent when
+    /// no target set labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<crate::model::labels::LabelStats>,
 }
 
 /// One eBPF program's runs and the time they took, summed.
@@ -246,6 +254,7 @@ pub fn lens_summary(p: &Profile, extra: Option<crate::model::extras::LensExtras>
             })
             .collect(),
         extra,
+        by_label: p.by_label(),
     }
 }
 
@@ -308,6 +317,7 @@ mod tests {
             gc: crate::lens::gc::summary(&Default::default(), 0),
             trigger: None,
             probe_costs: vec![],
+            labels: None,
         };
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["lenses"]["alloc-exact"]["total"], 640);

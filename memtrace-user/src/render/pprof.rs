@@ -59,6 +59,22 @@ pub struct PbSample {
     pub location_id: Vec<u64>,
     #[prost(int64, repeated, tag = "2")]
     pub value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    pub label: Vec<PbLabel>,
+}
+
+/// A sample's label: `go tool pprof -tags`, `-tagfocus` and `-tagroot`
+/// read them.
+#[derive(Clone, PartialEq, Message)]
+pub struct PbLabel {
+    #[prost(int64, tag = "1")]
+    pub key: i64,
+    #[prost(int64, tag = "2")]
+    pub str: i64,
+    #[prost(int64, tag = "3")]
+    pub num: i64,
+    #[prost(int64, tag = "4")]
+    pub num_unit: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -237,6 +253,16 @@ pub fn build(p: &Profile) -> PbProfile {
                 // Leaf first.
                 location_id: s.stack.iter().rev().map(|&l| l as u64 + 1).collect(),
                 value,
+                label: s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| PbLabel {
+                        key: strings.get(k),
+                        str: strings.get(v),
+                        num: 0,
+                        num_unit: 0,
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -362,6 +388,7 @@ mod tests {
                 value: 640,
                 objects: 10,
                 requested: 600,
+                labels: vec![("route".into(), "/b".into())],
             }],
             1.0,
             "t".into(),
@@ -371,6 +398,8 @@ mod tests {
         assert_eq!(s(0), "");
         // objects, space (as the runtime accounts it), requested_space.
         assert_eq!(pb.sample[0].value, vec![10, 640, 600]);
+        let label = &pb.sample[0].label[0];
+        assert_eq!((s(label.key), s(label.str)), ("route", "/b"));
         let types: Vec<&str> = pb.sample_type.iter().map(|t| s(t.r#type)).collect();
         assert_eq!(types, ["objects", "space", "requested_space"]);
         assert_eq!(s(pb.default_sample_type), "space");

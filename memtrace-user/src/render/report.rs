@@ -10,6 +10,7 @@ use crate::binary::symbolize::{
     hide_allocator_leaf, pop_leaf_frames, Image, StackLoc, Symbolizer, STACK_UNAVAILABLE,
 };
 use crate::lens::cell::Cell;
+use crate::model::labels::LabelSet;
 use crate::model::lens::Lens;
 use crate::model::profile::{Frame, FrameMode, Location, Locations, Mapping, Profile, Sample};
 use crate::model::stack::{Stack, StackKey};
@@ -21,7 +22,7 @@ pub fn build_profile(
     lens: Lens,
     cells: &HashMap<StackKey, Cell>,
     images: &HashMap<u32, (String, Image)>,
-    stack_of: &dyn Fn(Stack) -> Option<Vec<u64>>,
+    stack_of: &dyn Fn(Stack) -> (Option<Vec<u64>>, LabelSet),
     sym: &mut Symbolizer,
     duration_secs: f64,
     target: String,
@@ -33,7 +34,8 @@ pub fn build_profile(
         .iter()
         .map(|(&(pid, stack), cell)| {
             let image = images.get(&pid).map(|(_, i)| i);
-            let mut stack_locs = match (stack_of(stack), image) {
+            let (ips, labels) = stack_of(stack);
+            let mut stack_locs = match (ips, image) {
                 (Some(ips), Some(image)) if !ips.is_empty() => sym.stack(image, &ips),
                 _ => vec![named(&format!("{STACK_UNAVAILABLE}: {}", stack.reason()))],
             };
@@ -66,6 +68,7 @@ pub fn build_profile(
                 value: cell.bytes,
                 objects: cell.objects,
                 requested: cell.requested,
+                labels,
             }
         })
         .collect();
@@ -147,16 +150,23 @@ pub struct Written {
     pub pprof: PathBuf,
 }
 
-/// Writes `LENS.svg`, `LENS.folded` (frames named as `mode` says) and
-/// `LENS.pb.gz` into `out`.
-pub fn write_profile(out: &Path, p: &Profile, mode: FrameMode) -> Result<Written, WriteError> {
+/// Writes `LENS.svg`, `LENS.folded` (frames named as `mode` says, split by
+/// the labels `split_by` names) and `LENS.pb.gz` (labels as sample labels)
+/// into `out`.
+pub fn write_profile(
+    out: &Path,
+    p: &Profile,
+    mode: FrameMode,
+    split_by: &[String],
+) -> Result<Written, WriteError> {
     let w = Written {
         svg: out.join(format!("{}.svg", p.lens)),
         folded: out.join(format!("{}.folded", p.lens)),
         pprof: out.join(format!("{}.pb.gz", p.lens)),
     };
-    write_file(&w.svg, &render::svg::render(p, mode)?)?;
-    write_file(&w.folded, render::folded::render(p, mode).as_bytes())?;
+    let split = p.split_by_labels(split_by);
+    write_file(&w.svg, &render::svg::render(&split, mode)?)?;
+    write_file(&w.folded, render::folded::render(&split, mode).as_bytes())?;
     let pb = render::pprof::render(p).map_err(|source| WriteError::Io {
         path: w.pprof.clone(),
         source,
@@ -222,7 +232,7 @@ pub fn write_report(
     let profiles = r
         .profiles
         .iter()
-        .map(|p| write_profile(out, p, mode))
+        .map(|p| write_profile(out, p, mode, &r.split_by))
         .collect::<Result<_, _>>()?;
     let summary = write_summary(out, &r.summary)?;
     let grew = r.profiles.iter().find(|p| p.lens == Lens::Rss);
@@ -399,7 +409,7 @@ mod tests {
             Lens::Mmap,
             &cells,
             &images,
-            &|_| None,
+            &|_| (None, Vec::new()),
             &mut sym,
             1.0,
             "t".into(),

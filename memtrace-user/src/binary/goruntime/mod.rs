@@ -48,6 +48,11 @@ pub struct GoBinary {
     pub g_layout: Option<crate::binary::gtypes::GLayout>,
     /// Probe points of the goroutines lens, or why there are none.
     pub goroutines: Result<GoroutinePoints, String>,
+    /// How its pprof label sets are laid out, when it can set any (it
+    /// links `runtime/pprof.runtime_setProfLabel`) and `g.labels` is known.
+    pub labels: Option<crate::binary::labels::Format>,
+    /// `curg` in `runtime.m`, for labels read on the system stack.
+    pub m_curg: Option<u64>,
     /// Where the target holds itself for user space, or why it cannot.
     pub holds: Result<HoldPoints, String>,
     /// Link-time address of `runtime.allgs` (for goroutine stack sizes).
@@ -63,6 +68,10 @@ pub struct GoBinary {
     /// Lowest PT_LOAD virtual address, page aligned (for PIE load bias).
     pub first_load: u64,
 }
+
+/// What `pprof.SetGoroutineLabels` and `pprof.Do` call: a binary without it
+/// never sets labels.
+pub const SET_PROF_LABEL: &str = "runtime/pprof.runtime_setProfLabel";
 
 /// Keys of [`GoBinary::found`] for the structure layouts.
 pub const G_LAYOUT: &str = "runtime.g layout";
@@ -140,6 +149,11 @@ impl GoBinary {
         let mbuckets = var(&vars::MBUCKETS);
         let gc_controller = var(&vars::GC_CONTROLLER);
         let (g_layout, gc_fields) = layouts(&data, &table, &go_version, &mut found);
+        let labels = table
+            .function(SET_PROF_LABEL)
+            .and(g_layout)
+            .and_then(|_| go_release(&go_version))
+            .map(crate::binary::labels::Format::of);
         let first_load = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
         Ok(Self {
             path: path.to_owned(),
@@ -173,6 +187,8 @@ impl GoBinary {
                 })
                 .map_err(|e| e.to_string()),
             holds: bin.hold_points().map_err(|e| e.to_string()),
+            labels,
+            m_curg: labels.and_then(|_| crate::binary::gtypes::m_curg(&data, &table)),
             g_layout,
             gc: bin
                 .gc_points(gc_controller, gc_fields)
@@ -202,6 +218,8 @@ impl GoBinary {
             g_layout: None,
             goroutines: Err("no goroutine probes in tests".into()),
             holds: Err("no hold probes in tests".into()),
+            labels: None,
+            m_curg: None,
             allgs: None,
             mem_profile_rate: None,
             mbuckets: None,
