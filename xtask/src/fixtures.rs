@@ -51,6 +51,7 @@ pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built>
                     ("-memprofile", &["-tags=memprofile"]),
                 ],
                 "goroutines" => &[("", &[]), stripped, pie_stripped],
+                "labels" => &[("", &[]), stripped],
                 _ => &[("", &[])],
             };
             for (suffix, flags) in variants {

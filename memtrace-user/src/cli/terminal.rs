@@ -115,6 +115,9 @@ pub fn print_record<'a>(
         }
     }
     print_gc(&s.gc);
+    if let Some(l) = &s.labels {
+        print_label_stats(l);
+    }
     for p in &written.timelines {
         println!("wrote {}", p.display());
     }
@@ -148,6 +151,70 @@ fn print_lens(p: &Profile) {
             i + 1,
             fmt_value(unit, s.value),
             short_stack(&s.names, 4)
+        );
+    }
+    print_by_label(p);
+}
+
+/// The lens's top label values per key: `by label route: /b 9.6 MiB
+/// (48%), /a 9.5 MiB (47%), [no labels] 1.0 MiB (5%)`.
+fn print_by_label(p: &Profile) {
+    let total = p.total().max(1);
+    for (key, values) in p.by_label() {
+        let mut v: Vec<(String, u64)> = values.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let shown: Vec<String> = v
+            .iter()
+            .take(3)
+            .map(|(value, n)| {
+                format!(
+                    "{value} {} ({:.0}%)",
+                    fmt_value(p.unit, *n),
+                    *n as f64 * 100.0 / total as f64
+                )
+            })
+            .collect();
+        let more = v.len().saturating_sub(3);
+        let more = if more > 0 {
+            format!(", {more} more")
+        } else {
+            String::new()
+        };
+        println!("  by label {key}: {}{more}", shown.join(", "));
+    }
+}
+
+/// What the label bounds did, and what could not be read.
+fn print_label_stats(l: &crate::model::labels::LabelStats) {
+    let kept: usize = l.values.values().sum();
+    println!(
+        "pprof labels: {} label sets, {kept} values of {} keys",
+        l.sets,
+        l.values.len()
+    );
+    if l.folded_values > 0 || l.dropped_keys > 0 {
+        eprintln!(
+            "memtrace: warning: pprof labels: {} distinct values past {} per key folded into {}{}",
+            l.folded_values,
+            crate::model::labels::MAX_VALUES,
+            crate::model::labels::OTHER,
+            if l.dropped_keys > 0 {
+                format!(
+                    ", and {} keys past {} dropped",
+                    l.dropped_keys,
+                    crate::model::labels::MAX_KEYS
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    if l.unreadable + l.stale > 0 {
+        println!(
+            "pprof labels: {} label sets could not be read and {} were replaced before they were read; their events count under {}",
+            l.unreadable,
+            l.stale,
+            crate::model::labels::NO_LABELS
         );
     }
 }
