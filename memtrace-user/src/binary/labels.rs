@@ -158,8 +158,8 @@ fn read_map(mem: &dyn RemoteMemory, ptr: u64) -> Result<Vec<(String, String)>, L
         mem.read(at, &mut buf)
             .map_err(|_| LabelError::Unreadable(ptr))?;
         let word = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
-        for cell in 0..8 {
-            if buf[cell] < MIN_TOP_HASH {
+        for (cell, &top) in buf[..8].iter().enumerate() {
+            if top < MIN_TOP_HASH {
                 continue;
             }
             let k = 8 + cell * 16;

@@ -34,7 +34,7 @@ pub enum Commands {
     /// Run unattended on a host (e.g. as a DaemonSet): trace every Go process,
     /// keep rolling rss and goroutines profiles, serve /metrics and
     /// /profiles over HTTP, and snapshot processes whose RSS keeps growing.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// A live view of Go processes' memory: RSS and its trend, growth, the
     /// top growing stacks, goroutines and GC (q quits, s saves, Tab lens).
     Top(top::TopArgs),
@@ -85,7 +85,7 @@ impl Cli {
             Commands::Record(args) => record::run(args),
             Commands::Diff(args) => diff::run(args).map(|()| 0),
             Commands::Gate(args) => gate::run(args),
-            Commands::Agent(args) => agent::run(args).map(|()| 0),
+            Commands::Agent(args) => agent::run(*args).map(|()| 0),
             Commands::Doctor(args) => doctor::run(args),
             Commands::Top(args) => top::run(args).map(|()| 0),
             Commands::Completions { shell } => {

@@ -164,6 +164,20 @@ pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
         "The largest resident-growth stacks of the last window, by leaf function (at most 5 per process)",
         top,
     );
+    let by_label = Family::<Labels, Gauge>::default();
+    for p in s.procs.values() {
+        for (key, value, bytes) in &p.label_growth {
+            let mut l = labels(p);
+            l.push(("label_key".into(), escape(key)));
+            l.push(("label_value".into(), escape(value)));
+            by_label.get_or_create(&l).set(*bytes as i64);
+        }
+    }
+    reg.register(
+        "memtrace_process_label_growth_bytes",
+        "Resident growth of the last window by pprof label value (the 5 largest per process; values past 500 per key count as [other])",
+        by_label,
+    );
     gauge(
         &mut reg,
         "memtrace_processes",
@@ -316,6 +330,7 @@ mod tests {
                 vmrss: 4096,
                 heap_marked: Some(1024),
                 top: vec![("main.leak".into(), 100)],
+                label_growth: vec![("route".into(), "/b".into(), 90)],
                 ..Default::default()
             },
         );
@@ -325,6 +340,10 @@ mod tests {
             "memtrace_process_rss_bytes{pid=\"7\",exe=\"/srv/a\\\"b\",go_version=\"go1.27.3\",container_id=\"c\",pod_uid=\"u\"} 4096"
         ), "{text}");
         assert!(text.contains("rank=\"1\",function=\"main.leak\"} 100"));
+        assert!(
+            text.contains("label_key=\"route\",label_value=\"/b\"} 90"),
+            "{text}"
+        );
         assert!(text.contains("memtrace_ringbuf_drops_total 3"));
         assert!(text.contains("memtrace_process_go_heap_live_bytes{pid=\"7\""));
         assert!(

@@ -42,6 +42,10 @@ pub struct ProcState {
     pub heap_goal: Option<u64>,
     /// (leaf function, bytes) of the largest growth stacks, last window.
     pub top: Vec<(String, u64)>,
+    /// (label key, value, bytes) of the pprof label values with the most
+    /// resident growth, last window (at most [`TOP_SERIES`]; values are
+    /// bounded by `model::labels`).
+    pub label_growth: Vec<(String, String, u64)>,
     pub goroutines: u64,
     pub gc_cycles: u64,
     pub snapshots: u64,

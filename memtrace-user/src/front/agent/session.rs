@@ -403,9 +403,10 @@ impl AgentPolicy {
         let mut rendered = Vec::new();
         for p in &report.profiles {
             let r = (|| -> Result<Rendered, Box<dyn std::error::Error>> {
+                let split = p.split_by_labels(&report.split_by);
                 Ok(Rendered {
-                    svg: crate::render::svg::render(p, FrameMode::Func)?,
-                    folded: crate::render::folded::render(p, FrameMode::Func),
+                    svg: crate::render::svg::render(&split, FrameMode::Func)?,
+                    folded: crate::render::folded::render(&split, FrameMode::Func),
                     pprof: crate::render::pprof::render(p)?,
                 })
             })();
@@ -427,6 +428,18 @@ impl AgentPolicy {
             })
             .unwrap_or_default();
         top.truncate(TOP_SERIES);
+        let mut label_growth: Vec<(String, String, u64)> = lens(Lens::Rss)
+            .map(|s| {
+                s.by_label
+                    .iter()
+                    .flat_map(|(k, values)| {
+                        values.iter().map(move |(v, n)| (k.clone(), v.clone(), *n))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        label_growth.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        label_growth.truncate(TOP_SERIES);
         let page = crate::render::report::html_page(report, FrameMode::Line)
             .map_err(|e| eprintln!("memtrace: agent: the page of pid {pid}: {e}"))
             .ok();
@@ -439,6 +452,7 @@ impl AgentPolicy {
         }
         if let Some(p) = shared.procs.get_mut(&pid) {
             p.growth_bytes = lens(Lens::Rss).map_or(0, |s| s.total);
+            p.label_growth = label_growth;
             p.net_growth_bytes = lens(Lens::Rss)
                 .and_then(|s| Some(s.extra.as_ref()?.rss()?.net_growth))
                 .unwrap_or(0);
