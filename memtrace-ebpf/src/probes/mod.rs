@@ -15,28 +15,29 @@
 pub mod alloc;
 pub mod faults;
 pub mod gc;
+pub mod go_abi;
 pub mod goroutines;
 pub mod hold;
+pub mod labels;
 pub mod procs;
 pub mod syscalls;
 
+pub use labels::{labels_of, user_regs};
+
 use aya_ebpf::{
-    bindings::{
-        pt_regs, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-    },
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
-        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user,
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     EbpfContext,
 };
 use memtrace_common::{
-    labels_check, verify_on_use, Counter, Event, LabelOffsets, StackField, TargetConfig,
-    TracepointOffsets, COUNTER_COUNT, EPHEMERAL_REF, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS,
-    RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
+    verify_on_use, Counter, Event, LabelOffsets, StackField, TargetConfig, TracepointOffsets,
+    COUNTER_COUNT, EPHEMERAL_REF, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS, RINGBUF_BYTES,
+    RINGBUF_WAKE_BYTES,
 };
 
 /// Tracepoint field offsets, set by user space at load from the kernel's
@@ -86,105 +87,6 @@ pub fn recheck_runs() -> bool {
 pub fn tp_offsets() -> TracepointOffsets {
     // SAFETY: a global user space may rewrite before load; read it as such.
     unsafe { core::ptr::read_volatile(&TP_OFFSETS) }
-}
-
-/// Go's register ABI on amd64 (`ABIInternal`): integer arguments and
-/// results in RAX, RBX, RCX, RDI, RSI, R8–R11, in that order.
-pub mod go_abi {
-    use aya_ebpf::programs::ProbeContext;
-
-    /// Integer argument (or result) `n` of a Go function, at a uprobe.
-    #[inline(always)]
-    pub fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-        // SAFETY: `regs` points at the saved user registers for this hit.
-        let r = unsafe { &*ctx.regs };
-        match n {
-            0 => r.rax,
-            1 => r.rbx,
-            2 => r.rcx,
-            3 => r.rdi,
-            4 => r.rsi,
-            5 => r.r8,
-            6 => r.r9,
-            7 => r.r10,
-            _ => r.r11,
-        }
-    }
-
-    /// The instruction pointer and frame pointer at a uprobe.
-    #[inline(always)]
-    pub fn ip_bp(ctx: &ProbeContext) -> (u64, u64) {
-        // SAFETY: as above.
-        let r = unsafe { &*ctx.regs };
-        (r.rip, r.rbp)
-    }
-
-    /// Whether a `JBE` at the uprobe will jump: the carry or zero flag
-    /// (set by the `CMP` before it).
-    #[inline(always)]
-    pub fn below_or_equal(ctx: &ProbeContext) -> bool {
-        const CF: u64 = 1;
-        const ZF: u64 = 1 << 6;
-        // SAFETY: as above.
-        unsafe { (*ctx.regs).eflags & (CF | ZF) != 0 }
-    }
-
-    /// The stack pointer at a uprobe.
-    #[inline(always)]
-    pub fn sp(ctx: &ProbeContext) -> u64 {
-        // SAFETY: as above.
-        unsafe { (*ctx.regs).rsp }
-    }
-
-    /// The current goroutine (`*g`): R14 in Go code (ABIInternal).
-    #[inline(always)]
-    pub fn g(ctx: &ProbeContext) -> u64 {
-        // SAFETY: as above.
-        unsafe { (*ctx.regs).r14 }
-    }
-}
-
-/// The label set pointer of goroutine `g` (`g.labels` at offset `off`)
-/// and the set's first word: (0, 0) when the target carries no labels
-/// (`off` 0), the goroutine has none, or they cannot be read. Outside Go
-/// code R14 may not hold a g: what it points at then is read as user
-/// memory, and user space keeps only label sets that decode.
-#[inline(always)]
-pub fn labels_of(g: u64, off: LabelOffsets) -> (u64, u64) {
-    if off.g_labels == 0 || g == 0 {
-        return (0, 0);
-    }
-    let read = |a: u64| {
-        // SAFETY: bpf_probe_read_user tolerates any address.
-        unsafe { bpf_probe_read_user(a as *const u64) }.unwrap_or(0)
-    };
-    let mut ptr = read(g.wrapping_add(off.g_labels));
-    if ptr == 0 && off.m_curg != 0 {
-        // On g0 (the system stack): the user goroutine the thread runs.
-        let curg = read(read(g.wrapping_add(off.g_m)).wrapping_add(off.m_curg));
-        if curg != 0 && curg != g {
-            ptr = read(curg.wrapping_add(off.g_labels));
-        }
-    }
-    if ptr == 0 {
-        return (0, 0);
-    }
-    let w1 = read(ptr);
-    let w2 = read(w1.wrapping_add(off.check_at));
-    (ptr, labels_check(w1, w2))
-}
-
-/// The calling task's saved user registers (from a tracepoint, where the
-/// context holds the kernel's).
-#[inline(always)]
-pub fn user_regs() -> Option<pt_regs> {
-    // SAFETY: helpers without preconditions; the saved registers are read
-    // with a checked kernel read.
-    unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        bpf_probe_read_kernel(regs).ok()
-    }
 }
 
 /// The current thread's (tgid, tid) and its process's `g.labels` offset

@@ -237,35 +237,7 @@ pub fn build(p: &Profile) -> PbProfile {
             line,
         });
     }
-    let sample = p
-        .samples
-        .iter()
-        .map(|s| {
-            let mut value = Vec::new();
-            if p.has_objects {
-                value.push(s.objects as i64);
-            }
-            value.push(s.value as i64);
-            if requested {
-                value.push(s.requested as i64);
-            }
-            PbSample {
-                // Leaf first.
-                location_id: s.stack.iter().rev().map(|&l| l as u64 + 1).collect(),
-                value,
-                label: s
-                    .labels
-                    .iter()
-                    .map(|(k, v)| PbLabel {
-                        key: strings.get(k),
-                        str: strings.get(v),
-                        num: 0,
-                        num_unit: 0,
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
+    let sample = samples(p, &mut strings, requested);
     let comment = vec![strings.get(&p.title())];
     PbProfile {
         period_type,
@@ -281,6 +253,38 @@ pub fn build(p: &Profile) -> PbProfile {
         comment,
         default_sample_type: space,
     }
+}
+
+/// The samples: each stack leaf first, its values in the sample types'
+/// order, and its labels.
+fn samples(p: &Profile, strings: &mut Strings, requested: bool) -> Vec<PbSample> {
+    p.samples
+        .iter()
+        .map(|s| {
+            let mut value = Vec::new();
+            if p.has_objects {
+                value.push(s.objects as i64);
+            }
+            value.push(s.value as i64);
+            if requested {
+                value.push(s.requested as i64);
+            }
+            PbSample {
+                location_id: s.stack.iter().rev().map(|&l| l as u64 + 1).collect(),
+                value,
+                label: s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| PbLabel {
+                        key: strings.get(k),
+                        str: strings.get(v),
+                        num: 0,
+                        num_unit: 0,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// Encoded and gzipped, ready for `LENS.pb.gz`.

@@ -131,25 +131,8 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
     reg.register(name, help, g);
 }
 
-/// Renders every metric.
-pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
-    let mut reg = Registry::default();
-    for (name, help, get) in PROC_GAUGES {
-        let fam = Family::<Labels, Gauge>::default();
-        for p in s.procs.values() {
-            if let Some(v) = get(p) {
-                fam.get_or_create(&labels(p)).set(v);
-            }
-        }
-        reg.register(*name, *help, fam);
-    }
-    for (name, help, get) in PROC_COUNTERS {
-        let fam = Family::<Labels, Counter>::default();
-        for p in s.procs.values() {
-            fam.get_or_create(&labels(p)).inc_by(get(p));
-        }
-        reg.register(*name, *help, fam);
-    }
+/// Each process's largest growth stacks and label values.
+fn register_top(reg: &mut Registry, s: &Shared) {
     let top = Family::<Labels, Gauge>::default();
     for p in s.procs.values() {
         for (rank, (func, bytes)) in p.top.iter().enumerate() {
@@ -178,6 +161,28 @@ pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
         "Resident growth of the last window by pprof label value (the 5 largest per process; values past 500 per key count as [other])",
         by_label,
     );
+}
+
+/// Renders every metric.
+pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
+    let mut reg = Registry::default();
+    for (name, help, get) in PROC_GAUGES {
+        let fam = Family::<Labels, Gauge>::default();
+        for p in s.procs.values() {
+            if let Some(v) = get(p) {
+                fam.get_or_create(&labels(p)).set(v);
+            }
+        }
+        reg.register(*name, *help, fam);
+    }
+    for (name, help, get) in PROC_COUNTERS {
+        let fam = Family::<Labels, Counter>::default();
+        for p in s.procs.values() {
+            fam.get_or_create(&labels(p)).inc_by(get(p));
+        }
+        reg.register(*name, *help, fam);
+    }
+    register_top(&mut reg, s);
     gauge(
         &mut reg,
         "memtrace_processes",
