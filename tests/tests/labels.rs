@@ -192,3 +192,48 @@ fn a_hundred_thousand_label_values_are_folded_and_counted() {
 
 /// memtrace's own peak RSS while 100 000 label values go by.
 const MAX_PEAK_MIB: i64 = 160;
+
+/// `memtrace gate --per-label route`: a candidate that keeps three times as
+/// much per `/b` request is named by the label value that grew.
+#[test]
+fn the_gate_names_the_label_value_that_grew() {
+    let bin = fixture(&go_versions().pop().unwrap(), "labels");
+    let out = out_dir("labels-gate");
+    let base = format!("{} -requests 1500", bin.display());
+    let cand = format!("{base} -keep 48");
+    let o = run_memtrace(
+        &[
+            "gate",
+            "--baseline",
+            &base,
+            "--candidate",
+            &cand,
+            "--runs",
+            "3",
+            "--per-label",
+            "route",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        matches!(o.status.code(), Some(0 | 1)),
+        "gate failed: {}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("gate.json")).unwrap()).unwrap();
+    let l = &g["per_label"];
+    assert_eq!(l["key"], "route", "{l}");
+    assert_eq!(l["grew_most"], "/b", "{l}");
+    let b = &l["values"][0];
+    assert!(
+        b["candidate"].as_f64().unwrap() > 2.0 * b["baseline"].as_f64().unwrap(),
+        "{l}"
+    );
+    assert!(stdout.contains("by label route=/b"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("### By label `route`"), "{md}");
+}

@@ -66,6 +66,11 @@ pub struct GateArgs {
     /// record's default: a gate compares a few percent).
     #[arg(long, value_name = "BYTES", default_value_t = 4096)]
     pub memprofile_rate: u64,
+    /// A pprof label key: report each of its values' growth per unit in
+    /// both builds and name the value that grew most (with `--metric rss`,
+    /// whose page faults carry labels).
+    #[arg(long, value_name = "KEY", value_parser = super::label_key)]
+    pub per_label: Option<String>,
     /// Where gate.json, summary.md, gate.svg and each run's report go.
     #[arg(long, default_value = "./memtrace-gate")]
     pub out: PathBuf,
@@ -86,6 +91,9 @@ fn split(what: &str, s: &str) -> anyhow::Result<Vec<String>> {
 pub fn run(args: GateArgs) -> anyhow::Result<u8> {
     if args.runs < 2 {
         bail!("--runs must be at least 2: the noise of each build is estimated from its runs");
+    }
+    if args.per_label.is_some() && args.metric != Metric::Rss {
+        bail!("--per-label needs --metric rss: only resident growth is recorded with its goroutine's labels");
     }
     if let Some(d) = args.duration {
         if !(d.is_finite() && d > 0.0) {
@@ -123,6 +131,7 @@ pub fn run(args: GateArgs) -> anyhow::Result<u8> {
         requests,
         memprofile_rate: args.memprofile_rate,
         noise_floor: args.noise_floor,
+        per_label: args.per_label.clone(),
         out: args.out.clone(),
     };
     let total = 2 * cfg.runs;
@@ -163,6 +172,24 @@ pub fn run(args: GateArgs) -> anyhow::Result<u8> {
             "  grew most: {function} +{} per unit",
             human_bytes(*change as u64)
         );
+    }
+    if let Some(l) = &result.per_label {
+        for g in l.values.iter().take(5) {
+            println!(
+                "  by label {}={}: {} -> {} per unit ({}{}){}",
+                l.key,
+                g.value,
+                human_bytes(g.baseline.max(0.0) as u64),
+                human_bytes(g.candidate.max(0.0) as u64),
+                if g.change() >= 0.0 { "+" } else { "-" },
+                human_bytes(g.change().abs() as u64),
+                if l.grew_most.as_ref() == Some(&g.value) {
+                    ": grew most"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     println!(
         "wrote {}, {}, {}",

@@ -37,6 +37,8 @@ pub struct Config {
     pub memprofile_rate: u64,
     /// Growth per unit below which a baseline counts as not growing.
     pub noise_floor: f64,
+    /// A pprof label key whose values' growth is compared too.
+    pub per_label: Option<String>,
     pub out: PathBuf,
 }
 
@@ -86,6 +88,71 @@ pub struct GateResult {
     /// The program's functions whose per-unit growth rose most (the
     /// deepest frame of its own code in each stack): (function, change).
     pub grew_most: Vec<(String, i64)>,
+    /// With `--per-label`: each value's growth per unit in both builds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_label: Option<PerLabel>,
+}
+
+/// Growth per unit by the values of one pprof label key.
+#[derive(Debug, Serialize)]
+pub struct PerLabel {
+    pub key: String,
+    /// Largest increase first.
+    pub values: Vec<LabelGrowth>,
+    /// The value whose growth per unit rose most, if any rose.
+    pub grew_most: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct LabelGrowth {
+    pub value: String,
+    pub baseline: f64,
+    pub candidate: f64,
+}
+
+impl LabelGrowth {
+    pub fn change(&self) -> f64 {
+        self.candidate - self.baseline
+    }
+}
+
+/// The mean over runs of each value of label `key`'s growth per unit.
+fn label_means(key: &str, runs: &[(RunOutcome, f64)]) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for (o, units) in runs {
+        let Some(p) = o.profile.as_ref() else {
+            continue;
+        };
+        for (value, n) in p.by_label().remove(key).unwrap_or_default() {
+            *out.entry(value).or_default() += n as f64 / units / runs.len() as f64;
+        }
+    }
+    out
+}
+
+/// Each value of `key` in either build, by how much its growth rose.
+fn per_label(key: &str, base: &[(RunOutcome, f64)], cand: &[(RunOutcome, f64)]) -> PerLabel {
+    let (b, c) = (label_means(key, base), label_means(key, cand));
+    let mut values: Vec<LabelGrowth> = b
+        .keys()
+        .chain(c.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|v| LabelGrowth {
+            value: v.clone(),
+            baseline: b.get(v).copied().unwrap_or(0.0),
+            candidate: c.get(v).copied().unwrap_or(0.0),
+        })
+        .collect();
+    values.sort_by(|x, y| y.change().total_cmp(&x.change()));
+    PerLabel {
+        key: key.to_string(),
+        grew_most: values
+            .first()
+            .filter(|g| g.change() > 0.0)
+            .map(|g| g.value.clone()),
+        values,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -158,6 +225,10 @@ pub fn gate(cfg: &Config, progress: &mut dyn FnMut(&RunRecord)) -> Result<GateRe
         "bytes/s"
     };
     let [base_runs, cand_runs] = by_build;
+    let by_label = cfg
+        .per_label
+        .as_deref()
+        .map(|k| per_label(k, &base_runs, &cand_runs));
     let (before, after) = (per_unit(&base_runs), per_unit(&cand_runs));
     let deltas = diff::merge(&before, &after).unwrap_or_default();
     // By the program's own code: the deepest frame that is not the
@@ -196,6 +267,7 @@ pub fn gate(cfg: &Config, progress: &mut dyn FnMut(&RunRecord)) -> Result<GateRe
         },
         runs: records,
         grew_most: grew,
+        per_label: by_label,
     };
     write_outputs(cfg, &result, &cmp, &deltas)?;
     Ok(result)
@@ -308,5 +380,68 @@ fn summary_md(cfg: &Config, r: &GateResult, cmp: &Comparison) -> String {
         }
         s += "\nThe differential flame graph is `gate.svg`; each run's report is under `runs/`.\n";
     }
+    if let Some(l) = &r.per_label {
+        s += &format!(
+            "\n### By label `{}` (per unit)\n\n| value | baseline | candidate | change |\n|---|---|---|---|\n",
+            l.key
+        );
+        for g in &l.values {
+            s += &format!(
+                "| `{}` | {} | {} | {}{} |\n",
+                g.value,
+                human_bytes(g.baseline.max(0.0) as u64),
+                human_bytes(g.candidate.max(0.0) as u64),
+                if g.change() >= 0.0 { "+" } else { "-" },
+                human_bytes(g.change().abs() as u64)
+            );
+        }
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::lens::Lens;
+    use crate::model::profile::{Locations, Profile, Sample};
+
+    /// A run whose rss grew `a` bytes under route=/a and `b` under /b.
+    fn run(a: u64, b: u64, units: f64) -> (RunOutcome, f64) {
+        let mut locs = Locations::default();
+        let leaf = locs.named("main.handle");
+        let sample = |route: &str, value| Sample {
+            stack: vec![leaf],
+            value,
+            labels: vec![("route".into(), route.into())],
+            ..Sample::default()
+        };
+        let p = Profile::new(
+            Lens::Rss,
+            locs.locations,
+            Vec::new(),
+            [sample("/a", a), sample("/b", b)],
+            1.0,
+            "t".into(),
+        );
+        let outcome = RunOutcome {
+            samples: Default::default(),
+            profile: Some(p),
+            requests: Some(units),
+            secs: 1.0,
+        };
+        (outcome, units)
+    }
+
+    #[test]
+    fn the_label_value_that_grew_is_named() {
+        let base = [run(1000, 1000, 10.0), run(1200, 800, 10.0)];
+        let cand = [run(1000, 3000, 10.0), run(1000, 3400, 10.0)];
+        let l = per_label("route", &base, &cand);
+        assert_eq!(l.grew_most.as_deref(), Some("/b"));
+        assert_eq!(l.values[0].value, "/b");
+        assert_eq!((l.values[0].baseline, l.values[0].candidate), (90.0, 320.0));
+        assert!(l.values[1].change().abs() < 20.0, "{:?}", l.values[1]);
+        let none = per_label("tenant", &base, &cand);
+        assert!(none.values.is_empty() && none.grew_most.is_none());
+    }
 }
