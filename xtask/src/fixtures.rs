@@ -49,8 +49,15 @@ pub fn build(root: &Path, env: &Env, versions: &[&str]) -> anyhow::Result<Built>
                     ("-cgo", &["-ldflags=-linkmode=external"]),
                     // Writes Go's own heap profile, to compare names with pprof.
                     ("-memprofile", &["-tags=memprofile"]),
+                    // Runs its loop under a pprof label (the bench).
+                    ("-labels", &["-tags=labels"]),
                 ],
-                "goroutines" => &[("", &[]), stripped, pie_stripped],
+                "goroutines" => &[
+                    ("", &[]),
+                    stripped,
+                    pie_stripped,
+                    ("-labels", &["-tags=labels"]),
+                ],
                 "labels" => &[("", &[]), stripped],
                 _ => &[("", &[])],
             };

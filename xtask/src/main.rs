@@ -6,6 +6,7 @@
 mod bench;
 mod bench_agent;
 mod bench_gc_heavy;
+mod bench_labels;
 mod bench_lenses;
 mod bench_service;
 mod bench_versions;
@@ -72,6 +73,9 @@ enum Cmd {
         /// Only the lens table (every shape).
         #[arg(long)]
         lenses_only: bool,
+        /// Only what reading pprof labels costs.
+        #[arg(long)]
+        labels_only: bool,
         /// Busy Go services in the agent bench's pushing scenario.
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
@@ -133,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             service_only,
             gc_heavy_only,
             lenses_only,
+            labels_only,
         } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
@@ -144,6 +149,9 @@ fn main() -> anyhow::Result<()> {
             }
             if service_only {
                 return bench_service::prometheus(&memtrace, &out);
+            }
+            if labels_only {
+                return bench_labels::run(&memtrace, &built.dir, &out);
             }
             if gc_heavy_only || lenses_only {
                 return bench_lenses::run(&memtrace, &built.dir, &out, gc_heavy_only);
@@ -162,6 +170,7 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             bench_lenses::run(&memtrace, &built.dir, &out, false)?;
+            bench_labels::run(&memtrace, &built.dir, &out)?;
             bench_versions::alloc_exact_by_version(&memtrace, &built.root, &out)?;
             bench_service::prometheus(&memtrace, &out)?;
             run(cargo().current_dir(&root).args([

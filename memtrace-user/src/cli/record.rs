@@ -65,6 +65,10 @@ pub struct RecordArgs {
     /// `cargo xtask bench`, which shows what the GC view costs by itself.
     #[arg(long, hide = true)]
     pub no_gc_view: bool,
+    /// Read no pprof labels; for `cargo xtask bench`, which shows what
+    /// reading them costs.
+    #[arg(long, hide = true)]
+    pub no_labels: bool,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -148,6 +152,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     opts.tuning.recheck_runs = !args.unchecked_fault_runs;
     opts.tuning.fault_floor = args.fault_probe_floor;
     opts.tuning.gc_view = !args.no_gc_view;
+    opts.tuning.labels = !args.no_labels;
     if args.fault_probe_floor {
         eprintln!("memtrace: --fault-probe-floor: faults are not counted (a measurement mode)");
     }

@@ -226,7 +226,8 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             hold: u64::from(self.opts.holds),
             ..Default::default()
         };
-        if let (Some(format), Some(g)) = (t.bin.labels, t.bin.g_layout) {
+        let labels = t.bin.labels.filter(|_| self.opts.tuning.labels);
+        if let (Some(format), Some(g)) = (labels, t.bin.g_layout) {
             config.labels = memtrace_common::LabelOffsets {
                 g_labels: g.labels,
                 check_at: format.check_at(),

@@ -60,6 +60,9 @@ pub struct ProbeTuning {
     pub fault_floor: bool,
     /// Attach the GC view's probes (off: for measuring what they cost).
     pub gc_view: bool,
+    /// Read each event's pprof labels where the target can set them (off:
+    /// for measuring what reading them costs).
+    pub labels: bool,
 }
 
 impl Default for ProbeTuning {
@@ -69,6 +72,7 @@ impl Default for ProbeTuning {
             recheck_runs: true,
             fault_floor: false,
             gc_view: true,
+            labels: true,
         }
     }
 }

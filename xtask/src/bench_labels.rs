@@ -1,0 +1,118 @@
+//! What reading pprof labels costs: the bench's allocation loop under
+//! alloc-exact and its goroutine churn under the goroutines lens, each
+//! built to run under a pprof label (`-tags labels`), traced with labels
+//! read and with `--no-labels`. Rounds interleave the three runs of each
+//! shape; the goal is checked on paired ratios (labels / no labels, each
+//! pair from one round).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::bench::{alloc_ns, median, record_command};
+
+const ROUNDS: usize = 9;
+/// Paired ratios at or below this count as "nothing measurable".
+const GOAL: f64 = 1.03;
+
+struct Shape {
+    name: &'static str,
+    fixture: &'static str,
+    lens: &'static str,
+    args: &'static [&'static str],
+}
+
+const SHAPES: [Shape; 2] = [
+    Shape {
+        name: "allocation loop, alloc-exact",
+        fixture: "allocs-labels",
+        lens: "alloc-exact",
+        args: &["-objects", "100000", "-maps", "0", "-inlined", "0"],
+    },
+    Shape {
+        name: "goroutine churn, goroutines",
+        fixture: "goroutines-labels",
+        lens: "goroutines",
+        args: &["-spawn", "100000"],
+    },
+];
+
+/// One timed run: the fixture's own measure of its work.
+fn timed(mut cmd: Command) -> anyhow::Result<f64> {
+    let o = cmd.output()?;
+    if !o.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&o.stderr));
+    }
+    alloc_ns(&String::from_utf8_lossy(&o.stdout))
+}
+
+pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
+    println!(
+        "\npprof labels: what reading them costs ({ROUNDS} rounds; the loop runs under a label)"
+    );
+    println!(
+        "{:<32} {:>10} {:>12} {:>12} {:>22}",
+        "shape", "untraced", "no labels", "labels", "labels / no labels"
+    );
+    for s in &SHAPES {
+        let bin = fixtures.join(s.fixture);
+        let args: Vec<String> = s.args.iter().map(|a| a.to_string()).collect();
+        let dir = out.join(format!("labels-{}", s.lens));
+        let (mut plain, mut off, mut on) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Start one later each round, so drift hits every run alike.
+            for i in 0..3 {
+                match (round + i) % 3 {
+                    0 => plain.push(timed({
+                        let mut c = Command::new(&bin);
+                        c.args(&args);
+                        c
+                    })?),
+                    1 => off.push(timed(record_command(
+                        memtrace,
+                        s.lens,
+                        &["--no-labels"],
+                        &dir,
+                        &bin,
+                        &args,
+                    ))?),
+                    _ => on.push(timed(record_command(
+                        memtrace,
+                        s.lens,
+                        &[],
+                        &dir,
+                        &bin,
+                        &args,
+                    ))?),
+                }
+            }
+        }
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+        let sets = summary["labels"]["sets"].as_u64().unwrap_or(0);
+        if sets == 0 {
+            bail!(
+                "{}: the traced runs read no label set: {}",
+                s.name,
+                summary["labels"]
+            );
+        }
+        let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+        let m = median(&ratios);
+        println!(
+            "{:<32} {:>8.1}ms {:>10.2}x {:>10.2}x {:>9.3} ({lo:.2}-{hi:.2}) {}",
+            s.name,
+            median(&plain) / 1e6,
+            median(&off) / median(&plain),
+            median(&on) / median(&plain),
+            m,
+            if m <= GOAL { "met" } else { "MISSED" }
+        );
+    }
+    println!("(goal: labels / no labels <= {GOAL}, paired per round)");
+    Ok(())
+}
