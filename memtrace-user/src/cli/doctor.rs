@@ -210,6 +210,28 @@ fn print_subject(s: &Subject) {
                     Err(e) => format!("no: {e}"),
                 },
             );
+            row(
+                "pprof labels",
+                &match (bin.labels, bin.g_layout) {
+                    (Some(f), _) => format!(
+                        "read with every event ({} label sets{})",
+                        match f {
+                            crate::binary::labels::Format::Map => "Go 1.19-1.23 map",
+                            crate::binary::labels::Format::Slice => "slice",
+                        },
+                        if bin.m_curg.is_some() {
+                            "; on the system stack, the running goroutine's"
+                        } else {
+                            ""
+                        }
+                    ),
+                    (None, Some(_)) => {
+                        "none: the program cannot set any (no runtime/pprof.runtime_setProfLabel)"
+                            .to_string()
+                    }
+                    (None, None) => "not read: runtime.g's layout is unknown".to_string(),
+                },
+            );
             if let Some(rate) = rate {
                 row(
                     "MemProfileRate",
