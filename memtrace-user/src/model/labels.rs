@@ -3,7 +3,9 @@
 //! request); what memtrace keeps is not. Keys and values are cut to
 //! [`MAX_CHARS`], a session keeps [`MAX_KEYS`] keys and [`MAX_VALUES`]
 //! values of each, and a value past that is folded into [`OTHER`] (a key
-//! past that is dropped), counted in [`LabelStats`].
+//! past that is dropped), counted in [`LabelStats`]. Combinations are
+//! bounded too: past [`MAX_SETS`] distinct sets, a new one keeps its keys
+//! with every value [`OTHER`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,6 +23,7 @@ pub const OTHER: &str = "[other]";
 pub const MAX_KEYS: usize = 32;
 pub const MAX_VALUES: usize = 500;
 pub const MAX_CHARS: usize = 128;
+pub const MAX_SETS: usize = 10_000;
 /// Distinct folded values counted exactly up to this many.
 const MAX_FOLDED_COUNTED: usize = 1 << 20;
 
@@ -34,6 +37,8 @@ pub struct LabelStats {
     /// Distinct values folded into `[other]`, and keys dropped.
     pub folded_values: usize,
     pub dropped_keys: usize,
+    /// Sets past [`MAX_SETS`], kept with every value `[other]`.
+    pub folded_sets: u64,
     /// Label sets that could not be read from the target, and those whose
     /// address held another set by the time they were read (counted by
     /// the engine; their events count under `[no labels]`).
@@ -48,6 +53,7 @@ pub struct LabelSets {
     values: BTreeMap<String, HashSet<String>>,
     folded: HashSet<u64>,
     dropped: HashSet<String>,
+    folded_sets: u64,
 }
 
 impl LabelSets {
@@ -60,6 +66,15 @@ impl LabelSets {
         set.sort();
         if let Some(&id) = self.ids.get(&set) {
             return id;
+        }
+        if self.sets.len() >= MAX_SETS {
+            self.folded_sets += 1;
+            for (_, v) in &mut set {
+                *v = OTHER.to_string();
+            }
+            if let Some(&id) = self.ids.get(&set) {
+                return id;
+            }
         }
         let id = self.sets.len() as u32;
         self.sets.push(set.clone());
@@ -102,6 +117,7 @@ impl LabelSets {
                 .collect(),
             folded_values: self.folded.len(),
             dropped_keys: self.dropped.len(),
+            folded_sets: self.folded_sets,
             unreadable: 0,
             stale: 0,
         }
@@ -160,5 +176,18 @@ mod tests {
             s.intern(set(&[(&format!("key{k}"), "x")]));
         }
         assert_eq!(s.stats().dropped_keys, 6);
+    }
+
+    #[test]
+    fn combinations_past_the_bound_keep_their_keys_only() {
+        let mut s = LabelSets::default();
+        for a in 0..200 {
+            for b in 0..60 {
+                s.intern(set(&[("a", &a.to_string()), ("b", &b.to_string())]));
+            }
+        }
+        let st = s.stats();
+        assert_eq!(st.sets, MAX_SETS + 1, "the sets kept and one of [other]s");
+        assert_eq!(st.folded_sets, 200 * 60 - MAX_SETS as u64);
     }
 }
