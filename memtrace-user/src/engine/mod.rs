@@ -394,7 +394,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             &self.host,
         );
         t.profile = profile;
-        if let Some(format) = spec.bin.labels.filter(|_| self.opts.tuning.labels) {
+        if let Some(format) = self.reads_labels(&spec.bin) {
             self.labels.add(pid, format);
         }
         let config = self.target_config(&t);

@@ -218,6 +218,14 @@ impl Target {
 }
 
 impl<K: Kernel, H: Host> Engine<K, H> {
+    /// How `bin`'s pprof label sets are read, if they are: the binary can
+    /// set labels, and the GC view is on (the probes and the engine forget
+    /// what a set's address named at each GC cycle it reports).
+    pub(super) fn reads_labels(&self, bin: &GoBinary) -> Option<crate::binary::labels::Format> {
+        let gc_view = self.opts.tuning.gc_view && bin.gc.is_ok();
+        bin.labels.filter(|_| self.opts.tuning.labels && gc_view)
+    }
+
     /// What the probes need to know of a target: whether to hold it, and
     /// the runtime addresses of the GC view's heap figures (a PIE binary's
     /// are known once it runs, see [`Engine::refresh_maps`]).
@@ -226,7 +234,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             hold: u64::from(self.opts.holds),
             ..Default::default()
         };
-        let labels = t.bin.labels.filter(|_| self.opts.tuning.labels);
+        let labels = self.reads_labels(&t.bin);
         if let (Some(format), Some(g)) = (labels, t.bin.g_layout) {
             config.labels = memtrace_common::LabelOffsets {
                 g_labels: g.labels,
