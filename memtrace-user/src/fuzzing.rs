@@ -7,15 +7,13 @@
 //! `fuzz/regressions/` go through the same functions in the tests.
 
 use std::path::Path;
-use std::sync::Arc;
 
 /// A Go executable: everything `GoBinary::parse` reads, then symbolization
 /// of pcs across its text (line tables and inline trees).
 pub fn go_binary(data: &[u8]) {
     let _ = crate::binary::goruntime::parse_buildinfo(data);
     let _ = crate::binary::gtypes::g_layout(data);
-    let Ok(bin) = crate::binary::goruntime::GoBinary::parse(Path::new("fuzz"), Arc::from(data))
-    else {
+    let Ok(bin) = crate::binary::goruntime::GoBinary::parse(Path::new("fuzz"), data) else {
         return;
     };
     let table = &bin.table;

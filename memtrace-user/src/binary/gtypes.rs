@@ -46,9 +46,19 @@ impl GLayout {
 
 /// zlib's largest ratio of output to input (RFC 1950: 1032:1).
 const ZLIB_MAX_RATIO: u64 = 1032;
-/// The largest debug section memtrace decompresses, far above what a Go
-/// binary's debug sections hold.
-const MAX_SECTION: u64 = 1 << 30;
+/// The largest debug section memtrace decompresses. A larger one is not
+/// read: the layouts then come from the runtime's type descriptor or the
+/// release's table, and a forged size cannot take the agent's memory.
+const MAX_SECTION: u64 = 64 << 20;
+/// The DWARF sections a structure's members are read from; the rest
+/// (lines, locations, ranges) are never decompressed.
+const STRUCT_SECTIONS: &[gimli::SectionId] = &[
+    gimli::SectionId::DebugInfo,
+    gimli::SectionId::DebugAbbrev,
+    gimli::SectionId::DebugStr,
+    gimli::SectionId::DebugStrOffsets,
+    gimli::SectionId::DebugLineStr,
+];
 
 /// A section's bytes, decompressed when compressed. The size a compressed
 /// section declares is believed only up to what its data could produce:
@@ -74,6 +84,9 @@ fn plausible_size(format: object::CompressionFormat, len: u64, declared: u64) ->
 pub fn struct_members(data: &[u8], type_name: &str) -> Option<HashMap<String, u64>> {
     let file = object::File::parse(data).ok()?;
     let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
+        if !STRUCT_SECTIONS.contains(&id) {
+            return Ok(std::borrow::Cow::Borrowed(&[]));
+        }
         let name = id.name();
         let z = format!(".zdebug_{}", name.trim_start_matches(".debug_"));
         Ok(file
@@ -84,17 +97,19 @@ pub fn struct_members(data: &[u8], type_name: &str) -> Option<HashMap<String, u6
     };
     let sections = gimli::DwarfSections::load(load).ok()?;
     let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
-    let name_of = |unit: &gimli::Unit<_>, e: &gimli::DebuggingInformationEntry<_>| {
+    // Names are read from the entries alone (inline or in .debug_str), so
+    // a unit is read without its line program, which is never loaded.
+    let name_of = |e: &gimli::DebuggingInformationEntry<_>| {
         e.attr_value(gimli::DW_AT_name)
-            .and_then(|v| dwarf.attr_string(unit, v).ok())
+            .and_then(|v| v.string_value(&dwarf.debug_str))
             .map(|s| s.to_string_lossy().into_owned())
     };
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
-        let Ok(unit) = dwarf.unit(header) else {
+        let Ok(abbrevs) = dwarf.abbreviations(&header) else {
             continue;
         };
-        let mut tree = unit.entries_tree(None).ok()?;
+        let mut tree = header.entries_tree(&abbrevs, None).ok()?;
         let root = tree.root().ok()?;
         let mut children = root.children();
         while let Ok(Some(node)) = children.next() {
@@ -102,7 +117,7 @@ pub fn struct_members(data: &[u8], type_name: &str) -> Option<HashMap<String, u6
             if e.tag() != gimli::DW_TAG_structure_type {
                 continue;
             }
-            if name_of(&unit, e).as_deref() != Some(type_name) {
+            if name_of(e).as_deref() != Some(type_name) {
                 continue;
             }
             let mut out = HashMap::new();
@@ -112,7 +127,7 @@ pub fn struct_members(data: &[u8], type_name: &str) -> Option<HashMap<String, u6
                 if m.tag() != gimli::DW_TAG_member {
                     continue;
                 }
-                let mname = name_of(&unit, m);
+                let mname = name_of(m);
                 let off = m
                     .attr_value(gimli::DW_AT_data_member_location)
                     .and_then(|v| v.udata_value());
@@ -333,13 +348,13 @@ mod tests {
         let zlib = CompressionFormat::Zlib;
         assert!(plausible_size(zlib, 1000, 1_032_000));
         assert!(!plausible_size(zlib, 1000, 1_032_001));
-        assert!(plausible_size(zlib, 10 << 20, 1 << 30));
-        assert!(!plausible_size(zlib, 10 << 20, (1 << 30) + 1));
-        assert!(plausible_size(CompressionFormat::Zstandard, 10, 1 << 30));
+        assert!(plausible_size(zlib, 1 << 20, 64 << 20));
+        assert!(!plausible_size(zlib, 1 << 20, (64 << 20) + 1));
+        assert!(plausible_size(CompressionFormat::Zstandard, 10, 64 << 20));
         assert!(!plausible_size(
             CompressionFormat::Zstandard,
             10,
-            (1 << 30) + 1
+            (64 << 20) + 1
         ));
         assert!(plausible_size(CompressionFormat::None, 10, u64::MAX));
     }

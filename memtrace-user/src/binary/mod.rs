@@ -2,6 +2,7 @@
 //! probe points and variables, type layouts, the memory profile's layout,
 //! and symbolization of any address in a mapped image.
 
+pub mod file;
 pub mod gopclntab;
 pub mod goruntime;
 pub mod gtypes;

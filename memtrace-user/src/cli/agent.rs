@@ -108,6 +108,10 @@ pub struct AgentArgs {
     /// the program's own MemProfileRate: served and pushed as `alloc`.
     #[arg(long)]
     pub alloc: bool,
+    /// Seconds the engine may go without completing a loop before
+    /// `/healthz` fails (so the kubelet restarts a stuck agent).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub stall_secs: u64,
     /// The node's name for the `node` label (default: $NODE_NAME, else the
     /// host name).
     #[arg(long)]
@@ -270,6 +274,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         )
     })?;
     let shared = Arc::new(Mutex::new(Shared::default()));
+    let heartbeat = Arc::new(agent::Heartbeat::default());
     serve(
         listener,
         agent::http::Ctx {
@@ -277,6 +282,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             usage: self_usage,
             token: token.map(Arc::from),
             push: pusher.as_ref().map(Pusher::stats_handle),
+            heartbeat: heartbeat.clone(),
+            stall: std::time::Duration::from_secs(args.stall_secs.max(1)),
         },
     )?;
     rt.block_on(async move {
@@ -307,6 +314,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             kubelet,
         );
         policy.pusher = pusher;
+        policy.heartbeat = heartbeat;
         policy.node = node_name(&args);
         // Processes already running; later ones arrive through exec events.
         policy.scan(&mut engine);

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
+use crate::binary::file::FileBytes;
 use crate::binary::goruntime::GoBinary;
 use crate::engine::Options;
 use crate::front::doctor::{self, Check, HostFacts, Status, Tracefs};
@@ -50,7 +51,7 @@ fn examine(args: &DoctorArgs) -> anyhow::Result<Option<Subject>> {
         (None, Some(p)) => (p.clone(), p.clone(), None),
         (None, None) => return Ok(None),
     };
-    let data = std::fs::read(&path).with_context(|| {
+    let data = FileBytes::open(&path).with_context(|| {
         format!(
             "cannot read {}: give a readable executable",
             shown.display()
@@ -62,7 +63,9 @@ fn examine(args: &DoctorArgs) -> anyhow::Result<Option<Subject>> {
             shown.display()
         );
     }
-    match GoBinary::parse(&shown, data.into()) {
+    let parsed = GoBinary::parse(&shown, data.clone());
+    data.release();
+    match parsed {
         Ok(bin) => {
             let rate = pid.map(|pid| read_rate(&bin, pid, &shown));
             Ok(Some(Subject::Go {

@@ -8,11 +8,17 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{BinaryId, TargetSpec};
 use crate::binary::goruntime::GoBinary;
 use crate::host::procfs;
 use crate::model::error::TargetError;
+
+#[path = "background.rs"]
+mod background;
+use background::Background;
+pub use background::ParseFn;
 
 /// Every process's pid but memtrace's own, in order.
 pub fn pids() -> Vec<u32> {
@@ -86,28 +92,83 @@ impl Process {
     }
 }
 
+/// What [`Binaries::of`] knows of a process's executable.
+#[derive(Debug)]
+pub enum Found {
+    Go(Arc<GoBinary>),
+    /// Not Go, or refused before.
+    NotGo,
+    /// Being parsed in the background: the process comes back from
+    /// [`Binaries::poll`].
+    Pending,
+}
+
+/// A parse that finished in the background, with the processes that wait
+/// for it.
+#[derive(Debug)]
+pub struct Parsed {
+    pub binary: BinaryId,
+    pub waiting: Vec<Process>,
+    /// `Ok(None)`: not Go.
+    pub result: Result<Option<Arc<GoBinary>>, TargetError>,
+}
+
 /// Go binaries, parsed once per file. A file that is not Go, or could not
-/// be parsed or probed, is remembered as such until forgotten.
+/// be parsed or probed, is remembered as such until forgotten. Parsing is
+/// inline by default; [`Binaries::background`] parses off the caller's
+/// thread, one file at a time, each within a time budget.
 #[derive(Default)]
 pub struct Binaries {
     parsed: HashMap<BinaryId, Option<Arc<GoBinary>>>,
+    background: Option<Background>,
 }
 
 impl Binaries {
-    /// The Go binary `p` runs, parsed the first time its file is seen.
-    /// `Ok(None)`: not Go, or refused before. An error is returned the
-    /// first time only.
-    pub fn of(&mut self, p: &Process) -> Result<Option<Arc<GoBinary>>, TargetError> {
+    /// Parses on a worker thread, giving up on a file after `budget`.
+    pub fn background(budget: Duration) -> Self {
+        Self::with_parser(budget, Arc::new(Process::go_binary))
+    }
+
+    /// [`Binaries::background`] with another parser (tests).
+    pub fn with_parser(budget: Duration, parse: ParseFn) -> Self {
+        Self {
+            parsed: HashMap::new(),
+            background: Some(Background::new(budget, parse)),
+        }
+    }
+
+    /// The Go binary `p` runs, parsed the first time its file is seen. An
+    /// error is returned the first time only (in the background: from
+    /// [`Binaries::poll`]).
+    pub fn of(&mut self, p: &Process) -> Result<Found, TargetError> {
         if let Some(known) = self.parsed.get(&p.binary) {
-            return Ok(known.clone());
+            return Ok(known.clone().map_or(Found::NotGo, Found::Go));
+        }
+        if let Some(bg) = self.background.as_mut() {
+            bg.submit(p.clone());
+            return Ok(Found::Pending);
         }
         let parsed = p.go_binary().map(Arc::new);
         self.parsed.insert(p.binary, parsed.as_ref().ok().cloned());
         match parsed {
-            Ok(b) => Ok(Some(b)),
-            Err(TargetError::NotGo(_)) => Ok(None),
+            Ok(b) => Ok(Found::Go(b)),
+            Err(TargetError::NotGo(_)) => Ok(Found::NotGo),
             Err(e) => Err(e),
         }
+    }
+
+    /// Parses finished in the background since the last call, each
+    /// remembered from now on.
+    pub fn poll(&mut self) -> Vec<Parsed> {
+        let Some(bg) = self.background.as_mut() else {
+            return Vec::new();
+        };
+        let done = bg.poll();
+        for d in &done {
+            self.parsed
+                .insert(d.binary, d.result.as_ref().ok().cloned().flatten());
+        }
+        done
     }
 
     /// Remembers that `binary` cannot be traced (its probes failed).
@@ -176,7 +237,10 @@ mod tests {
         assert_eq!(me.exe, std::env::current_exe().unwrap());
         assert!(!me.name().is_empty());
         let mut bins = Binaries::default();
-        assert!(matches!(bins.of(&me), Ok(None)), "this test binary is Rust");
+        assert!(
+            matches!(bins.of(&me), Ok(Found::NotGo)),
+            "this test binary is Rust"
+        );
         assert!(bins.parsed.contains_key(&me.binary), "parsed once");
         bins.forget(me.binary);
         assert!(bins.parsed.is_empty());

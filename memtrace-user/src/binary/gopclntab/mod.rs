@@ -16,9 +16,10 @@
 
 mod lines;
 pub use lines::pcvalue;
-use std::sync::Arc;
 
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+
+use crate::binary::file::FileBytes;
 
 /// Why a binary's function table cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +77,7 @@ pub struct SrcFrame {
 
 /// A parsed `.gopclntab` with what it needs from the rest of the file.
 pub struct GoTable {
-    data: Arc<[u8]>,
+    data: FileBytes,
     segments: Vec<Segment>,
     go118: bool,
     nfunc: usize,
@@ -107,18 +108,41 @@ impl std::fmt::Debug for GoTable {
     }
 }
 
+/// The longest name or file path memtrace reads from a table. Go's longest
+/// names (generic instantiations) are a few hundred bytes; the bound keeps
+/// a name without its terminating NUL from making every lookup scan the
+/// rest of the file.
+const MAX_NAME: usize = 4096;
+/// The largest function whose code memtrace decodes: far above any Go
+/// function, far below what a forged table could claim.
+const MAX_FUNCTION: u64 = 16 << 20;
+
 fn u32_at(d: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(off..off + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        d.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn u64_at(d: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(off..off + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        d.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
+/// The NUL-terminated UTF-8 string at `off`, at most [`MAX_NAME`] bytes.
 fn cstr(d: &[u8], off: usize) -> Option<&str> {
     let rest = d.get(off..)?;
+    let rest = &rest[..rest.len().min(MAX_NAME + 1)];
     let end = rest.iter().position(|&b| b == 0)?;
     std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// Whether the NUL-terminated string at `off` is exactly `name`.
+fn cstr_is(d: &[u8], off: usize, name: &str) -> bool {
+    let Some(end) = off.checked_add(name.len()) else {
+        return false;
+    };
+    d.get(off..end) == Some(name.as_bytes()) && d.get(end) == Some(&0)
 }
 
 fn uvarint(d: &[u8], pos: &mut usize) -> Option<u64> {
@@ -156,7 +180,8 @@ pub fn build_id(file: &object::File<'_>) -> String {
 
 impl GoTable {
     /// Parses the table of the ELF image `data`.
-    pub fn parse(data: Arc<[u8]>) -> Result<Self, PclnError> {
+    pub fn parse(data: impl Into<FileBytes>) -> Result<Self, PclnError> {
+        let data: FileBytes = data.into();
         let file = object::File::parse(&*data).map_err(|_| PclnError::Missing)?;
         let segments: Vec<Segment> = file
             .segments()
@@ -190,7 +215,7 @@ impl GoTable {
         }
         let min_lc = u64::from(data[hdr + 6]);
         let word = |i: usize| u64_at(&data, hdr + 8 + 8 * i).ok_or(bad("short header"));
-        let nfunc = word(0)? as usize;
+        let nfunc = usize::try_from(word(0)?).map_err(|_| bad("function count too large"))?;
         // A pointer in the file: the relocation's addend in PIE binaries.
         let ptr = |vaddr: u64| -> Option<u64> {
             if let Some(a) = relocs.get(&vaddr) {
@@ -207,9 +232,10 @@ impl GoTable {
                 .ok_or(bad("no text base"))?;
         }
         let at = |i: usize| -> Result<usize, PclnError> {
-            let off = word(i)? as usize;
-            (hdr + off < data.len())
-                .then_some(hdr + off)
+            usize::try_from(word(i)?)
+                .ok()
+                .and_then(|off| hdr.checked_add(off))
+                .filter(|&at| at < data.len())
                 .ok_or(bad("table offset past the end of the file"))
         };
         let gofunc = moduledata
@@ -232,10 +258,33 @@ impl GoTable {
             data: data.clone(),
             relocs,
         };
-        if table.ftab(nfunc).is_none() {
+        table.check_ftab()?;
+        Ok(table)
+    }
+
+    /// The function table must fit in the file (its `nfunc + 1` entries of
+    /// 8 bytes each: a count is believed only as far as bytes back it) and
+    /// be in address order, as `runtime.findfunc` needs it.
+    fn check_ftab(&self) -> Result<(), PclnError> {
+        let bad = PclnError::Malformed;
+        let bytes = self
+            .nfunc
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(8))
+            .and_then(|n| n.checked_add(self.pclntable))
+            .ok_or(bad("function count too large"))?;
+        if bytes > self.data.len() {
             return Err(bad("function table past the end of the file"));
         }
-        Ok(table)
+        let mut last = 0u32;
+        for i in 0..=self.nfunc {
+            let (entry, _) = self.ftab(i).ok_or(bad("function table past the end"))?;
+            if entry < last {
+                return Err(bad("function table not in address order"));
+            }
+            last = entry;
+        }
+        Ok(())
     }
 
     /// A table without functions, for tests that need a binary but not its
@@ -243,7 +292,7 @@ impl GoTable {
     #[cfg(test)]
     pub fn empty() -> Self {
         Self {
-            data: Arc::from(Vec::new()),
+            data: Vec::new().into(),
             segments: Vec::new(),
             go118: false,
             nfunc: 0,
@@ -260,6 +309,12 @@ impl GoTable {
         }
     }
 
+    /// Gives back the pages of the file read so far (see
+    /// [`FileBytes::release`]); lookups go on working.
+    pub fn release_pages(&self) {
+        self.data.release();
+    }
+
     /// Whether inline trees can be read (the moduledata was found).
     pub fn has_inline_info(&self) -> bool {
         self.gofunc.is_some()
@@ -267,7 +322,7 @@ impl GoTable {
 
     /// Entry `i` of the function table: (entry offset, `_func` offset).
     fn ftab(&self, i: usize) -> Option<(u32, u32)> {
-        let off = self.pclntable + 8 * i;
+        let off = i.checked_mul(8)?.checked_add(self.pclntable)?;
         Some((u32_at(&self.data, off)?, u32_at(&self.data, off + 4)?))
     }
 
@@ -281,13 +336,12 @@ impl GoTable {
     }
 
     fn function_at(&self, i: usize) -> Option<Function<'_>> {
-        let (entry, func) = self.ftab(i)?;
-        let (end, _) = self.ftab(i + 1)?;
-        let name_off = u32_at(&self.data, self.pclntable + func as usize + 4)?;
+        let (entry, _) = self.ftab(i)?;
+        let (end, _) = self.ftab(i.checked_add(1)?)?;
         Some(Function {
-            name: self.name(name_off)?,
-            entry: self.text + u64::from(entry),
-            end: self.text + u64::from(end),
+            name: cstr(&self.data, self.name_offset(i)?)?,
+            entry: self.text.checked_add(u64::from(entry))?,
+            end: self.text.checked_add(u64::from(end))?,
         })
     }
 
@@ -295,9 +349,20 @@ impl GoTable {
     /// come with an ABI wrapper of the same name in pclntab (`.abi0` in the
     /// symbol table); the real body is the larger of the two.
     pub fn function(&self, name: &str) -> Option<Function<'_>> {
-        self.functions()
-            .filter(|f| f.name == name)
+        (0..self.nfunc)
+            .filter(|&i| {
+                self.name_offset(i)
+                    .is_some_and(|off| cstr_is(&self.data, off, name))
+            })
+            .filter_map(|i| self.function_at(i))
             .max_by_key(|f| f.end - f.entry)
+    }
+
+    /// The file offset of function `i`'s name.
+    fn name_offset(&self, i: usize) -> Option<usize> {
+        let (_, func) = self.ftab(i)?;
+        let name_off = u32_at(&self.data, self.pclntable + func as usize + 4)?;
+        Some(self.funcnametab + name_off as usize)
     }
 
     /// Whether `pc` is within the range of Go's function table.
@@ -305,7 +370,8 @@ impl GoTable {
         let (Some((first, _)), Some((last, _))) = (self.ftab(0), self.ftab(self.nfunc)) else {
             return false;
         };
-        let (first, last) = (self.text + u64::from(first), self.text + u64::from(last));
+        let first = self.text.saturating_add(u64::from(first));
+        let last = self.text.saturating_add(u64::from(last));
         (first..last).contains(&pc)
     }
 
@@ -335,8 +401,8 @@ impl GoTable {
     pub fn text_segment(&self) -> Option<(u64, u64, u64)> {
         self.segments
             .iter()
-            .find(|s| self.text >= s.vaddr && self.text < s.vaddr + s.memsz)
-            .map(|s| (s.vaddr, s.vaddr + s.memsz, s.offset))
+            .find(|s| self.text >= s.vaddr && self.text - s.vaddr < s.memsz)
+            .map(|s| (s.vaddr, s.vaddr.saturating_add(s.memsz), s.offset))
     }
 
     /// The file offset of a link-time virtual address.
@@ -348,17 +414,18 @@ impl GoTable {
     pub fn vaddr_of(&self, offset: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|s| offset >= s.offset && offset < s.offset + s.filesz)
-            .map(|s| offset - s.offset + s.vaddr)
+            .find(|s| offset >= s.offset && offset - s.offset < s.filesz)
+            .and_then(|s| (offset - s.offset).checked_add(s.vaddr))
     }
 
     /// `len` bytes of the file at a link-time address (`None` past the
     /// file's part of a segment, e.g. in `.bss`).
     pub fn bytes_at(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
-        let start = self.file_offset(vaddr)? as usize;
-        let end = to_file(&self.segments, vaddr + len as u64 - 1)? as usize;
-        (end + 1 - start == len).then_some(())?;
-        self.data.get(start..start + len)
+        let start = usize::try_from(self.file_offset(vaddr)?).ok()?;
+        let last = vaddr.checked_add(len.checked_sub(1)? as u64)?;
+        let end = usize::try_from(to_file(&self.segments, last)?).ok()?;
+        (end.checked_add(1)?.checked_sub(start)? == len).then_some(())?;
+        self.data.get(start..start.checked_add(len)?)
     }
 
     /// The pointer stored at a link-time address: in a PIE binary the
@@ -372,8 +439,9 @@ impl GoTable {
 
     /// The machine code of `f`.
     pub fn code(&self, f: &Function<'_>) -> Option<&[u8]> {
-        let start = self.file_offset(f.entry)? as usize;
-        self.data.get(start..start + (f.end - f.entry) as usize)
+        let len = f.end.checked_sub(f.entry).filter(|&l| l <= MAX_FUNCTION)?;
+        let start = usize::try_from(self.file_offset(f.entry)?).ok()?;
+        self.data.get(start..start.checked_add(len as usize)?)
     }
 }
 
@@ -435,8 +503,8 @@ pub fn name_for_print(name: &str) -> std::borrow::Cow<'_, str> {
 fn to_file(segments: &[Segment], vaddr: u64) -> Option<u64> {
     segments
         .iter()
-        .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.memsz.min(s.filesz))
-        .map(|s| vaddr - s.vaddr + s.offset)
+        .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.memsz.min(s.filesz))
+        .and_then(|s| (vaddr - s.vaddr).checked_add(s.offset))
 }
 
 /// The pcHeader: the `.gopclntab` section (or its external-linking name),
@@ -458,7 +526,8 @@ fn find_header(file: &object::File<'_>, data: &[u8]) -> Option<(u64, usize)> {
         {
             continue;
         }
-        let bytes = data.get(off as usize..(off + size) as usize)?;
+        let end = usize::try_from(off.checked_add(size)?).ok()?;
+        let bytes = data.get(usize::try_from(off).ok()?..end)?;
         let hit = (0..bytes.len().saturating_sub(16)).step_by(8).find(|&i| {
             matches!(u32_at(bytes, i), Some(MAGIC_118 | MAGIC_120))
                 && bytes[i + 4..i + 8] == [0, 0, 1, 8]
@@ -493,7 +562,7 @@ fn find_moduledata(
         };
         let hit = (0..size.saturating_sub(8))
             .step_by(8)
-            .find(|&i| u64_at(data, (off + i) as usize) == Some(header));
+            .find(|&i| u64_at(data, off.saturating_add(i) as usize) == Some(header));
         if let Some(i) = hit {
             return Some(s.address() + i);
         }
@@ -565,6 +634,6 @@ mod tests {
     #[test]
     fn rejects_non_go() {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert_eq!(GoTable::parse(exe.into()).unwrap_err(), PclnError::Missing);
+        assert_eq!(GoTable::parse(exe).unwrap_err(), PclnError::Missing);
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 
+use crate::binary::file::FileBytes;
 use crate::binary::gopclntab::{GoTable, PclnError};
 use crate::model::error::TargetError;
 
@@ -83,16 +84,21 @@ pub const OLDEST_GO: (u32, u32) = (1, 19);
 pub const NEWEST_GO: (u32, u32) = (1, 27);
 
 impl GoBinary {
-    /// Reads and analyses the file at `path`.
+    /// Maps and analyses the file at `path`; the pages parsing read are
+    /// given back before it returns.
     pub fn open(path: &Path) -> Result<Self, TargetError> {
-        let data = std::fs::read(path).map_err(|e| TargetError::Read {
+        let data = FileBytes::open(path).map_err(|e| TargetError::Read {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        Self::parse(path, data.into())
+        let parsed = Self::parse(path, data.clone());
+        data.release();
+        parsed
     }
 
-    pub fn parse(path: &Path, data: Arc<[u8]>) -> Result<Self, TargetError> {
+    /// Analyses the ELF image `data`, read from `path`.
+    pub fn parse(path: &Path, data: impl Into<FileBytes>) -> Result<Self, TargetError> {
+        let data: FileBytes = data.into();
         let not_go = || TargetError::NotGo(path.to_owned());
         let file = object::File::parse(&*data).map_err(|_| not_go())?;
         let is_go = [".go.buildinfo", ".gopclntab", ".note.go.buildid"]
@@ -350,7 +356,7 @@ mod tests {
     #[test]
     fn rejects_non_elf() {
         let script: &[u8] = b"#!/bin/sh\necho hi\n";
-        let e = GoBinary::parse(Path::new("/x"), script.into()).unwrap_err();
+        let e = GoBinary::parse(Path::new("/x"), script).unwrap_err();
         assert!(matches!(e, TargetError::NotGo(_)));
     }
 }

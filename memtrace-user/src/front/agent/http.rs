@@ -18,7 +18,7 @@ use axum::{
 use subtle::ConstantTimeEq as _;
 
 use super::push::PushStats;
-use super::{metrics, Shared, LENSES};
+use super::{metrics, Heartbeat, Shared, LENSES};
 
 /// The formats a profile is served in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +52,25 @@ pub struct Ctx {
     /// Required as a bearer token by `/metrics` and `/profiles` when set.
     pub token: Option<Arc<str>>,
     pub push: Option<Arc<Mutex<PushStats>>>,
+    /// The engine's loop, and how long it may go without completing one
+    /// before `/healthz` fails.
+    pub heartbeat: Arc<Heartbeat>,
+    pub stall: Duration,
+}
+
+/// `/healthz`: 200 while the engine loops, 503 once it has not completed
+/// a loop within the stall limit (the kubelet then restarts the agent).
+async fn healthz(State(c): State<Ctx>) -> Response {
+    let age = c.heartbeat.age();
+    if age > c.stall {
+        let msg = format!(
+            "engine stalled: no loop completed for {:.0} s (limit {} s)\n",
+            age.as_secs_f64(),
+            c.stall.as_secs()
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+    }
+    "ok\n".into_response()
 }
 
 /// Whether the request's `Authorization` carries `token` (constant time).
@@ -133,7 +152,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/profiles/{pid}/{file}", get(profile_handler))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .merge(guarded)
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -245,6 +264,33 @@ async fn profile_handler(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthz_fails_once_the_engine_stops_completing_loops() {
+        let heartbeat = Arc::new(Heartbeat::default());
+        let ctx = Ctx {
+            shared: Arc::default(),
+            usage: || metrics::SelfUsage {
+                cpu_seconds: 0.0,
+                rss_bytes: 0,
+            },
+            token: Some("t".into()),
+            push: None,
+            heartbeat: heartbeat.clone(),
+            stall: Duration::from_millis(100),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let status = || rt.block_on(healthz(State(ctx.clone()))).status();
+        heartbeat.beat();
+        assert_eq!(status(), StatusCode::OK);
+        // The engine is stuck (a parse, a kernel call): no beat.
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(status(), StatusCode::SERVICE_UNAVAILABLE);
+        heartbeat.beat();
+        assert_eq!(status(), StatusCode::OK);
+    }
 
     #[test]
     fn bearer_tokens_are_checked() {

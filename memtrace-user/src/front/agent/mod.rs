@@ -12,7 +12,9 @@ pub mod session;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::host::cgroup::CgroupLabels;
 
@@ -86,4 +88,51 @@ pub struct Shared {
     /// Traced processes the OOM killer chose.
     pub oom_kills: u64,
     pub discovered: u64,
+}
+
+/// When the engine last completed a loop, for `/healthz`: a stuck engine
+/// stops tracing every process on the node while the HTTP thread goes on
+/// answering, so liveness must be the engine's, not the server's.
+#[derive(Debug)]
+pub struct Heartbeat {
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last beat.
+    last_ms: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    /// The engine completed a loop.
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the last beat was (from start-up, before the first).
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_ages_until_the_next_beat() {
+        let h = Heartbeat::default();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(h.age() >= Duration::from_millis(30));
+        h.beat();
+        assert!(h.age() < Duration::from_millis(30));
+    }
 }

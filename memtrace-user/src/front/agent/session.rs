@@ -11,7 +11,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::kubelet::{Kubelet, PodMeta};
 use super::rolling::Rolling;
 use super::{ProcState, Rendered, Shared, TOP_SERIES};
-use crate::engine::discover::{self, Binaries, Process};
+use crate::binary::goruntime::GoBinary;
+use crate::engine::discover::{self, Binaries, Found, Parsed, Process};
 use crate::engine::run::{Policy, Step};
 use crate::engine::{BinaryId, Engine, Host, Lifecycle};
 use crate::host::cgroup::{self, CgroupLabels};
@@ -54,8 +55,14 @@ pub struct Snapshots {
     pub oom_dir: PathBuf,
 }
 
+/// How long one executable may take to parse before it is refused: the
+/// largest real Go binaries take about a second.
+pub const PARSE_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub struct AgentPolicy {
     pub filters: Filters,
+    /// Beaten at every tick; `/healthz` fails when it stops.
+    pub heartbeat: Arc<super::Heartbeat>,
     pub snapshots: Snapshots,
     /// Where the last window goes at shutdown.
     pub last_window_dir: PathBuf,
@@ -82,6 +89,23 @@ pub struct AgentPolicy {
 #[path = "session_reports.rs"]
 mod reports;
 
+/// The memory cgroup path of `pid` ("" when unreadable).
+fn cgroup_of(pid: u32) -> String {
+    std::fs::read_to_string(procfs::proc_dir(pid).join("cgroup"))
+        .ok()
+        .and_then(|t| cgroup::path_from_proc(&t))
+        .unwrap_or_default()
+}
+
+/// Says why `p` is not traced.
+fn skipping(p: &Process, e: &crate::model::error::TargetError) {
+    eprintln!(
+        "memtrace: agent: skipping {} (pid {}): {e}",
+        p.exe.display(),
+        p.pid
+    );
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -98,6 +122,7 @@ impl AgentPolicy {
         kubelet: Option<Kubelet>,
     ) -> Self {
         Self {
+            heartbeat: Arc::default(),
             rolling: Rolling::new(
                 window_secs as f64,
                 snapshots.period_secs as f64,
@@ -113,7 +138,7 @@ impl AgentPolicy {
             shared,
             kubelet,
             pods: HashMap::new(),
-            bins: Binaries::default(),
+            bins: Binaries::background(PARSE_BUDGET),
             bin_pids: HashMap::new(),
             labels: HashMap::new(),
             started: Instant::now(),
@@ -140,25 +165,46 @@ impl AgentPolicy {
         let Ok(p) = Process::open(pid) else {
             return; // kernel thread, gone, or not ours to read
         };
-        let cg = std::fs::read_to_string(procfs::proc_dir(pid).join("cgroup"))
-            .ok()
-            .and_then(|t| cgroup::path_from_proc(&t))
-            .unwrap_or_default();
-        if !self.filters.admit(&p.name(), &cg) {
+        if !self.filters.admit(&p.name(), &cgroup_of(pid)) {
             return;
         }
-        let bin = match self.bins.of(&p) {
-            Ok(Some(b)) => b,
-            Ok(None) => return,
-            Err(e) => {
-                eprintln!(
-                    "memtrace: agent: skipping {} (pid {pid}): {e}",
-                    p.exe.display()
-                );
-                return;
+        match self.bins.of(&p) {
+            Ok(Found::Go(bin)) => self.start(engine, &p, bin),
+            Ok(Found::NotGo | Found::Pending) => {}
+            Err(e) => skipping(&p, &e),
+        }
+    }
+
+    /// Starts the processes whose binaries finished parsing in the
+    /// background, if they still run that file.
+    fn parsed<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>) {
+        for Parsed {
+            binary,
+            waiting,
+            result,
+        } in self.bins.poll()
+        {
+            for p in waiting {
+                let same = Process::open(p.pid).is_ok_and(|now| now.binary == binary);
+                match &result {
+                    _ if !same || engine.target(p.pid).is_some() => {}
+                    Ok(Some(bin)) => self.start(engine, &p, bin.clone()),
+                    Ok(None) => {}
+                    Err(e) => skipping(&p, e),
+                }
             }
-        };
-        let (binary, exe) = (p.binary, p.exe.clone());
+        }
+    }
+
+    /// Traces `p`, which runs `bin`.
+    fn start<K: Kernel, H: Host>(
+        &mut self,
+        engine: &mut Engine<K, H>,
+        p: &Process,
+        bin: Arc<GoBinary>,
+    ) {
+        let (pid, binary, exe) = (p.pid, p.binary, p.exe.clone());
+        let cg = cgroup_of(pid);
         if let Err(e) = engine.add(p.spec(bin.clone())) {
             eprintln!(
                 "memtrace: agent: cannot trace pid {pid} ({}): {e}",
@@ -488,9 +534,11 @@ impl<K: Kernel, H: Host> Policy<K, H> for AgentPolicy {
     }
 
     fn on_tick(&mut self, engine: &mut Engine<K, H>, exited: &[u32]) -> Step {
+        self.heartbeat.beat();
         for &pid in exited {
             self.remove(engine, pid);
         }
+        self.parsed(engine);
         if self.last_second.elapsed().as_secs() >= 1 {
             self.last_second = Instant::now();
             self.every_second(engine);

@@ -16,7 +16,7 @@ use ratatui::crossterm::terminal::{
 
 use super::{plain, screen, Row, View};
 use crate::binary::goruntime::GoBinary;
-use crate::engine::discover::{self, Binaries, Process};
+use crate::engine::discover::{self, Binaries, Found, Process};
 use crate::engine::host::Procfs;
 use crate::engine::run::{Policy, Step};
 use crate::engine::{setup, Engine, Options, TargetSpec};
@@ -264,8 +264,8 @@ pub fn scan(opts: &Options) -> Vec<TargetSpec> {
             continue; // a kernel thread, gone, or not ours to read
         };
         let bin = match bins.of(&p) {
-            Ok(Some(b)) => b,
-            Ok(None) => continue,
+            Ok(Found::Go(b)) => b,
+            Ok(Found::NotGo | Found::Pending) => continue,
             Err(e) => {
                 eprintln!(
                     "memtrace: top: skipping {} (pid {pid}): {e}",
