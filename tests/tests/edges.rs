@@ -312,3 +312,48 @@ fn a_killed_recorder_leaves_the_target_as_it_was() {
     );
     assert_no_memtrace_programs();
 }
+
+/// The agent with `--alloc` SIGKILLed (as the OOM killer or a node drain
+/// does) while it has a target sampling: its guardian writes the target's
+/// runtime.MemProfileRate back to 0 and the target runs on.
+#[test]
+fn a_killed_agent_leaves_the_target_as_it_was() {
+    let v = go_versions().pop().unwrap();
+    let bin = fixture(&v, "allocs");
+    let mut bg = Bg::spawn(&bin, &["-objects", "1000", "-maps", "1", "-loop"]);
+    let lines = collect_stdout(&mut bg);
+    assert!(wait_until(Duration::from_secs(10), || last_heartbeat(
+        &lines
+    ) >= 1));
+    assert_eq!(
+        mem_profile_rate(&bin, bg.pid()),
+        0,
+        "the fixture does not sample"
+    );
+    let agent = memtrace_tests::agent::Agent::start(
+        "killed-agent",
+        &["--alloc", "--window", "1", "--exe", "allocs"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || mem_profile_rate(&bin, bg.pid())
+            == 64 * 1024),
+        "the agent never set the rate: {}",
+        agent.log()
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(2), || mem_profile_rate(&bin, bg.pid())
+            == 0),
+        "runtime.MemProfileRate left at {} after the agent was killed",
+        mem_profile_rate(&bin, bg.pid())
+    );
+    let before = last_heartbeat(&lines);
+    assert!(
+        wait_until(Duration::from_secs(5), || last_heartbeat(&lines)
+            >= before + 2),
+        "the target stopped making progress"
+    );
+    drop(agent);
+    assert_no_memtrace_programs();
+}

@@ -13,13 +13,17 @@
 
 use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_get_attach_cookie, generated::bpf_send_signal},
+    bindings::BPF_RB_FORCE_WAKEUP,
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie,
+        generated::bpf_send_signal,
+    },
     macros::uprobe,
     programs::ProbeContext,
 };
 use memtrace_common::{Counter, Event, HoldPoint};
 
-use super::{bump, emit_now, go_abi, TARGETS};
+use super::{bump, go_abi, EVENTS, TARGETS};
 
 const SIGSTOP: u32 = 19;
 
@@ -47,6 +51,15 @@ pub fn go_hold(ctx: ProbeContext) -> u32 {
         }
         HoldPoint::Signal => go_abi::arg(&ctx, 0) & 0xffff_ffff,
     };
+    // The event's place is taken first: a target is stopped only once the
+    // event that makes user space resume it is sure to arrive. With the
+    // ring buffer full the target is not held at all (its hold is lost,
+    // counted with the ring buffer's drops), never held for good.
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        bump(Counter::RingbufDrops);
+        bump(Counter::HoldFailures);
+        return 0;
+    };
     // The signal is delivered when this thread returns to user mode, after
     // the program; it stops every thread of the process.
     // SAFETY: helper without preconditions.
@@ -54,6 +67,10 @@ pub fn go_hold(ctx: ProbeContext) -> u32 {
     if !stopped {
         bump(Counter::HoldFailures);
     }
-    emit_now(Event::hold(tgid, tid, point, code, stopped));
+    let mut ev = Event::hold(tgid, tid, point, code, stopped);
+    // SAFETY: helper without preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    slot.write(ev);
+    slot.submit(BPF_RB_FORCE_WAKEUP as u64);
     0
 }

@@ -104,8 +104,12 @@ pub struct AgentArgs {
     /// per-process stack cap]` frame and in memtrace_stacks_capped_total.
     #[arg(long, value_name = "N", default_value_t = 20_000)]
     pub max_stacks_per_process: usize,
-    /// Also profile allocations (the runtime's sampled memory profile), at
-    /// the program's own MemProfileRate: served and pushed as `alloc`.
+    /// Also profile allocations (the runtime's sampled memory profile):
+    /// served and pushed as `alloc`. A program keeps its own
+    /// MemProfileRate (Go's default: one sample per 512 KiB); one that set
+    /// it to 0 is sampled at 64 KiB while traced, and its 0 is written
+    /// back when the agent stops, or by the agent's guardian process if
+    /// the agent is killed.
     #[arg(long)]
     pub alloc: bool,
     /// Seconds the engine may go without completing a loop before
@@ -217,6 +221,11 @@ fn self_usage() -> SelfUsage {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.window >= 1, "--window must be at least 1 second");
+    // Forked first, while the agent has one thread: it writes back what
+    // the agent wrote into targets and continues any it held, should the
+    // agent be SIGKILLed or OOM-killed.
+    let guardian =
+        crate::host::guard::Guardian::spawn().context("starting the guardian process")?;
     let mut lenses = vec![Lens::Rss, Lens::Goroutines];
     if args.alloc {
         lenses.push(Lens::Alloc);
@@ -289,6 +298,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let kernel = Ebpf::load(&tracepoints, &crate::host::preflight::tracefs_dir())?;
         let mut engine = Engine::new(kernel, Procfs, opts);
+        engine.set_guardian(guardian);
         eprintln!(
             "memtrace: agent: serving http://{}/metrics, /profiles; windows of {} s; snapshots under {}",
             args.listen,
@@ -331,6 +341,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             eprintln!("memtrace: agent: stopping; no Go process was traced, no last window");
         }
         engine.finish();
+        engine.release_guardian();
         Ok::<(), anyhow::Error>(())
     })
 }
