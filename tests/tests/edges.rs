@@ -357,3 +357,86 @@ fn a_killed_agent_leaves_the_target_as_it_was() {
     drop(agent);
     assert_no_memtrace_programs();
 }
+
+/// The state letter of `/proc/PID/stat` (None once the process is gone).
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// A target reaches its exit hold while the ring buffer is full (memtrace
+/// is stopped and the target's allocations filled it): the hold's event
+/// has no place, so the target is not stopped, and it exits. Before, it
+/// stopped itself with no event to say so and stayed stopped for good.
+#[test]
+fn a_target_is_never_held_when_the_ring_buffer_is_full() {
+    let v = go_versions().pop().unwrap();
+    let bin = fixture(&v, "allocs");
+    let out = out_dir("ringbuf-full-hold");
+    let mut rec = Bg::spawn(
+        &memtrace(),
+        &[
+            "record",
+            "--lens",
+            "alloc-exact",
+            "--out",
+            out.to_str().unwrap(),
+            "--",
+            bin.to_str().unwrap(),
+            "-objects",
+            "1000",
+            "-maps",
+            "1",
+            "-loop",
+            "-exit-after",
+            "6s",
+        ],
+    );
+    // memtrace's child running the fixture (not its guardian, a fork of
+    // memtrace with the same command line).
+    let target = || -> Option<u32> {
+        let o = std::process::Command::new("pgrep")
+            .args(["-P", &rec.0.id().to_string()])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .find(|p: &u32| std::fs::read_link(format!("/proc/{p}/exe")).ok() == Some(bin.clone()))
+    };
+    let mut pid = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        pid = target();
+        pid.is_some_and(|p| proc_state(p).is_some_and(|s| s != 'T'))
+    }));
+    let pid = pid.unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.pid() as i32, libc::SIGSTOP) };
+    // The target runs to its exit (6 s) with nobody reading its events:
+    // a zombie (memtrace, stopped, cannot reap it), never stopped.
+    let exited = wait_until(Duration::from_secs(30), || proc_state(pid) == Some('Z'));
+    let state = proc_state(pid);
+    // SAFETY: as above.
+    unsafe { libc::kill(rec.pid() as i32, libc::SIGCONT) };
+    assert!(exited, "the target is in state {state:?}, not exited");
+    let status = rec.wait();
+    assert!(status.success(), "{status:?}");
+    let s = summary(&out);
+    assert!(
+        s["dropped_events"].as_u64().unwrap() > 0,
+        "the ring buffer never filled: {}",
+        s["dropped_events"]
+    );
+    assert_eq!(
+        s["targets"][0]["exit"]["code"].as_i64(),
+        Some(0),
+        "{}",
+        s["targets"][0]
+    );
+}
