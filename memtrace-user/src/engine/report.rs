@@ -117,6 +117,12 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             profiles.push(p);
         }
 
+        // The symbol lookups are done: give back the executables' pages
+        // they read (a node's agent would otherwise keep a share of every
+        // binary it ever symbolized resident).
+        for p in &pids {
+            self.targets[p].bin.table.release_pages();
+        }
         let targets = self.target_summaries(&pids);
         let mut gc = self.agg.gc.clone_for(&pids);
         gc.cycles.sort_by_key(|c| c.ts_ns);
