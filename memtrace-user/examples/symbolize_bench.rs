@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
 
     // The pcs: spread over every function, several per function, so they
     // are unique and land both in plain code and in inlined bodies.
-    let table = GoTable::parse(std::fs::read(&bin)?.into())?;
+    let table = GoTable::parse(std::fs::read(&bin)?)?;
     let funcs: Vec<(u64, u64)> = table.functions().map(|f| (f.entry, f.end)).collect();
     let per = n.div_ceil(funcs.len()).max(1) as u64;
     let mut pcs = Vec::with_capacity(n);
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     };
     let t0 = Instant::now();
     let mut sym = Symbolizer::default();
-    let table = Arc::new(GoTable::parse(std::fs::read(&bin)?.into())?);
+    let table = Arc::new(GoTable::parse(std::fs::read(&bin)?)?);
     sym.add_go_binary(&bin, table);
     let (mut frames, mut with_lines) = (0usize, 0usize);
     for &pc in &pcs {

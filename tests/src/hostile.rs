@@ -124,6 +124,10 @@ pub struct Measured {
 }
 
 /// Runs `cmd` to its end (killed after `timeout`, which fails the test).
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also gives its rusage"
+)]
 pub fn measured(mut cmd: std::process::Command, timeout: std::time::Duration) -> Measured {
     use std::io::Read as _;
     use std::os::unix::process::ExitStatusExt as _;

@@ -85,7 +85,7 @@ fn the_size_classes_are_each_toolchains() {
             })
             .unwrap_or_else(|| panic!("go{v}: no size class table"));
         assert_eq!(sym.size(), 2 * CLASS_TO_SIZE.len() as u64, "go{v}");
-        let table = memtrace_user::binary::gopclntab::GoTable::parse(data.clone().into()).unwrap();
+        let table = memtrace_user::binary::gopclntab::GoTable::parse(data.clone()).unwrap();
         let bytes = table
             .bytes_at(sym.address(), 2 * CLASS_TO_SIZE.len())
             .unwrap();

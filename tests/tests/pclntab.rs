@@ -8,7 +8,7 @@ use object::{Object as _, ObjectSymbol as _};
 
 fn table(path: &std::path::Path) -> GoTable {
     let data = std::fs::read(path).unwrap();
-    GoTable::parse(data.into()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    GoTable::parse(data).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// A name up to its first `[`; Go 1.23 writes `·` where `.symtab` has `.`.

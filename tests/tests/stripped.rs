@@ -31,7 +31,7 @@ fn variables_found_in_code_are_the_symbols() {
             let path = fixture(&v, name);
             let data = std::fs::read(&path).unwrap();
             let file = object::File::parse(&*data).unwrap();
-            let bin = GoBinary::parse(&path, data.clone().into()).unwrap();
+            let bin = GoBinary::parse(&path, data.clone()).unwrap();
             let sections = vars::Sections::of(&file);
             for rule in &RULES {
                 let sym = file
@@ -53,7 +53,7 @@ fn the_g_layout_from_the_runtime_type_is_dwarfs() {
         for name in ["allocs", "allocs-pie"] {
             let path = fixture(&v, name);
             let data = std::fs::read(&path).unwrap();
-            let bin = GoBinary::parse(&path, data.clone().into()).unwrap();
+            let bin = GoBinary::parse(&path, data.clone()).unwrap();
             let dwarf = gtypes::g_layout(&data).expect("DWARF g layout");
             let typed = gtypes::g_layout_from_type(&bin.table)
                 .unwrap_or_else(|e| panic!("go{v} {name}: {e}"));

@@ -331,19 +331,23 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         run::drive_until(&mut engine, &mut policy, stop).await?;
         engine.drain();
         policy.end_window(&mut engine, true);
-        let last = args.out.join("last-window");
-        if last.exists() {
-            eprintln!(
-                "memtrace: agent: stopping; last window written under {}",
-                last.display()
-            );
-        } else {
-            eprintln!("memtrace: agent: stopping; no Go process was traced, no last window");
-        }
+        say_stopping(&args.out.join("last-window"));
         engine.finish();
         engine.release_guardian();
         Ok::<(), anyhow::Error>(())
     })
+}
+
+/// The agent's last line: where its last window went, if anywhere.
+fn say_stopping(last: &std::path::Path) {
+    if last.exists() {
+        eprintln!(
+            "memtrace: agent: stopping; last window written under {}",
+            last.display()
+        );
+    } else {
+        eprintln!("memtrace: agent: stopping; no Go process was traced, no last window");
+    }
 }
 
 /// A percentage from 0 to 100.
