@@ -17,8 +17,11 @@ use memtrace_tests::*;
 #[test]
 fn agent_finds_serves_and_snapshots() {
     let v = go_versions().pop().unwrap();
-    let agent = Agent::start(
-        "agent-main",
+    // A stale last window from an earlier run: replaced at shutdown.
+    let out = out_dir("agent-main");
+    std::fs::create_dir_all(out.join("last-window/1")).unwrap();
+    let agent = Agent::start_in(
+        out,
         &[
             "--window",
             "2",
@@ -159,6 +162,18 @@ fn agent_finds_serves_and_snapshots() {
     let last = out.join("last-window").join(lp.to_string());
     let last_svg = std::fs::read_to_string(last.join("rss.svg")).unwrap_or_default();
     assert!(last_svg.contains("main.cacheSession"), "{log}");
+    assert!(
+        !out.join("last-window/1").exists(),
+        "a stale last window kept"
+    );
+    // Every pod's stacks: only the agent's user may read them.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&last), 0o700);
+    assert_eq!(mode(&last.join("rss.svg")), 0o600);
+    assert_eq!(mode(&snap_dir.join("summary.json")), 0o600);
     assert!(leak.alive() && steady.alive(), "a traced program died");
     assert_no_memtrace_programs();
 }

@@ -9,7 +9,9 @@
 //! - `Signal`, after `runtime.dieFromSignal`'s prologue, whose first
 //!   argument is the signal.
 //!
-//! A target whose config does not ask for holds is never stopped.
+//! A target whose config does not ask for holds is never stopped. Each
+//! stop is also noted in `HELD` until user space continues the target, so
+//! a target stopped and never continued (whatever went wrong) is found.
 
 use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{
@@ -23,7 +25,7 @@ use aya_ebpf::{
 };
 use memtrace_common::{Counter, Event, HoldPoint};
 
-use super::{bump, go_abi, EVENTS, TARGETS};
+use super::{bump, go_abi, EVENTS, HELD, TARGETS};
 
 const SIGSTOP: u32 = 19;
 
@@ -70,6 +72,10 @@ pub fn go_hold(ctx: ProbeContext) -> u32 {
     let mut ev = Event::hold(tgid, tid, point, code, stopped);
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if stopped {
+        // Noted for the watchdog; with the map full the event alone serves.
+        let _ = HELD.insert(&tgid, &ev.ts_ns, 0);
+    }
     slot.write(ev);
     slot.submit(BPF_RB_FORCE_WAKEUP as u64);
     0

@@ -103,6 +103,12 @@ pub fn current_target_labels() -> Option<(u32, u32, LabelOffsets)> {
 #[map]
 pub static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
+/// Targets `go_hold` stopped: tgid → when (ktime ns). User space removes
+/// the entry as it continues the target; an entry that stays is a target
+/// left stopped, which its watchdog continues.
+#[map]
+pub static HELD: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 

@@ -45,7 +45,8 @@ pub struct AgentArgs {
     /// limit (0: never), at most once per --snapshot-period.
     #[arg(long, default_value_t = 90.0, value_parser = pct)]
     pub snapshot_limit_pct: f64,
-    /// Snapshots kept on disk (oldest removed first).
+    /// Reports kept on disk in each of snapshots/ and oom/ (oldest removed
+    /// first); last-window/ holds only the last shutdown's.
     #[arg(long, default_value_t = 20)]
     pub max_snapshots: usize,
     /// Trace only processes whose cgroup path starts with this.
@@ -219,13 +220,8 @@ fn self_usage() -> SelfUsage {
     }
 }
 
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.window >= 1, "--window must be at least 1 second");
-    // Forked first, while the agent has one thread: it writes back what
-    // the agent wrote into targets and continues any it held, should the
-    // agent be SIGKILLed or OOM-killed.
-    let guardian =
-        crate::host::guard::Guardian::spawn().context("starting the guardian process")?;
+/// The engine's options for the agent's flags.
+fn engine_options(args: &AgentArgs) -> Options {
     let mut lenses = vec![Lens::Rss, Lens::Goroutines];
     if args.alloc {
         lenses.push(Lens::Alloc);
@@ -235,14 +231,33 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     opts.split_by_label = args.split_by_label.clone();
     opts.discovery = true;
     opts.max_stacks_per_process = Some(args.max_stacks_per_process.max(1));
-    setup::check_host(&opts)?;
-    let tracepoints = opts.tracepoints();
-    std::fs::create_dir_all(&args.out).with_context(|| {
+    opts
+}
+
+/// Creates `out`. What the agent writes holds every pod's stacks and label
+/// values, so only its own user may read it: files 0600, directories 0700.
+fn private_out(out: &std::path::Path) -> anyhow::Result<()> {
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
+    std::fs::create_dir_all(out).with_context(|| {
         format!(
             "cannot create output directory {}: choose another with --out",
-            args.out.display()
+            out.display()
         )
-    })?;
+    })
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.window >= 1, "--window must be at least 1 second");
+    // Forked first, while the agent has one thread: it writes back what
+    // the agent wrote into targets and continues any it held, should the
+    // agent be SIGKILLed or OOM-killed.
+    let guardian =
+        crate::host::guard::Guardian::spawn().context("starting the guardian process")?;
+    let opts = engine_options(&args);
+    setup::check_host(&opts)?;
+    let tracepoints = opts.tracepoints();
+    private_out(&args.out)?;
     let token = match &args.auth_token_file {
         Some(f) => Some(read_secret("--auth-token-file", f)?),
         None => None,

@@ -11,6 +11,10 @@ use super::{Engine, Host, Target};
 use crate::kernel::Kernel;
 use crate::model::target::Exit;
 
+/// How long a target may stay stopped at a hold before the watchdog
+/// continues it: a served hold lasts milliseconds.
+pub const HOLD_GRACE_NS: u64 = 5_000_000_000;
+
 impl<K: Kernel, H: Host> Engine<K, H> {
     /// A target stopped itself: set or read its state, then continue it.
     pub(super) fn serve_hold(&mut self, pid: u32, point: HoldPoint, code: u64, stopped: bool) {
@@ -19,6 +23,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         }
         let Some(mut t) = self.targets.remove(&pid) else {
             if stopped {
+                self.kernel.unhold(pid);
                 self.host.resume(pid);
             }
             return;
@@ -53,8 +58,33 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         self.targets.insert(pid, t);
         self.sync_guard(None);
         if stopped {
+            self.kernel.unhold(pid);
             self.host.resume(pid);
         }
+    }
+
+    /// The watchdog: a target the kernel noted stopped at a hold more than
+    /// [`HOLD_GRACE_NS`] ago, whose hold was never served, is continued
+    /// (whatever went wrong, a traced service must not stay stopped).
+    /// Returns the pids continued.
+    pub(super) fn continue_stranded(&mut self) -> Vec<u32> {
+        let now = crate::host::clock::monotonic_ns();
+        let mut continued = Vec::new();
+        for (pid, at) in self.kernel.held() {
+            if now.saturating_sub(at) < HOLD_GRACE_NS {
+                continue;
+            }
+            self.kernel.unhold(pid);
+            if self.host.alive(pid) {
+                self.host.resume(pid);
+                eprintln!(
+                    "memtrace: warning: pid {pid} stayed stopped at a hold for {} s without its event; continued it",
+                    now.saturating_sub(at) / 1_000_000_000
+                );
+                continued.push(pid);
+            }
+        }
+        continued
     }
 
     /// Reads a live target's final state: its mappings, a last RSS point,

@@ -330,3 +330,27 @@ fn a_launched_pie_targets_heap_addresses_are_completed_once_it_runs() {
         (base + 0x5_0068, base + 0x5_0048, base + 0x5_0098)
     );
 }
+
+#[test]
+fn a_target_left_stopped_at_a_hold_is_continued_by_the_watchdog() {
+    let mut e = engine(&[Lens::Rss], false);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    add(&mut e, 11, (1, 8), "/srv/other");
+    let now = crate::host::clock::monotonic_ns();
+    // 10 was stopped 6 s ago and its event never came; 11 just now, its
+    // event still on its way; 12 is not running any more.
+    e.kernel.held.insert(10, now - 6_000_000_000);
+    e.kernel.held.insert(11, now - 1_000_000);
+    e.kernel.held.insert(12, now - 9_000_000_000);
+    assert_eq!(e.continue_stranded(), vec![10]);
+    assert_eq!(*e.host.resumed.borrow(), vec![10]);
+    assert_eq!(e.kernel.held.keys().copied().collect::<Vec<_>>(), vec![11]);
+    // 11's event arrives: served, continued, and no longer noted.
+    e.kernel
+        .records
+        .push_back(record(Event::hold(11, 11, HoldPoint::Start, 0, true), &[]));
+    e.drain();
+    assert_eq!(*e.host.resumed.borrow(), vec![10, 11]);
+    assert!(e.kernel.held.is_empty());
+    assert!(e.continue_stranded().is_empty());
+}

@@ -67,6 +67,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     }
 
     fn every_second(&mut self) {
+        self.continue_stranded();
         self.collect_fault_runs(&[]);
         let secs = self.window_secs();
         let pids = self.live_pids();

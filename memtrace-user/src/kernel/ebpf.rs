@@ -54,6 +54,8 @@ fn program_err(what: String) -> impl FnOnce(aya::programs::ProgramError) -> Kern
 pub struct Ebpf {
     ebpf: aya::Ebpf,
     targets: BpfHashMap<MapData, u32, TargetConfig>,
+    /// Targets stopped at a hold and not continued yet (pid → ktime ns).
+    held: BpfHashMap<MapData, u32, u64>,
     counters: PerCpuArray<MapData, u64>,
     ring: RingBuf<MapData>,
     fault_runs: PerCpuArray<MapData, FaultRuns>,
@@ -96,6 +98,7 @@ impl Ebpf {
             .map_err(|e| KernelError::Load(Box::new(e)))?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(KernelError::Missing(name));
         let targets = BpfHashMap::try_from(take("TARGETS")?).map_err(map_err("TARGETS"))?;
+        let held = BpfHashMap::try_from(take("HELD")?).map_err(map_err("HELD"))?;
         let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(map_err("COUNTERS"))?;
         let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS"))?;
         let fault_runs =
@@ -105,6 +108,7 @@ impl Ebpf {
         let mut k = Self {
             ebpf,
             targets,
+            held,
             counters,
             ring,
             fault_runs,
@@ -321,8 +325,17 @@ impl Kernel for Ebpf {
 
     fn remove_target(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
+        let _ = self.held.remove(&pid);
         let _ = self.bump_epoch();
         self.times.remove(pid);
+    }
+
+    fn held(&self) -> Vec<(u32, u64)> {
+        self.held.iter().filter_map(Result::ok).collect()
+    }
+
+    fn unhold(&mut self, pid: u32) {
+        let _ = self.held.remove(&pid);
     }
 
     fn counters(&self) -> KernelCounters {

@@ -22,6 +22,8 @@ pub struct FakeKernel {
     pub refuse: Vec<PathBuf>,
     /// Runs of merged faults in progress: (tgid, record).
     pub runs: Vec<(u32, Vec<u8>)>,
+    /// Targets noted stopped by a hold: pid → when (monotonic ns).
+    pub held: BTreeMap<u32, u64>,
 }
 
 /// The links of one fake attachment: the path, so a detach can be checked.
@@ -70,6 +72,15 @@ impl Kernel for FakeKernel {
 
     fn remove_target(&mut self, pid: u32) {
         self.targets.remove(&pid);
+        self.held.remove(&pid);
+    }
+
+    fn held(&self) -> Vec<(u32, u64)> {
+        self.held.iter().map(|(&p, &t)| (p, t)).collect()
+    }
+
+    fn unhold(&mut self, pid: u32) {
+        self.held.remove(&pid);
     }
 
     fn counters(&self) -> KernelCounters {

@@ -217,6 +217,15 @@ pub trait Kernel {
     /// last time; runs of processes not traced are not handed over.
     fn fault_runs(&mut self, retired: &[u32], sink: &mut dyn FnMut(&[u8]));
 
+    /// The targets `go_hold` stopped that user space has not continued
+    /// yet: (pid, when, in `CLOCK_MONOTONIC` ns).
+    fn held(&self) -> Vec<(u32, u64)> {
+        Vec::new()
+    }
+
+    /// Forgets `pid`'s stop (it was continued, or it is gone).
+    fn unhold(&mut self, _pid: u32) {}
+
     /// Each program that ran, with its run count and total run time, when
     /// the kernel keeps BPF statistics (`kernel.bpf_stats_enabled`).
     fn probe_costs(&self) -> Vec<crate::model::summary::ProbeCost> {

@@ -418,6 +418,10 @@ impl AgentPolicy {
             }
         }
         let drops = engine.kernel.counters();
+        if last {
+            // One shutdown's windows: an earlier run's are replaced, not kept.
+            let _ = std::fs::remove_dir_all(&self.last_window_dir);
+        }
         for pid in engine.live_pids() {
             let report = self.report_of(engine, pid, if last { "SIGTERM" } else { "window" });
             if last {

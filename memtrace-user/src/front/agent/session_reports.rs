@@ -109,10 +109,13 @@ impl AgentPolicy {
             &self.snapshots.oom_dir,
             FrameMode::Func,
         ) {
-            Ok(dir) => eprintln!(
-                "memtrace: agent: pid {pid} was killed by the OOM killer; its report is in {}",
-                dir.display()
-            ),
+            Ok(dir) => {
+                prune(&self.snapshots.oom_dir, self.snapshots.keep);
+                eprintln!(
+                    "memtrace: agent: pid {pid} was killed by the OOM killer; its report is in {}",
+                    dir.display()
+                )
+            }
             Err(e) => eprintln!("memtrace: agent: pid {pid} was killed by the OOM killer; {e}"),
         }
         self.publish(pid, &report);
@@ -125,8 +128,10 @@ impl AgentPolicy {
     }
 }
 
-/// Keeps the `keep` newest snapshot directories under `root`.
+/// Keeps the `keep` newest report directories under `root` (snapshots,
+/// OOM reports); never removes the newest one.
 pub(super) fn prune(root: &std::path::Path, keep: usize) {
+    let keep = keep.max(1);
     let Ok(rd) = std::fs::read_dir(root) else {
         return;
     };
@@ -138,5 +143,43 @@ pub(super) fn prune(root: &std::path::Path, keep: usize) {
     let excess = dirs.len().saturating_sub(keep);
     for (_, d) in dirs.into_iter().take(excess) {
         let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prune;
+    use std::time::{Duration, SystemTime};
+
+    fn dirs(root: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_never_the_last_one() {
+        let root = std::env::temp_dir().join(format!("memtrace-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let t0 = SystemTime::now() - Duration::from_secs(100);
+        for name in ["4-d", "1-a", "3-c", "2-b"] {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("summary.json"), "{}").unwrap();
+            // Ages by the order of the digit, not by name or creation.
+            let age = name.as_bytes()[0] - b'0';
+            let f = std::fs::File::open(&d).unwrap();
+            f.set_modified(t0 + Duration::from_secs(u64::from(age) * 10))
+                .unwrap();
+        }
+        prune(&root, 2);
+        assert_eq!(dirs(&root), ["3-c", "4-d"]);
+        prune(&root, 0);
+        assert_eq!(dirs(&root), ["4-d"]);
+        prune(&root.join("missing"), 1);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
