@@ -1,8 +1,9 @@
 //! What the fuzz targets (`fuzz/`, run by cargo-fuzz) feed untrusted bytes
 //! to, one function per kind of input the agent or the CLI reads from
 //! outside: Go executables (ELF, build info, `.gopclntab` of every format,
-//! moduledata, inline trees, DWARF), `/proc` files, the kubelet's pod list
-//! and pprof profiles (`memtrace diff`). Each must return, whatever the
+//! moduledata, inline trees, DWARF), `/proc` files, the kubelet's pod list,
+//! pprof profiles (`memtrace diff`) and the runtime's structures in a
+//! target's memory. Each must return, whatever the
 //! bytes: no panic, no endless loop. The regression inputs under
 //! `fuzz/regressions/` go through the same functions in the tests.
 
@@ -17,9 +18,13 @@ pub fn go_binary(data: &[u8]) {
         return;
     };
     let table = &bin.table;
+    // Every function is walked (a table that never ends must be caught),
+    // and pcs spread over all of them are symbolized, a bounded number.
+    let count = table.functions().count();
+    let stride = count.div_ceil(256).max(1);
     let mut pcs: Vec<u64> = table
         .functions()
-        .take(64)
+        .step_by(stride)
         .flat_map(|f| {
             [
                 f.entry,
@@ -82,6 +87,30 @@ pub fn pprof(data: &[u8]) {
     }
 }
 
+/// Where [`go_memory`] places its input in the fake target memory.
+pub const MEMORY_BASE: u64 = 0x1000;
+
+/// A target's memory, as the agent reads it through `/proc/PID/mem`: the
+/// input is mapped at [`MEMORY_BASE`], and the memory profile's bucket
+/// list (`runtime.mbuckets`, both layouts), a `g.labels` set (both
+/// formats) and `runtime.allgs` are read from its start, following
+/// whatever pointers it holds.
+pub fn go_memory(data: &[u8]) {
+    use crate::binary::labels::{self, Format};
+    let mem = crate::host::remote::FakeMemory::default();
+    mem.map(MEMORY_BASE, data.to_vec());
+    for words in [2, 4] {
+        let _ = crate::binary::memprof::read_buckets(&mem, MEMORY_BASE, words);
+    }
+    for format in [Format::Map, Format::Slice] {
+        let _ = labels::read(&mem, MEMORY_BASE, format);
+        let _ = format.check(&mem, MEMORY_BASE);
+    }
+    let _ = crate::lens::goroutines::each_g(&mem, MEMORY_BASE, |g| {
+        let _ = crate::host::remote::RemoteMemory::read_u32(&mem, g);
+    });
+}
+
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
 
@@ -92,4 +121,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("procfs", procfs),
     ("kubelet", kubelet),
     ("pprof", pprof),
+    ("go_memory", go_memory),
 ];

@@ -2,7 +2,7 @@
 //! run of every target in `cargo xtask test`, longer ones with `cargo xtask
 //! fuzz`. Each target starts from `fuzz/seeds/<target>/` and
 //! `fuzz/regressions/<target>/` (and, for Go executables, the built
-//! fixtures: every pclntab format), in a fresh corpus under
+//! fixtures of every Go version and Debian's prometheus), in a fresh corpus under
 //! `target/fuzz-corpus/`.
 
 use std::path::Path;
@@ -15,12 +15,18 @@ use crate::run;
 
 /// (target, the largest input it is given).
 pub const TARGETS: &[(&str, usize)] = &[
-    ("go_binary", 4 << 20),
+    // Room for Debian's prometheus (50 MB), a seed of real size.
+    ("go_binary", 64 << 20),
     ("buildinfo", 64 << 10),
     ("procfs", 256 << 10),
     ("kubelet", 64 << 10),
     ("pprof", 256 << 10),
+    ("go_memory", 64 << 10),
 ];
+
+/// A real, stripped Go program nobody here wrote, when Debian's package is
+/// installed: a seed of the size and shape production binaries have.
+const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 fn cargo_fuzz(root: &Path) -> Command {
     let mut c = Command::new("rustup");
@@ -53,18 +59,7 @@ pub fn run_all(root: &Path, built: &Built, secs: u64, only: Option<&str>) -> any
             }
         }
         if target == "go_binary" {
-            // Both pclntab formats (Go 1.18-1.19 and 1.20+), stripped and PIE.
-            let newest = crate::bootstrap::newest();
-            for (v, name) in [
-                ("1.19", "allocs-stripped"),
-                (newest, "allocs-stripped"),
-                (newest, "allocs-pie"),
-            ] {
-                let src = built.root.join(format!("go{v}")).join(name);
-                if src.exists() {
-                    std::fs::copy(&src, corpus.join(format!("go{v}-{name}")))?;
-                }
-            }
+            seed_go_binaries(built, &corpus)?;
         }
         eprintln!("xtask: fuzzing {target} for {secs} s");
         let status = cargo_fuzz(root)
@@ -83,6 +78,25 @@ pub fn run_all(root: &Path, built: &Built, secs: u64, only: Option<&str>) -> any
             );
         }
         let _ = std::fs::remove_dir_all(&corpus);
+    }
+    Ok(())
+}
+
+/// The Go executables `go_binary` starts from: every built fixture
+/// version's stripped and PIE builds (both pclntab formats, and each
+/// release's runtime), and prometheus when installed.
+fn seed_go_binaries(built: &Built, corpus: &Path) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(&built.root)?.flatten() {
+        let version = e.file_name().to_string_lossy().into_owned();
+        for name in ["allocs-stripped", "allocs-pie"] {
+            let src = e.path().join(name);
+            if src.exists() {
+                std::fs::copy(&src, corpus.join(format!("{version}-{name}")))?;
+            }
+        }
+    }
+    if Path::new(PROMETHEUS).exists() {
+        std::fs::copy(PROMETHEUS, corpus.join("prometheus"))?;
     }
     Ok(())
 }

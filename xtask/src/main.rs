@@ -87,7 +87,7 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 300)]
         secs: u64,
-        /// Only this target (go_binary, buildinfo, procfs, kubelet, pprof).
+        /// Only this target (go_binary, buildinfo, procfs, kubelet, pprof, go_memory).
         target: Option<String>,
     },
     /// Lint, then run every unit and end-to-end test (as root).

@@ -46,10 +46,10 @@ pub struct Cycle {
 
 impl Cycle {
     fn add(&mut self, o: &Cycle) {
-        self.allocs += o.allocs;
-        self.frees += o.frees;
-        self.alloc_bytes += o.alloc_bytes;
-        self.free_bytes += o.free_bytes;
+        self.allocs = self.allocs.saturating_add(o.allocs);
+        self.frees = self.frees.saturating_add(o.frees);
+        self.alloc_bytes = self.alloc_bytes.saturating_add(o.alloc_bytes);
+        self.free_bytes = self.free_bytes.saturating_add(o.free_bytes);
     }
 }
 
@@ -67,23 +67,39 @@ pub struct Bucket {
     pub total: Cycle,
 }
 
-/// Walks the bucket list starting at `*mbuckets`.
+/// Walks the bucket list starting at `*mbuckets`. The target's memory is
+/// not trusted: a list that comes back to a bucket, a stack deeper than
+/// the runtime keeps, or a header that is not a memory-profile bucket's is
+/// an error, and at most a million buckets are read.
 pub fn read_buckets(
     mem: &dyn RemoteMemory,
     mbuckets: u64,
     cycle_words: usize,
 ) -> std::io::Result<Vec<Bucket>> {
+    let bad = |b: u64, what: &str| {
+        std::io::Error::other(format!(
+            "unexpected memory-profile bucket at {b:#x}: {what}"
+        ))
+    };
+    if !(2..=4).contains(&cycle_words) {
+        return Err(std::io::Error::other(format!(
+            "{cycle_words} words per memory-profile cycle"
+        )));
+    }
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut b = mem.read_u64(mbuckets)?;
     while b != 0 && out.len() < MAX_BUCKETS {
+        if !seen.insert(b) {
+            return Err(bad(b, "the list comes back to it"));
+        }
         let h = mem.read_words(b, 6)?;
         let (allnext, typ, size, nstk) = (h[1], h[2], h[4], h[5]);
         if typ != MEM_PROFILE || nstk > MAX_STACK {
-            return Err(std::io::Error::other(format!(
-                "unexpected memory-profile bucket at {b:#x}"
-            )));
+            return Err(bad(b, "not a memory-profile bucket"));
         }
-        let w = mem.read_words(b + 48, nstk as usize + 4 * cycle_words)?;
+        let at = b.checked_add(48).ok_or_else(|| bad(b, "address"))?;
+        let w = mem.read_words(at, nstk as usize + 4 * cycle_words)?;
         let stack = w[..nstk as usize].to_vec();
         let cycles: Vec<Cycle> = w[nstk as usize..]
             .chunks_exact(cycle_words)
@@ -92,7 +108,7 @@ pub fn read_buckets(
                 let (alloc_bytes, free_bytes) = if cycle_words >= 4 {
                     (c[2], c[3])
                 } else {
-                    (allocs * size, frees * size)
+                    (allocs.saturating_mul(size), frees.saturating_mul(size))
                 };
                 Cycle {
                     allocs,
@@ -201,6 +217,32 @@ mod tests {
         let head = 0x5000u64;
         mem.map_words(head, &[addrs[0]]);
         (mem, head)
+    }
+
+    #[test]
+    fn hostile_lists_are_refused() {
+        let bucket = |at: u64| vec![(vec![at], 64, [[1, 0], [0, 0], [0, 0], [0, 0]])];
+        // Two buckets whose allnext point at each other.
+        let (mem, head) = memory(
+            &[bucket(0x401000)[0].clone(), bucket(0x402000)[0].clone()],
+            4,
+        );
+        let first = mem.read_u64(head).unwrap();
+        let second = mem.read_u64(first + 8).unwrap();
+        mem.write_u64(second + 8, first).unwrap();
+        let e = read_buckets(&mem, head, 4).unwrap_err().to_string();
+        assert!(e.contains("comes back"), "{e}");
+        // A stack deeper than the runtime keeps.
+        let (mem, head) = memory(&bucket(0x401000), 4);
+        let first = mem.read_u64(head).unwrap();
+        mem.write_u64(first + 40, 1 << 40).unwrap();
+        assert!(read_buckets(&mem, head, 4).is_err());
+        // A bucket at the top of the address space; a layout that is none.
+        let mem = FakeMemory::default();
+        mem.map_words(0x5000, &[u64::MAX - 7]);
+        mem.map_words(u64::MAX - 7 - 40, &[0, 0, MEM_PROFILE, 0, 8, 0]);
+        assert!(read_buckets(&mem, 0x5000, 4).is_err());
+        assert!(read_buckets(&mem, 0x5000, 0).is_err());
     }
 
     #[test]

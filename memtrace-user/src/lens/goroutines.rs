@@ -80,21 +80,19 @@ pub fn add_existing(
     stacks: &mut StackTable,
     agg: &mut GoroutineAgg,
 ) -> std::io::Result<usize> {
-    let (ptr, len) = (mem.read_u64(allgs)?, mem.read_u64(allgs + 8)?);
-    let gs = mem.read_words(ptr, len.min(10_000_000) as usize)?;
     let mut found = 0;
-    for g in gs.into_iter().filter(|g| *g != 0) {
+    each_g(mem, allgs, |g| {
         let frames = match bin.g_layout {
             Some(l) => {
-                let Ok(st) = mem.read_u32(g + l.atomicstatus) else {
-                    continue;
+                let Ok(st) = mem.read_u32(g.wrapping_add(l.atomicstatus)) else {
+                    return;
                 };
                 let status = st & !G_SCAN;
                 if status == G_DEAD || status == 0 {
-                    continue;
+                    return;
                 }
-                let start = mem.read_u64(g + l.startpc).unwrap_or(0);
-                let gopc = mem.read_u64(g + l.gopc).unwrap_or(0);
+                let start = mem.read_u64(g.wrapping_add(l.startpc)).unwrap_or(0);
+                let gopc = mem.read_u64(g.wrapping_add(l.gopc)).unwrap_or(0);
                 vec![start, gopc, EXISTING_GOROUTINE]
             }
             // Without DWARF the state is unknown: count every goroutine.
@@ -103,8 +101,36 @@ pub fn add_existing(
         let id = stacks.intern(pid, frames);
         agg.existing((pid, id), g);
         found += 1;
-    }
+    })?;
     Ok(found)
+}
+
+/// The most goroutines read from `runtime.allgs`: its length is the
+/// target's word, and each one costs a read of the target's memory.
+pub const MAX_GOROUTINES: u64 = 1 << 20;
+
+/// Calls `f` with each non-nil `*g` of the `runtime.allgs` slice at
+/// `allgs`, reading the array a few thousand pointers at a time (a length
+/// the target claims is never allocated whole), at most
+/// [`MAX_GOROUTINES`].
+pub fn each_g(mem: &dyn RemoteMemory, allgs: u64, mut f: impl FnMut(u64)) -> std::io::Result<()> {
+    const CHUNK: u64 = 4096;
+    let ptr = mem.read_u64(allgs)?;
+    let len = mem.read_u64(allgs.wrapping_add(8))?.min(MAX_GOROUTINES);
+    let mut i = 0;
+    while i < len {
+        let n = CHUNK.min(len - i);
+        let at = ptr
+            .checked_add(i * 8)
+            .ok_or_else(|| std::io::Error::other("runtime.allgs runs past the address space"))?;
+        for g in mem.read_words(at, n as usize)? {
+            if g != 0 {
+                f(g);
+            }
+        }
+        i += n;
+    }
+    Ok(())
 }
 
 /// How many goroutines of the target are alive now, from `runtime.allgs`
@@ -118,17 +144,16 @@ pub fn count_live(
     let Some(l) = bin.g_layout else {
         return Ok(None);
     };
-    let (ptr, len) = (mem.read_u64(allgs)?, mem.read_u64(allgs + 8)?);
-    let gs = mem.read_words(ptr, len.min(10_000_000) as usize)?;
-    let live = gs
-        .into_iter()
-        .filter(|g| *g != 0)
-        .filter(|g| {
-            mem.read_u32(g + l.atomicstatus)
-                .is_ok_and(|st| !matches!(st & !G_SCAN, G_DEAD | 0))
-        })
-        .count();
-    Ok(Some(live as u64))
+    let mut live = 0;
+    each_g(mem, allgs, |g| {
+        if mem
+            .read_u32(g.wrapping_add(l.atomicstatus))
+            .is_ok_and(|st| !matches!(st & !G_SCAN, G_DEAD | 0))
+        {
+            live += 1;
+        }
+    })?;
+    Ok(Some(live))
 }
 
 /// Live goroutines the runtime runs for itself, as `runtime.NumGoroutine`
@@ -192,7 +217,29 @@ pub fn extras(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::remote::FakeMemory;
     use crate::model::stack::Stack;
+
+    #[test]
+    fn allgs_is_read_in_pieces_and_bounded() {
+        let mem = FakeMemory::default();
+        let gs: Vec<u64> = (0..10_000u64)
+            .map(|i| if i % 3 == 0 { 0 } else { 0x10_0000 + i })
+            .collect();
+        mem.map_words(0x1000, &[0x8_0000, gs.len() as u64]);
+        mem.map_words(0x8_0000, &gs);
+        let mut seen = Vec::new();
+        each_g(&mem, 0x1000, |g| seen.push(g)).unwrap();
+        assert_eq!(seen.len(), gs.iter().filter(|g| **g != 0).count());
+        assert_eq!(seen.last(), Some(&(0x10_0000 + 9_998)));
+        // A length of 2^62 is not believed: the read stops where memory
+        // ends, without an allocation of the claimed size.
+        mem.map_words(0x2000, &[0x8_0000, 1 << 62]);
+        assert!(each_g(&mem, 0x2000, |_| {}).is_err());
+        // A slice at the top of the address space.
+        mem.map_words(0x3000, &[u64::MAX - 16, 8192]);
+        assert!(each_g(&mem, 0x3000, |_| {}).is_err());
+    }
 
     #[test]
     fn the_runtimes_own_goroutines_are_told_apart() {

@@ -65,11 +65,19 @@ pub(super) fn find_moduledata(
         let Some((off, size)) = s.file_range() else {
             continue;
         };
-        let hit = (0..size.saturating_sub(8))
+        // The section's claimed size is believed only as far as the file
+        // backs it: a forged one must not make this scan endless.
+        let Some(bytes) = usize::try_from(off)
+            .ok()
+            .and_then(|off| data.get(off..off.checked_add(usize::try_from(size).ok()?)?))
+        else {
+            continue;
+        };
+        let hit = (0..bytes.len().saturating_sub(7))
             .step_by(8)
-            .find(|&i| u64_at(data, off.saturating_add(i) as usize) == Some(header));
+            .find(|&i| u64_at(bytes, i) == Some(header));
         if let Some(i) = hit {
-            return Some(s.address() + i);
+            return s.address().checked_add(i as u64);
         }
     }
     None
@@ -88,7 +96,7 @@ pub(super) fn gofunc(
 ) -> Option<u64> {
     let rodata = file
         .section_by_name(".rodata")
-        .map(|s| s.address()..s.address() + s.size());
+        .map(|s| s.address()..s.address().saturating_add(s.size()));
     let candidates: &[u64] = if go118 { &[304] } else { &[320, 344] };
     candidates.iter().find_map(|&off| {
         let v = ptr(moduledata + off)?;

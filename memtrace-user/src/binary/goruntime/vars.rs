@@ -161,7 +161,7 @@ impl Sections {
         Self(
             file.sections()
                 .filter_map(|s| Some((s.name().ok()?.to_string(), s.address(), s.size())))
-                .map(|(n, a, z)| (n, a, a + z))
+                .map(|(n, a, z)| (n, a, a.saturating_add(z)))
                 .collect(),
         )
     }
