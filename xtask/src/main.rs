@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_binaries;
 mod bench_gc_heavy;
 mod bench_labels;
 mod bench_lenses;
@@ -76,6 +77,9 @@ enum Cmd {
         /// Only what reading pprof labels costs.
         #[arg(long)]
         labels_only: bool,
+        /// Only the agent's peak memory with 20 distinct large Go binaries.
+        #[arg(long)]
+        binaries_only: bool,
         /// Busy Go services in the agent bench's pushing scenario.
         #[arg(long, default_value_t = 100)]
         agent_procs: usize,
@@ -138,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             gc_heavy_only,
             lenses_only,
             labels_only,
+            binaries_only,
         } => {
             let env = bootstrap::run_env(&root)?;
             let memtrace = build_memtrace(&root)?;
@@ -152,6 +157,9 @@ fn main() -> anyhow::Result<()> {
             }
             if labels_only {
                 return bench_labels::run(&memtrace, &built.dir, &out);
+            }
+            if binaries_only {
+                return bench_binaries::run(&memtrace, &out, 20);
             }
             if gc_heavy_only || lenses_only {
                 return bench_lenses::run(&memtrace, &built.dir, &out, gc_heavy_only);
@@ -190,6 +198,7 @@ fn main() -> anyhow::Result<()> {
             for sc in bench_agent::agent_scenarios(agent_procs) {
                 bench_agent::agent(&memtrace, &built.dir, &out, &sc)?;
             }
+            bench_binaries::run(&memtrace, &out, 20)?;
             bench::gate(&memtrace, &built.dir, &out, gate_trials)
         }
     }
