@@ -2,7 +2,8 @@
 //! service (wrapped counts, offsets past the end, a function table out of
 //! order, a truncated file, a compressed-DWARF bomb) is refused by
 //! `doctor` and `record` in one line, in bounded time and memory, and the
-//! agent goes on tracing a well-formed service beside them.
+//! agent goes on tracing a well-formed service beside them, as it does when
+//! a binary is cut short on disk after its process exits.
 
 use std::process::Command;
 use std::time::Duration;
@@ -141,6 +142,55 @@ fn the_agent_skips_hostile_binaries_and_traces_the_service_beside_them() {
     let (status, body) = agent.get("/healthz");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     drop(running);
+    drop(svc);
+    let (code, _, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// A binary that changes on disk while the agent has it mapped: once its
+/// process exits, the kernel lets a tenant cut the file short, and the
+/// agent still reads it (the last window's stacks are named at the
+/// window's end). The lost pages read as zeros, said once in the log; the
+/// agent neither dies of SIGBUS nor stops tracing the service beside it.
+#[test]
+fn a_binary_cut_short_after_its_process_exits_does_not_stop_the_agent() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let v = go_versions().last().unwrap().clone();
+    let dir = out_dir("hostile-shrinks");
+    let path = dir.join("shrinks");
+    std::fs::copy(fixture(&v, "service"), &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = Agent::start(
+        "hostile-shrinks-agent",
+        &["--window", "2", "--exe", "shrinks", "--exe", "service"],
+    );
+    let mut doomed = Bg::spawn(&path, &["-rate", "2000", "-duration", "0"]);
+    let pid = doomed.pid();
+    let traced = wait_until(Duration::from_secs(20), || {
+        agent.get(&format!("/profiles/{pid}/rss.svg")).0 == 200
+    });
+    assert!(traced, "the doomed copy was not traced: {}", agent.log());
+    // Stacks of this window, then the process goes and its file is cut.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = doomed.0.kill();
+    let _ = doomed.0.wait();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("no process runs it: the kernel lets it be written")
+        .set_len(4096)
+        .unwrap();
+    let svc = Bg::spawn(&fixture(&v, "service"), &["-rate", "100", "-duration", "0"]);
+    let said = wait_until(Duration::from_secs(20), || {
+        agent.log().contains("shrank on disk while mapped")
+    });
+    assert!(said, "the agent never read the cut file: {}", agent.log());
+    let traced = wait_until(Duration::from_secs(20), || {
+        series(&agent.metrics(), "memtrace_process_rss_bytes", svc.pid()).is_some()
+    });
+    assert!(traced, "the service was not traced: {}", agent.log());
+    let (status, _) = agent.get("/healthz");
+    assert_eq!(status, 200);
     drop(svc);
     let (code, _, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");

@@ -444,6 +444,7 @@ impl AgentPolicy {
         shared.stack_errors = drops.stack_errors;
         shared.capped_stacks = engine.resolver.stacks.capped;
         drop(shared);
+        reports::say_bus_faults();
         engine.rotate();
         self.refresh_pods(false);
     }

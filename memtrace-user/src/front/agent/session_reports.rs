@@ -128,6 +128,22 @@ impl AgentPolicy {
     }
 }
 
+/// Says once per new fault that an executable shrank on disk while mapped
+/// (a tenant truncated its binary after its process exited): the pages it
+/// lost read as zeros, so that binary's names may be missing.
+pub(super) fn say_bus_faults() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SAID: AtomicU64 = AtomicU64::new(0);
+    let now = crate::binary::file::bus_faults();
+    let said = SAID.swap(now, Ordering::Relaxed);
+    if now > said {
+        eprintln!(
+            "memtrace: agent: an executable shrank on disk while mapped ({} pages so far); what it lost reads as zeros, and its frames may be unnamed",
+            now
+        );
+    }
+}
+
 /// Keeps the `keep` newest report directories under `root` (snapshots,
 /// OOM reports); never removes the newest one.
 pub(super) fn prune(root: &std::path::Path, keep: usize) {
