@@ -72,7 +72,7 @@ pub fn procfs(data: &[u8]) {
 
 /// The kubelet's `/pods` answer.
 pub fn kubelet(data: &[u8]) {
-    if let Ok(pods) = crate::front::agent::kubelet::parse_pods(data) {
+    if let Ok(pods) = crate::front::agent::pods::parse_pods(data) {
         for p in pods.values() {
             let _ = p.app();
         }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 pub mod agent;
 pub mod hostile;
+pub mod kube;
 pub mod prometheus;
 
 use std::time::{Duration, Instant};

@@ -209,32 +209,27 @@ impl Drop for Cgroup {
     }
 }
 
-/// A stand-in kubelet: answers every request with a PodList naming one pod.
-fn fake_kubelet(uid: &str, namespace: &str, name: &str) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let body = format!(
-        r#"{{"kind":"PodList","apiVersion":"v1","items":[{{"metadata":{{"uid":"{uid}","namespace":"{namespace}","name":"{name}"}}}}]}}"#
-    );
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().map_while(Result::ok) {
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
-}
-
 #[test]
 fn pods_and_containers_are_labelled() {
     let v = go_versions().pop().unwrap();
     let uid_a = "0f1e2d3c-4b5a-4697-8877-665544332211";
-    let kubelet = fake_kubelet(uid_a, "shop", "cart-7d9");
+    let id_a = "a".repeat(64);
+    let uid_b = "99887766-5544-4332-a110-ffeeddccbbaa";
+    let id_b = "b1".repeat(32);
+    // Pod names from a stand-in API server, this node's pods only, with a
+    // service-account token that rotates during the test.
+    let api = memtrace_tests::kube::ApiServer::start("node-7", "token-1");
+    let pod = |uid: &str, ns: &str, name: &str, id: &str| {
+        (
+            uid.to_string(),
+            ns.to_string(),
+            name.to_string(),
+            id.to_string(),
+        )
+    };
+    api.set_pods(&[pod(uid_a, "shop", "cart-7d9", &id_a)]);
+    let token = out_dir("agent-cgroups-sa").join("token");
+    std::fs::write(&token, "token-1\n").unwrap();
     let agent = Agent::start(
         "agent-cgroups",
         &[
@@ -242,15 +237,16 @@ fn pods_and_containers_are_labelled() {
             "2",
             "--exe",
             "allocs",
-            "--kubelet",
-            &format!("http://127.0.0.1:{kubelet}"),
+            "--kube-api",
+            &api.url(),
+            "--node-name",
+            "node-7",
+            "--kube-token-file",
+            token.to_str().unwrap(),
         ],
     );
     let me = std::process::id();
     let roots = cgroup_roots();
-    let id_a = "a".repeat(64);
-    let uid_b = "99887766-5544-4332-a110-ffeeddccbbaa";
-    let id_b = "b1".repeat(32);
     let shapes = [
         // systemd driver, containerd
         (
@@ -293,7 +289,7 @@ fn pods_and_containers_are_labelled() {
         procs.push((Bg(child), uid.to_string(), id.to_string()));
     }
     for (i, (p, uid, id)) in procs.iter().enumerate() {
-        // The kubelet knows the first pod only.
+        // The API server knows the first pod only.
         let want = if i == 0 {
             format!("container_id=\"{id}\",pod_uid=\"{uid}\",pod_namespace=\"shop\",pod_name=\"cart-7d9\"")
         } else {
@@ -311,6 +307,31 @@ fn pods_and_containers_are_labelled() {
             agent.log()
         );
     }
+    // Every request asked for this node's pods only, with the token.
+    let asked = api.requests();
+    assert!(!asked.is_empty());
+    for (target, auth) in &asked {
+        assert_eq!(target, &api.expected_target());
+        assert_eq!(auth, "Bearer token-1");
+    }
+    // The token rotates (the server accepts only the new one) and the
+    // second pod becomes known: the agent reads the new token and names it.
+    std::fs::write(&token, "token-2\n").unwrap();
+    api.set_token("token-2");
+    api.set_pods(&[
+        pod(uid_a, "shop", "cart-7d9", &id_a),
+        pod(uid_b, "ops", "batch-1", &id_b),
+    ]);
+    let want = format!("pod_uid=\"{uid_b}\",pod_namespace=\"ops\",pod_name=\"batch-1\"");
+    let named = wait_until(Duration::from_secs(20), || {
+        series(
+            &agent.metrics(),
+            "memtrace_process_rss_bytes",
+            procs[1].0.pid(),
+        )
+        .is_some_and(|l| l.contains(&want))
+    });
+    assert!(named, "not named after the token rotated: {}", agent.log());
     // The labels reach PromQL: a real Prometheus scrapes the agent.
     let prom = Prometheus::start(&agent.out, &prometheus::config(agent.port, None), "");
     let q = "memtrace_process_rss_bytes{pod_namespace=\"shop\",pod_name=\"cart-7d9\"}";
@@ -321,9 +342,9 @@ fn pods_and_containers_are_labelled() {
     assert_eq!(r[0].0["pid"], procs[0].0.pid().to_string(), "{r:?}");
     assert_eq!(r[0].0["container_id"], procs[0].2, "{r:?}");
     assert!(r[0].1 > 0.0);
-    let by_uid = prom.query(&format!(
-        "memtrace_process_rss_bytes{{pod_uid=\"{uid_b}\"}}"
-    ));
+    let q = format!("memtrace_process_rss_bytes{{pod_uid=\"{uid_b}\",pod_name=\"batch-1\"}}");
+    wait_until(Duration::from_secs(20), || !prom.query(&q).is_empty());
+    let by_uid = prom.query(&q);
     assert_eq!(by_uid.len(), 1, "{by_uid:?}");
     assert_eq!(by_uid[0].0["pid"], procs[1].0.pid().to_string());
     drop(prom);

@@ -74,7 +74,7 @@ pub fn go_hold(ctx: ProbeContext) -> u32 {
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     if stopped {
         // Noted for the watchdog; with the map full the event alone serves.
-        let _ = HELD.insert(&tgid, &ev.ts_ns, 0);
+        let _ = HELD.insert(tgid, ev.ts_ns, 0);
     }
     slot.write(ev);
     slot.submit(BPF_RB_FORCE_WAKEUP as u64);

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 
 use crate::engine::host::Procfs;
 use crate::engine::{run, setup, Engine, Options};
-use crate::front::agent::kubelet::Kubelet;
 use crate::front::agent::metrics::SelfUsage;
+use crate::front::agent::pods::PodSource;
 use crate::front::agent::push::{self, Auth, PushConfig, Pusher};
 use crate::front::agent::session::{AgentPolicy, Filters, Snapshots};
 use crate::front::agent::{self, Shared};
@@ -55,25 +55,35 @@ pub struct AgentArgs {
     /// Trace only executables with this file name (repeatable).
     #[arg(long = "exe")]
     pub exes: Vec<String>,
-    /// The node's kubelet (e.g. https://NODE_IP:10250), to label processes
-    /// with pod namespace and name; without it, only the pod UID is known.
-    #[arg(long)]
+    /// The Kubernetes API server (in a pod: https://kubernetes.default.svc),
+    /// to label processes with pod namespace and name. Only this node's
+    /// pods are listed (--node-name), which needs RBAC `pods` `list` alone.
+    #[arg(long, value_name = "URL", conflicts_with = "kubelet")]
+    pub kube_api: Option<String>,
+    /// The node's kubelet (e.g. https://NODE_IP:10250), asked for /pods
+    /// instead of the API server. Its authorization is `nodes/proxy` (exec
+    /// on every pod) unless the cluster grants the fine-grained `nodes/pods`:
+    /// prefer --kube-api.
+    #[arg(long, value_name = "URL")]
     pub kubelet: Option<String>,
-    /// Bearer token for the kubelet, read from this file if it exists.
+    /// Bearer token for the API server or kubelet, read from this file
+    /// before each request (projected tokens rotate).
     #[arg(
         long,
+        alias = "kubelet-token-file",
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     )]
-    pub kubelet_token_file: PathBuf,
-    /// The CA the kubelet's serving certificate is checked against.
+    pub kube_token_file: PathBuf,
+    /// The CA the API server's (or kubelet's) certificate is checked against.
     #[arg(
         long,
+        alias = "kubelet-ca-file",
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     )]
-    pub kubelet_ca_file: PathBuf,
-    /// Do not verify the kubelet's serving certificate.
-    #[arg(long)]
-    pub kubelet_insecure_tls: bool,
+    pub kube_ca_file: PathBuf,
+    /// Do not verify the API server's (or kubelet's) certificate.
+    #[arg(long, alias = "kubelet-insecure-tls")]
+    pub kube_insecure_tls: bool,
     /// Require `Authorization: Bearer TOKEN` on /metrics and /profiles,
     /// TOKEN being this file's content (/healthz stays open).
     #[arg(long, value_name = "FILE")]
@@ -165,6 +175,26 @@ fn push_config(args: &AgentArgs) -> anyhow::Result<Option<PushConfig>> {
         spool: push::default_spool(&args.out),
         spool_max_bytes: args.pyroscope_spool_mib << 20,
     }))
+}
+
+/// Where pod names come from: the API server, the kubelet, or nowhere.
+fn pod_source(args: &AgentArgs) -> anyhow::Result<Option<PodSource>> {
+    let (token, ca, insecure) = (
+        &args.kube_token_file,
+        &args.kube_ca_file,
+        args.kube_insecure_tls,
+    );
+    Ok(match (&args.kube_api, &args.kubelet) {
+        (Some(url), _) => Some(PodSource::api_server(
+            url,
+            &node_name(args),
+            token,
+            ca,
+            insecure,
+        )?),
+        (None, Some(url)) => Some(PodSource::kubelet(url, token, ca, insecure)?),
+        (None, None) => None,
+    })
 }
 
 fn node_name(args: &AgentArgs) -> String {
@@ -267,15 +297,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         "--listen {} is reachable from other hosts and nothing guards it: give --auth-token-file, or --insecure-listen to serve anyway",
         args.listen
     );
-    let kubelet = match &args.kubelet {
-        Some(url) => Some(Kubelet::new(
-            url,
-            &args.kubelet_token_file,
-            &args.kubelet_ca_file,
-            args.kubelet_insecure_tls,
-        )?),
-        None => None,
-    };
+    let pods_source = pod_source(&args)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -336,7 +358,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             },
             args.out.join("last-window"),
             shared,
-            kubelet,
+            pods_source,
         );
         policy.pusher = pusher;
         policy.heartbeat = heartbeat;

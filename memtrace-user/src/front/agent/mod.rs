@@ -1,11 +1,11 @@
 //! The node agent: its policy over the engine (`session`: discovery,
 //! rolling windows, snapshots), the state it serves, Prometheus text, the
-//! snapshot trigger, the kubelet client and the HTTP routes.
+//! snapshot trigger, the pod lookup (API server or kubelet) and the HTTP routes.
 
 pub mod http;
-pub mod kubelet;
 pub mod limits;
 pub mod metrics;
+pub mod pods;
 pub mod push;
 pub mod rolling;
 pub mod session;
@@ -30,8 +30,8 @@ pub struct ProcState {
     pub exe: String,
     pub go_version: String,
     pub labels: CgroupLabels,
-    /// Pod namespace and name, from the kubelet when reachable.
-    pub pod: Option<kubelet::PodMeta>,
+    /// Pod namespace and name, from the API server (or kubelet) when reachable.
+    pub pod: Option<pods::PodMeta>,
     /// VmRSS, sampled every second.
     pub vmrss: u64,
     /// Resident growth attributed to stacks in the last complete window.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::kubelet::{Kubelet, PodMeta};
+use super::pods::{PodMeta, PodSource};
 use super::rolling::Rolling;
 use super::{ProcState, Rendered, Shared, TOP_SERIES};
 use crate::binary::goruntime::GoBinary;
@@ -67,7 +67,7 @@ pub struct AgentPolicy {
     /// Where the last window goes at shutdown.
     pub last_window_dir: PathBuf,
     pub shared: Arc<Mutex<Shared>>,
-    pub kubelet: Option<Kubelet>,
+    pub pods_source: Option<PodSource>,
     pods: HashMap<String, PodMeta>,
     rolling: Rolling,
     /// Binaries seen, parsed once each.
@@ -119,7 +119,7 @@ impl AgentPolicy {
         snapshots: Snapshots,
         last_window_dir: PathBuf,
         shared: Arc<Mutex<Shared>>,
-        kubelet: Option<Kubelet>,
+        pods_source: Option<PodSource>,
     ) -> Self {
         Self {
             heartbeat: Arc::default(),
@@ -136,7 +136,7 @@ impl AgentPolicy {
             snapshots,
             last_window_dir,
             shared,
-            kubelet,
+            pods_source,
             pods: HashMap::new(),
             bins: Binaries::background(PARSE_BUDGET),
             bin_pids: HashMap::new(),
@@ -289,9 +289,9 @@ impl AgentPolicy {
         eprintln!("memtrace: agent: pid {pid} exited");
     }
 
-    /// Re-reads the kubelet's pods (at most every 5 s) and relabels.
+    /// Re-reads the node's pods (at most every 5 s) and relabels.
     fn refresh_pods(&mut self, force: bool) {
-        let Some(k) = self.kubelet.as_mut() else {
+        let Some(k) = self.pods_source.as_mut() else {
             return;
         };
         if !force && k.last.is_some_and(|t| t.elapsed().as_secs() < 5) {
@@ -300,7 +300,7 @@ impl AgentPolicy {
         match k.pods() {
             Ok(pods) => {
                 if k.failing {
-                    eprintln!("memtrace: agent: kubelet {} reachable again", k.url);
+                    eprintln!("memtrace: agent: {} reachable again", k.url);
                 }
                 k.failing = false;
                 self.pods = pods;
@@ -308,7 +308,7 @@ impl AgentPolicy {
             Err(e) => {
                 if !k.failing {
                     eprintln!(
-                        "memtrace: agent: kubelet {} not reachable ({e}); pods keep their UID only",
+                        "memtrace: agent: {} not reachable ({e}); pods keep their UID only",
                         k.url
                     );
                 }

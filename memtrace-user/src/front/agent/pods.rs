@@ -1,29 +1,36 @@
-//! Pod names from the kubelet's `/pods` endpoint (a `PodList`): UID →
-//! namespace, name, labels and container names, to label processes whose
-//! cgroup names a pod UID. The kubelet's serving certificate is verified
-//! against the service account's CA unless `--kubelet-insecure-tls`.
+//! Pod names for the node's processes: a `PodList` (UID → namespace, name,
+//! labels and container names), to label processes whose cgroup names a
+//! pod UID. It comes from the API server, listing only this node's pods
+//! (`fieldSelector=spec.nodeName=NODE`, which RBAC grants with `pods`
+//! `list`), or from the kubelet's `/pods` (whose authorization is
+//! `nodes/proxy`, exec on every pod, unless the cluster has the kubelet's
+//! fine-grained `nodes/pods`). The server's certificate is verified against
+//! the service account's CA unless `--kube-insecure-tls`; the token file is
+//! read again for every request, as projected tokens rotate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The kubelet could not be asked.
+/// The pod list could not be had.
 #[derive(Debug, thiserror::Error)]
-pub enum KubeletError {
-    #[error("TLS set-up for the kubelet: {0}")]
+pub enum PodsError {
+    #[error("TLS set-up for the pod lookup: {0}")]
     Tls(String),
     #[error(
-        "cannot verify the kubelet's certificate: no CA at {0} ({1}): give --kubelet-ca-file, or --kubelet-insecure-tls to skip verification"
+        "cannot verify the server's certificate: no CA at {0} ({1}): give --kube-ca-file, or --kube-insecure-tls to skip verification"
     )]
     NoCa(std::path::PathBuf, String),
+    #[error("the node name is empty: give --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)")]
+    NoNode,
     #[error("{0}")]
     Http(String),
-    #[error("the kubelet's pod list is not JSON: {0}")]
+    #[error("the pod list is not JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
 
-/// What the kubelet says about one pod.
+/// What the pod list says about one pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodMeta {
     pub namespace: String,
@@ -88,17 +95,20 @@ pub fn parse_pods(json: &[u8]) -> Result<HashMap<String, PodMeta>, serde_json::E
         .unwrap_or_default())
 }
 
-/// A client for the kubelet's `/pods`.
-pub struct Kubelet {
+/// Where the node's pods are listed: the API server or the kubelet.
+pub struct PodSource {
+    /// What the log calls it ("the API server https://...").
     pub url: String,
+    /// The full request URL.
+    endpoint: String,
     http: ureq::Agent,
-    token: Option<String>,
+    token_file: std::path::PathBuf,
     /// Last refresh attempt, and whether the last one failed (logged once).
     pub last: Option<Instant>,
     pub failing: bool,
 }
 
-/// Accepts any server certificate (`--kubelet-insecure-tls`), still checking
+/// Accepts any server certificate (`--kube-insecure-tls`), still checking
 /// the handshake signatures.
 #[derive(Debug)]
 struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
@@ -148,21 +158,55 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
     }
 }
 
-impl Kubelet {
-    /// A client for `url`; `token_file` is read if it exists. An https
-    /// kubelet's certificate is checked against the CA in `ca_file` (the
-    /// service account's), or not at all with `insecure_tls`.
-    pub fn new(
+impl PodSource {
+    /// This node's pods from the API server at `url`: `GET
+    /// /api/v1/pods?fieldSelector=spec.nodeName=NODE`, which needs only
+    /// `pods` `list` (no exec, no secrets).
+    pub fn api_server(
+        url: &str,
+        node: &str,
+        token_file: &Path,
+        ca_file: &Path,
+        insecure_tls: bool,
+    ) -> Result<Self, PodsError> {
+        if node.is_empty() {
+            return Err(PodsError::NoNode);
+        }
+        let base = url.trim_end_matches('/');
+        let selector = format!("spec.nodeName={node}");
+        let endpoint = format!("{base}/api/v1/pods?fieldSelector={}", url_encode(&selector));
+        let label = format!("the API server {base}");
+        Self::new(label, endpoint, url, token_file, ca_file, insecure_tls)
+    }
+
+    /// The pods the kubelet at `url` runs (`GET /pods`).
+    pub fn kubelet(
         url: &str,
         token_file: &Path,
         ca_file: &Path,
         insecure_tls: bool,
-    ) -> Result<Self, KubeletError> {
+    ) -> Result<Self, PodsError> {
+        let base = url.trim_end_matches('/');
+        let (label, endpoint) = (format!("kubelet {base}"), format!("{base}/pods"));
+        Self::new(label, endpoint, url, token_file, ca_file, insecure_tls)
+    }
+
+    /// An https server's certificate is checked against the CA in
+    /// `ca_file` (the service account's), or not at all with
+    /// `insecure_tls`.
+    fn new(
+        label: String,
+        endpoint: String,
+        url: &str,
+        token_file: &Path,
+        ca_file: &Path,
+        insecure_tls: bool,
+    ) -> Result<Self, PodsError> {
         let mut builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(3));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| KubeletError::Tls(e.to_string()))?;
+            .map_err(|e| PodsError::Tls(e.to_string()))?;
         if insecure_tls {
             let tls = tls
                 .dangerous()
@@ -171,7 +215,7 @@ impl Kubelet {
             builder = builder.tls_config(Arc::new(tls));
         } else if url.starts_with("https://") {
             use rustls::pki_types::{pem::PemObject as _, CertificateDer};
-            let no_ca = |e: String| KubeletError::NoCa(ca_file.to_owned(), e);
+            let no_ca = |e: String| PodsError::NoCa(ca_file.to_owned(), e);
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| no_ca(e.to_string()))? {
                 roots
@@ -184,34 +228,49 @@ impl Kubelet {
             let tls = tls.with_root_certificates(roots).with_no_client_auth();
             builder = builder.tls_config(Arc::new(tls));
         }
-        let token = std::fs::read_to_string(token_file)
-            .ok()
-            .map(|t| t.trim().to_string());
         Ok(Self {
-            url: url.trim_end_matches('/').to_string(),
+            url: label,
+            endpoint,
             http: builder.build(),
-            token,
+            token_file: token_file.to_owned(),
             last: None,
             failing: false,
         })
     }
 
-    /// The pods the kubelet runs, by UID.
-    pub fn pods(&mut self) -> Result<HashMap<String, PodMeta>, KubeletError> {
+    /// The node's pods, by UID. The token is read from its file each time:
+    /// a projected service-account token is rotated under the agent.
+    pub fn pods(&mut self) -> Result<HashMap<String, PodMeta>, PodsError> {
         use std::io::Read as _;
         self.last = Some(Instant::now());
-        let mut req = self.http.get(&format!("{}/pods", self.url));
-        if let Some(t) = &self.token {
+        let mut req = self.http.get(&self.endpoint);
+        let token = std::fs::read_to_string(&self.token_file)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        if let Some(t) = token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
-        let resp = req.call().map_err(|e| KubeletError::Http(e.to_string()))?;
+        let resp = req.call().map_err(|e| PodsError::Http(e.to_string()))?;
         let mut body = Vec::new();
         resp.into_reader()
             .take(256 << 20)
             .read_to_end(&mut body)
-            .map_err(|e| KubeletError::Http(e.to_string()))?;
+            .map_err(|e| PodsError::Http(e.to_string()))?;
         Ok(parse_pods(&body)?)
     }
+}
+
+/// Percent-encodes what a query value cannot hold as is.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -236,9 +295,17 @@ mod tests {
         assert!(parse_pods(b"{}").unwrap().is_empty());
         // No CA: refused with the fix, unless verification is off.
         let missing = Path::new("/nonexistent/ca.crt");
-        let e = Kubelet::new("https://10.0.0.1:10250", missing, missing, false).err();
-        assert!(matches!(e, Some(KubeletError::NoCa(..))), "{e:?}");
-        assert!(Kubelet::new("https://10.0.0.1:10250", missing, missing, true).is_ok());
+        let e = PodSource::kubelet("https://10.0.0.1:10250", missing, missing, false).err();
+        assert!(matches!(e, Some(PodsError::NoCa(..))), "{e:?}");
+        assert!(PodSource::kubelet("https://10.0.0.1:10250", missing, missing, true).is_ok());
+        let api =
+            PodSource::api_server("https://10.96.0.1:443/", "node-a.b", missing, missing, true);
+        assert_eq!(
+            api.unwrap().endpoint,
+            "https://10.96.0.1:443/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a.b"
+        );
+        let e = PodSource::api_server("https://10.96.0.1", "", missing, missing, true).err();
+        assert!(matches!(e, Some(PodsError::NoNode)), "{e:?}");
         assert!(parse_pods(b"not json").is_err());
     }
 }
