@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 pub mod agent;
 pub mod hostile;
 pub mod kube;
+pub mod manifest;
 pub mod prometheus;
 
 use std::time::{Duration, Instant};

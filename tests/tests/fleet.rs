@@ -219,7 +219,85 @@ fn deploy_manifests_hold_together() {
         assert!(ds.contains(want), "daemonset.yaml lacks {want}");
     }
     assert!(!ds.contains("--kubelet-insecure-tls"));
+    assert!(!ds.contains("--kube-insecure-tls"));
     assert!(!ds.contains("--insecure-listen"));
+}
+
+/// The agent's RBAC is least privilege: no `nodes/proxy` (exec on every
+/// pod), no wildcard, no secrets; pod names come from listing pods, with
+/// the node's field selector. The pod is hardened as the issue asks.
+#[test]
+fn the_agents_rbac_grants_no_exec_and_its_pod_is_hardened() {
+    use memtrace_tests::manifest::{self, strings};
+    let role = manifest::of_kind("ClusterRole");
+    let rules = role["rules"].as_array().expect("rules");
+    for rule in rules {
+        let resources = strings(&rule["resources"]);
+        let verbs = strings(&rule["verbs"]);
+        for r in &resources {
+            assert!(
+                !r.starts_with("nodes/") && r != "secrets" && r != "*" && !r.contains("exec"),
+                "the agent may not have {r}: {rule}"
+            );
+        }
+        assert!(!verbs.iter().any(|v| v == "*"), "{rule}");
+        assert!(
+            !strings(&rule["apiGroups"]).iter().any(|g| g == "*"),
+            "{rule}"
+        );
+        for v in &verbs {
+            assert!(["get", "list", "watch"].contains(&v.as_str()), "{rule}");
+        }
+    }
+    assert_eq!(
+        rules
+            .iter()
+            .map(|r| (strings(&r["resources"]), strings(&r["verbs"])))
+            .collect::<Vec<_>>(),
+        [(vec!["pods".to_string()], vec!["list".to_string()])]
+    );
+    for kind in ["Role", "RoleBinding"] {
+        assert!(
+            !manifest::documents().iter().any(|d| d["kind"] == kind),
+            "no namespaced grants: {kind}"
+        );
+    }
+    let pod = manifest::pod_spec();
+    let agent = manifest::agent();
+    let args = strings(&agent["args"]);
+    assert!(
+        args.iter().any(|a| a.starts_with("--kube-api=https://")),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a == "--node-name=$(NODE_NAME)"),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a.starts_with("--kubelet")), "{args:?}");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        agent["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["priorityClassName"], "memtrace-agent");
+    assert_eq!(
+        manifest::of_kind("PriorityClass")["metadata"]["name"],
+        "memtrace-agent"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(
+        manifest::of_kind("ServiceAccount")["automountServiceAccountToken"],
+        false
+    );
+    assert_eq!(agent["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        strings(&agent["securityContext"]["capabilities"]["drop"]),
+        ["ALL"]
+    );
 }
 
 #[test]
