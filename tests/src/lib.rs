@@ -8,6 +8,7 @@ pub mod agent;
 pub mod hostile;
 pub mod kube;
 pub mod manifest;
+pub mod podman;
 pub mod prometheus;
 
 use std::time::{Duration, Instant};

@@ -25,6 +25,10 @@ const APT_PACKAGES: &[&str] = &[
     // cgo fixtures: the external linker and libc headers.
     "gcc",
     "libc6-dev",
+    // The agent's image and its container test. crun refuses hybrid
+    // cgroup layouts, so runc.
+    "podman",
+    "runc",
     // A real Prometheus (and promtool) for the agent's tests.
     "prometheus",
     // `memtrace top` is driven in a real terminal.

@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask bootstrap | fixtures | demo | test`.
+//! Project automation: `cargo xtask bootstrap | fixtures | demo | test | image`.
 //!
 //! Every command first runs the bootstrap, which installs what a fresh Debian
 //! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
@@ -14,6 +14,7 @@ mod bench_versions;
 mod bootstrap;
 mod fixtures;
 mod fuzz;
+mod image;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +34,9 @@ struct Cli {
 enum Cmd {
     /// Install the toolchains and system packages the build and tests need.
     Bootstrap,
+    /// Build the agent's container image (FROM scratch, nothing pulled),
+    /// tagged localhost/memtrace:VERSION.
+    Image,
     /// Build the Go test fixtures for the tested Go versions.
     Fixtures {
         /// Every Go version in the matrix, not only the CI set.
@@ -113,6 +117,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo { secs } => demo(&root, secs),
+        Cmd::Image => {
+            bootstrap::run_env(&root)?;
+            let memtrace = build_memtrace(&root)?;
+            image::build(&root, &memtrace).map(|_| ())
+        }
         Cmd::Fuzz { secs, target } => {
             let env = bootstrap::run_env(&root)?;
             let built = fixtures::build(&root, &env, &bootstrap::versions(false))?;
@@ -345,6 +354,8 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     let memtrace = build_memtrace(root)?;
+    // The DaemonSet's container test runs the image `cargo xtask image` makes.
+    let image = image::build(root, &memtrace)?;
     let versions = bootstrap::versions(all_go);
     let built = fixtures::build(root, &env, &versions)?;
     // Unit tests; the end-to-end crate runs next, with its environment.
@@ -368,6 +379,7 @@ fn test(root: &Path, all_go: bool) -> anyhow::Result<()> {
                 "--test-threads=1",
             ])
             .env("MEMTRACE_BIN", &memtrace)
+            .env("MEMTRACE_IMAGE", &image)
             .env("MEMTRACE_FIXTURES", &built.root)
             .env("MEMTRACE_GO_VERSIONS", versions.join(","))
             .env("MEMTRACE_GO", &built.go_for_tools)
