@@ -233,6 +233,26 @@ fn the_agent_snapshots_before_the_limit_and_reports_the_kill() {
 
     let report = summary(&oom_report(&agent.out, pid).unwrap());
     assert_killed_in(&report, &cg, pid, "the agent's oom/ report");
+    // The report holds what filled the limit over the whole trace (the
+    // leak ran for many 2 s windows), not only the last window's growth.
+    let rss = &report["lenses"]["rss"];
+    let anon = report["targets"][0]["oom_kill"]["anon_rss_bytes"]
+        .as_u64()
+        .unwrap();
+    let total = rss["total"].as_u64().unwrap();
+    assert_eq!(rss["whole_trace"], true, "{rss}");
+    assert!(
+        total as f64 >= 0.9 * anon as f64,
+        "the report holds {total} bytes of the {anon} anonymous bytes at the kill"
+    );
+    // One row for the leaking function, whatever runtime paths lie below.
+    let f = &rss["top_functions"][0];
+    assert_eq!(
+        f["function"], "main.cacheSession",
+        "{}",
+        rss["top_functions"]
+    );
+    assert!(f["share"].as_f64().unwrap() >= 0.9, "{f}");
 
     let m = agent.metrics();
     assert_eq!(scalar(&m, "memtrace_oom_kills_total"), Some(1.0), "{m}");
@@ -251,6 +271,59 @@ fn the_agent_snapshots_before_the_limit_and_reports_the_kill() {
         "{kills:?}"
     );
     drop(prom);
+    let (code, _, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    drop(cg);
+    assert_no_memtrace_programs();
+}
+
+/// A leak of about 80 MiB/s crosses 90% of its limit and is killed within
+/// a few hundred milliseconds, between two once-a-second readings: the
+/// agent reads a cgroup near its limit every tick, so the limit snapshot is
+/// written before the kill, naming the leak.
+#[test]
+fn a_fast_leak_gets_its_limit_snapshot_before_the_kill() {
+    let v = go_versions().pop().unwrap();
+    let cg = MemCgroup::new("fast");
+    let agent = Agent::start(
+        "containers-fast",
+        &[
+            "--window",
+            "3",
+            "--exe",
+            "rss",
+            "--snapshot-limit-pct",
+            "90",
+            "--snapshot-growth-mib",
+            "100000",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let mut leak = cg.spawn(&fixture(&v, "rss"), &["-mode", "leak", "-rate", "8000"]);
+    let pid = leak.pid();
+    let killed = wait_until(Duration::from_secs(60), || {
+        !leak.alive() && oom_report(&agent.out, pid).is_some()
+    });
+    assert!(killed, "no kill, or no oom/ report: {}", agent.log());
+    let secs = started.elapsed().as_secs_f64();
+    let snapshot = std::fs::read_dir(agent.out.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| summary(&e.path()))
+        .find(|s| s["trigger"]["kind"] == "limit" && s["targets"][0]["pid"] == pid)
+        .unwrap_or_else(|| {
+            panic!(
+                "no limit snapshot ({secs:.1} s to the kill): {}",
+                agent.log()
+            )
+        });
+    assert!(
+        snapshot["targets"][0].get("oom_kill").is_none(),
+        "written before the kill"
+    );
+    assert_eq!(top_rss_function(&snapshot), "main.cacheSession");
+    assert_eq!(snapshot["lenses"]["rss"]["whole_trace"], true);
+    eprintln!("the fast leak filled {} MiB in {secs:.1} s", LIMIT >> 20);
     let (code, _, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
     drop(cg);

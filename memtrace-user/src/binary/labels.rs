@@ -77,6 +77,9 @@ pub fn read(
         Format::Slice => read_slice(mem, ptr)?,
         Format::Map => read_map(mem, ptr)?,
     };
+    if labels.iter().any(|(k, _)| k.is_empty()) {
+        return Err(LabelError::Malformed(ptr, "an empty key"));
+    }
     labels.sort();
     labels.dedup_by(|a, b| a.0 == b.0);
     Ok(labels)
@@ -87,16 +90,31 @@ fn words(mem: &dyn RemoteMemory, at: u64, n: usize, ptr: u64) -> Result<Vec<u64>
         .map_err(|_| LabelError::Unreadable(ptr))
 }
 
-/// A Go string header's text: (data, len).
+/// A Go string header's text: (data, len). Nothing is made up: the bytes
+/// must be UTF-8 without control characters (a set whose memory was
+/// reused reads as anything), else the whole set is refused. A string
+/// longer than [`MAX_STRING`] is cut at a character boundary and marked.
 fn string(mem: &dyn RemoteMemory, data: u64, len: u64, ptr: u64) -> Result<String, LabelError> {
     if len > 1 << 20 || (len > 0 && data == 0) {
         return Err(LabelError::Malformed(ptr, "string length"));
     }
+    let cut = len as usize > MAX_STRING;
     let mut buf = vec![0u8; (len as usize).min(MAX_STRING)];
     mem.read(data, &mut buf)
         .map_err(|_| LabelError::Unreadable(ptr))?;
-    let mut s = String::from_utf8_lossy(&buf).into_owned();
-    if len as usize > MAX_STRING {
+    let text = match std::str::from_utf8(&buf) {
+        Ok(t) => t,
+        // Cut inside a character: keep what comes before it.
+        Err(e) if cut && e.error_len().is_none() => {
+            std::str::from_utf8(&buf[..e.valid_up_to()]).expect("valid up to there")
+        }
+        Err(_) => return Err(LabelError::Malformed(ptr, "not UTF-8")),
+    };
+    if text.chars().any(char::is_control) {
+        return Err(LabelError::Malformed(ptr, "control characters"));
+    }
+    let mut s = text.to_string();
+    if cut {
         s.push('…');
     }
     Ok(s)
@@ -200,6 +218,45 @@ mod tests {
 
     fn put_words(mem: &mut FakeMemory, at: u64, w: &[u64]) {
         mem.map_words(at, w);
+    }
+
+    #[test]
+    fn a_set_whose_memory_was_reused_is_refused_never_invented() {
+        let mut mem = FakeMemory::default();
+        let s = strings(&mut mem, 0x9000, &["user", "ann", "route", "/b"]);
+        put_words(&mut mem, 0x1000, &[0x2000, 2, 2]);
+        let pairs = [
+            s[0].0, s[0].1, s[1].0, s[1].1, s[2].0, s[2].1, s[3].0, s[3].1,
+        ];
+        put_words(&mut mem, 0x2000, &pairs);
+        assert!(read(&mem, 0x1000, Format::Slice).is_ok());
+        // The value's memory now holds zeros (the issue's `user=\x00\x00`),
+        // then bytes that are not UTF-8, then a key gone empty: each time
+        // the whole set is refused.
+        mem.map(s[1].0, vec![0, 0, 0]);
+        let e = read(&mem, 0x1000, Format::Slice).unwrap_err();
+        assert_eq!(e, LabelError::Malformed(0x1000, "control characters"));
+        mem.map(s[1].0, vec![0xff, 0xfe, b'a']);
+        let e = read(&mem, 0x1000, Format::Slice).unwrap_err();
+        assert_eq!(e, LabelError::Malformed(0x1000, "not UTF-8"));
+        mem.map(s[1].0, b"ann".to_vec());
+        let mut cut = pairs;
+        cut[1] = 0;
+        put_words(&mut mem, 0x2000, &cut);
+        let e = read(&mem, 0x1000, Format::Slice).unwrap_err();
+        assert_eq!(e, LabelError::Malformed(0x1000, "an empty key"));
+        // A long value is cut at a character boundary, and says so.
+        let long = "é".repeat(MAX_STRING);
+        mem.map(0xa000, long.as_bytes().to_vec());
+        let mut pairs = pairs;
+        pairs[2..4].copy_from_slice(&[0xa000, long.len() as u64]);
+        put_words(&mut mem, 0x2000, &pairs);
+        let got = read(&mem, 0x1000, Format::Slice).unwrap();
+        let v = &got.iter().find(|(k, _)| k == "user").unwrap().1;
+        assert!(
+            v.ends_with('…') && v.chars().count() == MAX_STRING / 2 + 1,
+            "{v}"
+        );
     }
 
     #[test]

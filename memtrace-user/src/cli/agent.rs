@@ -21,12 +21,18 @@ use crate::model::lens::Lens;
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Length of each rolling profile window, seconds.
     /// pprof label keys (comma-separated) whose values split the flame
     /// graphs and folded stacks: a `[KEY=value]` root frame each
     /// (`[KEY=[no labels]]` for what had no such label).
     #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = super::label_key)]
     pub split_by_label: Vec<String>,
+    /// pprof label keys whose values may appear on /metrics
+    /// (`memtrace_process_label_growth_bytes`); none by default, as label
+    /// values are tenants' data and may be secrets. Profiles and reports
+    /// keep every key.
+    #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = super::label_key)]
+    pub metric_label_keys: Vec<String>,
+    /// Length of each rolling profile window, seconds.
     #[arg(long, default_value_t = 60)]
     pub window: u64,
     /// Address of the HTTP endpoint (/metrics, /healthz, /profiles).
@@ -363,12 +369,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         policy.pusher = pusher;
         policy.heartbeat = heartbeat;
         policy.node = node_name(&args);
+        policy.metric_label_keys = args.metric_label_keys.clone();
         // Processes already running; later ones arrive through exec events.
         policy.scan(&mut engine);
         run::drive_until(&mut engine, &mut policy, stop).await?;
         engine.drain();
         policy.end_window(&mut engine, true);
-        say_stopping(&args.out.join("last-window"));
+        let traced = policy.shared.lock().expect("agent state").discovered;
+        say_stopping(&args.out.join("last-window"), traced);
         engine.finish();
         engine.release_guardian();
         Ok::<(), anyhow::Error>(())
@@ -376,11 +384,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// The agent's last line: where its last window went, if anywhere.
-fn say_stopping(last: &std::path::Path) {
+/// The agent's last line: where the last window went, and how many Go
+/// processes it traced in all.
+fn say_stopping(last: &std::path::Path, traced: u64) {
+    let plural = if traced == 1 { "" } else { "es" };
     if last.exists() {
         eprintln!(
-            "memtrace: agent: stopping; last window written under {}",
+            "memtrace: agent: stopping after tracing {traced} Go process{plural}; last window written under {}",
             last.display()
+        );
+    } else if traced > 0 {
+        eprintln!(
+            "memtrace: agent: stopping after tracing {traced} Go process{plural}; none runs now, so there is no last window"
         );
     } else {
         eprintln!("memtrace: agent: stopping; no Go process was traced, no last window");

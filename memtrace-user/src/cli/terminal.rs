@@ -1,5 +1,5 @@
-//! What `record` prints when it is done: per lens the total and the top
-//! three stacks, VmRSS and where resident memory sits per target, and the
+//! What `record` prints when it is done: per lens the total, the top
+//! three functions and the top three stacks, VmRSS and where resident memory sits per target, and the
 //! GC view.
 
 use crate::engine::Target;
@@ -131,6 +131,24 @@ fn print_lens(p: &Profile) {
         fmt_value(unit, p.total()),
         p.samples.len()
     );
+    // Functions first (every stack below one summed), then stacks.
+    let summary = crate::model::summary::lens_summary(p, None);
+    for f in summary.top_functions.iter().take(3) {
+        let base = f.file.rsplit('/').next().unwrap_or(&f.file);
+        let at = if f.line > 0 {
+            format!("  ({base}:{})", f.line)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:>12} {:>5.1}%  {}{at}, {} stack{}",
+            fmt_value(unit, f.value),
+            f.share * 100.0,
+            f.function,
+            f.stacks,
+            if f.stacks == 1 { "" } else { "s" }
+        );
+    }
     for (i, s) in p.named(FrameMode::Func).iter().take(3).enumerate() {
         // The position of the deepest frame of the program's own code (the
         // one the short stack ends at), else of the leaf.

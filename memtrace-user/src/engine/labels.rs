@@ -100,7 +100,16 @@ impl LabelReader {
                 return None;
             }
         }
-        let id = match labels::read(mem, ptr, p.format) {
+        let read = labels::read(mem, ptr, p.format);
+        // The target runs on: a set freed and its memory reused while it
+        // was read reads as something else. Only a set whose fingerprint
+        // stood before and after the read is believed.
+        if !matches!(p.format.check(mem, ptr), Ok(w) if w == check) {
+            self.stale += 1;
+            p.by_ptr.insert((ptr, check), None);
+            return None;
+        }
+        let id = match read {
             Ok(set) if !set.is_empty() => Some(self.sets.intern(set)),
             Ok(_) => None,
             Err(e) => {

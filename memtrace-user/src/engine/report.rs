@@ -33,6 +33,38 @@ fn heap_note(total: u64, live: u64) -> String {
 }
 
 impl<K: Kernel, H: Host> Engine<K, H> {
+    /// [`Engine::report`], with the rss lens showing the whole trace's
+    /// resident memory by stack (every window's pages still resident, and
+    /// what was resident before tracing as one frame) instead of this
+    /// window's growth: what holds the memory at an OOM kill or near a
+    /// limit, however long it took to fill.
+    pub fn report_whole_trace(&mut self, pids: &[u32], ended_by: &str) -> Report {
+        self.agg.rss_whole_trace = true;
+        let r = self.report(Some(pids), ended_by);
+        self.agg.rss_whole_trace = false;
+        r
+    }
+
+    /// Adds each target's memory resident since before tracing, as one
+    /// `[resident before tracing]` stack.
+    fn add_resident_before_tracing(&mut self, pids: &[u32], cells: &mut HashMap<StackKey, Cell>) {
+        let Some(rss) = self.agg.rss.as_ref() else {
+            return;
+        };
+        for &pid in pids {
+            let bytes = rss.resident_before_tracing(pid);
+            if bytes > 0 {
+                let id = self
+                    .resolver
+                    .stacks
+                    .intern(pid, vec![crate::binary::symbolize::RESIDENT_BEFORE]);
+                let c = cells.entry((pid, id)).or_default();
+                c.bytes += bytes;
+                c.objects += 1;
+            }
+        }
+    }
+
     /// The report of the current window for `pids` (every process when
     /// `None`); `ended_by` says what ended the window.
     pub fn report(&mut self, pids: Option<&[u32]>, ended_by: &str) -> Report {
@@ -75,6 +107,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 .or_else(|| sampled.remove(&lens))
                 .unwrap_or_default();
             cells.retain(|k, _| pids.contains(&k.0));
+            if lens == Lens::Rss && self.agg.rss_whole_trace {
+                self.add_resident_before_tracing(&pids, &mut cells);
+            }
             let mut extras: Option<LensExtras> = match lens {
                 Lens::Rss => {
                     let (start, end) = pids.iter().fold((0, 0), |(s, e), p| {
@@ -82,7 +117,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                         (s + a.unwrap_or(0), e + b.unwrap_or(0))
                     });
                     let r = self.agg.rss.as_ref().expect("rss on");
-                    Some(LensExtras::Rss(lens::rss::extras(r, &pids, start, end)))
+                    let mut e = lens::rss::extras(r, &pids, start, end);
+                    e.whole_trace = self.agg.rss_whole_trace;
+                    Some(LensExtras::Rss(e))
                 }
                 Lens::Mmap => Some(LensExtras::Mmap(lens::mmap::extras(
                     self.agg.mmap.as_ref().expect("mmap on"),

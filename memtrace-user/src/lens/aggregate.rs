@@ -25,6 +25,9 @@ pub struct Aggregator {
     pub gc: GcAgg,
     /// Events applied.
     pub events: u64,
+    /// `cells(Rss)` gives the whole trace's resident memory instead of the
+    /// window's growth (set for an OOM report or a limit snapshot).
+    pub rss_whole_trace: bool,
 }
 
 impl Aggregator {
@@ -37,6 +40,7 @@ impl Aggregator {
             goroutines: has(Lens::Goroutines).then(GoroutineAgg::default),
             gc: GcAgg::default(),
             events: 0,
+            rss_whole_trace: false,
         }
     }
 
@@ -136,6 +140,7 @@ impl Aggregator {
         match lens {
             Lens::AllocExact => self.alloc_exact.as_ref().map(|a| a.by_stack.clone()),
             Lens::Mmap => self.mmap.as_ref().map(MmapAgg::by_stack),
+            Lens::Rss if self.rss_whole_trace => self.rss.as_ref().map(RssAgg::life_by_stack),
             Lens::Rss => self.rss.as_ref().map(RssAgg::by_stack),
             Lens::Goroutines => self.goroutines.as_ref().map(GoroutineAgg::by_stack),
             Lens::Alloc | Lens::Heap => None,
@@ -147,6 +152,7 @@ impl Aggregator {
         if let Some(rss) = self.rss.as_mut() {
             rss.procs.remove(&pid);
             rss.untracked.retain(|k, _| k.0 != pid);
+            rss.untracked_life.retain(|k, _| k.0 != pid);
             rss.released_before.retain(|k, _| k.0 != pid);
         }
         if let Some(m) = self.mmap.as_mut() {

@@ -83,6 +83,10 @@ pub(crate) struct RssProc {
     /// Pages that were resident when the window began and still are (from
     /// `/proc/PID/pagemap`; empty for a program traced from exec).
     before: RangeMap<()>,
+    /// Pages that became resident in an earlier window and still are, by
+    /// the stack that touched them first: with `resident`, the whole
+    /// trace's resident memory (what an OOM report needs).
+    life: RangeMap<StackKey>,
     /// `MADV_HUGEPAGE` ranges.
     hugepage: RangeMap<()>,
     /// Anonymous writable mappings (for THP `always`), from /proc/PID/maps.
@@ -132,6 +136,9 @@ pub struct RssAgg {
     pub repeat_faults: u64,
     /// Faults counted after the range limit, without per-page tracking.
     pub untracked: HashMap<StackKey, Cell>,
+    /// The same, of earlier windows, and pages of earlier windows past the
+    /// limit of the whole-trace view.
+    pub untracked_life: HashMap<StackKey, Cell>,
     /// The time of the event being applied (monotonic ns; 0: unknown).
     pub now_ns: u64,
     /// Pages of merged runs that a later release had already taken back
@@ -208,6 +215,9 @@ impl RssAgg {
         // and the snapshot, or was the zero page): it became resident now.
         if !p.before.is_empty() {
             p.before.remove(page, page + PAGE);
+        }
+        if !p.life.is_empty() {
+            p.life.remove(page, page + PAGE);
         }
         let (s, e) = Self::thp_block(self.thp, p, page).unwrap_or((page, page + PAGE));
         if p.resident.len() >= MAX_RESIDENT_RANGES {
@@ -310,6 +320,9 @@ impl RssAgg {
                 if !p.before.is_empty() {
                     p.before.remove(gs, ge);
                 }
+                if !p.life.is_empty() {
+                    p.life.remove(gs, ge);
+                }
                 p.resident.insert_free(gs, ge, key);
             }
         }
@@ -327,6 +340,9 @@ impl RssAgg {
         };
         p.log_release(now, start, end);
         self.released_bytes += len_of(&p.resident.remove(start, end));
+        if !p.life.is_empty() {
+            p.life.remove(start, end);
+        }
         let before = len_of(&p.before.remove(start, end));
         if before > 0 {
             let c = self.released_before.entry(key).or_default();
@@ -420,6 +436,34 @@ impl RssAgg {
         }
     }
 
+    /// Bytes resident now that became resident at any time while traced,
+    /// by the stack that first touched them: every window's, not only
+    /// this one's.
+    pub fn life_by_stack(&self) -> HashMap<StackKey, Cell> {
+        let mut out = self.by_stack();
+        for (k, c) in &self.untracked_life {
+            let to = out.entry(*k).or_default();
+            to.bytes += c.bytes;
+            to.objects += c.objects;
+        }
+        for p in self.procs.values() {
+            sum_by_key(p.life.iter(), &mut out);
+        }
+        out
+    }
+
+    /// Bytes of `pid` resident since before tracing began (the snapshot at
+    /// attach, less what was released or faulted again since).
+    pub fn resident_before_tracing(&self, pid: u32) -> u64 {
+        let Some(p) = self.procs.get(&pid) else {
+            return 0;
+        };
+        p.before
+            .iter()
+            .map(|(s, e, _)| p.life.gaps(s, e).iter().map(|(a, b)| b - a).sum::<u64>())
+            .sum()
+    }
+
     /// Bytes still resident, by the stack that first touched them.
     pub fn by_stack(&self) -> HashMap<StackKey, Cell> {
         let mut out = self.untracked.clone();
@@ -447,18 +491,34 @@ impl RssAgg {
         (grew, released)
     }
 
-    /// A new window: what is resident now is "before" for it.
+    /// A new window: what is resident now is "before" for it, and stays
+    /// attributed to its stacks in the whole trace's view.
     pub fn rotate(&mut self) -> Self {
         let mut next = RssAgg::new(self.thp);
+        next.untracked_life = std::mem::take(&mut self.untracked_life);
+        for (k, c) in self.untracked.drain() {
+            let to = next.untracked_life.entry(k).or_default();
+            to.bytes += c.bytes;
+            to.objects += c.objects;
+        }
         for (pid, p) in self.procs.drain() {
             let mut before = p.before;
-            for (s, e, _) in p.resident.iter() {
+            let mut life = p.life;
+            for (s, e, k) in p.resident.iter() {
                 before.insert(s, e, ());
+                if life.len() < MAX_RESIDENT_RANGES {
+                    life.insert(s, e, k);
+                } else {
+                    let c = next.untracked_life.entry(k).or_default();
+                    c.bytes += e - s;
+                    c.objects += 1;
+                }
             }
             next.procs.insert(
                 pid,
                 RssProc {
                     before,
+                    life,
                     hugepage: p.hugepage,
                     anon_vmas: p.anon_vmas,
                     brk: p.brk,
@@ -488,6 +548,7 @@ pub fn extras(r: &RssAgg, pids: &[u32], vmrss_start: u64, vmrss_end: u64) -> Rss
         vmrss_start,
         vmrss_end,
         vmrss_growth: vmrss_end as i64 - vmrss_start as i64,
+        whole_trace: false,
     }
 }
 

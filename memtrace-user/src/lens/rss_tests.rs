@@ -316,3 +316,35 @@ fn a_run_with_a_later_release_in_its_range_skips_the_released_pages() {
     assert_eq!(r.by_stack()[&RUNNER].bytes, 5 * PAGE);
     assert!(r.procs[&1].resident.get(0x13000).is_none());
 }
+
+#[test]
+fn the_whole_trace_keeps_every_windows_pages_until_released() {
+    let (a, b) = ((1, Stack::Id(1)), (1, Stack::Id(2)));
+    let mut r = RssAgg::new(Thp::Never);
+    // Resident before tracing: 4 pages at 0x100000.
+    r.set_resident_before(1, &[(0x100000, 0x100000 + 4 * PAGE)]);
+    for i in 0..10 {
+        r.fault(a, 0x200000 + i * PAGE);
+    }
+    let mut r = r.rotate();
+    for i in 0..5 {
+        r.fault(b, 0x300000 + i * PAGE);
+    }
+    // The window holds b's growth only; the whole trace holds both.
+    assert_eq!(r.by_stack().get(&a), None);
+    assert_eq!(r.by_stack()[&b].bytes, 5 * PAGE);
+    let life = r.life_by_stack();
+    assert_eq!((life[&a].bytes, life[&b].bytes), (10 * PAGE, 5 * PAGE));
+    assert_eq!(r.resident_before_tracing(1), 4 * PAGE);
+    // Releases leave the whole trace too, in any window; a page of an
+    // earlier window faulted again counts once, for its new stack.
+    r.munmap(REL, 0x200000, 4 * PAGE);
+    r.munmap(REL, 0x100000, PAGE);
+    r.fault(b, 0x200000 + 9 * PAGE);
+    let mut r = r.rotate();
+    r.fault(a, 0x100000 + PAGE);
+    let life = r.life_by_stack();
+    assert_eq!((life[&a].bytes, life[&b].bytes), (6 * PAGE, 6 * PAGE));
+    assert_eq!(life.values().map(|c| c.bytes).sum::<u64>(), 12 * PAGE);
+    assert_eq!(r.resident_before_tracing(1), 2 * PAGE);
+}

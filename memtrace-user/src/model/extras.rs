@@ -42,6 +42,11 @@ pub struct RssExtras {
     pub vmrss_start: u64,
     pub vmrss_end: u64,
     pub vmrss_growth: i64,
+    /// Set when the profile is the whole trace's resident memory (every
+    /// window, and what was resident before tracing), not the window's
+    /// growth: OOM reports and limit snapshots.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub whole_trace: bool,
 }
 /// The mmap lens's figures in `summary.json` beside its stacks.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]

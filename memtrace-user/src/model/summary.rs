@@ -103,6 +103,66 @@ pub struct TopEntry {
     pub requested: Option<u64>,
 }
 
+/// One function of [`LensSummary::top_functions`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionEntry {
+    pub function: String,
+    /// File and line of its largest site.
+    pub file: String,
+    pub line: u32,
+    pub value: u64,
+    /// `value` as a fraction of the lens's total.
+    pub share: f64,
+    /// How many stacks it adds up.
+    pub stacks: usize,
+}
+
+/// Groups `entries` (every stack of a profile) by own frame, largest
+/// first, the `n` first.
+pub fn top_functions(entries: &[TopEntry], total: u64, n: usize) -> Vec<FunctionEntry> {
+    let mut by: Vec<FunctionEntry> = Vec::new();
+    let mut index: std::collections::HashMap<&str, (usize, u64)> = Default::default();
+    for e in entries {
+        let Some(own) = &e.own_frame else { continue };
+        match index.get_mut(own.function.as_str()) {
+            Some((i, biggest)) => {
+                let f = &mut by[*i];
+                f.value += e.value;
+                f.stacks += 1;
+                if e.value > *biggest {
+                    *biggest = e.value;
+                    (f.file, f.line) = (own.file.clone(), own.line);
+                }
+            }
+            None => {
+                index.insert(&own.function, (by.len(), e.value));
+                by.push(FunctionEntry {
+                    function: own.function.clone(),
+                    file: own.file.clone(),
+                    line: own.line,
+                    value: e.value,
+                    share: 0.0,
+                    stacks: 1,
+                });
+            }
+        }
+    }
+    by.sort_by(|a, b| {
+        b.value
+            .cmp(&a.value)
+            .then_with(|| a.function.cmp(&b.function))
+    });
+    by.truncate(n);
+    for f in &mut by {
+        f.share = if total > 0 {
+            f.value as f64 / total as f64
+        } else {
+            0.0
+        };
+    }
+    by
+}
+
 impl TopEntry {
     /// A top entry, named by its own frame (see [`TopEntry::own_frame`]).
     pub fn new(stack: Vec<String>, frames: Vec<FrameEntry>, value: u64) -> Self {
@@ -131,6 +191,11 @@ pub struct LensSummary {
     pub objects: Option<u64>,
     pub stacks: usize,
     pub top: Vec<TopEntry>,
+    /// The same totals grouped by each stack's own frame (the program's
+    /// innermost function, as [`TopEntry::own_frame`] is chosen), largest
+    /// first: one row for a leaking function however many runtime paths
+    /// lie below it.
+    pub top_functions: Vec<FunctionEntry>,
     /// The lens's own figures (e.g. size percentiles, unmapped bytes),
     /// beside its stacks.
     #[serde(flatten)]
@@ -225,34 +290,35 @@ pub struct ProbeCost {
 pub const TOP_N: usize = 20;
 
 pub fn lens_summary(p: &Profile, extra: Option<crate::model::extras::LensExtras>) -> LensSummary {
+    let entries: Vec<TopEntry> = p
+        .named(FrameMode::Func)
+        .into_iter()
+        .map(|s| {
+            let frames = s
+                .frames
+                .iter()
+                .map(|f| FrameEntry {
+                    function: f.function.to_string(),
+                    file: f.file.to_string(),
+                    line: f.line,
+                    inlined: f.inlined,
+                })
+                .collect();
+            TopEntry {
+                objects: p.has_objects.then_some(s.objects),
+                requested: (p.lens == crate::model::lens::Lens::AllocExact).then_some(s.requested),
+                ..TopEntry::new(s.names, frames, s.value)
+            }
+        })
+        .collect();
+    let total = p.total();
     LensSummary {
         unit: p.unit,
-        total: p.total(),
+        total,
         objects: p.has_objects.then(|| p.objects()),
         stacks: p.samples.len(),
-        top: p
-            .named(FrameMode::Func)
-            .into_iter()
-            .take(TOP_N)
-            .map(|s| {
-                let frames = s
-                    .frames
-                    .iter()
-                    .map(|f| FrameEntry {
-                        function: f.function.to_string(),
-                        file: f.file.to_string(),
-                        line: f.line,
-                        inlined: f.inlined,
-                    })
-                    .collect();
-                TopEntry {
-                    objects: p.has_objects.then_some(s.objects),
-                    requested: (p.lens == crate::model::lens::Lens::AllocExact)
-                        .then_some(s.requested),
-                    ..TopEntry::new(s.names, frames, s.value)
-                }
-            })
-            .collect(),
+        top_functions: top_functions(&entries, total, TOP_N),
+        top: entries.into_iter().take(TOP_N).collect(),
         extra,
         by_label: p.by_label(),
     }
@@ -273,6 +339,36 @@ pub struct Point {
 mod tests {
     use super::*;
     use crate::model::profile::profile;
+
+    #[test]
+    fn top_functions_add_up_each_functions_stacks_below_it() {
+        let p = profile(
+            crate::model::lens::Lens::Rss,
+            &[
+                (
+                    &["main.main", "main.store", "runtime.mallocgc", "runtime.a"],
+                    300,
+                    1,
+                ),
+                (
+                    &["main.main", "main.store", "runtime.mallocgc", "runtime.b"],
+                    250,
+                    1,
+                ),
+                (&["main.main", "main.other"], 400, 1),
+                (&["main.main", "main.store", "runtime.growslice"], 50, 1),
+            ],
+        );
+        let s = lens_summary(&p, None);
+        let f = &s.top_functions;
+        assert_eq!(f[0].function, "main.store");
+        assert_eq!((f[0].value, f[0].stacks), (600, 3));
+        assert!((f[0].share - 0.6).abs() < 1e-9);
+        assert_eq!((f[1].function.as_str(), f[1].value), ("main.other", 400));
+        assert_eq!(f.len(), 2);
+        // The stacks themselves stay apart in `top`.
+        assert_eq!(s.top[0].value, 400);
+    }
 
     #[test]
     fn json_shape() {

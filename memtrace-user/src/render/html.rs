@@ -190,10 +190,52 @@ fn leaf(top: &crate::model::summary::TopEntry) -> String {
     }
 }
 
+/// The lens's functions first (its stacks grouped by own frame), each with
+/// its stacks to unfold; then every stack, folded away.
 fn top_table(out: &mut String, s: &LensSummary) {
     if s.top.is_empty() {
         return;
     }
+    if s.top_functions.is_empty() {
+        return stack_table(out, s);
+    }
+    out.push_str("<table><tr><th>#</th><th>value</th><th>share</th><th>function</th></tr>");
+    for (i, f) in s.top_functions.iter().enumerate() {
+        let file = f.file.rsplit('/').next().unwrap_or(&f.file);
+        let at = if f.line > 0 {
+            format!(" <span class=muted>{}:{}</span>", esc(file), f.line)
+        } else {
+            String::new()
+        };
+        let stacks: Vec<String> = s
+            .top
+            .iter()
+            .filter(|t| {
+                t.own_frame
+                    .as_ref()
+                    .is_some_and(|o| o.function == f.function)
+            })
+            .map(|t| format!("{} — {}", value(s.unit, t.value), esc(&t.stack.join(" → "))))
+            .collect();
+        let _ = write!(
+            out,
+            "<tr><td class=n>{}</td><td class=n>{}</td><td class=n>{:.1}%</td><td>{}{at}<details><summary class=muted>{} stack{}</summary><code>{}</code></details></td></tr>",
+            i + 1,
+            value(s.unit, f.value),
+            f.share * 100.0,
+            esc(&f.function),
+            f.stacks,
+            if f.stacks == 1 { "" } else { "s" },
+            stacks.join("<br>")
+        );
+    }
+    out.push_str("</table><details><summary>by stack</summary>");
+    stack_table(out, s);
+    out.push_str("</details>");
+}
+
+/// Every top stack, named by its own frame.
+fn stack_table(out: &mut String, s: &LensSummary) {
     out.push_str("<table><tr><th>#</th><th>value</th><th>share</th><th>where</th></tr>");
     for (i, t) in s.top.iter().enumerate() {
         let share = if s.total > 0 {

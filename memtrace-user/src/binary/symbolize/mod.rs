@@ -32,6 +32,10 @@ pub struct StackLoc {
 /// existed before tracing (only their creator's pc is known).
 pub const EXISTING_GOROUTINE: u64 = u64::MAX;
 
+/// A pseudo leaf for memory resident before tracing began (in whole-trace
+/// rss views): no stack touched it while memtrace watched.
+pub const RESIDENT_BEFORE: u64 = u64::MAX - 4;
+
 /// Frame shown for a stack the kernel could not capture.
 pub const STACK_UNAVAILABLE: &str = "[stack unavailable]";
 
@@ -193,7 +197,7 @@ impl Symbolizer {
     /// one that holds no code (data, a stack). Without the process's maps
     /// nothing can be told.
     fn is_junk(&self, image: &Image, pc: u64) -> bool {
-        if pc >= EXISTING_GOROUTINE - 1 {
+        if pc >= RESIDENT_BEFORE - 1 {
             return false;
         }
         match &image.maps {
@@ -209,6 +213,9 @@ impl Symbolizer {
     fn frame(&mut self, image: &Image, pc: u64) -> Vec<Frame> {
         if pc >= EXISTING_GOROUTINE - 1 {
             return vec![Frame::named("[created before tracing]")];
+        }
+        if pc >= RESIDENT_BEFORE - 1 {
+            return vec![Frame::named("[resident before tracing]")];
         }
         let at = self.rekey(image, locate(image, pc));
         if let Some(hit) = self.cache.get(&at) {

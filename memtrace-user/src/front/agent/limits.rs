@@ -1,6 +1,9 @@
 //! The limit trigger: a snapshot when a process's memory cgroup crosses a
 //! share of its limit, before the OOM killer takes the evidence with it.
-//! Pure; the agent feeds it each process's usage once a second.
+//! Pure; the agent feeds it each process's usage once a second, and every
+//! tick (100 ms) for the processes [`LimitTrigger::watch`] says are near
+//! their limit: a fast leak crosses the threshold and is killed between two
+//! readings a second apart.
 
 use std::collections::HashMap;
 
@@ -17,7 +20,14 @@ pub struct LimitTrigger {
     pub period_secs: f64,
     /// Per process: when it last fired, and whether it is armed.
     state: HashMap<u32, (Option<f64>, bool)>,
+    /// Processes read every tick: near the limit, or heading there fast.
+    near: std::collections::BTreeSet<u32>,
 }
+
+/// Usage (percent of the limit) from which a process is read every tick.
+pub const NEAR_PCT: f64 = 50.0;
+/// ...or the seconds to its limit at its current slope under which it is.
+pub const NEAR_SECS: f64 = 10.0;
 
 impl LimitTrigger {
     pub fn new(pct: f64, period_secs: f64) -> Self {
@@ -25,7 +35,26 @@ impl LimitTrigger {
             pct,
             period_secs,
             state: HashMap::new(),
+            near: Default::default(),
         }
+    }
+
+    /// The once-a-second reading of `pid`: whether it is to be read every
+    /// tick from now on.
+    pub fn watch(&mut self, pid: u32, used_pct: Option<f64>, seconds_to_limit: Option<f64>) {
+        let near = self.pct > 0.0
+            && (used_pct.is_some_and(|u| u >= NEAR_PCT)
+                || seconds_to_limit.is_some_and(|s| s <= NEAR_SECS));
+        if near {
+            self.near.insert(pid);
+        } else {
+            self.near.remove(&pid);
+        }
+    }
+
+    /// The processes to read every tick.
+    pub fn watched(&self) -> Vec<u32> {
+        self.near.iter().copied().collect()
     }
 
     /// One reading of `pid` at `t` seconds: `used_pct` of its limit
@@ -53,12 +82,32 @@ impl LimitTrigger {
     /// Forgets an exited process.
     pub fn forget(&mut self, pid: u32) {
         self.state.remove(&pid);
+        self.near.remove(&pid);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_near_their_limit_or_heading_there_fast_are_watched() {
+        let mut t = LimitTrigger::new(90.0, 300.0);
+        t.watch(1, Some(20.0), None);
+        t.watch(2, Some(60.0), None);
+        t.watch(3, Some(30.0), Some(2.5));
+        t.watch(4, None, None);
+        assert_eq!(t.watched(), [2, 3]);
+        // Usage fell back and the slope flattened: read once a second again.
+        t.watch(2, Some(40.0), Some(600.0));
+        assert_eq!(t.watched(), [3]);
+        t.forget(3);
+        assert!(t.watched().is_empty());
+        // The trigger off: nothing is read faster.
+        let mut off = LimitTrigger::new(0.0, 300.0);
+        off.watch(1, Some(99.0), Some(0.1));
+        assert!(off.watched().is_empty());
+    }
 
     #[test]
     fn fires_once_per_crossing_within_the_period() {

@@ -84,6 +84,8 @@ pub struct AgentPolicy {
     pub pusher: Option<super::push::Pusher>,
     /// The `node` label of pushed profiles.
     pub node: String,
+    /// pprof label keys allowed on /metrics (`--metric-label-keys`).
+    pub metric_label_keys: Vec<String>,
 }
 
 #[path = "session_reports.rs"]
@@ -146,6 +148,7 @@ impl AgentPolicy {
             me: std::process::id(),
             pusher: None,
             node: String::new(),
+            metric_label_keys: Vec::new(),
         }
     }
 
@@ -346,6 +349,9 @@ impl AgentPolicy {
                 p.cgroup_usage = cgroup.as_ref().map(|c| c.reading.usage_bytes);
                 p.seconds_to_limit = cgroup.as_ref().and_then(|c| c.seconds_to_limit);
             }
+            if let Some(c) = &cgroup {
+                self.limits.watch(pid, c.used_pct, c.seconds_to_limit);
+            }
             if let Some(c) = cgroup.filter(|c| self.limits.observe(pid, t, c.used_pct)) {
                 let why = c.describe(human_bytes);
                 let trigger = serde_json::json!({
@@ -382,7 +388,13 @@ impl AgentPolicy {
         pid: u32,
         ended_by: &str,
     ) -> Report {
-        let mut r = engine.report(Some(&[pid]), ended_by);
+        // What holds the memory at a kill or near a limit is the whole
+        // trace's, not the window's growth.
+        let mut r = if matches!(ended_by, "oom_kill" | "limit") {
+            engine.report_whole_trace(&[pid], ended_by)
+        } else {
+            engine.report(Some(&[pid]), ended_by)
+        };
         let state = self.proc_state(pid);
         if let (Some(t), Some(s)) = (r.summary.targets.first_mut(), state) {
             t.labels = Some(serde_json::json!({
@@ -483,6 +495,7 @@ impl AgentPolicy {
             .map(|s| {
                 s.by_label
                     .iter()
+                    .filter(|(k, _)| self.metric_label_keys.contains(k))
                     .flat_map(|(k, values)| {
                         values.iter().map(move |(v, n)| (k.clone(), v.clone(), *n))
                     })
@@ -544,6 +557,7 @@ impl<K: Kernel, H: Host> Policy<K, H> for AgentPolicy {
             self.remove(engine, pid);
         }
         self.parsed(engine);
+        self.watch_limits(engine);
         if self.last_second.elapsed().as_secs() >= 1 {
             self.last_second = Instant::now();
             self.every_second(engine);

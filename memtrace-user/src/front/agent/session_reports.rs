@@ -75,8 +75,9 @@ impl AgentPolicy {
     ) {
         let root = &self.snapshots.dir;
         let dir = root.join(format!("{pid}-{}", unix_now()));
-        let mut report = self.report_of(engine, pid, "snapshot");
         let kind = trigger["kind"].as_str().unwrap_or("growth").to_string();
+        let ended_by = if kind == "limit" { "limit" } else { "snapshot" };
+        let mut report = self.report_of(engine, pid, ended_by);
         report.summary.trigger = Some(trigger);
         let written = std::fs::create_dir_all(&dir)
             .map_err(|e| e.to_string())
@@ -96,6 +97,39 @@ impl AgentPolicy {
                 );
             }
             Err(e) => eprintln!("memtrace: agent: snapshot of pid {pid} failed: {e}"),
+        }
+    }
+
+    /// Every tick: the processes near their memory cgroup's limit are read
+    /// again, and one that crossed the threshold is snapshotted now, not at
+    /// the next once-a-second reading (a fast leak is killed before it).
+    pub(super) fn watch_limits<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>) {
+        let t = self.started.elapsed().as_secs_f64();
+        for pid in self.limits.watched() {
+            let Some(c) = engine.host.memory_cgroup(pid) else {
+                continue;
+            };
+            let Some(limit) = c.limit_bytes.filter(|&l| l > 0) else {
+                continue;
+            };
+            let used = c.usage_bytes as f64 * 100.0 / limit as f64;
+            if !self.limits.observe(pid, t, Some(used)) {
+                continue;
+            }
+            let secs = engine.window_secs();
+            let mut usage: Vec<(f64, u64)> = engine
+                .target(pid)
+                .map(|t| t.cgroup_usage.iter().copied().collect())
+                .unwrap_or_default();
+            usage.push((secs, c.usage_bytes));
+            let c = crate::host::cgroup::memory::summarize(c, &usage);
+            let why = c.describe(crate::render::report::human_bytes);
+            let trigger = serde_json::json!({
+                "kind": "limit",
+                "limit_pct": self.snapshots.limit_pct,
+                "cgroup": c,
+            });
+            self.snapshot(engine, pid, trigger, &why);
         }
     }
 

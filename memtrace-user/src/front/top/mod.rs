@@ -85,9 +85,9 @@ impl Row {
         self.history.push(rss);
     }
 
-    /// Takes the lens's figures from the process's cumulative report, each
-    /// stack named by its innermost frame of the program's own code (or,
-    /// with `leaf_frames`, by its leaf).
+    /// Takes the lens's figures from the process's cumulative report: its
+    /// functions (stacks grouped by their innermost frame of the program's
+    /// own code), or with `leaf_frames` its stacks by their leaf.
     pub fn update_from(&mut self, lens: Lens, summary: &Summary, top_n: usize, leaf_frames: bool) {
         self.gc_cycles = summary.gc["cycles"].as_u64().unwrap_or(0);
         if let Some(c) = summary
@@ -108,6 +108,22 @@ impl Row {
             return;
         };
         self.total = ls.total;
+        if !leaf_frames && !ls.top_functions.is_empty() {
+            // By the program's own function, every stack below it summed.
+            self.top = ls
+                .top_functions
+                .iter()
+                .take(top_n)
+                .map(|f| TopLine {
+                    value: f.value,
+                    share: f.share,
+                    function: f.function.clone(),
+                    file: f.file.rsplit('/').next().unwrap_or(&f.file).to_string(),
+                    line: f.line,
+                })
+                .collect();
+            return;
+        }
         let lines = ls.top.iter().map(|t| {
             let (function, file, line) = shown_frame(t, leaf_frames);
             TopLine {
