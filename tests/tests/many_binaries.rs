@@ -94,3 +94,43 @@ fn the_agent_traces_twenty_distinct_50_mb_binaries_within_150_mib() {
     let (code, _, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// The same build in several files (one image's binary in several
+/// containers' overlays is one file per container): parsed once, its
+/// tables shared; a file of the same build ID that differs in one byte
+/// (a forged ID) is parsed on its own.
+#[test]
+fn one_build_in_three_files_is_parsed_once_and_a_forged_id_is_not_trusted() {
+    use memtrace_user::engine::discover::{Binaries, Found, Process};
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = out_dir("same-build");
+    let orig = std::fs::read("/usr/bin/prometheus").expect("the bootstrap installs prometheus");
+    let process = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        Process {
+            pid: 1,
+            exe: path.clone(),
+            via: path,
+            binary: (m.dev(), m.ino()),
+        }
+    };
+    let go = |found| match found {
+        Found::Go(b) => b,
+        other => panic!("{other:?}"),
+    };
+    let mut bins = Binaries::default();
+    let first = go(bins.of(&process("a", &orig)).unwrap());
+    let second = go(bins.of(&process("b", &orig)).unwrap());
+    let third = go(bins.of(&process("c", &orig)).unwrap());
+    assert!(std::sync::Arc::ptr_eq(&first, &second) && std::sync::Arc::ptr_eq(&first, &third));
+    assert_eq!(bins.shared, 2);
+    // The last byte changed: same build ID, not the same file.
+    let mut forged = orig.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    let other = go(bins.of(&process("d", &forged)).unwrap());
+    assert!(!std::sync::Arc::ptr_eq(&first, &other));
+    assert_eq!(other.table.build_id, first.table.build_id);
+    assert_eq!(bins.shared, 2);
+}

@@ -1,7 +1,10 @@
 //! Finding Go processes, one way for `top`, the agent and `record --pid`:
 //! one scan of `/proc`; each process's executable reached through
 //! `/proc/PID/exe`, which works in any mount namespace and after the file
-//! was deleted; and each executable parsed once per file (device, inode).
+//! was deleted; and each executable parsed once per file (device, inode),
+//! and once per build: a file with the build ID of one parsed already,
+//! byte for byte the same (the same image in another container's overlay
+//! is another inode), shares its tables.
 //! What to do with a process found (filters, vetting) is the caller's.
 
 use std::collections::HashMap;
@@ -121,7 +124,15 @@ pub struct Parsed {
 pub struct Binaries {
     parsed: HashMap<BinaryId, Option<Arc<GoBinary>>>,
     background: Option<Background>,
+    /// Go binaries parsed, by build ID, for another file of the same build.
+    by_build: HashMap<String, std::sync::Weak<GoBinary>>,
+    /// Files that shared the tables of an identical one.
+    pub shared: u64,
 }
+
+/// Files compared byte for byte with a parsed one of the same build ID at
+/// most this large (a comparison runs on the caller's thread).
+const MAX_COMPARED: usize = 512 << 20;
 
 impl Binaries {
     /// Parses on a worker thread, giving up on a file after `budget`.
@@ -132,8 +143,8 @@ impl Binaries {
     /// [`Binaries::background`] with another parser (tests).
     pub fn with_parser(budget: Duration, parse: ParseFn) -> Self {
         Self {
-            parsed: HashMap::new(),
             background: Some(Background::new(budget, parse)),
+            ..Self::default()
         }
     }
 
@@ -144,12 +155,20 @@ impl Binaries {
         if let Some(known) = self.parsed.get(&p.binary) {
             return Ok(known.clone().map_or(Found::NotGo, Found::Go));
         }
+        if let Some(same) = self.same_build(p) {
+            self.shared += 1;
+            self.parsed.insert(p.binary, Some(same.clone()));
+            return Ok(Found::Go(same));
+        }
         if let Some(bg) = self.background.as_mut() {
             bg.submit(p.clone());
             return Ok(Found::Pending);
         }
         let parsed = p.go_binary().map(Arc::new);
         self.parsed.insert(p.binary, parsed.as_ref().ok().cloned());
+        if let Ok(b) = &parsed {
+            self.remember_build(b);
+        }
         match parsed {
             Ok(b) => Ok(Found::Go(b)),
             Err(TargetError::NotGo(_)) => Ok(Found::NotGo),
@@ -165,10 +184,40 @@ impl Binaries {
         };
         let done = bg.poll();
         for d in &done {
-            self.parsed
-                .insert(d.binary, d.result.as_ref().ok().cloned().flatten());
+            let bin = d.result.as_ref().ok().cloned().flatten();
+            if let Some(b) = &bin {
+                self.remember_build(b);
+            }
+            self.parsed.insert(d.binary, bin);
         }
         done
+    }
+
+    fn remember_build(&mut self, b: &Arc<GoBinary>) {
+        let id = &b.table.build_id;
+        if !id.is_empty() {
+            self.by_build.retain(|_, w| w.strong_count() > 0);
+            self.by_build.insert(id.clone(), Arc::downgrade(b));
+        }
+    }
+
+    /// A parsed binary of the same build as `p`'s file, when the two are
+    /// byte for byte the same: a build ID is the file's word, so a forged
+    /// one must not lend another tenant's tables (and probe offsets).
+    fn same_build(&self, p: &Process) -> Option<Arc<GoBinary>> {
+        if self.by_build.is_empty() {
+            return None;
+        }
+        let data = crate::binary::file::FileBytes::open(&p.via).ok()?;
+        if data.len() > MAX_COMPARED {
+            return None;
+        }
+        let id = crate::binary::gopclntab::build_id(&object::File::parse(&*data).ok()?);
+        let known = self.by_build.get(&id)?.upgrade()?;
+        let same = !id.is_empty() && known.table.file_bytes() == &data[..];
+        data.release();
+        known.table.release_pages();
+        same.then_some(known)
     }
 
     /// Remembers that `binary` cannot be traced (its probes failed).

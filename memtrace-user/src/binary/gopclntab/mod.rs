@@ -319,6 +319,11 @@ impl GoTable {
         self.data.release();
     }
 
+    /// The whole file the table was read from.
+    pub fn file_bytes(&self) -> &[u8] {
+        &self.data
+    }
+
     /// Whether inline trees can be read (the moduledata was found).
     pub fn has_inline_info(&self) -> bool {
         self.gofunc.is_some()
