@@ -50,6 +50,14 @@ pub fn out_dir(test: &str) -> PathBuf {
     d
 }
 
+/// Writes `token` (and a newline) to `dir/name`, as a mounted Secret holds
+/// it; returns the path.
+pub fn write_token(dir: &Path, name: &str, token: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    p
+}
+
 /// Runs memtrace to completion with a generous timeout.
 pub fn run_memtrace(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(memtrace());
@@ -289,6 +297,11 @@ pub const MEMTRACE_PROGRAMS: &[&str] = &[
     "go_stw_start",
     "proc_exec",
     "proc_exit",
+    "fault_runs_exec",
+    "fault_runs_exit",
+    "go_hold",
+    "go_spawned",
+    "oom_victim",
 ];
 
 /// Asserts that none of memtrace's BPF programs is loaded. The kernel frees
@@ -413,4 +426,47 @@ pub fn assert_one_line_error(out: &Output, needle: &str) {
         "error line {:?} should mention {needle:?}",
         lines[0]
     );
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every program the eBPF crate defines is in [`super::MEMTRACE_PROGRAMS`],
+    /// so no test can leave one loaded unnoticed.
+    #[test]
+    fn the_program_list_is_every_program_of_the_ebpf_crate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../memtrace-ebpf/src");
+        let mut defined = Vec::new();
+        let mut files = vec![dir];
+        while let Some(d) = files.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    files.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let mut attributed = false;
+                for line in text.lines().map(str::trim) {
+                    let program = ["uprobe", "tracepoint", "btf_tracepoint", "raw_tracepoint"]
+                        .iter()
+                        .any(|m| line.starts_with(&format!("#[{m}")));
+                    if program {
+                        attributed = true;
+                    } else if attributed && line.starts_with("pub fn ") {
+                        let name = line["pub fn ".len()..].split('(').next().unwrap();
+                        defined.push(name.to_string());
+                        attributed = false;
+                    }
+                }
+            }
+        }
+        defined.sort();
+        let mut listed: Vec<String> = super::MEMTRACE_PROGRAMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        listed.sort();
+        assert!(defined.len() >= 24, "{defined:?}");
+        assert_eq!(defined, listed);
+    }
 }
