@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::bench::{alloc_ns, median, record_command, run_sampled, RUNS};
+use crate::bench_variant::{base, Runner, Shape, Variant};
 
 /// Rounds for the rss comparison (untraced, memtrace rss with and without
 /// its per-page frame read, memtrace and bpftrace with fault probes that
@@ -34,59 +35,6 @@ const BIG: u64 = 1_000_000;
 const SMALL: u64 = 100_000;
 /// Goroutines started and joined by the goroutine-churn fixture.
 const SPAWN: u64 = 100_000;
-
-/// The program shape a variant runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Shape {
-    /// The allocation loop: `objects` 64-byte records kept live.
-    Allocs,
-    /// `objects` goroutines started and joined.
-    Goroutines,
-    /// `objects` short-lived 64 KiB lists (the allocs fixture's `-churn`).
-    GcHeavy,
-}
-
-/// How a variant runs the fixture.
-pub(crate) enum Runner {
-    Untraced,
-    /// The fixture alone with more arguments (e.g. the runtime's own
-    /// sampler at memtrace's rate, `-memprofilerate N`).
-    UntracedWith(&'static [&'static str]),
-    /// `memtrace record --lens LENS [ARGS] -- fixture`.
-    Memtrace(&'static str, &'static [&'static str]),
-    /// `bpftrace -e PROGRAM -c fixture`; `{bin}` stands for the fixture path.
-    Bpftrace(&'static str),
-}
-
-pub(crate) struct Variant {
-    pub(crate) name: &'static str,
-    pub(crate) runner: Runner,
-    /// Part of the rss comparison (runs [`RSS_ROUNDS`] times).
-    pub(crate) rss: bool,
-    pub(crate) shape: Shape,
-    pub(crate) objects: u64,
-    pub(crate) times: Vec<f64>,
-    /// memtrace's own CPU seconds per second of its run.
-    pub(crate) cpu: Vec<f64>,
-    pub(crate) peak_rss_kib: Vec<u64>,
-    /// (events per second, dropped events, events) from summary.json.
-    pub(crate) events: Vec<(f64, u64, f64)>,
-}
-
-impl Variant {
-    /// The fixture this variant runs, and its arguments.
-    fn fixture<'a>(&self, allocs: &'a Path, spawner: &'a Path) -> (&'a Path, Vec<String>) {
-        let n = self.objects.to_string();
-        let args: Vec<&str> = match self.shape {
-            Shape::Goroutines => return (spawner, vec!["-spawn".into(), n]),
-            Shape::Allocs => vec!["-objects", &n, "-maps", "0", "-inlined", "0"],
-            Shape::GcHeavy => {
-                vec!["-objects", "0", "-maps", "0", "-inlined", "0", "-churn", &n]
-            }
-        };
-        (allocs, args.into_iter().map(String::from).collect())
-    }
-}
 
 /// The lens table; `gc_heavy_only` runs the GC-heavy shape alone.
 pub fn run(
@@ -223,15 +171,6 @@ fn rounds(
         }
     }
     Ok(())
-}
-
-/// The median untraced time of a workload.
-pub(crate) fn base(variants: &[Variant], objects: u64, shape: Shape) -> f64 {
-    variants
-        .iter()
-        .find(|v| matches!(v.runner, Runner::Untraced) && v.objects == objects && v.shape == shape)
-        .map(|v| median(&v.times))
-        .expect("an untraced variant per workload")
 }
 
 fn print_table(variants: &[Variant]) {

@@ -10,6 +10,7 @@ mod bench_gc_heavy;
 mod bench_labels;
 mod bench_lenses;
 mod bench_service;
+mod bench_variant;
 mod bench_versions;
 mod bootstrap;
 mod fixtures;
