@@ -26,9 +26,10 @@ const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     // The agent's image and its container test. crun refuses hybrid
-    // cgroup layouts, so runc.
+    // cgroup layouts, so runc; netavark is the network stack tested.
     "podman",
     "runc",
+    "netavark",
     // A real Prometheus (and promtool) for the agent's tests.
     "prometheus",
     // `memtrace top` is driven in a real terminal.
