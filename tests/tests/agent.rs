@@ -14,6 +14,54 @@ use memtrace_tests::agent::*;
 use memtrace_tests::prometheus::{self, Prometheus};
 use memtrace_tests::*;
 
+/// Every pod's stacks: only the agent's user may read what it wrote (a
+/// last window's directory, and a snapshot's).
+fn assert_private(last: &Path, snapshot: &Path) {
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(last), 0o700);
+    assert_eq!(mode(&last.join("rss.svg")), 0o600);
+    assert_eq!(mode(&snapshot.join("summary.json")), 0o600);
+}
+
+/// The agent listens on loopback only, and no request path reaches the
+/// filesystem (`lp`: a traced pid).
+fn assert_loopback_only_and_no_path_escapes(agent: &Agent, lp: u32) {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_hex = format!(":{:04X}", agent.port);
+    let listening: Vec<&str> = tcp
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&port_hex) && f[3] == "0A"
+        })
+        .collect();
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    assert!(listening[0]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .starts_with("0100007F"));
+    for bad in [
+        "/etc/passwd".to_string(),
+        "/profiles/../../../../etc/passwd".into(),
+        format!("/profiles/{lp}/../../../etc/passwd"),
+        format!("/profiles/{lp}/rss.svg/../../../etc/passwd"),
+        format!("/profiles/{lp}/..%2f..%2f..%2fetc%2fpasswd"),
+        format!("/profiles/{lp}/heap.svg"),
+        format!("/profiles/{lp}/rss.exe"),
+        "/profiles/-1/rss.svg".into(),
+        "/profiles/999999999/rss.svg".into(),
+        "/profiles/%00/rss.svg".into(),
+    ] {
+        let (status, body) = agent.get(&bad);
+        assert_eq!(status, 404, "{bad}");
+        assert!(!String::from_utf8_lossy(&body).contains("root:"), "{bad}");
+    }
+}
+
 #[test]
 fn agent_finds_serves_and_snapshots() {
     let v = go_versions().pop().unwrap();
@@ -123,38 +171,7 @@ fn agent_finds_serves_and_snapshots() {
         0.0
     );
 
-    // Loopback only, and no path reaches the filesystem.
-    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let port_hex = format!(":{:04X}", agent.port);
-    let listening: Vec<&str> = tcp
-        .lines()
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1].ends_with(&port_hex) && f[3] == "0A"
-        })
-        .collect();
-    assert_eq!(listening.len(), 1, "{listening:?}");
-    assert!(listening[0]
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .starts_with("0100007F"));
-    for bad in [
-        "/etc/passwd".to_string(),
-        "/profiles/../../../../etc/passwd".into(),
-        format!("/profiles/{lp}/../../../etc/passwd"),
-        format!("/profiles/{lp}/rss.svg/../../../etc/passwd"),
-        format!("/profiles/{lp}/..%2f..%2f..%2fetc%2fpasswd"),
-        format!("/profiles/{lp}/heap.svg"),
-        format!("/profiles/{lp}/rss.exe"),
-        "/profiles/-1/rss.svg".into(),
-        "/profiles/999999999/rss.svg".into(),
-        "/profiles/%00/rss.svg".into(),
-    ] {
-        let (status, body) = agent.get(&bad);
-        assert_eq!(status, 404, "{bad}");
-        assert!(!String::from_utf8_lossy(&body).contains("root:"), "{bad}");
-    }
+    assert_loopback_only_and_no_path_escapes(&agent, lp);
 
     // SIGTERM: the window is finished and written, exit 0.
     let (code, out, log) = agent.stop();
@@ -162,18 +179,8 @@ fn agent_finds_serves_and_snapshots() {
     let last = out.join("last-window").join(lp.to_string());
     let last_svg = std::fs::read_to_string(last.join("rss.svg")).unwrap_or_default();
     assert!(last_svg.contains("main.cacheSession"), "{log}");
-    assert!(
-        !out.join("last-window/1").exists(),
-        "a stale last window kept"
-    );
-    // Every pod's stacks: only the agent's user may read them.
-    let mode = |p: &std::path::Path| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-    };
-    assert_eq!(mode(&last), 0o700);
-    assert_eq!(mode(&last.join("rss.svg")), 0o600);
-    assert_eq!(mode(&snap_dir.join("summary.json")), 0o600);
+    assert!(!out.join("last-window/1").exists(), "a stale window kept");
+    assert_private(&last, &snap_dir);
     assert!(leak.alive() && steady.alive(), "a traced program died");
     assert_no_memtrace_programs();
 }
@@ -207,6 +214,39 @@ impl Drop for Cgroup {
             }
         }
     }
+}
+
+/// Runs `bin` in each cgroup of `shapes` (a path relative to one of
+/// `roots`, its pod UID and container ID), joined before exec as a
+/// container runtime does; the cgroups are removed when dropped.
+fn run_in_cgroups(
+    bin: &Path,
+    roots: &[PathBuf],
+    shapes: &[(String, &str, &str)],
+) -> (Vec<(Bg, String, String)>, Vec<Cgroup>) {
+    let mut procs = Vec::new();
+    let mut groups = Vec::new();
+    for (i, (rel, uid, id)) in shapes.iter().enumerate() {
+        let root = &roots[i.min(roots.len() - 1)];
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        groups.push(Cgroup(
+            dir.clone(),
+            root.join(rel.split('/').next().unwrap()),
+        ));
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec {} -objects 1000 -maps 1 -loop",
+            dir.display(),
+            bin.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push((Bg(child), uid.to_string(), id.to_string()));
+    }
+    (procs, groups)
 }
 
 #[test]
@@ -264,30 +304,7 @@ fn pods_and_containers_are_labelled() {
             id_b.as_str(),
         ),
     ];
-    let bin = fixture(&v, "allocs");
-    let mut procs = Vec::new();
-    let mut groups = Vec::new();
-    for (i, (rel, uid, id)) in shapes.iter().enumerate() {
-        let root = &roots[i.min(roots.len() - 1)];
-        let dir = root.join(rel);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        groups.push(Cgroup(
-            dir.clone(),
-            root.join(rel.split('/').next().unwrap()),
-        ));
-        // Join the cgroup before exec, as a container runtime does.
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec {} -objects 1000 -maps 1 -loop",
-            dir.display(),
-            bin.display()
-        );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        procs.push((Bg(child), uid.to_string(), id.to_string()));
-    }
+    let (procs, groups) = run_in_cgroups(&fixture(&v, "allocs"), &roots, &shapes);
     for (i, (p, uid, id)) in procs.iter().enumerate() {
         // The API server knows the first pod only.
         let want = if i == 0 {

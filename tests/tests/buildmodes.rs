@@ -173,6 +173,19 @@ fn check_lines(pb: &std::path::Path, own_records: &str, own_point: &str, label: 
     );
 }
 
+/// `file:line` of the leaf frame of `lens`'s top stack in a summary, and
+/// that frame.
+fn top_leaf_position(s: &serde_json::Value, lens: &str) -> (String, serde_json::Value) {
+    let leaf = s["lenses"][lens]["top"][0]["frames"]
+        .as_array()
+        .and_then(|f| f.last())
+        .cloned()
+        .unwrap_or_default();
+    let file = leaf["file"].as_str().unwrap_or("");
+    let base = file.rsplit('/').next().unwrap_or("");
+    (format!("{base}:{}", leaf["line"]), leaf)
+}
+
 #[test]
 fn every_build_mode_names_the_same_functions() {
     for v in go_versions() {
@@ -246,21 +259,7 @@ fn every_build_mode_names_the_same_functions() {
                 &own_point,
                 &format!("go{v} {mode}"),
             );
-            let leaf_frame = s["lenses"]["alloc-exact"]["top"][0]["frames"]
-                .as_array()
-                .and_then(|f| f.last())
-                .cloned()
-                .unwrap_or_default();
-            let at = format!(
-                "{}:{}",
-                leaf_frame["file"]
-                    .as_str()
-                    .unwrap_or("")
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or(""),
-                leaf_frame["line"]
-            );
+            let (at, leaf_frame) = top_leaf_position(&s, "alloc-exact");
             assert_eq!(at, own_records, "go{v} {mode}: {leaf_frame}");
 
             // rss: the off-heap mapping is the largest resident growth.

@@ -157,6 +157,31 @@ fn peak_usage(pid: u32) -> Option<u64> {
     None
 }
 
+/// The targets, each in its own container with a memory limit: a leak the
+/// OOM killer will end, and a steady service.
+fn start_targets(leak_tag: &str, svc_tag: &str) -> (Container, Container) {
+    let leak = Container::run(&[
+        "--network=none".into(),
+        "--memory=250m".into(),
+        "--memory-swap=250m".into(),
+        leak_tag.to_string(),
+        "-mode".into(),
+        "leak".into(),
+        "-rate".into(),
+        "600".into(),
+    ]);
+    let svc = Container::run(&[
+        "--network=none".into(),
+        "--memory=128m".into(),
+        svc_tag.to_string(),
+        "-rate".into(),
+        "100".into(),
+        "-duration".into(),
+        "0".into(),
+    ]);
+    (leak, svc)
+}
+
 #[test]
 fn the_daemonset_agent_traces_other_containers_and_reports_the_oom_kill() {
     let v = go_versions().pop().unwrap();
@@ -190,25 +215,7 @@ fn the_daemonset_agent_traces_other_containers_and_reports_the_oom_kill() {
     });
     assert!(up, "the agent did not come up: {}", agent.logs());
 
-    let leak = Container::run(&[
-        "--network=none".into(),
-        "--memory=250m".into(),
-        "--memory-swap=250m".into(),
-        leak_tag.clone(),
-        "-mode".into(),
-        "leak".into(),
-        "-rate".into(),
-        "600".into(),
-    ]);
-    let svc = Container::run(&[
-        "--network=none".into(),
-        "--memory=128m".into(),
-        svc_tag.clone(),
-        "-rate".into(),
-        "100".into(),
-        "-duration".into(),
-        "0".into(),
-    ]);
+    let (leak, svc) = start_targets(&leak_tag, &svc_tag);
     let (leak_pid, svc_pid) = (leak.pid(), svc.pid());
     assert!(leak_pid > 0 && svc_pid > 0);
 

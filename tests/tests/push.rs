@@ -248,6 +248,36 @@ fn metric(agent: &Agent, name: &str) -> f64 {
     scalar(&agent.metrics(), name).unwrap_or(-1.0)
 }
 
+/// The rss profiles of `pid`, in window order, follow one another with no
+/// gap (1 s windows).
+fn assert_no_window_missing(recv: &Receiver, pid: u32) {
+    let mut starts: Vec<i64> = received(recv, pid, "memtrace_rss")
+        .iter()
+        .map(|(_, pb)| pb.time_nanos)
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let gaps: Vec<f64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e9)
+        .collect();
+    assert!(starts.len() >= 8, "{starts:?}");
+    assert!(
+        gaps.iter().all(|g| *g < 1.9),
+        "a window is missing (gaps in seconds): {gaps:?}"
+    );
+}
+
+/// Wire: a push is Connect's unary call, with the tenant and the bearer
+/// token.
+fn assert_connect_call(push: &Push, tenant: &str, token: &str) {
+    assert_eq!(push.path, "/push.v1.PusherService/Push");
+    assert_eq!(push.headers["content-type"], "application/proto");
+    assert_eq!(push.headers["connect-protocol-version"], "1");
+    assert_eq!(push.headers["x-scope-orgid"], tenant);
+    assert_eq!(push.headers["authorization"], format!("Bearer {token}"));
+}
+
 #[test]
 fn pushes_reach_the_store_labelled_and_survive_an_outage() {
     let v = go_versions().pop().unwrap();
@@ -285,13 +315,7 @@ fn pushes_reach_the_store_labelled_and_survive_an_outage() {
         "no rss, goroutines and alloc series for pid {lp}: {}",
         agent.log()
     );
-    // Wire: the Connect unary call, tenant and bearer token.
-    let first = &recv.accepted()[0];
-    assert_eq!(first.path, "/push.v1.PusherService/Push");
-    assert_eq!(first.headers["content-type"], "application/proto");
-    assert_eq!(first.headers["connect-protocol-version"], "1");
-    assert_eq!(first.headers["x-scope-orgid"], "team-a");
-    assert_eq!(first.headers["authorization"], "Bearer p-secret");
+    assert_connect_call(&recv.accepted()[0], "team-a", "p-secret");
 
     // Labels, and the leak named to the line, in a window long enough to
     // see it.
@@ -349,21 +373,7 @@ fn pushes_reach_the_store_labelled_and_survive_an_outage() {
 
     // No window was lost: the rss profiles of the leak, in window order,
     // follow one another with no gap, through the outage.
-    let mut starts: Vec<i64> = received(&recv, lp, "memtrace_rss")
-        .iter()
-        .map(|(_, pb)| pb.time_nanos)
-        .collect();
-    starts.sort_unstable();
-    starts.dedup();
-    let gaps: Vec<f64> = starts
-        .windows(2)
-        .map(|w| (w[1] - w[0]) as f64 / 1e9)
-        .collect();
-    assert!(starts.len() >= 8, "{starts:?}");
-    assert!(
-        gaps.iter().all(|g| *g < 1.9),
-        "a window is missing (gaps in seconds): {gaps:?}"
-    );
+    assert_no_window_missing(&recv, lp);
     let m = agent.metrics();
     assert_eq!(scalar(&m, "memtrace_push_dropped_total"), Some(0.0), "{m}");
     assert!(*recv.refused.lock().unwrap() >= 1);
