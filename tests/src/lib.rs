@@ -203,6 +203,21 @@ impl Recorded {
     }
 }
 
+/// The agent's or `record`'s `oom/PID-UNIXTIME/` report of `pid` under
+/// `root`, once its `summary.json` is written.
+pub fn oom_report(root: &Path, pid: u32) -> Option<PathBuf> {
+    std::fs::read_dir(root.join("oom"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{pid}-")))
+                && p.join("summary.json").exists()
+        })
+}
+
 pub fn summary(out: &Path) -> serde_json::Value {
     let p = out.join("summary.json");
     let text =

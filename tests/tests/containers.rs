@@ -96,18 +96,13 @@ impl Drop for MemCgroup {
     }
 }
 
-/// The `oom/PID-UNIXTIME/` report of `pid` under `root`, once written.
-fn oom_report(root: &Path, pid: u32) -> Option<PathBuf> {
-    std::fs::read_dir(root.join("oom"))
+/// The agent's limit snapshot of `pid` under `out`, if one was written.
+fn limit_snapshot(out: &Path, pid: u32) -> Option<serde_json::Value> {
+    std::fs::read_dir(out.join("snapshots"))
         .ok()?
         .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pid}-")))
-                && p.join("summary.json").exists()
-        })
+        .map(|e| summary(&e.path()))
+        .find(|s| s["trigger"]["kind"] == "limit" && s["targets"][0]["pid"] == pid)
 }
 
 /// The function that names the first rss stack (its own code's frame).
@@ -220,11 +215,7 @@ fn the_agent_snapshots_before_the_limit_and_reports_the_kill() {
     assert!(killed, "no kill, or no oom/ report: {}", agent.log());
 
     // The limit snapshot: written before the kill, naming the leak.
-    let snapshot = std::fs::read_dir(agent.out.join("snapshots"))
-        .unwrap()
-        .flatten()
-        .map(|e| summary(&e.path()))
-        .find(|s| s["trigger"]["kind"] == "limit" && s["targets"][0]["pid"] == pid)
+    let snapshot = limit_snapshot(&agent.out, pid)
         .unwrap_or_else(|| panic!("no limit snapshot: {}", agent.log()));
     let used = snapshot["trigger"]["cgroup"]["used_pct"].as_f64().unwrap();
     assert!((90.0..100.0).contains(&used), "snapshot at {used}%");
@@ -306,17 +297,12 @@ fn a_fast_leak_gets_its_limit_snapshot_before_the_kill() {
     });
     assert!(killed, "no kill, or no oom/ report: {}", agent.log());
     let secs = started.elapsed().as_secs_f64();
-    let snapshot = std::fs::read_dir(agent.out.join("snapshots"))
-        .unwrap()
-        .flatten()
-        .map(|e| summary(&e.path()))
-        .find(|s| s["trigger"]["kind"] == "limit" && s["targets"][0]["pid"] == pid)
-        .unwrap_or_else(|| {
-            panic!(
-                "no limit snapshot ({secs:.1} s to the kill): {}",
-                agent.log()
-            )
-        });
+    let snapshot = limit_snapshot(&agent.out, pid).unwrap_or_else(|| {
+        panic!(
+            "no limit snapshot ({secs:.1} s to the kill): {}",
+            agent.log()
+        )
+    });
     assert!(
         snapshot["targets"][0].get("oom_kill").is_none(),
         "written before the kill"

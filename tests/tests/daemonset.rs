@@ -122,21 +122,6 @@ fn http(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
         .unwrap_or((0, String::new()))
 }
 
-/// The `oom/PID-*/summary.json` under `out`, once written.
-fn oom_summary(out: &Path, pid: u32) -> Option<Value> {
-    std::fs::read_dir(out.join("oom"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pid}-")))
-        })
-        .and_then(|d| std::fs::read(d.join("summary.json")).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-}
-
 /// The agent's own memory cgroup (v1 here, v2 elsewhere): its peak usage.
 fn peak_usage(pid: u32) -> Option<u64> {
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -240,7 +225,7 @@ fn the_daemonset_agent_traces_other_containers_and_reports_the_oom_kill() {
     // The leak reaches its limit: the OOM killer ends it, and its report
     // on the agent's volume names the leaking function and the container.
     let report = wait_until(Duration::from_secs(90), || {
-        oom_summary(&out, leak_pid).is_some()
+        oom_report(&out, leak_pid).is_some()
     });
     assert!(
         report,
@@ -254,7 +239,7 @@ fn the_daemonset_agent_traces_other_containers_and_reports_the_oom_kill() {
         wait_until(Duration::from_secs(10), || !leak.running()),
         "the leak still runs"
     );
-    let s = oom_summary(&out, leak_pid).unwrap();
+    let s = summary(&oom_report(&out, leak_pid).unwrap());
     assert_eq!(s["ended_by"], "oom_kill", "{s}");
     let t = &s["targets"][0];
     assert_eq!(t["labels"]["container_id"], leak.id.as_str(), "{t}");

@@ -4,6 +4,7 @@
 //! fast as it is taken. The sampled lenses see a program's whole life
 //! because it holds itself for memtrace at start and on its way out.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use memtrace_tests::*;
@@ -258,11 +259,11 @@ fn net_growth_tracks_vmrss() {
     }
 }
 
-/// memtrace killed with SIGKILL while it has the target sampling (it wrote
-/// runtime.MemProfileRate): the target's rate is back to 0 within a second,
-/// and the target runs on.
-#[test]
-fn a_killed_recorder_leaves_the_target_as_it_was() {
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A looping allocs fixture, running and not sampling (its
+/// `runtime.MemProfileRate` is 0): (its binary, it, its stdout lines).
+fn a_target_that_does_not_sample() -> (PathBuf, Bg, Lines) {
     let v = go_versions().pop().unwrap();
     let bin = fixture(&v, "allocs");
     let mut bg = Bg::spawn(&bin, &["-objects", "1000", "-maps", "1", "-loop"]);
@@ -275,6 +276,32 @@ fn a_killed_recorder_leaves_the_target_as_it_was() {
         0,
         "the fixture does not sample"
     );
+    (bin, bg, lines)
+}
+
+/// After `who` was SIGKILLed: the target's rate is back to 0 within 2 s,
+/// and it goes on making progress.
+fn assert_rate_restored_and_running(bin: &Path, bg: &Bg, lines: &Lines, who: &str) {
+    assert!(
+        wait_until(Duration::from_secs(2), || mem_profile_rate(bin, bg.pid())
+            == 0),
+        "runtime.MemProfileRate left at {} after {who} was killed",
+        mem_profile_rate(bin, bg.pid())
+    );
+    let before = last_heartbeat(lines);
+    assert!(
+        wait_until(Duration::from_secs(5), || last_heartbeat(lines)
+            >= before + 2),
+        "the target stopped making progress"
+    );
+}
+
+/// memtrace killed with SIGKILL while it has the target sampling (it wrote
+/// runtime.MemProfileRate): the target's rate is back to 0 within a second,
+/// and the target runs on.
+#[test]
+fn a_killed_recorder_leaves_the_target_as_it_was() {
+    let (bin, bg, lines) = a_target_that_does_not_sample();
     let out = out_dir("killed");
     let mut memtrace = Bg::spawn(
         &memtrace(),
@@ -298,18 +325,7 @@ fn a_killed_recorder_leaves_the_target_as_it_was() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(memtrace.pid() as i32, libc::SIGKILL) };
     memtrace.wait();
-    assert!(
-        wait_until(Duration::from_secs(2), || mem_profile_rate(&bin, bg.pid())
-            == 0),
-        "runtime.MemProfileRate left at {} after memtrace was killed",
-        mem_profile_rate(&bin, bg.pid())
-    );
-    let before = last_heartbeat(&lines);
-    assert!(
-        wait_until(Duration::from_secs(5), || last_heartbeat(&lines)
-            >= before + 2),
-        "the target stopped making progress"
-    );
+    assert_rate_restored_and_running(&bin, &bg, &lines, "memtrace");
     assert_no_memtrace_programs();
 }
 
@@ -318,18 +334,7 @@ fn a_killed_recorder_leaves_the_target_as_it_was() {
 /// runtime.MemProfileRate back to 0 and the target runs on.
 #[test]
 fn a_killed_agent_leaves_the_target_as_it_was() {
-    let v = go_versions().pop().unwrap();
-    let bin = fixture(&v, "allocs");
-    let mut bg = Bg::spawn(&bin, &["-objects", "1000", "-maps", "1", "-loop"]);
-    let lines = collect_stdout(&mut bg);
-    assert!(wait_until(Duration::from_secs(10), || last_heartbeat(
-        &lines
-    ) >= 1));
-    assert_eq!(
-        mem_profile_rate(&bin, bg.pid()),
-        0,
-        "the fixture does not sample"
-    );
+    let (bin, bg, lines) = a_target_that_does_not_sample();
     let agent = memtrace_tests::agent::Agent::start(
         "killed-agent",
         &["--alloc", "--window", "1", "--exe", "allocs"],
@@ -342,18 +347,7 @@ fn a_killed_agent_leaves_the_target_as_it_was() {
     );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGKILL) };
-    assert!(
-        wait_until(Duration::from_secs(2), || mem_profile_rate(&bin, bg.pid())
-            == 0),
-        "runtime.MemProfileRate left at {} after the agent was killed",
-        mem_profile_rate(&bin, bg.pid())
-    );
-    let before = last_heartbeat(&lines);
-    assert!(
-        wait_until(Duration::from_secs(5), || last_heartbeat(&lines)
-            >= before + 2),
-        "the target stopped making progress"
-    );
+    assert_rate_restored_and_running(&bin, &bg, &lines, "the agent");
     drop(agent);
     assert_no_memtrace_programs();
 }

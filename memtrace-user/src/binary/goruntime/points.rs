@@ -75,8 +75,7 @@ impl Binary<'_> {
         // specialized functions (Go ≥ 1.27); those are counted by their own
         // probes. Stripped binaries lack the table's symbol: use 1.27's size.
         let floor = match syms.get("runtime.mallocNoScanTable") {
-            // The symbol's size is the file's word: kept clear of the
-            // cookie's flag bits (the table has a few dozen entries).
+            // A forged size must not reach the cookie's flag bits.
             Some(t) => (t.size() / 8).min(1 << 16),
             None if !specialized.is_empty() => GO127_NOSCAN_TABLE_LEN,
             None => 0,
