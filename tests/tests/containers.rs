@@ -171,6 +171,25 @@ fn record_reports_the_limit_and_the_oom_kill() {
     assert_no_memtrace_programs();
 }
 
+/// The agent tracing `rss` with `window`-second windows and a limit
+/// snapshot at 90%; the growth trigger out of the way (these tests are the
+/// limit's).
+fn limit_agent(name: &str, window: &str) -> Agent {
+    Agent::start(
+        name,
+        &[
+            "--window",
+            window,
+            "--exe",
+            "rss",
+            "--snapshot-limit-pct",
+            "90",
+            "--snapshot-growth-mib",
+            "100000",
+        ],
+    )
+}
+
 /// The agent: a snapshot at 90% of the limit, a report at the kill, the
 /// metrics, and the shipped alert for "limit within 15 minutes" firing in
 /// a real Prometheus.
@@ -178,20 +197,7 @@ fn record_reports_the_limit_and_the_oom_kill() {
 fn the_agent_snapshots_before_the_limit_and_reports_the_kill() {
     let v = go_versions().pop().unwrap();
     let cg = MemCgroup::new("agent");
-    let agent = Agent::start(
-        "containers-agent",
-        &[
-            "--window",
-            "2",
-            "--exe",
-            "rss",
-            "--snapshot-limit-pct",
-            "90",
-            // The growth trigger out of the way: this test is the limit's.
-            "--snapshot-growth-mib",
-            "100000",
-        ],
-    );
+    let agent = limit_agent("containers-agent", "2");
     let prom = Prometheus::start(
         &agent.out,
         &prometheus::config(agent.port, None),
@@ -276,19 +282,7 @@ fn the_agent_snapshots_before_the_limit_and_reports_the_kill() {
 fn a_fast_leak_gets_its_limit_snapshot_before_the_kill() {
     let v = go_versions().pop().unwrap();
     let cg = MemCgroup::new("fast");
-    let agent = Agent::start(
-        "containers-fast",
-        &[
-            "--window",
-            "3",
-            "--exe",
-            "rss",
-            "--snapshot-limit-pct",
-            "90",
-            "--snapshot-growth-mib",
-            "100000",
-        ],
-    );
+    let agent = limit_agent("containers-fast", "3");
     let started = std::time::Instant::now();
     let mut leak = cg.spawn(&fixture(&v, "rss"), &["-mode", "leak", "-rate", "8000"]);
     let pid = leak.pid();
