@@ -79,6 +79,10 @@ pub enum EventKind {
     /// anonymous, file and shmem RSS at the kill, in KiB, are in `addr`,
     /// `size` and `arg`.
     OomVictim = 24,
+    /// A label set captured where a goroutine's labels were set: its
+    /// address, generation and label count (see [`label_capture`]),
+    /// followed by the labels.
+    LabelSet = 25,
 }
 
 impl EventKind {
@@ -108,6 +112,7 @@ impl EventKind {
             22 => Self::FaultRunSoFar,
             23 => Self::FaultRunContinued,
             24 => Self::OomVictim,
+            25 => Self::LabelSet,
             _ => return None,
         })
     }
@@ -473,6 +478,9 @@ pub struct LabelOffsets {
     /// thread runs, as Go's own CPU profiler takes them (0: unknown).
     pub g_m: u64,
     pub m_curg: u64,
+    /// How the capture probe reads a set ([`SetLayout`] as u64; 0: it
+    /// does not, and events carry fingerprints).
+    pub format: u64,
 }
 
 /// A label set's fingerprint from its first word `w1` (its map, or its
@@ -480,7 +488,7 @@ pub struct LabelOffsets {
 /// (the map's hash seed, or the first label's value): another set at the
 /// same address differs in one or the other.
 pub const fn labels_check(w1: u64, w2: u64) -> u64 {
-    w1 ^ w2.rotate_left(32)
+    (w1 ^ w2.rotate_left(32)) & !label_capture::CAPTURED
 }
 
 /// Index into the `COUNTERS` per-CPU array.
@@ -504,9 +512,13 @@ pub enum Counter {
     /// User-mode faults merged into a [`FaultRun`] instead of being sent
     /// one record each.
     FaultsMerged = 6,
+    /// Label sets the capture probe could not copy (too many labels, an
+    /// unreadable or unknown shape): events under them are read the old
+    /// way.
+    LabelCaptureFailed = 7,
 }
 
-pub const COUNTER_COUNT: u32 = 7;
+pub const COUNTER_COUNT: u32 = 8;
 
 /// Byte offsets of the tracepoint fields the probes read, taken from the
 /// kernel's `format` files at load time and handed to the eBPF object as a
@@ -562,7 +574,9 @@ pub const RINGBUF_WAKE_BYTES: u64 = (RINGBUF_BYTES / 8) as u64;
 pub const MAX_TARGETS: u32 = 1024;
 
 mod cookie;
+pub mod label_capture;
 pub use cookie::{SpawnCookie, AT_PUSH, AT_STACK_CHECK, POINT_FLAGS};
+pub use label_capture::{CapturedLabel, LabelSetRecord, SetLayout};
 mod fault_run;
 pub use fault_run::{
     called_from, is_ephemeral_ref, FaultRun, FaultRuns, EPHEMERAL_REF, FAULT_RUN_MAX,

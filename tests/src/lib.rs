@@ -315,6 +315,7 @@ pub const MEMTRACE_PROGRAMS: &[&str] = &[
     "fault_runs_exec",
     "fault_runs_exit",
     "go_hold",
+    "go_labels_set",
     "go_spawned",
     "oom_victim",
 ];

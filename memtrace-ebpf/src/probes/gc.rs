@@ -41,7 +41,6 @@ pub fn go_gc_cycle(ctx: ProbeContext) -> u32 {
     if restarts(&ctx) {
         return 0;
     }
-    super::labels::gc_epoch_bump();
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     // SAFETY: plain copy of the map value.

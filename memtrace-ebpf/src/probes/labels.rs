@@ -1,51 +1,24 @@
 //! The current goroutine's pprof labels, for the events of a target that
 //! can set them: `g.labels` (or, on the system stack, that of the user
-//! goroutine the thread runs) and a fingerprint of the set, which user
-//! space reads later.
-//!
-//! The fingerprint takes two more reads. Consecutive events of a CPU
-//! mostly share a set (a request's allocations), and a set's address
-//! names that set until a GC cycle frees it, so each CPU keeps the last
-//! set's fingerprint until the next GC cycle of any target
-//! ([`GC_EPOCH`], bumped at `gcMarkTermination`, before the sweep frees
-//! anything).
+//! goroutine the thread runs) and what tells the set apart from another
+//! that later takes its address:
+//! - the generation the capture probe gave it ([`super::label_capture`]),
+//!   when it saw the set being stored: user space then already holds a
+//!   copy of the set, made while it was alive;
+//! - else (a set stored before tracing began, or one too large to copy) a
+//!   fingerprint of the set as it stands now, two more reads, which user
+//!   space checks when it reads the set.
 
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
     },
-    macros::map,
-    maps::{Array, PerCpuArray},
 };
-use memtrace_common::{labels_check, LabelOffsets};
+use memtrace_common::{label_capture::captured_check, labels_check, LabelOffsets};
 
-/// GC cycles seen (of any target): a CPU's remembered fingerprint is good
-/// only within one.
-#[map]
-pub static GC_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
-
-/// A CPU's last label set: its address, fingerprint and GC epoch.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct LastSet {
-    ptr: u64,
-    check: u64,
-    epoch: u64,
-}
-
-#[map]
-static LAST_SET: PerCpuArray<LastSet> = PerCpuArray::with_max_entries(1, 0);
-
-/// A GC cycle began its mark termination: sets may be freed from now on.
-#[inline(always)]
-pub fn gc_epoch_bump() {
-    if let Some(p) = GC_EPOCH.get_ptr_mut(0) {
-        // SAFETY: map value pointer; concurrent bumps may count once, and
-        // the epoch still changes.
-        unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p).wrapping_add(1)) };
-    }
-}
+use super::label_capture::generation;
 
 /// The calling task's saved user registers (from a tracepoint, where the
 /// context holds the kernel's).
@@ -61,10 +34,11 @@ pub fn user_regs() -> Option<pt_regs> {
 }
 
 /// The label set pointer of goroutine `g` (`g.labels` at offset `off`)
-/// and the set's first word: (0, 0) when the target carries no labels
-/// (`off` 0), the goroutine has none, or they cannot be read. Outside Go
-/// code R14 may not hold a g: what it points at then is read as user
-/// memory, and user space keeps only label sets that decode.
+/// and its generation or fingerprint (see the module docs): (0, 0) when
+/// the target carries no labels (`off` 0), the goroutine has none, or they
+/// cannot be read. Outside Go code R14 may not hold a g: what it points at
+/// then is read as user memory, and user space keeps only label sets that
+/// were captured or that decode.
 #[inline(always)]
 pub fn labels_of(g: u64, off: LabelOffsets) -> (u64, u64) {
     if off.g_labels == 0 || g == 0 {
@@ -85,26 +59,11 @@ pub fn labels_of(g: u64, off: LabelOffsets) -> (u64, u64) {
     if ptr == 0 {
         return (0, 0);
     }
-    let epoch = match GC_EPOCH.get_ptr(0) {
-        // SAFETY: map value pointer; another CPU may bump it concurrently.
-        Some(p) => unsafe { core::ptr::read_volatile(p) },
-        None => u64::MAX,
-    };
-    let last = LAST_SET.get_ptr_mut(0);
-    if let Some(l) = last {
-        // SAFETY: per-CPU map value; a program nested on this CPU may
-        // rewrite it, and a torn pair only makes user space re-check.
-        let l = unsafe { &*l };
-        if l.ptr == ptr && l.epoch == epoch {
-            return (ptr, l.check);
-        }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(gen) = generation(tgid, ptr) {
+        return (ptr, captured_check(gen));
     }
     let w1 = read(ptr);
     let w2 = read(w1.wrapping_add(off.check_at));
-    let check = labels_check(w1, w2);
-    if let Some(l) = last {
-        // SAFETY: as above.
-        unsafe { *l = LastSet { ptr, check, epoch } };
-    }
-    (ptr, check)
+    (ptr, labels_check(w1, w2))
 }

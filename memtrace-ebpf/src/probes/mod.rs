@@ -18,6 +18,7 @@ pub mod gc;
 pub mod go_abi;
 pub mod goroutines;
 pub mod hold;
+pub mod label_capture;
 pub mod labels;
 pub mod procs;
 pub mod syscalls;
@@ -248,6 +249,16 @@ fn wake_flags() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP
     }) as u64
+}
+
+/// Sends a record already built (`bytes`); a full ring buffer counts a drop.
+#[inline(always)]
+pub fn output(bytes: &[u8]) -> bool {
+    let sent = EVENTS.output::<[u8]>(bytes, wake_flags()).is_ok();
+    if !sent {
+        bump(Counter::RingbufDrops);
+    }
+    sent
 }
 
 #[inline(always)]
@@ -555,8 +566,7 @@ fn send_walked(
     }
     // SAFETY: `len` bytes of `rec` are initialised (header plus `frames`).
     let bytes = unsafe { core::slice::from_raw_parts((rec as *const Record).cast::<u8>(), len) };
-    if EVENTS.output::<[u8]>(bytes, wake_flags()).is_err() {
-        bump(Counter::RingbufDrops);
+    if !output(bytes) {
         return 0;
     }
     if let (Some(words), true) = (fp, shared && ev.stack_ref != 0) {

@@ -90,34 +90,63 @@ fn words(mem: &dyn RemoteMemory, at: u64, n: usize, ptr: u64) -> Result<Vec<u64>
         .map_err(|_| LabelError::Unreadable(ptr))
 }
 
-/// A Go string header's text: (data, len). Nothing is made up: the bytes
-/// must be UTF-8 without control characters (a set whose memory was
-/// reused reads as anything), else the whole set is refused. A string
-/// longer than [`MAX_STRING`] is cut at a character boundary and marked.
+/// A Go string header's text: (data, len), as [`text`]; a string longer
+/// than [`MAX_STRING`] is cut.
 fn string(mem: &dyn RemoteMemory, data: u64, len: u64, ptr: u64) -> Result<String, LabelError> {
     if len > 1 << 20 || (len > 0 && data == 0) {
         return Err(LabelError::Malformed(ptr, "string length"));
     }
-    let cut = len as usize > MAX_STRING;
     let mut buf = vec![0u8; (len as usize).min(MAX_STRING)];
     mem.read(data, &mut buf)
         .map_err(|_| LabelError::Unreadable(ptr))?;
-    let text = match std::str::from_utf8(&buf) {
+    text(&buf, len as usize > buf.len()).map_err(|why| LabelError::Malformed(ptr, why))
+}
+
+/// The first bytes `buf` of a label's string as text, `cut` when the
+/// string is longer. Nothing is made up: the bytes must be UTF-8 without
+/// control characters (a set whose memory was reused reads as anything),
+/// else the whole set is refused. A cut string ends at a character
+/// boundary and is marked `…`.
+pub fn text(buf: &[u8], cut: bool) -> Result<String, &'static str> {
+    let text = match std::str::from_utf8(buf) {
         Ok(t) => t,
         // Cut inside a character: keep what comes before it.
         Err(e) if cut && e.error_len().is_none() => {
             std::str::from_utf8(&buf[..e.valid_up_to()]).expect("valid up to there")
         }
-        Err(_) => return Err(LabelError::Malformed(ptr, "not UTF-8")),
+        Err(_) => return Err("not UTF-8"),
     };
     if text.chars().any(char::is_control) {
-        return Err(LabelError::Malformed(ptr, "control characters"));
+        return Err("control characters");
     }
     let mut s = text.to_string();
     if cut {
         s.push('…');
     }
     Ok(s)
+}
+
+/// A set as the capture probe copied it (`memtrace_common::label_capture`),
+/// checked as a set read from memory is, and sorted by key.
+pub fn from_captured(
+    ptr: u64,
+    captured: &[memtrace_common::CapturedLabel],
+) -> Result<Vec<(String, String)>, LabelError> {
+    let field = |bytes: &[u8], len: u32| {
+        let len = len as usize;
+        text(&bytes[..len.min(bytes.len())], len > bytes.len())
+            .map_err(|why| LabelError::Malformed(ptr, why))
+    };
+    let mut labels = captured
+        .iter()
+        .map(|l| Ok((field(&l.key, l.key_len)?, field(&l.value, l.value_len)?)))
+        .collect::<Result<Vec<_>, LabelError>>()?;
+    if labels.iter().any(|(k, _)| k.is_empty()) {
+        return Err(LabelError::Malformed(ptr, "an empty key"));
+    }
+    labels.sort();
+    labels.dedup_by(|a, b| a.0 == b.0);
+    Ok(labels)
 }
 
 /// Go ≥ 1.24: `ptr` → `{list []label}`; each label is two strings.

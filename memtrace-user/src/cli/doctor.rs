@@ -216,18 +216,25 @@ fn print_subject(s: &Subject) {
             row(
                 "pprof labels",
                 &match (bin.labels, bin.g_layout) {
-                    (Some(f), _) => format!(
-                        "read with every event ({} label sets{})",
-                        match f {
-                            crate::binary::labels::Format::Map => "Go 1.19-1.23 map",
-                            crate::binary::labels::Format::Slice => "slice",
-                        },
-                        if bin.m_curg.is_some() {
-                            "; on the system stack, the running goroutine's"
-                        } else {
-                            ""
+                    (Some(f), _) => {
+                        format!(
+                            "read with every event ({} label sets{})",
+                            match f {
+                                crate::binary::labels::Format::Map => "Go 1.19-1.23 map",
+                                crate::binary::labels::Format::Slice => "slice",
+                            },
+                            if bin.m_curg.is_some() {
+                                "; on the system stack, the running goroutine's"
+                            } else {
+                                ""
+                            }
+                        ) + &match &bin.label_capture {
+                            Some(p) => {
+                                format!(", each set copied as it is stored ({:#x})", p.vaddr)
+                            }
+                            None => ", read from memory (no capture point)".to_string(),
                         }
-                    ),
+                    }
                     (None, Some(_)) => {
                         "none: the program cannot set any (no runtime/pprof.runtime_setProfLabel)"
                             .to_string()

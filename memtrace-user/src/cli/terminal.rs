@@ -206,9 +206,10 @@ fn print_by_label(p: &Profile) {
 fn print_label_stats(l: &crate::model::labels::LabelStats) {
     let kept: usize = l.values.values().sum();
     println!(
-        "pprof labels: {} label sets, {kept} values of {} keys",
+        "pprof labels: {} label sets, {kept} values of {} keys; {} sets copied as they were stored",
         l.sets,
-        l.values.len()
+        l.values.len(),
+        l.captured
     );
     if l.folded_values > 0 || l.dropped_keys > 0 {
         eprintln!(
@@ -227,12 +228,20 @@ fn print_label_stats(l: &crate::model::labels::LabelStats) {
             }
         );
     }
-    if l.unreadable + l.stale > 0 {
+    if l.unreadable + l.stale + l.unmatched > 0 {
         println!(
-            "pprof labels: {} label sets could not be read and {} were replaced before they were read; their events count under {}",
+            "pprof labels: {} label sets could not be read, {} were replaced before they were read, and {} events named a copied set no longer held; their events count under {}",
             l.unreadable,
             l.stale,
+            l.unmatched,
             crate::model::labels::NO_LABELS
+        );
+    }
+    if l.not_captured > 0 {
+        println!(
+            "pprof labels: {} label sets could not be copied as they were stored (more than {} labels, or unreadable) and were read later instead",
+            l.not_captured,
+            memtrace_common::label_capture::CAPTURE_LABELS
         );
     }
 }

@@ -343,6 +343,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             Ok(_) => p.gc = self.opts.tuning.gc_view,
             Err(e) => self.warn_once(format!("pid {pid}: no GC view: {e}")),
         }
+        p.labels = self.reads_labels(bin).is_some() && bin.label_capture.is_some();
         if self.opts.holds {
             match &bin.holds {
                 Ok(_) => p.holds = true,
@@ -537,6 +538,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             ..
         } = self;
         kernel.poll(&mut |bytes| {
+            if labels.capture(bytes) {
+                return;
+            }
             if let Some(r) = resolver.feed(bytes) {
                 let r = labeled(r, resolver, labels, host);
                 match r.op {

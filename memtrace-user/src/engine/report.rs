@@ -3,6 +3,7 @@
 //! agent's snapshots share.
 
 use crate::model::extras::SampledSince;
+use crate::model::labels::LabelStats;
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Engine, Host};
@@ -95,7 +96,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         // The sampled lenses' cells, from each target's memory profile.
         let (mut sampled, rate, since) = self.sampled_cells(&pids, &mut warnings);
 
-        let vmrss = |t: &super::Target| (t.vmrss_start, t.timeline.last().map(|p| p.vm_rss));
         let rss_released = self.rss_released(&pids, &images, duration_secs, &target_desc);
         let mut lens_summaries = BTreeMap::new();
         let mut profiles = Vec::new();
@@ -111,16 +111,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 self.add_resident_before_tracing(&pids, &mut cells);
             }
             let mut extras: Option<LensExtras> = match lens {
-                Lens::Rss => {
-                    let (start, end) = pids.iter().fold((0, 0), |(s, e), p| {
-                        let (a, b) = vmrss(&self.targets[p]);
-                        (s + a.unwrap_or(0), e + b.unwrap_or(0))
-                    });
-                    let r = self.agg.rss.as_ref().expect("rss on");
-                    let mut e = lens::rss::extras(r, &pids, start, end);
-                    e.whole_trace = self.agg.rss_whole_trace;
-                    Some(LensExtras::Rss(e))
-                }
+                Lens::Rss => Some(LensExtras::Rss(self.rss_extras(&pids))),
                 Lens::Mmap => Some(LensExtras::Mmap(lens::mmap::extras(
                     self.agg.mmap.as_ref().expect("mmap on"),
                 ))),
@@ -176,7 +167,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             gc: lens::gc::summary(&gc, self.clock.window_ns),
             trigger: None,
             probe_costs: self.kernel.probe_costs(),
-            labels: Some(self.labels.stats()).filter(|s| s.sets > 0 || s.unreadable > 0),
+            labels: self.label_stats(),
         };
         let timelines = self.timelines(&pids);
         Report {
@@ -187,6 +178,29 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             warnings,
             split_by: self.opts.split_by_label.clone(),
         }
+    }
+
+    /// The rss lens's figures beyond its profile: the targets' VmRSS at
+    /// the start and now, and what was released.
+    fn rss_extras(&self, pids: &[u32]) -> crate::model::extras::RssExtras {
+        let (start, end) = pids.iter().fold((0, 0), |(s, e), p| {
+            let t = &self.targets[p];
+            let now = t.timeline.last().map(|p| p.vm_rss);
+            (s + t.vmrss_start.unwrap_or(0), e + now.unwrap_or(0))
+        });
+        let r = self.agg.rss.as_ref().expect("rss on");
+        let mut e = lens::rss::extras(r, pids, start, end);
+        e.whole_trace = self.agg.rss_whole_trace;
+        e
+    }
+
+    /// What became of the label sets, if the targets set any.
+    fn label_stats(&self) -> Option<LabelStats> {
+        Some(LabelStats {
+            not_captured: self.kernel.counters().label_capture_failures,
+            ..self.labels.stats()
+        })
+        .filter(|s| s.sets > 0 || s.unreadable > 0 || s.not_captured > 0)
     }
 
     /// With the rss lens: the release, by the releasing stack, of memory

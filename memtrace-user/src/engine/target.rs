@@ -9,6 +9,7 @@ use super::host::Host;
 use super::probes::ProbeKey;
 use super::Engine;
 use crate::binary::goruntime::GoBinary;
+use crate::binary::labels::Format;
 use crate::binary::symbolize::Image;
 use crate::host::breakdown;
 use crate::host::procfs::MapEntry;
@@ -17,7 +18,7 @@ use crate::lens::sampled::RuntimeProfile;
 use crate::model::summary::Point;
 use crate::model::target::Breakdown;
 use crate::model::target::{Exit, MemoryCgroup, OomKill};
-use memtrace_common::TargetConfig;
+use memtrace_common::{SetLayout, TargetConfig};
 
 /// What is read from a target while it can still be read: at the end of
 /// the window, or when it holds itself on its way out.
@@ -241,6 +242,11 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 check_at: format.check_at(),
                 g_m: g.m,
                 m_curg: t.bin.m_curg.unwrap_or(0),
+                format: match (format, &t.bin.label_capture) {
+                    (_, None) => SetLayout::None,
+                    (Format::Map, Some(_)) => SetLayout::Map,
+                    (Format::Slice, Some(_)) => SetLayout::Slice,
+                } as u64,
             };
         }
         if let Ok(points) = &t.bin.gc {

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use memtrace_common::{Event, EventKind, HoldPoint, StackField, EVENT_SIZE};
+use memtrace_common::label_capture::{CAPTURED_LABEL_SIZE, CAPTURE_LABELS};
+use memtrace_common::{CapturedLabel, Event, EventKind, HoldPoint, StackField, EVENT_SIZE};
 
 use crate::model::stack::{Stack, StackKey, StackTable};
 
@@ -125,6 +126,9 @@ pub enum DecodeError {
     /// The kind tag is unknown (kernel and user space out of sync).
     #[error("unknown event kind {0}")]
     Kind(u32),
+    /// A captured label set says it holds more labels than are captured.
+    #[error("captured label set of {0} labels")]
+    LabelCount(u64),
 }
 
 /// Splits a record into its header and inline frames.
@@ -154,6 +158,52 @@ pub fn decode(bytes: &[u8]) -> Result<(EventKind, Event, Vec<u64>), DecodeError>
         .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
         .collect();
     Ok((kind, ev, frames))
+}
+
+/// A label set the capture probe copied: its process, address,
+/// generation and labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedSet {
+    pub pid: u32,
+    pub ptr: u64,
+    pub gen: u64,
+    pub labels: Vec<CapturedLabel>,
+}
+
+/// The captured set in a [`EventKind::LabelSet`] record; `None` for any
+/// other record. A record shorter than its label count says is an error.
+pub fn label_set(bytes: &[u8]) -> Option<Result<CapturedSet, DecodeError>> {
+    if bytes.len() < EVENT_SIZE {
+        return None;
+    }
+    // SAFETY: length checked; Event is plain old data, read unaligned.
+    let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if EventKind::from_u32(ev.kind) != Some(EventKind::LabelSet) {
+        return None;
+    }
+    let (ptr, gen, n) = ev.label_set_fields();
+    if n > CAPTURE_LABELS as u64 {
+        return Some(Err(DecodeError::LabelCount(n)));
+    }
+    let n = n as usize;
+    let want = EVENT_SIZE + n * CAPTURED_LABEL_SIZE;
+    if bytes.len() < want {
+        return Some(Err(DecodeError::Short {
+            got: bytes.len(),
+            want,
+        }));
+    }
+    let labels = bytes[EVENT_SIZE..want]
+        .chunks_exact(CAPTURED_LABEL_SIZE)
+        // SAFETY: each chunk is a whole CapturedLabel (plain old data).
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<CapturedLabel>()) })
+        .collect();
+    Some(Ok(CapturedSet {
+        pid: ev.tgid,
+        ptr,
+        gen,
+        labels,
+    }))
 }
 
 /// Stateful decoding; see the module docs.
@@ -298,6 +348,9 @@ impl Resolver {
             | EventKind::MremapExit
             | EventKind::BrkExit
             | EventKind::GoCreated => return self.pair(kind, &ev),
+            // Taken by the label reader before the resolver (see
+            // [`label_set`]); nothing to attribute.
+            EventKind::LabelSet => return None,
             // The start function is the goroutine's leaf frame.
             EventKind::GoSpawned => {
                 let key = self.stacks.with_leaf(key, ev.start_pc());

@@ -88,6 +88,8 @@ pub struct Probes {
     pub goroutines: bool,
     /// The points where a target holds itself (start and exit).
     pub holds: bool,
+    /// Where label sets are stored (`go_labels_set`), to capture them.
+    pub labels: bool,
 }
 
 /// Which processes a binary's uprobes fire in.
@@ -110,6 +112,8 @@ pub struct KernelCounters {
     pub hold_failures: u64,
     pub fingerprint_collisions: u64,
     pub faults_merged: u64,
+    /// Label sets the capture probe could not copy.
+    pub label_capture_failures: u64,
     /// Runs of memtrace's programs the kernel skipped because a BPF program
     /// was already running on that CPU (`bpf_prog_info.recursion_misses`):
     /// events lost before any of memtrace's code ran.
@@ -130,6 +134,7 @@ impl KernelCounters {
             hold_failures: v[Counter::HoldFailures as usize],
             fingerprint_collisions: v[Counter::FingerprintCollisions as usize],
             faults_merged: v[Counter::FaultsMerged as usize],
+            label_capture_failures: v[Counter::LabelCaptureFailed as usize],
             kernel_misses: 0,
             nested_fault_misses: 0,
         }

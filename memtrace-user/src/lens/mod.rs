@@ -70,6 +70,7 @@ const NO_PROBES: Probes = Probes {
     allocs: false,
     goroutines: false,
     holds: false,
+    labels: false,
 };
 
 impl Lens {

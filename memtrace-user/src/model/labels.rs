@@ -44,6 +44,14 @@ pub struct LabelStats {
     /// the engine; their events count under `[no labels]`).
     pub unreadable: u64,
     pub stale: u64,
+    /// Sets copied as goroutines stored them (the capture probe).
+    pub captured: u64,
+    /// Events under a captured set that was no longer held (their record
+    /// lost, or forgotten); they count under `[no labels]`.
+    pub unmatched: u64,
+    /// Sets the capture probe could not copy (too large, or unreadable):
+    /// read from the target instead.
+    pub not_captured: u64,
 }
 
 #[derive(Default)]
@@ -120,6 +128,9 @@ impl LabelSets {
             folded_sets: self.folded_sets,
             unreadable: 0,
             stale: 0,
+            captured: 0,
+            unmatched: 0,
+            not_captured: 0,
         }
     }
 }
