@@ -1,15 +1,15 @@
-//! pprof label sets captured while they are alive: a probe where a
-//! goroutine's labels are set (`runtime/pprof.runtime_setProfLabel`)
-//! copies the set into a [`LabelSetRecord`] and gives it a generation;
-//! events then carry the set's address and that generation
-//! ([`captured_check`]) instead of a fingerprint. A generation is unique
+//! pprof label sets copied while they are alive: the first event under a
+//! set (in a GC cycle of its process) copies it into a
+//! [`LabelSetRecord`] and gives it a generation; events then carry the
+//! set's address and that generation ([`captured_check`]) instead of a
+//! fingerprint. A generation is unique
 //! (the CPU in its top bits), so an event can never be matched with
 //! another set that later took the same address.
 
 use crate::Event;
 
-/// Labels a set may hold to be captured (pprof's are a handful); a larger
-/// set is read the old way, from the target's memory.
+/// Labels a set may hold to be copied (pprof's are a handful); a larger
+/// set is read from the target's memory instead.
 pub const CAPTURE_LABELS: usize = 8;
 /// Bytes of a key copied at most; a longer key is cut (and marked so).
 pub const CAPTURE_KEY: usize = 64;
@@ -39,7 +39,7 @@ pub struct LabelSetRecord {
     pub labels: [CapturedLabel; CAPTURE_LABELS],
 }
 
-/// How a target lays out its label sets, for the capture probe
+/// How a target lays out its label sets, for the probes
 /// ([`crate::LabelOffsets::format`]).
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub const fn captured_gen(check: u64) -> Option<u64> {
     }
 }
 
-/// A Go `map[string]string` (before swiss maps) the capture probe reads:
+/// A Go `map[string]string` (before swiss maps) the probes reads:
 /// `hmap`'s `count` (0), `B` (9), `buckets` (16) and `oldbuckets` (24);
 /// a bucket's 8 tophash bytes, then 8 keys and 8 values (16 bytes each).
 /// Only a map of one bucket (`B` 0, at most 8 labels) is captured.

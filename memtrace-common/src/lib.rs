@@ -478,7 +478,7 @@ pub struct LabelOffsets {
     /// thread runs, as Go's own CPU profiler takes them (0: unknown).
     pub g_m: u64,
     pub m_curg: u64,
-    /// How the capture probe reads a set ([`SetLayout`] as u64; 0: it
+    /// How the probes reads a set ([`SetLayout`] as u64; 0: it
     /// does not, and events carry fingerprints).
     pub format: u64,
 }
@@ -512,7 +512,7 @@ pub enum Counter {
     /// User-mode faults merged into a [`FaultRun`] instead of being sent
     /// one record each.
     FaultsMerged = 6,
-    /// Label sets the capture probe could not copy (too many labels, an
+    /// Label sets the probes could not copy (too many labels, an
     /// unreadable or unknown shape): events under them are read the old
     /// way.
     LabelCaptureFailed = 7,

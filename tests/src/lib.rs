@@ -315,7 +315,6 @@ pub const MEMTRACE_PROGRAMS: &[&str] = &[
     "fault_runs_exec",
     "fault_runs_exit",
     "go_hold",
-    "go_labels_set",
     "go_spawned",
     "oom_victim",
 ];

@@ -46,13 +46,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use memtrace_common::{
-    called_from, is_ephemeral_ref, Counter, Event, EventKind, FaultRun, FaultRuns, FAULT_RUN_SLOTS,
-    FRAMELESS,
+    called_from, is_ephemeral_ref, Counter, Event, EventKind, FaultRun, FaultRuns, LabelOffsets,
+    FAULT_RUN_SLOTS, FRAMELESS,
 };
 
 use super::{
     bump, current_target, current_target_cached, emit, emit_with_stack, emit_with_stack_for_run,
-    entry_fingerprint, fault_floor, fingerprint, labels_of, recheck_runs, release_gen, user_regs,
+    entry_fingerprint, fault_floor, fingerprint, labels_known, labels_of, recheck_runs,
+    release_gen, user_regs,
 };
 
 // arch/x86/include/asm/trace/exceptions.h, class x86_exceptions:
@@ -186,15 +187,16 @@ fn user_fault<C: EbpfContext>(
     (tgid, tid): (u32, u32),
     page: u64,
     regs: [u64; 3],
-    labels: (u64, u64),
+    (g, labels_off): (u64, LabelOffsets),
 ) {
     let [ip, bp, sp] = regs;
     let gen = release_gen();
-    // The record is built only where one goes out: building it up front
-    // put a call (zeroing its fields) on the path of every merged fault.
-    let ev = || Event::fault(tgid, tid, page, 4096).with_labels(labels);
+    // The record (and the labels, a map lookup) is built only where one
+    // goes out: building it up front put a call (zeroing its fields) on
+    // the path of every merged fault.
+    let ev = |l: (u64, u64)| Event::fault(tgid, tid, page, 4096).with_labels(l);
     let Some(runs) = FAULT_RUNS.get_ptr_mut(0) else {
-        emit_with_stack(ctx, ev(), None);
+        emit_with_stack(ctx, ev(labels_known(g, labels_off)), None);
         return;
     };
     // SAFETY: as in `end_runs`.
@@ -226,40 +228,13 @@ fn user_fault<C: EbpfContext>(
         }
     };
     let Some([k0, k1]) = key else {
-        emit_with_stack(ctx, ev(), None);
+        emit_with_stack(ctx, ev(labels_known(g, labels_off)), None);
         return;
     };
     let frame = [ip, bp, k0, k1];
     let i = if found && runs.runs[c].same_frame(tid, &frame) {
         runs.used[c] = clock;
-        let run = &mut runs.runs[c];
-        if run.extends(tid, &frame, page, gen) {
-            run.seq = run.seq.wrapping_add(1);
-            run.stride = page.wrapping_sub(run.last);
-            run.last = page;
-            run.count += 1;
-            run.chain += 1;
-            run.seq = run.seq.wrapping_add(1);
-            bump(Counter::FaultsMerged);
-            return;
-        }
-        if run.continues(page) {
-            // The same frame, off the stride or past a release: the run
-            // goes out and a new one continues it under the same stack.
-            // SAFETY: helper without preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            let stack_ref = run.stack_ref;
-            let seq = end_run(run, true);
-            run.stack_ref = stack_ref;
-            run.first = run.last;
-            run.stride = page.wrapping_sub(run.last);
-            run.last = page;
-            run.count = 1;
-            run.chain += 1;
-            run.start_ns = now;
-            run.gen = gen;
-            run.seq = seq.wrapping_add(1);
-            bump(Counter::FaultsMerged);
+        if merge(&mut runs.runs[c], tid, &frame, page, gen) {
             return;
         }
         // A new run of the same frame takes its slot.
@@ -279,7 +254,8 @@ fn user_fault<C: EbpfContext>(
     } else {
         (fingerprint(ip, bp), 0)
     };
-    let stack_ref = emit_with_stack_for_run(ctx, ev(), fp, entry_ra);
+    let labels = labels_of(g, labels_off);
+    let stack_ref = emit_with_stack_for_run(ctx, ev(labels), fp, entry_ra);
     *run = FaultRun {
         tgid,
         tid,
@@ -301,6 +277,42 @@ fn user_fault<C: EbpfContext>(
         labels_check: labels.1,
     };
     run.seq = seq.wrapping_add(1);
+}
+
+/// Merges the fault at `page` into `run`, of the same frame: it extends
+/// the run, or (off the stride or past a release) the run goes out and a
+/// new one continues it under the same stack. False: a new run takes the
+/// slot.
+#[inline(always)]
+fn merge(run: &mut FaultRun, tid: u32, frame: &[u64; 4], page: u64, gen: u64) -> bool {
+    if run.extends(tid, frame, page, gen) {
+        run.seq = run.seq.wrapping_add(1);
+        run.stride = page.wrapping_sub(run.last);
+        run.last = page;
+        run.count += 1;
+        run.chain += 1;
+        run.seq = run.seq.wrapping_add(1);
+        bump(Counter::FaultsMerged);
+        return true;
+    }
+    if run.continues(page) {
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let stack_ref = run.stack_ref;
+        let seq = end_run(run, true);
+        run.stack_ref = stack_ref;
+        run.first = run.last;
+        run.stride = page.wrapping_sub(run.last);
+        run.last = page;
+        run.count = 1;
+        run.chain += 1;
+        run.start_ns = now;
+        run.gen = gen;
+        run.seq = seq.wrapping_add(1);
+        bump(Counter::FaultsMerged);
+        return true;
+    }
+    false
 }
 
 /// The faulting page, if the address is a user one.
@@ -327,7 +339,7 @@ pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the tracepoint's BTF types `regs` (`struct pt_regs *`), so the
     // verifier checks these loads (and makes them fault-safe).
     let (frame, g) = unsafe { ([(*regs).rip, (*regs).rbp, (*regs).rsp], (*regs).r14) };
-    user_fault(&ctx, (tgid, tid), page, frame, labels_of(g, labels_off));
+    user_fault(&ctx, (tgid, tid), page, frame, (g, labels_off));
     0
 }
 

@@ -47,6 +47,7 @@ pub fn go_gc_cycle(ctx: ProbeContext) -> u32 {
     let Some(cfg) = (unsafe { TARGETS.get(tgid) }).copied() else {
         return 0;
     };
+    super::label_capture::gc_epoch_bump(tgid);
     emit(Event::gc_cycle(
         tgid,
         tid,

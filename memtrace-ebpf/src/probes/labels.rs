@@ -2,12 +2,11 @@
 //! can set them: `g.labels` (or, on the system stack, that of the user
 //! goroutine the thread runs) and what tells the set apart from another
 //! that later takes its address:
-//! - the generation the capture probe gave it ([`super::label_capture`]),
-//!   when it saw the set being stored: user space then already holds a
-//!   copy of the set, made while it was alive;
-//! - else (a set stored before tracing began, or one too large to copy) a
-//!   fingerprint of the set as it stands now, two more reads, which user
-//!   space checks when it reads the set.
+//! - the generation of its copy ([`super::label_capture`]), made by the
+//!   first event under it in the target's GC cycle: user space then holds
+//!   the set as it was while alive;
+//! - else (a set too large to copy) a fingerprint of the set as it stands
+//!   now, two more reads, which user space checks when it reads the set.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -41,6 +40,18 @@ pub fn user_regs() -> Option<pt_regs> {
 /// were captured or that decode.
 #[inline(always)]
 pub fn labels_of(g: u64, off: LabelOffsets) -> (u64, u64) {
+    labels_copied_or_not(g, off, true)
+}
+
+/// As [`labels_of`], without copying a set not copied yet (for rare paths
+/// of programs whose stack has no room for the copy's call).
+#[inline(always)]
+pub fn labels_known(g: u64, off: LabelOffsets) -> (u64, u64) {
+    labels_copied_or_not(g, off, false)
+}
+
+#[inline(always)]
+fn labels_copied_or_not(g: u64, off: LabelOffsets, copy: bool) -> (u64, u64) {
     if off.g_labels == 0 || g == 0 {
         return (0, 0);
     }
@@ -59,8 +70,9 @@ pub fn labels_of(g: u64, off: LabelOffsets) -> (u64, u64) {
     if ptr == 0 {
         return (0, 0);
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(gen) = generation(tgid, ptr) {
+    let id = bpf_get_current_pid_tgid();
+    let layout = if copy { off.format } else { 0 };
+    if let Some(gen) = generation((id >> 32) as u32, id as u32, ptr, layout) {
         return (ptr, captured_check(gen));
     }
     let w1 = read(ptr);

@@ -23,7 +23,7 @@ pub mod labels;
 pub mod procs;
 pub mod syscalls;
 
-pub use labels::{labels_of, user_regs};
+pub use labels::{labels_known, labels_of, user_regs};
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

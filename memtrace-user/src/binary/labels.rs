@@ -126,7 +126,7 @@ pub fn text(buf: &[u8], cut: bool) -> Result<String, &'static str> {
     Ok(s)
 }
 
-/// A set as the capture probe copied it (`memtrace_common::label_capture`),
+/// A set as the probes copied it (`memtrace_common::label_capture`),
 /// checked as a set read from memory is, and sorted by key.
 pub fn from_captured(
     ptr: u64,

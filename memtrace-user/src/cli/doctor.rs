@@ -218,7 +218,7 @@ fn print_subject(s: &Subject) {
                 &match (bin.labels, bin.g_layout) {
                     (Some(f), _) => {
                         format!(
-                            "read with every event ({} label sets{})",
+                            "copied the first time an event runs under each ({} label sets{})",
                             match f {
                                 crate::binary::labels::Format::Map => "Go 1.19-1.23 map",
                                 crate::binary::labels::Format::Slice => "slice",
@@ -228,12 +228,7 @@ fn print_subject(s: &Subject) {
                             } else {
                                 ""
                             }
-                        ) + &match &bin.label_capture {
-                            Some(p) => {
-                                format!(", each set copied as it is stored ({:#x})", p.vaddr)
-                            }
-                            None => ", read from memory (no capture point)".to_string(),
-                        }
+                        )
                     }
                     (None, Some(_)) => {
                         "none: the program cannot set any (no runtime/pprof.runtime_setProfLabel)"

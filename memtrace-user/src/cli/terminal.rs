@@ -206,7 +206,7 @@ fn print_by_label(p: &Profile) {
 fn print_label_stats(l: &crate::model::labels::LabelStats) {
     let kept: usize = l.values.values().sum();
     println!(
-        "pprof labels: {} label sets, {kept} values of {} keys; {} sets copied as they were stored",
+        "pprof labels: {} label sets, {kept} values of {} keys; {} sets copied",
         l.sets,
         l.values.len(),
         l.captured
@@ -239,7 +239,7 @@ fn print_label_stats(l: &crate::model::labels::LabelStats) {
     }
     if l.not_captured > 0 {
         println!(
-            "pprof labels: {} label sets could not be copied as they were stored (more than {} labels, or unreadable) and were read later instead",
+            "pprof labels: {} label sets could not be copied (more than {} labels, or unreadable) and were read from memory instead",
             l.not_captured,
             memtrace_common::label_capture::CAPTURE_LABELS
         );

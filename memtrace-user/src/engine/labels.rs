@@ -3,13 +3,12 @@
 //! target once (`binary::labels`), interned by content (`model::labels`),
 //! and its stack split by the set (`StackTable::with_labels`).
 //!
-//! Most sets arrive copied: the capture probe sends each set as a
-//! goroutine stores it, with a generation that the events under it carry
-//! (`memtrace_common::label_capture`), so an event is matched with the
-//! copy of its own set and nothing is read from the target.
+//! Most sets arrive copied: the first event under a set in a GC cycle
+//! sends a copy ahead of itself, with a generation that the events under
+//! it carry (`memtrace_common::label_capture`), so an event is matched
+//! with the copy of its own set and nothing is read from the target.
 //!
-//! The others (stored before tracing began, or too large to copy) are
-//! read from the target. A label set is immutable, but once no goroutine
+//! The others (too large to copy) are read from the target. A label set is immutable, but once no goroutine
 //! holds it the garbage collector frees it and the address may hold
 //! another, possibly before user space reads an event sent while it held
 //! the first. So such an event carries a fingerprint of the set as the
@@ -41,7 +40,7 @@ pub struct LabelReader {
     unreadable: u64,
     /// Sets replaced before they were read (their address reused).
     stale: u64,
-    /// Sets copied by the capture probe.
+    /// Sets the probes copied.
     captured: u64,
     /// Events under a captured set no longer held (forgotten, or its
     /// record was lost).

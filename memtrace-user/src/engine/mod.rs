@@ -343,7 +343,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             Ok(_) => p.gc = self.opts.tuning.gc_view,
             Err(e) => self.warn_once(format!("pid {pid}: no GC view: {e}")),
         }
-        p.labels = self.reads_labels(bin).is_some() && bin.label_capture.is_some();
         if self.opts.holds {
             match &bin.holds {
                 Ok(_) => p.holds = true,

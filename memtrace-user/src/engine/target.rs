@@ -242,10 +242,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 check_at: format.check_at(),
                 g_m: g.m,
                 m_curg: t.bin.m_curg.unwrap_or(0),
-                format: match (format, &t.bin.label_capture) {
-                    (_, None) => SetLayout::None,
-                    (Format::Map, Some(_)) => SetLayout::Map,
-                    (Format::Slice, Some(_)) => SetLayout::Slice,
+                format: match format {
+                    Format::Map => SetLayout::Map,
+                    Format::Slice => SetLayout::Slice,
                 } as u64,
             };
         }

@@ -160,7 +160,7 @@ pub fn decode(bytes: &[u8]) -> Result<(EventKind, Event, Vec<u64>), DecodeError>
     Ok((kind, ev, frames))
 }
 
-/// A label set the capture probe copied: its process, address,
+/// A label set the probes copied: its process, address,
 /// generation and labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapturedSet {

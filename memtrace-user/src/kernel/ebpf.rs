@@ -269,9 +269,6 @@ impl Ebpf {
             }
             self.attach_uprobes("go_exit", &[&g.goexit], path, scope, links)?;
         }
-        if let (true, Some(p)) = (probes.labels, &bin.label_capture) {
-            self.attach_uprobes("go_labels_set", &[p], path, scope, links)?;
-        }
         if probes.holds {
             let h = bin.holds.as_ref().map_err(unsupported)?;
             let points: Vec<_> = h.points().collect();

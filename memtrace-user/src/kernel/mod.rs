@@ -88,8 +88,6 @@ pub struct Probes {
     pub goroutines: bool,
     /// The points where a target holds itself (start and exit).
     pub holds: bool,
-    /// Where label sets are stored (`go_labels_set`), to capture them.
-    pub labels: bool,
 }
 
 /// Which processes a binary's uprobes fire in.
@@ -112,7 +110,7 @@ pub struct KernelCounters {
     pub hold_failures: u64,
     pub fingerprint_collisions: u64,
     pub faults_merged: u64,
-    /// Label sets the capture probe could not copy.
+    /// Label sets the probes could not copy.
     pub label_capture_failures: u64,
     /// Runs of memtrace's programs the kernel skipped because a BPF program
     /// was already running on that CPU (`bpf_prog_info.recursion_misses`):

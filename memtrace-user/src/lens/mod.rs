@@ -70,7 +70,6 @@ const NO_PROBES: Probes = Probes {
     allocs: false,
     goroutines: false,
     holds: false,
-    labels: false,
 };
 
 impl Lens {

@@ -44,12 +44,13 @@ pub struct LabelStats {
     /// the engine; their events count under `[no labels]`).
     pub unreadable: u64,
     pub stale: u64,
-    /// Sets copied as goroutines stored them (the capture probe).
+    /// Sets copied in the kernel by the first event under them (in a GC
+    /// cycle).
     pub captured: u64,
     /// Events under a captured set that was no longer held (their record
     /// lost, or forgotten); they count under `[no labels]`.
     pub unmatched: u64,
-    /// Sets the capture probe could not copy (too large, or unreadable):
+    /// Sets the probes could not copy (too large, or unreadable):
     /// read from the target instead.
     pub not_captured: u64,
 }

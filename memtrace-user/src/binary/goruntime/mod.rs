@@ -55,10 +55,6 @@ pub struct GoBinary {
     pub labels: Option<crate::binary::labels::Format>,
     /// `curg` in `runtime.m`, for labels read on the system stack.
     pub m_curg: Option<u64>,
-    /// Where label sets are captured as they are stored: on the frame
-    /// setup of `runtime/pprof.runtime_setProfLabel` (when `labels` is
-    /// known).
-    pub label_capture: Option<ProbePoint>,
     /// Where the target holds itself for user space, or why it cannot.
     pub holds: Result<HoldPoints, String>,
     /// Link-time address of `runtime.allgs` (for goroutine stack sizes).
@@ -78,17 +74,6 @@ pub struct GoBinary {
 /// What `pprof.SetGoroutineLabels` and `pprof.Do` call: a binary without it
 /// never sets labels.
 pub const SET_PROF_LABEL: &str = "runtime/pprof.runtime_setProfLabel";
-
-/// Where to capture label sets: once per call of `SET_PROF_LABEL`, after
-/// its stack check (on the emulated `PUSHQ BP` where Go ≥ 1.21 has one),
-/// where the set is its first argument.
-fn label_capture(bin: &Binary<'_>) -> Option<ProbePoint> {
-    let f = bin.table.function(SET_PROF_LABEL)?;
-    match bin.at_frame_push(&f) {
-        Ok(Some(p)) => Some(p),
-        _ => bin.after_prologue(&f).ok(),
-    }
-}
 
 /// Keys of [`GoBinary::found`] for the structure layouts.
 pub const G_LAYOUT: &str = "runtime.g layout";
@@ -210,7 +195,6 @@ impl GoBinary {
                 .map_err(|e| e.to_string()),
             holds: bin.hold_points().map_err(|e| e.to_string()),
             labels,
-            label_capture: labels.and_then(|_| label_capture(&bin)),
             m_curg: labels.and_then(|_| crate::binary::gtypes::m_curg(&data, &table)),
             g_layout,
             gc: bin
@@ -242,7 +226,6 @@ impl GoBinary {
             goroutines: Err("no goroutine probes in tests".into()),
             holds: Err("no hold probes in tests".into()),
             labels: None,
-            label_capture: None,
             m_curg: None,
             allgs: None,
             mem_profile_rate: None,

@@ -145,10 +145,7 @@ impl Binary<'_> {
 
     /// A probe point on `f`'s `PUSHQ BP`, when its frame setup is Go
     /// ≥ 1.21's `PUSHQ BP; MOVQ SP, BP` (see [`frame_push`]).
-    pub(super) fn at_frame_push(
-        &self,
-        f: &Function<'_>,
-    ) -> Result<Option<ProbePoint>, TargetError> {
+    fn at_frame_push(&self, f: &Function<'_>) -> Result<Option<ProbePoint>, TargetError> {
         let code = self.code(f)?;
         frame_push(&code[..code.len().min(64)], f.entry)
             .map(|off| self.point(f, f.entry + off, f.name.to_string()))
@@ -185,7 +182,7 @@ impl Binary<'_> {
     }
 
     /// A probe point right after `f`'s frame setup.
-    pub(super) fn after_prologue(&self, f: &Function<'_>) -> Result<ProbePoint, TargetError> {
+    fn after_prologue(&self, f: &Function<'_>) -> Result<ProbePoint, TargetError> {
         let code = self.code(f)?;
         let skip = after_frame_setup(&code[..code.len().min(64)], f.entry)
             .ok_or_else(|| self.prologue_error(f))?;
