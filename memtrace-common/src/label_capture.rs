@@ -30,14 +30,20 @@ pub struct CapturedLabel {
 pub const CAPTURED_LABEL_SIZE: usize = 8 + CAPTURE_KEY + CAPTURE_VALUE;
 const _: () = assert!(core::mem::size_of::<CapturedLabel>() == CAPTURED_LABEL_SIZE);
 
-/// A captured set as sent: a [`crate::EventKind::LabelSet`] header, then
-/// as many labels as it says (the record is cut after them).
+/// A copied set as sent: a [`crate::EventKind::LabelSet`] header, then
+/// room for `N` labels, of which the header says how many are filled. The
+/// probes send a set of at most two labels in the small record.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct LabelSetRecord {
+pub struct LabelSetRecordOf<const N: usize> {
     pub ev: Event,
-    pub labels: [CapturedLabel; CAPTURE_LABELS],
+    pub labels: [CapturedLabel; N],
 }
+
+/// The record of a set of up to [`CAPTURE_LABELS`] labels.
+pub type LabelSetRecord = LabelSetRecordOf<CAPTURE_LABELS>;
+/// The record of a set of up to two labels (most sets).
+pub type SmallLabelSetRecord = LabelSetRecordOf<2>;
 
 /// How a target lays out its label sets, for the probes
 /// ([`crate::LabelOffsets::format`]).
@@ -90,6 +96,25 @@ impl Event {
     /// labels following the header.
     pub const fn label_set(tgid: u32, tid: u32, ptr: u64, gen: u64, n: u32) -> Self {
         Self::new(crate::EventKind::LabelSet, tgid, tid).with(ptr, gen, n as u64, 0)
+    }
+
+    /// Makes `self` what [`Event::label_set`] returns, field by field, in
+    /// place (the probes write it into the ring buffer; a whole event
+    /// built on the BPF stack did not fit beside their own frames).
+    #[inline(always)]
+    pub fn write_label_set(&mut self, tgid: u32, tid: u32, ptr: u64, gen: u64, n: u32) {
+        self.kind = crate::EventKind::LabelSet as u32;
+        self.tgid = tgid;
+        self.tid = tid;
+        self.stack = crate::STACK_NONE;
+        self.ts_ns = 0;
+        self.addr = ptr;
+        self.size = gen;
+        self.arg = n as u64;
+        self.arg2 = 0;
+        self.stack_ref = 0;
+        self.labels = 0;
+        self.labels_check = 0;
     }
 
     /// A [`crate::EventKind::LabelSet`]'s set address, generation and

@@ -1,15 +1,17 @@
 //! What reading pprof labels costs: the bench's allocation loop under
 //! alloc-exact and its goroutine churn under the goroutines lens, as the
 //! lens table runs them (no labels in the program) and built to run under
-//! a pprof label (`-tags labels`), traced with labels read and with
-//! `--no-labels`. Rounds interleave the three runs of each shape; the
-//! goal is checked on paired ratios (labels / no labels, each pair from
-//! one round).
+//! a pprof label (`-tags labels`); and a server that makes a label set
+//! per request (`pprof.Do` at full speed, four workers), under rss and
+//! goroutines, where every new set is copied in the kernel. Each is
+//! traced with labels read and with `--no-labels`. Rounds interleave the
+//! three runs of each shape; the goal is checked on paired ratios (labels
+//! / no labels, each pair from one round).
 
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 
 use crate::bench::{alloc_ns, median, record_command};
 
@@ -25,15 +27,43 @@ struct Shape {
     fixture: &'static str,
     lens: &'static str,
     args: &'static [&'static str],
+    /// The fixture's own measure of its work, in ns, from its output.
+    measure: fn(&str) -> anyhow::Result<f64>,
 }
 
-const SHAPES: [Shape; 4] = [
+/// The request server's run: 300 000 requests under a new label set each
+/// (`route` and one of 50 `user` values), at full speed.
+const SERVER: &[&str] = &[
+    "-requests",
+    "300000",
+    "-pace",
+    "0",
+    "-users",
+    "50",
+    "-keep",
+    "1",
+    "-linger",
+    "0s",
+];
+
+/// ns per request, from the server's `rate=` (requests a second).
+fn per_request_ns(stdout: &str) -> anyhow::Result<f64> {
+    let rate: f64 = stdout
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("rate="))
+        .and_then(|v| v.parse().ok())
+        .context("the server printed no rate=")?;
+    Ok(1e9 / rate)
+}
+
+const SHAPES: [Shape; 6] = [
     Shape {
         name: "allocation loop, alloc-exact",
         labeled: false,
         fixture: "allocs",
         lens: "alloc-exact",
         args: &["-objects", "100000", "-maps", "0", "-inlined", "0"],
+        measure: alloc_ns,
     },
     Shape {
         name: "goroutine churn, goroutines",
@@ -41,6 +71,7 @@ const SHAPES: [Shape; 4] = [
         fixture: "goroutines",
         lens: "goroutines",
         args: &["-spawn", "100000"],
+        measure: alloc_ns,
     },
     Shape {
         name: "... under a label, alloc-exact",
@@ -48,6 +79,7 @@ const SHAPES: [Shape; 4] = [
         fixture: "allocs-labels",
         lens: "alloc-exact",
         args: &["-objects", "100000", "-maps", "0", "-inlined", "0"],
+        measure: alloc_ns,
     },
     Shape {
         name: "... under a label, goroutines",
@@ -55,16 +87,33 @@ const SHAPES: [Shape; 4] = [
         fixture: "goroutines-labels",
         lens: "goroutines",
         args: &["-spawn", "100000"],
+        measure: alloc_ns,
+    },
+    Shape {
+        name: "a set per request, rss",
+        labeled: true,
+        fixture: "labels",
+        lens: "rss",
+        args: SERVER,
+        measure: per_request_ns,
+    },
+    Shape {
+        name: "a set per request, goroutines",
+        labeled: true,
+        fixture: "labels",
+        lens: "goroutines",
+        args: SERVER,
+        measure: per_request_ns,
     },
 ];
 
 /// One timed run: the fixture's own measure of its work.
-fn timed(mut cmd: Command) -> anyhow::Result<f64> {
+fn timed(mut cmd: Command, measure: fn(&str) -> anyhow::Result<f64>) -> anyhow::Result<f64> {
     let o = cmd.output()?;
     if !o.status.success() {
         bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&o.stderr));
     }
-    alloc_ns(&String::from_utf8_lossy(&o.stdout))
+    measure(&String::from_utf8_lossy(&o.stdout))
 }
 
 pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
@@ -78,34 +127,29 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
     for s in &SHAPES {
         let bin = fixtures.join(s.fixture);
         let args: Vec<String> = s.args.iter().map(|a| a.to_string()).collect();
-        let dir = out.join(format!("labels-{}", s.fixture));
-        let dir_off = out.join(format!("no-labels-{}", s.fixture));
+        let dir = out.join(format!("labels-{}-{}", s.fixture, s.lens));
+        let dir_off = out.join(format!("no-labels-{}-{}", s.fixture, s.lens));
         let (mut plain, mut off, mut on) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..ROUNDS {
             // Start one later each round, so drift hits every run alike.
             for i in 0..3 {
                 match (round + i) % 3 {
-                    0 => plain.push(timed({
-                        let mut c = Command::new(&bin);
-                        c.args(&args);
-                        c
-                    })?),
-                    1 => off.push(timed(record_command(
-                        memtrace,
-                        s.lens,
-                        &["--no-labels"],
-                        &dir_off,
-                        &bin,
-                        &args,
-                    ))?),
-                    _ => on.push(timed(record_command(
-                        memtrace,
-                        s.lens,
-                        &[],
-                        &dir,
-                        &bin,
-                        &args,
-                    ))?),
+                    0 => plain.push(timed(
+                        {
+                            let mut c = Command::new(&bin);
+                            c.args(&args);
+                            c
+                        },
+                        s.measure,
+                    )?),
+                    1 => off.push(timed(
+                        record_command(memtrace, s.lens, &["--no-labels"], &dir_off, &bin, &args),
+                        s.measure,
+                    )?),
+                    _ => on.push(timed(
+                        record_command(memtrace, s.lens, &[], &dir, &bin, &args),
+                        s.measure,
+                    )?),
                 }
             }
         }
@@ -121,15 +165,15 @@ pub fn run(memtrace: &Path, fixtures: &Path, out: &Path) -> anyhow::Result<()> {
             .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
         let m = median(&ratios);
         println!(
-            "{:<32} {:>8.1}ms {:>10.2}x {:>10.2}x {:>9.3} ({lo:.2}-{hi:.2}) {}",
+            "{:<32} {:>9.1}µs {:>10.2}x {:>10.2}x {:>9.3} ({lo:.2}-{hi:.2}) {}",
             s.name,
-            median(&plain) / 1e6,
+            median(&plain) / 1e3,
             median(&off) / median(&plain),
             median(&on) / median(&plain),
             m,
             if m <= GOAL { "met" } else { "MISSED" }
         );
     }
-    println!("(goal: labels / no labels <= {GOAL}, paired per round; under a label an event reads one word of the target, three when its set changed or a GC cycle passed)");
+    println!("(goal: labels / no labels <= {GOAL}, paired per round; under a label an event reads one word of the target and looks its set up in a kernel map; the first event under a set in a GC cycle copies the set; the server's time is per request)");
     Ok(())
 }

@@ -22,14 +22,14 @@
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user_buf},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use memtrace_common::{
-    label_capture::{hmap, CAPTURED, CAPTURED_LABEL_SIZE, CAPTURE_LABELS},
-    CapturedLabel, Counter, Event, LabelSetRecord, SetLayout, EVENT_SIZE,
+    label_capture::{hmap, LabelSetRecordOf, CAPTURED, CAPTURE_LABELS},
+    CapturedLabel, Counter, SetLayout,
 };
 
-use super::{bump, output};
+use super::{bump, wake_flags, EVENTS};
 
 /// A set's address in a process.
 #[repr(C)]
@@ -52,21 +52,38 @@ pub struct Copied {
 #[map]
 pub static LABEL_GENS: LruHashMap<SetKey, Copied> = LruHashMap::with_max_entries(1 << 16, 0);
 
-/// A target's GC cycles seen (tgid → count): the epoch of its copies.
+/// GC cycles seen, by tgid modulo its size: the epoch of a target's
+/// copies. Targets that share a slot bump each other's epoch, which only
+/// makes their sets copied again sooner.
 #[map]
-pub static GC_EPOCHS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1 << 12, 0);
+pub static GC_EPOCHS: Array<u64> = Array::with_max_entries(EPOCH_SLOTS, 0);
 
-/// A copy under way: the record, and the words read to find its strings
-/// (kept here, off the BPF stack, which the probes that call
-/// [`copy_set`] use most of).
+const EPOCH_SLOTS: u32 = 1 << 12;
+
+/// The last set this CPU looked up: (tgid, address, GC epoch) → its
+/// generation, with a checksum of the four, so that a read torn by
+/// another program on this CPU misses rather than misleads.
 #[repr(C)]
-pub struct Capture {
-    rec: LabelSetRecord,
-    w: [u64; 4],
+#[derive(Clone, Copy)]
+pub struct LastCopy {
+    tgid: u64,
+    ptr: u64,
+    epoch: u64,
+    gen: u64,
+    sum: u64,
+}
+
+impl LastCopy {
+    #[inline(always)]
+    fn checksum(tgid: u64, ptr: u64, epoch: u64, gen: u64) -> u64 {
+        (tgid ^ ptr.rotate_left(17) ^ epoch.rotate_left(31) ^ gen.rotate_left(47))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            | 1
+    }
 }
 
 #[map]
-static CAPTURE: PerCpuArray<Capture> = PerCpuArray::with_max_entries(1, 0);
+static LAST_COPY: PerCpuArray<LastCopy> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU generation counter (the CPU number goes in the top bits).
 #[map]
@@ -76,14 +93,20 @@ static NEXT_GEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// freed from now on.
 #[inline(always)]
 pub fn gc_epoch_bump(tgid: u32) {
-    let next = epoch(tgid).wrapping_add(1);
-    let _ = GC_EPOCHS.insert(tgid, next, 0);
+    if let Some(p) = GC_EPOCHS.get_ptr_mut(tgid % EPOCH_SLOTS) {
+        // SAFETY: map value pointer; concurrent bumps may count once, and
+        // the epoch still changes.
+        unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p).wrapping_add(1)) };
+    }
 }
 
 #[inline(always)]
 fn epoch(tgid: u32) -> u64 {
-    // SAFETY: a map value read by copy.
-    unsafe { GC_EPOCHS.get(tgid) }.copied().unwrap_or(0)
+    match GC_EPOCHS.get_ptr(tgid % EPOCH_SLOTS) {
+        // SAFETY: map value pointer; another CPU may bump it concurrently.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => u64::MAX,
+    }
 }
 
 /// The generation of the set at `ptr` in `tgid`, which an event of
@@ -94,22 +117,55 @@ fn epoch(tgid: u32) -> u64 {
 pub fn generation(tgid: u32, tid: u32, ptr: u64, layout: u64) -> Option<u64> {
     let key = SetKey { tgid, _pad: 0, ptr };
     let now = epoch(tgid);
-    // SAFETY: a map value read by copy.
-    if let Some(c) = unsafe { LABEL_GENS.get(key) }.copied() {
-        if c.epoch == now {
-            return Some(c.gen);
+    let last = LAST_COPY.get_ptr_mut(0);
+    if let Some(l) = last {
+        // SAFETY: per-CPU map value, read by copy; a torn copy fails its
+        // checksum.
+        let l = unsafe { core::ptr::read_volatile(l) };
+        let t = u64::from(tgid);
+        if l.tgid == t
+            && l.ptr == ptr
+            && l.epoch == now
+            && l.sum == LastCopy::checksum(t, ptr, now, l.gen)
+        {
+            return Some(l.gen);
         }
     }
-    if layout == SetLayout::None as u64 {
-        return None;
+    // SAFETY: a map value read by copy.
+    let known = unsafe { LABEL_GENS.get(key) }
+        .copied()
+        .filter(|c| c.epoch == now);
+    let gen = match known {
+        Some(c) => c.gen,
+        None if layout == SetLayout::None as u64 => return None,
+        None => {
+            let gen = memtrace_copy_set(tgid, tid, ptr, layout);
+            if gen == 0 {
+                bump(Counter::LabelCaptureFailed);
+                let _ = LABEL_GENS.remove(key);
+                return None;
+            }
+            let _ = LABEL_GENS.insert(key, Copied { gen, epoch: now }, 0);
+            gen
+        }
+    };
+    if let Some(l) = last {
+        let t = u64::from(tgid);
+        let sum = LastCopy::checksum(t, ptr, now, gen);
+        // SAFETY: per-CPU map value.
+        unsafe {
+            core::ptr::write_volatile(
+                l,
+                LastCopy {
+                    tgid: t,
+                    ptr,
+                    epoch: now,
+                    gen,
+                    sum,
+                },
+            )
+        };
     }
-    let gen = memtrace_copy_set(tgid, tid, ptr, layout);
-    if gen == 0 {
-        bump(Counter::LabelCaptureFailed);
-        let _ = LABEL_GENS.remove(key);
-        return None;
-    }
-    let _ = LABEL_GENS.insert(key, Copied { gen, epoch: now }, 0);
     Some(gen)
 }
 
@@ -139,14 +195,13 @@ fn copy_str<const N: usize>(dst: &mut [u8; N], data: u64, len: u64) -> Option<()
     }
     let dst = dst.get_mut(..n as usize)?;
     // SAFETY: the helper tolerates any source address.
-    let r = unsafe { bpf_probe_read_user_buf(data as *const u8, dst) };
-    r.ok()
+    unsafe { bpf_probe_read_user_buf(data as *const u8, dst) }.ok()
 }
 
 /// Copies one label from its string headers `[key data, key len, value
 /// data, value len]`.
 #[inline(always)]
-fn copy_label(l: &mut CapturedLabel, w: [u64; 4]) -> Option<()> {
+fn copy_label(l: &mut CapturedLabel, w: &[u64; 4]) -> Option<()> {
     if w[1] > u32::MAX as u64 || w[3] > u32::MAX as u64 {
         return None;
     }
@@ -170,96 +225,151 @@ fn read_words(w: &mut [u64; 4], at: u64, n: u32) -> Option<()> {
     (r == 0).then_some(())
 }
 
-/// Go ≥ 1.24: `ptr` → `{list []label}`, each label two string headers.
+/// Reads two words at `at` into `w[2..4]`.
 #[inline(always)]
-fn copy_slice(c: &mut Capture, ptr: u64) -> Option<usize> {
-    read_words(&mut c.w, ptr, 3)?;
-    let (data, len, cap) = (c.w[0], c.w[1], c.w[2]);
-    if len > cap || len > CAPTURE_LABELS as u64 {
-        return None;
-    }
-    for i in 0..CAPTURE_LABELS {
-        if i as u64 >= len {
-            break;
-        }
-        read_words(&mut c.w, data.wrapping_add(32 * i as u64), 4)?;
-        copy_label(&mut c.rec.labels[i], c.w)?;
-    }
-    Some(len as usize)
+fn read_two_at(w: &mut [u64; 4], at: u64) -> Option<()> {
+    // SAFETY: two words into `w[2..4]`; the helper tolerates any source.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            w.as_mut_ptr().add(2).cast(),
+            16,
+            at as *const core::ffi::c_void,
+        )
+    };
+    (r == 0).then_some(())
 }
 
-/// Go 1.19–1.23: `ptr` → `*hmap` of a `map[string]string`; only a map of
-/// one bucket, not growing, is copied.
+/// Where a set's labels are: Go ≥ 1.24's slice array, or Go 1.19–1.23's
+/// one map bucket; and how many there are.
+#[derive(Clone, Copy)]
+struct Shape {
+    slice: bool,
+    base: u64,
+    n: u64,
+}
+
+/// A set's shape from its header, if it can be copied: `ptr` → `{list
+/// []label}` (slice), or `ptr` → `*hmap` of a `map[string]string` of one
+/// bucket, not growing (map).
 #[inline(always)]
-fn copy_map(c: &mut Capture, ptr: u64) -> Option<usize> {
-    read_words(&mut c.w, ptr, 1)?;
-    let h = c.w[0];
-    if h == 0 {
-        return Some(0);
+fn shape(w: &mut [u64; 4], ptr: u64, layout: u64) -> Option<Shape> {
+    if layout == SetLayout::Slice as u64 {
+        read_words(w, ptr, 3)?;
+        let (data, len, cap) = (w[0], w[1], w[2]);
+        if len > cap || len > CAPTURE_LABELS as u64 {
+            return None;
+        }
+        return Some(Shape {
+            slice: true,
+            base: data,
+            n: len,
+        });
     }
-    read_words(&mut c.w, h, 4)?;
-    let (count, b) = (c.w[0], (c.w[1] >> ((hmap::B - 8) * 8)) & 0xff);
-    if count > CAPTURE_LABELS as u64 || b != 0 || c.w[(hmap::OLD_BUCKETS / 8) as usize] != 0 {
+    read_words(w, ptr, 1)?;
+    let h = w[0];
+    if h == 0 {
+        return Some(Shape {
+            slice: false,
+            base: 0,
+            n: 0,
+        });
+    }
+    read_words(w, h, 4)?;
+    let (count, b) = (w[0], (w[1] >> ((hmap::B - 8) * 8)) & 0xff);
+    if count > CAPTURE_LABELS as u64 || b != 0 || w[(hmap::OLD_BUCKETS / 8) as usize] != 0 {
         return None;
     }
-    if count == 0 {
-        return Some(0);
+    let bucket = w[(hmap::BUCKETS / 8) as usize];
+    Some(Shape {
+        slice: false,
+        base: bucket,
+        n: count,
+    })
+}
+
+/// Fills `labels` with the set's labels; false if a word cannot be read.
+#[inline(always)]
+fn fill<const N: usize>(labels: &mut [CapturedLabel; N], w: &mut [u64; 4], s: Shape) -> bool {
+    if s.n == 0 {
+        return true;
     }
-    let bucket = c.w[(hmap::BUCKETS / 8) as usize];
-    read_words(&mut c.w, bucket, 1)?;
-    let top = c.w[0].to_le_bytes();
+    if s.slice {
+        for (i, l) in labels.iter_mut().enumerate() {
+            if i as u64 >= s.n {
+                break;
+            }
+            if read_words(w, s.base.wrapping_add(32 * i as u64), 4).is_none()
+                || copy_label(l, w).is_none()
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+    if read_words(w, s.base, 1).is_none() {
+        return false;
+    }
+    let top = w[0].to_le_bytes();
     let mut n = 0usize;
     for (i, t) in top.iter().enumerate() {
         if *t < hmap::MIN_TOPHASH {
             continue;
         }
-        read_words(&mut c.w, bucket.wrapping_add(hmap::KEYS + 16 * i as u64), 2)?;
-        let (k0, k1) = (c.w[0], c.w[1]);
-        read_words(
-            &mut c.w,
-            bucket.wrapping_add(hmap::VALUES + 16 * i as u64),
-            2,
-        )?;
-        let w = [k0, k1, c.w[0], c.w[1]];
-        copy_label(c.rec.labels.get_mut(n)?, w)?;
+        let Some(l) = labels.get_mut(n) else {
+            return false;
+        };
+        let key = s.base.wrapping_add(hmap::KEYS + 16 * i as u64);
+        let value = s.base.wrapping_add(hmap::VALUES + 16 * i as u64);
+        if read_words(w, key, 2).is_none() || read_two_at(w, value).is_none() {
+            return false;
+        }
+        if copy_label(l, w).is_none() {
+            return false;
+        }
         n += 1;
     }
-    (n as u64 == count).then_some(n)
+    n as u64 == s.n
+}
+
+/// Sends the set in a record of room for `N` labels, written in place in
+/// the ring buffer; its generation, or 0.
+#[inline(always)]
+fn send<const N: usize>(w: &mut [u64; 4], s: Shape, (tgid, tid, ptr): (u32, u32, u64)) -> u64 {
+    let Some(gen) = next_gen() else {
+        return 0;
+    };
+    let Some(mut entry) = EVENTS.reserve::<LabelSetRecordOf<N>>(0) else {
+        bump(Counter::RingbufDrops);
+        return 0;
+    };
+    // SAFETY: the reserved record is this program's until submitted or
+    // discarded; every field the reader reads is written below.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    rec.ev.write_label_set(tgid, tid, ptr, gen, s.n as u32);
+    // SAFETY: helper without preconditions.
+    rec.ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if !fill(&mut rec.labels, w, s) {
+        entry.discard(0);
+        return 0;
+    }
+    entry.submit(wake_flags());
+    gen
 }
 
 /// Copies the set at `ptr` into the ring buffer; its generation, or 0
-/// when it cannot be copied or the record is dropped. A function of its
-/// own in the object (not inlined), called from every probe that reads
-/// labels.
+/// when it cannot be copied or the ring buffer is full. A global function
+/// in the object, so the kernel verifies it once rather than at each of
+/// the probes' calls.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn memtrace_copy_set(tgid: u32, tid: u32, ptr: u64, layout: u64) -> u64 {
-    let Some(c) = CAPTURE.get_ptr_mut(0) else {
+    let mut w = [0u64; 4];
+    let Some(s) = shape(&mut w, ptr, layout) else {
         return 0;
     };
-    // SAFETY: per-CPU map value; the probes run with preemption off.
-    let c = unsafe { &mut *c };
-    let n = if layout == SetLayout::Slice as u64 {
-        copy_slice(c, ptr)
+    if s.n <= 2 {
+        send::<2>(&mut w, s, (tgid, tid, ptr))
     } else {
-        copy_map(c, ptr)
-    };
-    let rec = &mut c.rec;
-    let (Some(n), Some(gen)) = (n, next_gen()) else {
-        return 0;
-    };
-    rec.ev = Event::label_set(tgid, tid, ptr, gen, n as u32);
-    // SAFETY: helper without preconditions.
-    rec.ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    let len = EVENT_SIZE + n * CAPTURED_LABEL_SIZE;
-    if len > core::mem::size_of::<LabelSetRecord>() {
-        return 0;
-    }
-    // SAFETY: `len` bytes of `rec` are initialised (header plus `n` labels).
-    let bytes = unsafe { core::slice::from_raw_parts((rec as *const LabelSetRecord).cast(), len) };
-    if output(bytes) {
-        gen
-    } else {
-        0
+        send::<CAPTURE_LABELS>(&mut w, s, (tgid, tid, ptr))
     }
 }

@@ -19,16 +19,33 @@ use memtrace_common::{label_capture::captured_check, labels_check, LabelOffsets}
 
 use super::label_capture::generation;
 
-/// The calling task's saved user registers (from a tracepoint, where the
-/// context holds the kernel's).
+/// The calling task's saved user registers that the probes read (from a
+/// tracepoint, where the context holds the kernel's): four words on the
+/// BPF stack rather than all of `pt_regs`, which left no room for the
+/// label copy's call.
+#[derive(Clone, Copy)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub bp: u64,
+    pub sp: u64,
+    /// Go's current g, in Go code.
+    pub r14: u64,
+}
+
+/// Reads the calling task's [`UserRegs`].
 #[inline(always)]
-pub fn user_regs() -> Option<pt_regs> {
+pub fn user_regs() -> Option<UserRegs> {
     // SAFETY: helpers without preconditions; the saved registers are read
-    // with a checked kernel read.
+    // with checked kernel reads of their fields.
     unsafe {
         let task = bpf_get_current_task_btf();
         let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        bpf_probe_read_kernel(regs).ok()
+        Some(UserRegs {
+            ip: bpf_probe_read_kernel(&raw const (*regs).rip).ok()?,
+            bp: bpf_probe_read_kernel(&raw const (*regs).rbp).ok()?,
+            sp: bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?,
+            r14: bpf_probe_read_kernel(&raw const (*regs).r14).ok()?,
+        })
     }
 }
 

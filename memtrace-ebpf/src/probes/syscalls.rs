@@ -47,8 +47,8 @@ fn emit_enter(ctx: &TracePointContext, ev: Event, labels_off: LabelOffsets) {
     };
     let ev = ev.with_labels(labels_of(regs.r14, labels_off));
     // SAFETY: bpf_probe_read_user tolerates any address.
-    let fp = match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
-        Ok(top) => entry_fingerprint(regs.rip, regs.rbp, top),
+    let fp = match unsafe { bpf_probe_read_user(regs.sp as *const u64) } {
+        Ok(top) => entry_fingerprint(regs.ip, regs.bp, top),
         Err(_) => None,
     };
     emit_with_stack(ctx, ev, fp);
