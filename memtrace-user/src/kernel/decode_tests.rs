@@ -262,3 +262,46 @@ fn goroutine_creation_pairs_and_gets_its_start_as_leaf() {
         }
     );
 }
+
+#[test]
+fn a_copied_label_set_decodes_and_a_short_or_oversized_one_is_an_error() {
+    use memtrace_common::label_capture::{CAPTURED_LABEL_SIZE, CAPTURE_LABELS};
+    use memtrace_common::CapturedLabel;
+    let mut l = CapturedLabel {
+        key_len: 5,
+        value_len: 2,
+        key: [0; 64],
+        value: [0; 128],
+    };
+    l.key[..5].copy_from_slice(b"route");
+    l.value[..2].copy_from_slice(b"/b");
+    let ev = Event::label_set(7, 8, 0x1000, 42, 1);
+    let mut bytes = encode(&ev, &[]);
+    // SAFETY: CapturedLabel is plain old data.
+    bytes.extend_from_slice(unsafe {
+        std::slice::from_raw_parts(
+            (&l as *const CapturedLabel).cast::<u8>(),
+            CAPTURED_LABEL_SIZE,
+        )
+    });
+    let got = label_set(&bytes).unwrap().unwrap();
+    assert_eq!((got.pid, got.ptr, got.gen), (7, 0x1000, 42));
+    assert_eq!(got.labels, vec![l]);
+    // Cut short of the label it announces.
+    assert!(matches!(
+        label_set(&bytes[..bytes.len() - 1]),
+        Some(Err(DecodeError::Short { .. }))
+    ));
+    // More labels than a copy holds.
+    let too_many = Event::label_set(7, 8, 0x1000, 42, CAPTURE_LABELS as u32 + 1);
+    assert_eq!(
+        label_set(&encode(&too_many, &[])),
+        Some(Err(DecodeError::LabelCount(CAPTURE_LABELS as u64 + 1)))
+    );
+    // Any other record is not a label set; the resolver skips one.
+    assert_eq!(
+        label_set(&encode(&Event::fault(7, 8, 0x7000, 4096), &[])),
+        None
+    );
+    assert_eq!(Resolver::default().feed(&bytes), None);
+}
