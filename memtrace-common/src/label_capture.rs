@@ -1,6 +1,6 @@
 //! pprof label sets copied while they are alive: the first event under a
 //! set (in a GC cycle of its process) copies it into a
-//! [`LabelSetRecord`] and gives it a generation; events then carry the
+//! [`LabelSetRecordOf`] and gives it a generation; events then carry the
 //! set's address and that generation ([`captured_check`]) instead of a
 //! fingerprint. A generation is unique
 //! (the CPU in its top bits), so an event can never be matched with
@@ -31,19 +31,14 @@ pub const CAPTURED_LABEL_SIZE: usize = 8 + CAPTURE_KEY + CAPTURE_VALUE;
 const _: () = assert!(core::mem::size_of::<CapturedLabel>() == CAPTURED_LABEL_SIZE);
 
 /// A copied set as sent: a [`crate::EventKind::LabelSet`] header, then
-/// room for `N` labels, of which the header says how many are filled. The
-/// probes send a set of at most two labels in the small record.
+/// room for `N` labels (2, or [`CAPTURE_LABELS`]), of which the header
+/// says how many are filled.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct LabelSetRecordOf<const N: usize> {
     pub ev: Event,
     pub labels: [CapturedLabel; N],
 }
-
-/// The record of a set of up to [`CAPTURE_LABELS`] labels.
-pub type LabelSetRecord = LabelSetRecordOf<CAPTURE_LABELS>;
-/// The record of a set of up to two labels (most sets).
-pub type SmallLabelSetRecord = LabelSetRecordOf<2>;
 
 /// How a target lays out its label sets, for the probes
 /// ([`crate::LabelOffsets::format`]).

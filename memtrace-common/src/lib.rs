@@ -576,7 +576,7 @@ pub const MAX_TARGETS: u32 = 1024;
 mod cookie;
 pub mod label_capture;
 pub use cookie::{SpawnCookie, AT_PUSH, AT_STACK_CHECK, POINT_FLAGS};
-pub use label_capture::{CapturedLabel, LabelSetRecord, SetLayout, SmallLabelSetRecord};
+pub use label_capture::{CapturedLabel, LabelSetRecordOf, SetLayout};
 mod fault_run;
 pub use fault_run::{
     called_from, is_ephemeral_ref, FaultRun, FaultRuns, EPHEMERAL_REF, FAULT_RUN_MAX,

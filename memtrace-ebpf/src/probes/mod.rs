@@ -253,7 +253,7 @@ fn wake_flags() -> u64 {
 
 /// Sends a record already built (`bytes`); a full ring buffer counts a drop.
 #[inline(always)]
-pub fn output(bytes: &[u8]) -> bool {
+fn output(bytes: &[u8]) -> bool {
     let sent = EVENTS.output::<[u8]>(bytes, wake_flags()).is_ok();
     if !sent {
         bump(Counter::RingbufDrops);
