@@ -48,7 +48,7 @@ fn forced_gc_cycles_are_counted_with_pauses() {
 /// the kernel emulates, one of them on the stack check's jump on Go
 /// 1.19–1.20, where the entry that goes to `morestack` must not count.
 /// Every cycle the runtime reports with `GODEBUG=gctrace=1` is seen once,
-/// with the same heap goal, and there are two pauses per cycle (plus the
+/// with the same heap goal (and at most one more, unprinted at exit), and there are two pauses per cycle (plus the
 /// fixture's two `ReadMemStats`).
 #[test]
 fn a_gc_heavy_program_matches_gctrace() {
@@ -86,16 +86,26 @@ fn a_gc_heavy_program_matches_gctrace() {
             .iter()
             .map(|c| c["heap_goal"].as_u64().unwrap() >> 20)
             .collect();
+        let cycles = gc["cycles"].as_u64().unwrap();
+        assert_eq!(cycles, goals.len() as u64, "go{v}: cycles and their detail");
+        // The runtime counts a cycle (NumGC) in mark termination, where the
+        // probe sits, and prints its gctrace line at the end of it: a
+        // program that exits in between has one cycle more than lines.
+        let unprinted = cycles.checked_sub(traced.len() as u64);
+        assert!(
+            matches!(unprinted, Some(0 | 1)),
+            "go{v}: memtrace saw {cycles} cycles, gctrace printed {}",
+            traced.len()
+        );
         assert_eq!(
-            goals, traced,
+            goals[..traced.len()],
+            traced[..],
             "go{v}: the heap goal per cycle (MiB) differs from gctrace's"
         );
-        let cycles = gc["cycles"].as_u64().unwrap();
-        assert_eq!(cycles, traced.len() as u64, "go{v}: cycles");
         let pauses = gc["pauses"]["count"].as_u64().unwrap();
         let want = 2 * cycles;
         assert!(
-            (want..=want + 4).contains(&pauses),
+            (want - unprinted.unwrap()..=want + 4).contains(&pauses),
             "go{v}: {pauses} pauses for {cycles} cycles"
         );
     }

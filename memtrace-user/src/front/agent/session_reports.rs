@@ -135,7 +135,17 @@ impl AgentPolicy {
 
     /// The OOM killer chose `pid`: its report goes to `OUT/oom/PID-UNIXTIME/`
     /// at once, and (with a profile store) its last window is pushed.
+    /// The kill is counted first, so whoever sees the report on disk also
+    /// sees it in `/metrics`.
     pub(super) fn oom_killed<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>, pid: u32) {
+        {
+            let mut shared = self.shared.lock().expect("agent state");
+            shared.oom_kills += 1;
+            *shared
+                .snapshots_by_trigger
+                .entry("oom_kill".into())
+                .or_default() += 1;
+        }
         let report = self.report_of(engine, pid, "oom_kill");
         match crate::render::report::write_oom_report(
             &report,
@@ -153,12 +163,6 @@ impl AgentPolicy {
             Err(e) => eprintln!("memtrace: agent: pid {pid} was killed by the OOM killer; {e}"),
         }
         self.publish(pid, &report);
-        let mut shared = self.shared.lock().expect("agent state");
-        shared.oom_kills += 1;
-        *shared
-            .snapshots_by_trigger
-            .entry("oom_kill".into())
-            .or_default() += 1;
     }
 }
 
