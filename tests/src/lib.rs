@@ -8,8 +8,10 @@ pub mod agent;
 pub mod hostile;
 pub mod kube;
 pub mod manifest;
+pub mod otlp;
 pub mod podman;
 pub mod prometheus;
+pub mod receiver;
 
 use std::time::{Duration, Instant};
 

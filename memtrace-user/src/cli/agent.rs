@@ -12,9 +12,10 @@ use crate::engine::host::Procfs;
 use crate::engine::{run, setup, Engine, Options};
 use crate::front::agent::metrics::SelfUsage;
 use crate::front::agent::pods::PodSource;
-use crate::front::agent::push::{self, Auth, PushConfig, Pusher};
 use crate::front::agent::session::{AgentPolicy, Filters, Snapshots};
 use crate::front::agent::{self, Shared};
+use crate::front::push::pyroscope::{Auth, Store};
+use crate::front::push::{self, Destination, PushConfig, Pusher};
 use crate::host::procfs;
 use crate::kernel::ebpf::Ebpf;
 use crate::model::lens::Lens;
@@ -116,6 +117,11 @@ pub struct AgentArgs {
     /// Disk kept for profiles Pyroscope has not taken yet (an outage), MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub pyroscope_spool_mib: u64,
+    #[command(flatten)]
+    pub otlp: super::OtlpArgs,
+    /// Disk kept for OTLP exports the collector has not taken yet, MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub otlp_spool_mib: u64,
     /// Distinct stacks kept per process (its memory bound); later new
     /// stacks are counted under one `[stack unavailable: over the
     /// per-process stack cap]` frame and in memtrace_stacks_capped_total.
@@ -174,12 +180,28 @@ fn push_config(args: &AgentArgs) -> anyhow::Result<Option<PushConfig>> {
         }
         (None, None) => Auth::None,
     };
-    Ok(Some(PushConfig {
+    let dest = Destination::Pyroscope(Store {
         url: url.clone(),
         tenant: args.pyroscope_tenant.clone(),
         auth,
-        spool: push::default_spool(&args.out),
+    });
+    Ok(Some(PushConfig {
+        spool: push::default_spool(&args.out, &dest),
+        dest,
         spool_max_bytes: args.pyroscope_spool_mib << 20,
+    }))
+}
+
+/// The OTLP export configuration the flags ask for.
+fn otlp_config(args: &AgentArgs) -> anyhow::Result<Option<PushConfig>> {
+    let Some(endpoint) = args.otlp.endpoint()? else {
+        return Ok(None);
+    };
+    let dest = Destination::Otlp(endpoint);
+    Ok(Some(PushConfig {
+        spool: push::default_spool(&args.out, &dest),
+        dest,
+        spool_max_bytes: args.otlp_spool_mib << 20,
     }))
 }
 
@@ -319,6 +341,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .map(Pusher::start)
         .transpose()
         .context("starting the Pyroscope pusher")?;
+    let otlp = otlp_config(&args)?
+        .map(Pusher::start)
+        .transpose()
+        .context("starting the OTLP exporter")?;
     let listener = std::net::TcpListener::bind(args.listen).with_context(|| {
         format!(
             "cannot listen on {}: choose another address with --listen",
@@ -334,6 +360,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             usage: self_usage,
             token: token.map(Arc::from),
             push: pusher.as_ref().map(Pusher::stats_handle),
+            otlp: otlp.as_ref().map(Pusher::stats_handle),
             heartbeat: heartbeat.clone(),
             stall: std::time::Duration::from_secs(args.stall_secs.max(1)),
         },
@@ -367,6 +394,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             pods_source,
         );
         policy.pusher = pusher;
+        policy.otlp = otlp;
         policy.heartbeat = heartbeat;
         policy.node = node_name(&args);
         policy.metric_label_keys = args.metric_label_keys.clone();

@@ -56,7 +56,37 @@ pub enum Commands {
     },
 }
 
-/// The lenses, each with its question and cost, for `--help`.
+/// Where OTLP profiles go (`record` and `agent`).
+#[derive(Debug, Default, clap::Args)]
+pub struct OtlpArgs {
+    /// Send the profiles as OTLP (opentelemetry.proto.profiles.v1development)
+    /// to this OTLP/HTTP endpoint, e.g. http://collector:4318 (the path
+    /// /v1development/profiles is added to a URL without one); https
+    /// uses TLS.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+    /// A header for every OTLP request, KEY=VALUE (repeatable), e.g.
+    /// `Authorization=Bearer TOKEN`; OTEL_EXPORTER_OTLP_HEADERS adds more.
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE", requires = "otlp")]
+    pub otlp_headers: Vec<String>,
+}
+
+impl OtlpArgs {
+    /// The endpoint, if `--otlp` was given.
+    pub fn endpoint(&self) -> anyhow::Result<Option<crate::front::push::otlp::Endpoint>> {
+        let Some(url) = &self.otlp else {
+            return Ok(None);
+        };
+        let mut headers = self.otlp_headers.clone();
+        headers.extend(crate::front::push::otlp::env_headers(|k| {
+            std::env::var(k).ok()
+        }));
+        Ok(Some(crate::front::push::otlp::Endpoint::new(
+            url, &headers,
+        )?))
+    }
+}
+
 /// A pprof label key for `--split-by-label`.
 fn label_key(s: &str) -> Result<String, String> {
     let k = s.trim();
@@ -74,6 +104,7 @@ fn label_key(s: &str) -> Result<String, String> {
     Ok(k.to_string())
 }
 
+/// The lenses, each with its question and cost, for `--help`.
 fn lenses_help() -> String {
     format!("Lenses (--lens):\n{}", crate::lens::help_table())
 }

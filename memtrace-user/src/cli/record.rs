@@ -69,6 +69,8 @@ pub struct RecordArgs {
     /// reading them costs.
     #[arg(long, hide = true)]
     pub no_labels: bool,
+    #[command(flatten)]
+    pub otlp: super::OtlpArgs,
     /// Command to launch and trace from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -145,6 +147,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     if args.memprofile_rate == 0 {
         bail!("--memprofile-rate must be at least 1 byte (1 samples every allocation)");
     }
+    // A bad endpoint fails now, not after the window.
+    let otlp = args.otlp.endpoint()?;
     let mut opts = Options::new(args.lens.clone());
     opts.memprofile_rate = args.memprofile_rate;
     opts.split_by_label = args.split_by_label.clone();
@@ -231,10 +235,17 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     }
     let written = written?;
     super::terminal::print_record(&report, &written, engine.targets());
+    let exported = otlp.map_or(Ok(()), |e| export(&e, &report, &args.out));
     if policy.oom.is_empty() {
-        return Ok(0);
+        return Ok(u8::from(exported.is_err()));
     }
-    for (pid, written) in &policy.oom {
+    say_oom_kills(&report, &policy.oom);
+    Ok(OOM_EXIT)
+}
+
+/// Says which targets the OOM killer chose, and where each one's report is.
+fn say_oom_kills(report: &crate::model::report::Report, oom: &[(u32, Result<PathBuf, String>)]) {
+    for (pid, written) in oom {
         let cgroup = report
             .summary
             .targets
@@ -251,7 +262,51 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
             }
         );
     }
-    Ok(OOM_EXIT)
+}
+
+/// Sends the report's profiles to the OTLP endpoint (a few tries); a
+/// failure is said with where the report is.
+fn export(
+    e: &crate::front::push::otlp::Endpoint,
+    report: &crate::model::report::Report,
+    out: &std::path::Path,
+) -> Result<(), ()> {
+    use crate::render::otlp::{self, Origin};
+    let targets = &report.summary.targets;
+    let mut origin = targets.first().map(Origin::of_target).unwrap_or_default();
+    if targets.len() > 1 {
+        // One resource for several processes: no process's own attributes.
+        origin = Origin {
+            service: Some(origin.service_name()),
+            ..Origin::default()
+        };
+    }
+    origin.host = otlp::host_name();
+    let req = otlp::request(&[(origin, &report.profiles)]);
+    let sent: usize = req
+        .resource_profiles
+        .iter()
+        .flat_map(|r| &r.scope_profiles)
+        .map(|s| s.profiles.len())
+        .sum();
+    let body = crate::front::push::otlp::body(&req);
+    match e.send_now(&body, 3) {
+        Ok(()) => {
+            eprintln!(
+                "memtrace: sent {sent} OTLP profiles ({}) to {}",
+                crate::render::report::human_bytes(body.len() as u64),
+                e.url
+            );
+            Ok(())
+        }
+        Err(why) => {
+            eprintln!(
+                "memtrace: error: the OTLP export failed: {why}; the report in {} is complete",
+                out.display()
+            );
+            Err(())
+        }
+    }
 }
 
 fn announce(engine: &Engine<Ebpf, Procfs>, args: &RecordArgs) {

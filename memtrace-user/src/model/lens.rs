@@ -48,6 +48,13 @@ impl Lens {
     pub fn sampled(self) -> bool {
         matches!(self, Lens::Alloc | Lens::Heap)
     }
+
+    /// Whether its profile is the state at the window's end (live heap,
+    /// live goroutines: cumulative) rather than what the window added
+    /// (growth, allocations: a delta).
+    pub fn is_state(self) -> bool {
+        matches!(self, Lens::Heap | Lens::Goroutines)
+    }
 }
 
 impl fmt::Display for Lens {

@@ -5,6 +5,7 @@
 pub mod diff;
 pub mod folded;
 pub mod html;
+pub mod otlp;
 pub mod pprof;
 pub mod report;
 pub mod svg;

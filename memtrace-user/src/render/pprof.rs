@@ -158,33 +158,51 @@ impl Strings {
     }
 }
 
+/// A profile's sample types as (type, unit), in the order of each
+/// sample's values: `objects`/`count` for the allocation lenses, then
+/// `space`/`bytes` (or the unit itself, `goroutines`), then alloc-exact's
+/// `requested_space`. The pprof and OTLP renderings share them.
+pub fn sample_types(p: &Profile) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::with_capacity(3);
+    if p.has_objects {
+        v.push(("objects", "count"));
+    }
+    v.push((if p.unit == "bytes" { "space" } else { p.unit }, p.unit));
+    if p.lens == crate::model::lens::Lens::AllocExact {
+        v.push(("requested_space", p.unit));
+    }
+    v
+}
+
+/// Which of [`sample_types`] is the default (`space`, or the unit).
+pub fn default_sample_type(p: &Profile) -> usize {
+    usize::from(p.has_objects)
+}
+
+/// One sample's values, in [`sample_types`]' order.
+pub fn sample_values(p: &Profile, s: &crate::model::profile::Sample) -> Vec<i64> {
+    let mut v = Vec::with_capacity(3);
+    if p.has_objects {
+        v.push(s.objects as i64);
+    }
+    v.push(s.value as i64);
+    if p.lens == crate::model::lens::Lens::AllocExact {
+        v.push(s.requested as i64);
+    }
+    v
+}
+
 /// Builds the protobuf message (not yet encoded).
 pub fn build(p: &Profile) -> PbProfile {
     let mut strings = Strings::new();
-    let unit = strings.get(p.unit);
-    let mut sample_type = Vec::new();
-    if p.has_objects {
-        let objects = strings.get("objects");
-        let count = strings.get("count");
-        sample_type.push(ValueType {
-            r#type: objects,
-            unit: count,
-        });
-    }
-    let space = strings.get(if p.unit == "bytes" { "space" } else { p.unit });
-    sample_type.push(ValueType {
-        r#type: space,
-        unit,
-    });
-    let period_type = sample_type.last().cloned();
-    // alloc-exact: the bytes asked for, beside those the runtime accounts.
-    let requested = p.lens == crate::model::lens::Lens::AllocExact;
-    if requested {
-        sample_type.push(ValueType {
-            r#type: strings.get("requested_space"),
-            unit,
-        });
-    }
+    let sample_type: Vec<ValueType> = sample_types(p)
+        .into_iter()
+        .map(|(t, u)| ValueType {
+            r#type: strings.get(t),
+            unit: strings.get(u),
+        })
+        .collect();
+    let default = sample_type[default_sample_type(p)].clone();
     let mapping: Vec<PbMapping> = p
         .mappings
         .iter()
@@ -237,10 +255,11 @@ pub fn build(p: &Profile) -> PbProfile {
             line,
         });
     }
-    let sample = samples(p, &mut strings, requested);
+    let sample = samples(p, &mut strings);
     let comment = vec![strings.get(&p.title())];
     PbProfile {
-        period_type,
+        default_sample_type: default.r#type,
+        period_type: Some(default),
         period: 1,
         sample_type,
         sample,
@@ -251,24 +270,16 @@ pub fn build(p: &Profile) -> PbProfile {
         time_nanos: p.time_nanos,
         duration_nanos: (p.duration_secs * 1e9) as i64,
         comment,
-        default_sample_type: space,
     }
 }
 
 /// The samples: each stack leaf first, its values in the sample types'
 /// order, and its labels.
-fn samples(p: &Profile, strings: &mut Strings, requested: bool) -> Vec<PbSample> {
+fn samples(p: &Profile, strings: &mut Strings) -> Vec<PbSample> {
     p.samples
         .iter()
         .map(|s| {
-            let mut value = Vec::new();
-            if p.has_objects {
-                value.push(s.objects as i64);
-            }
-            value.push(s.value as i64);
-            if requested {
-                value.push(s.requested as i64);
-            }
+            let value = sample_values(p, s);
             PbSample {
                 location_id: s.stack.iter().rev().map(|&l| l as u64 + 1).collect(),
                 value,

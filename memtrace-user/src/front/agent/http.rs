@@ -17,8 +17,8 @@ use axum::{
 };
 use subtle::ConstantTimeEq as _;
 
-use super::push::PushStats;
 use super::{metrics, Heartbeat, Shared, LENSES};
+use crate::front::push::PushStats;
 
 /// The formats a profile is served in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +52,7 @@ pub struct Ctx {
     /// Required as a bearer token by `/metrics` and `/profiles` when set.
     pub token: Option<Arc<str>>,
     pub push: Option<Arc<Mutex<PushStats>>>,
+    pub otlp: Option<Arc<Mutex<PushStats>>>,
     /// The engine's loop, and how long it may go without completing one
     /// before `/healthz` fails.
     pub heartbeat: Arc<Heartbeat>,
@@ -162,11 +163,18 @@ pub fn router(ctx: Ctx) -> Router {
 
 async fn metrics_handler(State(c): State<Ctx>) -> Response {
     let me = (c.usage)();
-    let push = c
-        .push
-        .as_ref()
-        .map(|p| p.lock().expect("push stats").clone());
-    let text = metrics::render(&c.shared.lock().expect("agent state"), me, push.as_ref());
+    let copy = |p: &Option<Arc<Mutex<PushStats>>>| {
+        p.as_ref().map(|p| p.lock().expect("push stats").clone())
+    };
+    let (push, otlp) = (copy(&c.push), copy(&c.otlp));
+    let mut deliveries: Vec<(&str, &str, &PushStats)> = Vec::new();
+    if let Some(p) = &push {
+        deliveries.push(("memtrace_push", "Pyroscope", p));
+    }
+    if let Some(p) = &otlp {
+        deliveries.push(("memtrace_otlp", "the OTLP endpoint", p));
+    }
+    let text = metrics::render(&c.shared.lock().expect("agent state"), me, &deliveries);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
@@ -276,6 +284,7 @@ mod tests {
             },
             token: Some("t".into()),
             push: None,
+            otlp: None,
             heartbeat: heartbeat.clone(),
             stall: Duration::from_millis(100),
         };

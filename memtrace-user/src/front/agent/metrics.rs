@@ -9,8 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::push::PushStats;
 use super::{ProcState, Shared};
+use crate::front::push::PushStats;
 
 /// The agent's own resource use, read at scrape time.
 #[derive(Clone, Copy, Debug, Default)]
@@ -164,7 +164,12 @@ fn register_top(reg: &mut Registry, s: &Shared) {
 }
 
 /// Renders every metric.
-pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
+/// Delivery figures by destination: the metric prefix (`memtrace_push`
+/// for Pyroscope, `memtrace_otlp`), what it delivers to, and its figures.
+pub type Deliveries<'a> = [(&'static str, &'static str, &'a PushStats)];
+
+/// Renders every metric.
+pub fn render(s: &Shared, me: SelfUsage, deliveries: &Deliveries) -> String {
     let mut reg = Registry::default();
     for (name, help, get) in PROC_GAUGES {
         let fam = Family::<Labels, Gauge>::default();
@@ -262,43 +267,45 @@ pub fn render(s: &Shared, me: SelfUsage, push: Option<&PushStats>) -> String {
         "The agent's own resident memory",
         me.rss_bytes as i64,
     );
-    if let Some(p) = push {
-        push_metrics(&mut reg, p);
+    for (prefix, store, p) in deliveries {
+        push_metrics(&mut reg, prefix, store, p);
     }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String");
     out
 }
 
-/// The pusher's delivery figures (with `--pyroscope`).
-fn push_metrics(reg: &mut Registry, p: &PushStats) {
+/// A pusher's delivery figures (`--pyroscope`, `--otlp`): requests, each
+/// one window of one process.
+fn push_metrics(reg: &mut Registry, prefix: &str, store: &str, p: &PushStats) {
+    let name = |n: &str| format!("{prefix}_{n}");
     counter(
         reg,
-        "memtrace_push_profiles",
-        "Profiles delivered to the profile store",
+        &name("profiles"),
+        &format!("Requests (a window of a process) delivered to {store}"),
         p.pushed,
     );
     counter(
         reg,
-        "memtrace_push_failures",
-        "Push attempts that failed (each is retried)",
+        &name("failures"),
+        "Attempts that failed (each is retried unless refused)",
         p.failed,
     );
     counter(
         reg,
-        "memtrace_push_dropped",
-        "Profiles dropped: the spool was full",
+        &name("dropped"),
+        "Requests dropped: the queue or the spool was full, or the receiver refused one",
         p.dropped,
     );
     gauge(
         reg,
-        "memtrace_push_spooled_profiles",
-        "Profiles waiting in the spool",
+        &name("spooled_profiles"),
+        "Requests waiting in the spool",
         p.spooled as i64,
     );
     gauge(
         reg,
-        "memtrace_push_spooled_bytes",
+        &name("spooled_bytes"),
         "Bytes waiting in the spool",
         p.spooled_bytes as i64,
     );
@@ -306,11 +313,7 @@ fn push_metrics(reg: &mut Registry, p: &PushStats) {
     for l in &p.latencies {
         h.observe(*l);
     }
-    reg.register(
-        "memtrace_push_latency_seconds",
-        "Time to deliver one push",
-        h,
-    );
+    reg.register(name("latency_seconds"), "Time to deliver one request", h);
 }
 
 #[cfg(test)]
@@ -340,7 +343,7 @@ mod tests {
             },
         );
         s.ring_drops = 3;
-        let text = render(&s, SelfUsage::default(), None);
+        let text = render(&s, SelfUsage::default(), &[]);
         assert!(text.contains(
             "memtrace_process_rss_bytes{pid=\"7\",exe=\"/srv/a\\\"b\",go_version=\"go1.27.3\",container_id=\"c\",pod_uid=\"u\"} 4096"
         ), "{text}");
@@ -368,16 +371,26 @@ mod tests {
                 .unwrap_or(name);
             assert!(text.contains(&format!("# TYPE {family} ")), "{l}");
         }
+        let stats = PushStats {
+            pushed: 4,
+            latencies: vec![0.02],
+            ..Default::default()
+        };
+        let otlp = PushStats {
+            dropped: 2,
+            ..Default::default()
+        };
         let pushing = render(
             &s,
             SelfUsage::default(),
-            Some(&PushStats {
-                pushed: 4,
-                latencies: vec![0.02],
-                ..Default::default()
-            }),
+            &[
+                ("memtrace_push", "Pyroscope", &stats),
+                ("memtrace_otlp", "the OTLP endpoint", &otlp),
+            ],
         );
         assert!(pushing.contains("memtrace_push_profiles_total 4"));
         assert!(pushing.contains("memtrace_push_latency_seconds_count 1"));
+        assert!(pushing.contains("memtrace_otlp_dropped_total 2"));
+        assert!(pushing.contains("memtrace_otlp_profiles_total 0"));
     }
 }

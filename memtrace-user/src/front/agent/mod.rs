@@ -6,7 +6,6 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod pods;
-pub mod push;
 pub mod rolling;
 pub mod session;
 pub mod watch;

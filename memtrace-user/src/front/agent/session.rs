@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::pods::{PodMeta, PodSource};
 use super::rolling::Rolling;
-use super::{ProcState, Rendered, Shared, TOP_SERIES};
+use super::{ProcState, Shared};
 use crate::binary::goruntime::GoBinary;
 use crate::engine::discover::{self, Binaries, Found, Parsed, Process};
 use crate::engine::run::{Policy, Step};
@@ -18,7 +18,6 @@ use crate::engine::{BinaryId, Engine, Host, Lifecycle};
 use crate::host::cgroup::{self, CgroupLabels};
 use crate::host::procfs;
 use crate::kernel::Kernel;
-use crate::model::lens::Lens;
 use crate::model::profile::FrameMode;
 use crate::model::report::Report;
 use crate::render::report::{human_bytes, write_report};
@@ -81,13 +80,17 @@ pub struct AgentPolicy {
     last_second: Instant,
     me: u32,
     /// Where profiles are pushed, if anywhere.
-    pub pusher: Option<super::push::Pusher>,
+    pub pusher: Option<crate::front::push::Pusher>,
+    /// Where OTLP profiles go, if anywhere.
+    pub otlp: Option<crate::front::push::Pusher>,
     /// The `node` label of pushed profiles.
     pub node: String,
     /// pprof label keys allowed on /metrics (`--metric-label-keys`).
     pub metric_label_keys: Vec<String>,
 }
 
+#[path = "session_publish.rs"]
+mod publish;
 #[path = "session_reports.rs"]
 mod reports;
 
@@ -147,6 +150,7 @@ impl AgentPolicy {
             last_second: Instant::now(),
             me: std::process::id(),
             pusher: None,
+            otlp: None,
             node: String::new(),
             metric_label_keys: Vec::new(),
         }
@@ -459,81 +463,6 @@ impl AgentPolicy {
         reports::say_bus_faults();
         engine.rotate();
         self.refresh_pods(false);
-    }
-
-    /// Puts a window's rendered profiles and figures into the shared state.
-    fn publish(&self, pid: u32, report: &Report) {
-        let mut rendered = Vec::new();
-        for p in &report.profiles {
-            let r = (|| -> Result<Rendered, Box<dyn std::error::Error>> {
-                let split = p.split_by_labels(&report.split_by);
-                Ok(Rendered {
-                    svg: crate::render::svg::render(&split, FrameMode::Func)?,
-                    folded: crate::render::folded::render(&split, FrameMode::Func),
-                    pprof: crate::render::pprof::render(p)?,
-                })
-            })();
-            match r {
-                Ok(r) => rendered.push((p.lens.name(), Arc::new(r))),
-                Err(e) => eprintln!("memtrace: agent: rendering pid {pid}: {e}"),
-            }
-        }
-        if let Some(pusher) = &self.pusher {
-            pusher.push(&self.push_request(pid, &rendered));
-        }
-        let lens = |l: Lens| report.summary.lenses.get(l.name());
-        let mut top: Vec<(String, u64)> = lens(Lens::Rss)
-            .map(|s| {
-                s.top
-                    .iter()
-                    .map(|t| (t.stack.last().cloned().unwrap_or_default(), t.value))
-                    .collect()
-            })
-            .unwrap_or_default();
-        top.truncate(TOP_SERIES);
-        let mut label_growth: Vec<(String, String, u64)> = lens(Lens::Rss)
-            .map(|s| {
-                s.by_label
-                    .iter()
-                    .filter(|(k, _)| self.metric_label_keys.contains(k))
-                    .flat_map(|(k, values)| {
-                        values.iter().map(move |(v, n)| (k.clone(), v.clone(), *n))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        label_growth.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
-        label_growth.truncate(TOP_SERIES);
-        let page = crate::render::report::html_page(report, FrameMode::Line)
-            .map_err(|e| eprintln!("memtrace: agent: the page of pid {pid}: {e}"))
-            .ok();
-        let mut shared = self.shared.lock().expect("agent state");
-        for (lens, r) in rendered {
-            shared.profiles.insert((pid, lens), r);
-        }
-        if let Some(page) = page {
-            shared.pages.insert(pid, Arc::new(page));
-        }
-        if let Some(p) = shared.procs.get_mut(&pid) {
-            p.growth_bytes = lens(Lens::Rss).map_or(0, |s| s.total);
-            p.label_growth = label_growth;
-            p.net_growth_bytes = lens(Lens::Rss)
-                .and_then(|s| Some(s.extra.as_ref()?.rss()?.net_growth))
-                .unwrap_or(0);
-            // The last GC cycle of the window, if there was one.
-            if let Some(c) = report.summary.gc["cycle_detail"]
-                .as_array()
-                .and_then(|c| c.last())
-            {
-                let v = |k: &str| c[k].as_u64().filter(|v| *v > 0);
-                p.heap_marked = v("heap_marked").or(p.heap_marked);
-                p.heap_goal = v("heap_goal").or(p.heap_goal);
-            }
-            p.top = top;
-            p.goroutines = lens(Lens::Goroutines).map_or(0, |s| s.total);
-            p.gc_cycles += report.summary.gc["cycles"].as_u64().unwrap_or(0);
-            p.window_end = Some(unix_now());
-        }
     }
 }
 impl<K: Kernel, H: Host> Policy<K, H> for AgentPolicy {

@@ -1,69 +1,18 @@
-//! The agent's reports beside its windows: what goes to Pyroscope, the
-//! triggered snapshots (growth, limit) and the report of an OOM-killed
-//! process. A child of `session`, so it sees the policy's state.
+//! The agent's reports beside its windows: the triggered snapshots
+//! (growth, limit) and the report of an OOM-killed process. A child of
+//! `session`, so it sees the policy's state.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{unix_now, AgentPolicy};
 use crate::engine::Engine;
 use crate::engine::Host;
-use crate::front::agent::Rendered;
 use crate::kernel::Kernel;
 use crate::model::profile::FrameMode;
 use crate::render::report::write_report;
 
 impl AgentPolicy {
-    /// One window of `pid` for Pyroscope: a series per lens, labelled.
-    pub(super) fn push_request(
-        &self,
-        pid: u32,
-        rendered: &[(&str, Arc<Rendered>)],
-    ) -> crate::front::agent::push::PushRequest {
-        let state = self.proc_state(pid);
-        let state = state.unwrap_or_default();
-        let exe_name = state
-            .exe
-            .rsplit('/')
-            .next()
-            .unwrap_or(&state.exe)
-            .to_string();
-        let container = state.pod.as_ref().and_then(|p| {
-            let id = state.labels.container_id.as_ref()?;
-            p.containers.get(id).cloned()
-        });
-        let service = state
-            .pod
-            .as_ref()
-            .and_then(|p| p.app().map(str::to_string))
-            .or_else(|| container.clone())
-            .unwrap_or_else(|| exe_name.trim_end_matches(" (deleted)").to_string());
-        let mut common = vec![
-            ("service_name".to_string(), service),
-            ("node".to_string(), self.node.clone()),
-            ("pid".to_string(), pid.to_string()),
-            ("go_version".to_string(), state.go_version.clone()),
-        ];
-        if let Some(p) = &state.pod {
-            common.push(("namespace".into(), p.namespace.clone()));
-            common.push(("pod".into(), p.name.clone()));
-        }
-        if let Some(c) = container {
-            common.push(("container".into(), c));
-        }
-        crate::front::agent::push::PushRequest {
-            series: rendered
-                .iter()
-                .map(|(lens, r)| {
-                    let mut labels = vec![("__name__".to_string(), format!("memtrace_{lens}"))];
-                    labels.extend(common.iter().cloned());
-                    crate::front::agent::push::series(&labels, r.pprof.clone())
-                })
-                .collect(),
-        }
-    }
-
     /// Writes a `record`-style report of `pid` for a triggered snapshot;
     /// `trigger` (with its `kind`) goes into `summary.json`, `why` to the log.
     pub(super) fn snapshot<K: Kernel, H: Host>(

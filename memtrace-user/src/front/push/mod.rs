@@ -1,17 +1,17 @@
-//! Pushing profiles to Grafana Pyroscope, without ever holding up tracing.
+//! Delivering profiles to a remote store, without ever holding up tracing.
 //!
 //! Each window, the agent hands every process's profiles over as one
-//! `PushRequest` (Pyroscope's `push.v1.PusherService/Push`, Connect
-//! protocol, binary protobuf over HTTP/1.1). A thread takes it from a
-//! bounded queue and writes it to the spool directory first, so nothing
-//! waits on the network and an agent restart resumes what was not
+//! encoded request for a [`Destination`]: Grafana Pyroscope's push API
+//! ([`pyroscope`]) or an OTLP profiles endpoint ([`otlp`]). A thread takes
+//! it from a bounded queue and writes it to the spool directory first, so
+//! nothing waits on the network and an agent restart resumes what was not
 //! delivered; then it delivers the spool oldest first. A failed push is
 //! retried with exponential backoff (1 s doubling to 60 s) and ±20%
 //! jitter. The spool is capped in bytes: past the cap, the oldest profiles
-//! are dropped and counted.
-//!
-//! The messages mirror Pyroscope's `push/v1/push.proto` and
-//! `types/v1/types.proto` field for field.
+//! are dropped and counted. A full queue drops too, counted.
+
+pub mod otlp;
+pub mod pyroscope;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,75 +19,33 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prost::Message;
-
-/// `push.v1.PushRequest`.
-#[derive(Clone, PartialEq, Message)]
-pub struct PushRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub series: Vec<RawProfileSeries>,
+/// Where profiles go.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    Pyroscope(pyroscope::Store),
+    Otlp(otlp::Endpoint),
 }
 
-/// `push.v1.RawProfileSeries`.
-#[derive(Clone, PartialEq, Message)]
-pub struct RawProfileSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<LabelPair>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<RawSample>,
-}
-
-/// `types.v1.LabelPair`.
-#[derive(Clone, PartialEq, Message)]
-pub struct LabelPair {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-/// `push.v1.RawSample`: a gzipped pprof profile.
-#[derive(Clone, PartialEq, Message)]
-pub struct RawSample {
-    #[prost(bytes = "vec", tag = "1")]
-    pub raw_profile: Vec<u8>,
-    #[prost(string, tag = "2")]
-    pub id: String,
-}
-
-/// One profile for the store: its labels and its gzipped pprof bytes.
-pub fn series(labels: &[(String, String)], gzipped_pprof: Vec<u8>) -> RawProfileSeries {
-    RawProfileSeries {
-        labels: labels
-            .iter()
-            .map(|(name, value)| LabelPair {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
-        samples: vec![RawSample {
-            raw_profile: gzipped_pprof,
-            id: String::new(),
-        }],
+impl Destination {
+    fn url(&self) -> &str {
+        match self {
+            Destination::Pyroscope(s) => &s.url,
+            Destination::Otlp(e) => &e.url,
+        }
     }
-}
 
-/// How the agent authenticates to the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Auth {
-    None,
-    Bearer(String),
-    Basic { user: String, password: String },
+    fn send(&self, http: &ureq::Agent, body: &[u8]) -> Result<(), SendError> {
+        match self {
+            Destination::Pyroscope(s) => s.send(http, body),
+            Destination::Otlp(e) => e.send(http, body),
+        }
+    }
 }
 
 /// Where and how to push.
 #[derive(Clone, Debug)]
 pub struct PushConfig {
-    /// The store's base URL (`/push.v1.PusherService/Push` is appended).
-    pub url: String,
-    /// Sent as `X-Scope-OrgID`.
-    pub tenant: Option<String>,
-    pub auth: Auth,
+    pub dest: Destination,
     pub spool: PathBuf,
     pub spool_max_bytes: u64,
 }
@@ -192,11 +150,11 @@ impl Pusher {
         })
     }
 
-    /// Hands a push request over; never blocks (a full queue drops it,
+    /// Hands an encoded request over; never blocks (a full queue drops it,
     /// counted).
-    pub fn push(&self, req: &PushRequest) {
+    pub fn push(&self, body: Vec<u8>) {
         let Some(tx) = &self.tx else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(req.encode_to_vec()) {
+        if let Err(TrySendError::Full(_)) = tx.try_send(body) {
             self.stats.lock().expect("push stats").dropped += 1;
         }
     }
@@ -223,7 +181,7 @@ impl Drop for Pusher {
 
 /// Why a push failed.
 #[derive(Debug)]
-enum SendError {
+pub enum SendError {
     /// Worth retrying: the network, the store's availability, auth that
     /// may be fixed.
     Retry(String),
@@ -231,39 +189,25 @@ enum SendError {
     Refused(String),
 }
 
-fn send(http: &ureq::Agent, cfg: &PushConfig, body: &[u8]) -> Result<(), SendError> {
-    let url = format!(
-        "{}/push.v1.PusherService/Push",
-        cfg.url.trim_end_matches('/')
-    );
-    let mut req = http
-        .post(&url)
-        .set("Content-Type", "application/proto")
-        .set("Connect-Protocol-Version", "1");
-    if let Some(t) = &cfg.tenant {
-        req = req.set("X-Scope-OrgID", t);
-    }
-    req = match &cfg.auth {
-        Auth::None => req,
-        Auth::Bearer(t) => req.set("Authorization", &format!("Bearer {t}")),
-        Auth::Basic { user, password } => {
-            use base64::Engine as _;
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            req.set("Authorization", &format!("Basic {token}"))
-        }
-    };
-    match req.send_bytes(body) {
-        Ok(_) => Ok(()),
-        Err(ureq::Error::Status(code @ (400 | 413 | 415 | 422), resp)) => {
+/// What a failed request's status means (`Err` from ureq).
+fn status_error(e: ureq::Error) -> SendError {
+    match e {
+        ureq::Error::Status(code @ (400 | 413 | 415 | 422), resp) => {
             let text = resp.into_string().unwrap_or_default();
-            Err(SendError::Refused(format!(
+            SendError::Refused(format!(
                 "HTTP {code}: {}",
                 text.lines().next().unwrap_or("")
-            )))
+            ))
         }
-        Err(e) => Err(SendError::Retry(e.to_string())),
+        e => SendError::Retry(e.to_string()),
     }
+}
+
+/// The HTTP client pushes use.
+pub fn http_client() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build()
 }
 
 fn deliver(
@@ -272,9 +216,8 @@ fn deliver(
     stats: Arc<Mutex<PushStats>>,
     stop: Arc<AtomicBool>,
 ) {
-    let http = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
+    let http = http_client();
+    let url = cfg.dest.url().to_string();
     let mut spool = Spool {
         dir: cfg.spool.clone(),
         max_bytes: cfg.spool_max_bytes,
@@ -319,7 +262,7 @@ fn deliver(
                 continue;
             };
             let started = Instant::now();
-            match send(&http, &cfg, &body) {
+            match cfg.dest.send(&http, &body) {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&path);
                     let took = started.elapsed().as_secs_f64();
@@ -333,7 +276,7 @@ fn deliver(
                 }
                 Err(SendError::Refused(e)) => {
                     // Retrying cannot help; keeping it would stall the rest.
-                    log::warn!("push to {} refused ({e}); profile dropped", cfg.url);
+                    log::warn!("push to {url} refused ({e}); profile dropped");
                     let _ = std::fs::remove_file(&path);
                     update(&spool, &mut |s| {
                         s.failed += 1;
@@ -343,7 +286,7 @@ fn deliver(
                 Err(SendError::Retry(e)) => {
                     backoff = next_backoff(backoff, fastrand::f64());
                     next_try = Instant::now() + backoff;
-                    log::warn!("push to {} failed ({e}); retrying in {backoff:?}", cfg.url);
+                    log::warn!("push to {url} failed ({e}); retrying in {backoff:?}");
                     update(&spool, &mut |s| s.failed += 1);
                     break;
                 }
@@ -352,28 +295,18 @@ fn deliver(
     }
 }
 
-/// The spool directory's default place under the agent's output.
-pub fn default_spool(out: &Path) -> PathBuf {
-    out.join("push-spool")
+/// The spool directory's default place under the agent's output, one per
+/// destination (`push-spool`, `otlp-spool`).
+pub fn default_spool(out: &Path, dest: &Destination) -> PathBuf {
+    out.join(match dest {
+        Destination::Pyroscope(_) => "push-spool",
+        Destination::Otlp(_) => "otlp-spool",
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wire_format_is_pyroscopes() {
-        let req = PushRequest {
-            series: vec![series(
-                &[("__name__".into(), "memtrace_rss".into())],
-                vec![0x1f, 0x8b],
-            )],
-        };
-        let bytes = req.encode_to_vec();
-        // PushRequest.series (1, length-delimited) > labels (1) > name (1).
-        assert_eq!(bytes[0], 0x0a);
-        assert_eq!(PushRequest::decode(bytes.as_slice()).unwrap(), req);
-    }
 
     #[test]
     fn backoff_doubles_to_a_cap_with_jitter() {
