@@ -111,3 +111,88 @@ fn serve(
         }
     }
 }
+
+/// The gRPC method an OTLP/gRPC export calls.
+pub const GRPC_EXPORT: &str =
+    "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
+
+/// An OTLP/gRPC receiver (tonic's server for the official service): each
+/// export it takes is kept as a [`Push`] to [`GRPC_EXPORT`], its metadata
+/// as headers and the request re-encoded as the body.
+pub struct GrpcReceiver {
+    pub port: u16,
+    pub accepted: Arc<Mutex<Vec<Push>>>,
+}
+
+struct Profiles(Arc<Mutex<Vec<Push>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::ProfilesService for Profiles {
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use prost::Message as _;
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        self.0.lock().unwrap().push(Push {
+            path: GRPC_EXPORT.into(),
+            headers,
+            body: request.get_ref().encode_to_vec(),
+        });
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl GrpcReceiver {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let accepted: Arc<Mutex<Vec<Push>>> = Arc::default();
+        let svc = Profiles(accepted.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(
+                tonic::transport::Server::builder()
+                    .add_service(
+                        opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::ProfilesServiceServer::new(svc),
+                    )
+                    .serve(([127, 0, 0, 1], port).into()),
+            )
+            .unwrap();
+        });
+        // Listening before a client comes.
+        let up = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "the gRPC receiver did not start on port {port}");
+        Self { port, accepted }
+    }
+
+    pub fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    pub fn accepted(&self) -> Vec<Push> {
+        self.accepted.lock().unwrap().clone()
+    }
+}

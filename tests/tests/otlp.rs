@@ -3,7 +3,7 @@
 //! dictionary, and finds the leak's function and line, the sample types and
 //! units, and the process's resource attributes (its container's ID when
 //! it runs in one). One profile goes back to pprof with the same stacks
-//! and totals as `LENS.pb.gz`.
+//! and totals as `LENS.pb.gz`. OTLP/HTTP, and OTLP/gRPC for a `grpc://` URL.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use memtrace_tests::agent::*;
 use memtrace_tests::otlp::{self, Received};
 use memtrace_tests::podman::{scratch_image, Container};
-use memtrace_tests::receiver::Receiver;
+use memtrace_tests::receiver::{GrpcReceiver, Receiver, GRPC_EXPORT};
 use memtrace_tests::*;
 use memtrace_user::model::profile::FrameMode;
 use memtrace_user::render::pprof;
@@ -132,13 +132,44 @@ fn record_exports_a_containerized_leak_over_otlp() {
     assert_no_memtrace_programs();
 }
 
+/// OTLP/gRPC when the URL asks for it: the official service's server gets
+/// the same export, the header as metadata.
+#[test]
+fn record_exports_over_grpc_when_the_url_asks() {
+    let v = go_versions().pop().unwrap();
+    let leak = Bg::spawn(&fixture(&v, "rss"), &["-mode", "leak"]);
+    let recv = GrpcReceiver::start();
+    Record::new("otlp-grpc")
+        .lens("rss")
+        .pid(leak.pid())
+        .duration("3")
+        .arg("--otlp")
+        .arg(recv.url())
+        .arg("--otlp-header")
+        .arg("X-Scope-OrgID=team-g")
+        .ok();
+    let got = recv.accepted();
+    assert_eq!(got.len(), 1, "one export per record");
+    assert_eq!(got[0].path, GRPC_EXPORT);
+    assert_eq!(got[0].headers["x-scope-orgid"], "team-g");
+    let req = otlp::decode(&got[0]);
+    otlp::check(&req).unwrap();
+    let profiles = otlp::profiles(&req);
+    let rss = find(&profiles, "rss", "space");
+    assert_eq!(rss.resource["process.pid"], leak.pid().to_string());
+    let top = leaf(&req, rss);
+    assert!(top.starts_with("main.cacheSession main.go:"), "{top}");
+    drop(leak);
+    assert_no_memtrace_programs();
+}
+
 #[test]
 fn a_bad_otlp_endpoint_fails_before_tracing() {
     let out = run_memtrace(
-        &["record", "--pid", "1", "--otlp", "grpc://collector:4317"],
+        &["record", "--pid", "1", "--otlp", "http://collector:4317"],
         &[],
     );
-    assert_one_line_error(&out, "4318");
+    assert_one_line_error(&out, "grpc://HOST:4317");
     let out = run_memtrace(
         &[
             "record",

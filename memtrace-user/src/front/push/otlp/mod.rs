@@ -1,7 +1,9 @@
-//! OTLP/HTTP for profiles: an `ExportProfilesServiceRequest` in binary
-//! protobuf, gzipped, `POST`ed to the collector's
-//! `/v1development/profiles` (TLS when the URL is https). Headers (auth)
-//! come from `--otlp-header K=V` or `OTEL_EXPORTER_OTLP_HEADERS`.
+//! OTLP for profiles: an `ExportProfilesServiceRequest`, over OTLP/HTTP
+//! (binary protobuf, gzipped, `POST`ed to the collector's
+//! `/v1development/profiles`; TLS when the URL is https) or OTLP/gRPC
+//! (`grpc://`, `grpcs://` with TLS: `ProfilesService/Export` through
+//! tonic). Headers (auth) come from `--otlp-header K=V` or
+//! `OTEL_EXPORTER_OTLP_HEADERS`, as gRPC metadata on gRPC.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -11,6 +13,8 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::{
 };
 use prost::Message as _;
 
+mod grpc;
+
 use super::{status_error, SendError};
 
 /// The signal's path, appended to a URL that has none.
@@ -19,19 +23,30 @@ pub const PROFILES_PATH: &str = "/v1development/profiles";
 /// An OTLP endpoint that cannot be used, with what to give instead.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EndpointError {
-    #[error("--otlp {0}: memtrace sends OTLP over HTTP; give the collector's OTLP/HTTP endpoint (port 4318), e.g. http://collector:4318")]
+    #[error("--otlp {0}: port 4317 is OTLP/gRPC; write grpc://HOST:4317 (grpcs:// for TLS), or give the OTLP/HTTP port, http://HOST:4318")]
     Grpc(String),
-    #[error("--otlp {0}: give an http(s) URL, e.g. http://collector:4318")]
+    #[error("--otlp {0}: give an http(s):// URL (OTLP/HTTP, e.g. http://collector:4318) or a grpc(s):// one (OTLP/gRPC, e.g. grpc://collector:4317)")]
     Scheme(String),
     #[error("--otlp-header {0:?}: write it as KEY=VALUE, KEY a header name (letters, digits, -)")]
     Header(String),
 }
 
+/// How requests travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/HTTP, binary protobuf.
+    Http,
+    /// OTLP/gRPC.
+    Grpc,
+}
+
 /// Where OTLP profiles go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// The full URL, the signal's path included.
+    /// HTTP: the full URL, the signal's path included; gRPC: the server's
+    /// `http(s)://HOST:PORT`.
     pub url: String,
+    pub protocol: Protocol,
     pub headers: Vec<(String, String)>,
 }
 
@@ -39,27 +54,31 @@ impl Endpoint {
     /// `url` as given if it has a path, else with [`PROFILES_PATH`]; each
     /// header `KEY=VALUE`.
     pub fn new(url: &str, headers: &[String]) -> Result<Self, EndpointError> {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        let Some(rest) = rest else {
-            return Err(if url.starts_with("grpc") {
-                EndpointError::Grpc(url.into())
-            } else {
-                EndpointError::Scheme(url.into())
-            });
+        let schemes = [
+            ("http://", Protocol::Http, "http://"),
+            ("https://", Protocol::Http, "https://"),
+            ("grpc://", Protocol::Grpc, "http://"),
+            ("grpcs://", Protocol::Grpc, "https://"),
+        ];
+        let Some((rest, protocol, scheme)) = schemes
+            .iter()
+            .find_map(|(p, proto, s)| Some((url.strip_prefix(p)?, *proto, *s)))
+        else {
+            return Err(EndpointError::Scheme(url.into()));
         };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if authority.is_empty() {
             return Err(EndpointError::Scheme(url.into()));
         }
-        if authority.ends_with(":4317") {
-            return Err(EndpointError::Grpc(url.into()));
-        }
-        let url = if path.is_empty() {
-            format!("{}{PROFILES_PATH}", url.trim_end_matches('/'))
-        } else {
-            url.to_string()
+        let url = match protocol {
+            Protocol::Http if authority.ends_with(":4317") => {
+                return Err(EndpointError::Grpc(url.into()))
+            }
+            Protocol::Http if path.is_empty() => {
+                format!("{}{PROFILES_PATH}", url.trim_end_matches('/'))
+            }
+            Protocol::Http => url.to_string(),
+            Protocol::Grpc => format!("{scheme}{authority}"),
         };
         let headers = headers
             .iter()
@@ -77,10 +96,21 @@ impl Endpoint {
                 Ok((k.to_string(), v.to_string()))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { url, headers })
+        Ok(Self {
+            url,
+            protocol,
+            headers,
+        })
     }
 
     pub(super) fn send(&self, http: &ureq::Agent, body: &[u8]) -> Result<(), SendError> {
+        match self.protocol {
+            Protocol::Http => self.send_http(http, body),
+            Protocol::Grpc => grpc::send(self, body),
+        }
+    }
+
+    fn send_http(&self, http: &ureq::Agent, body: &[u8]) -> Result<(), SendError> {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let gzipped = gz
             .write_all(body)
@@ -97,16 +127,25 @@ impl Endpoint {
         let mut answer = Vec::new();
         let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut answer);
         if let Ok(r) = ExportProfilesServiceResponse::decode(answer.as_slice()) {
-            if let Some(p) = r.partial_success.filter(|p| p.rejected_profiles > 0) {
-                log::warn!(
-                    "{} rejected {} profiles: {}",
-                    self.url,
-                    p.rejected_profiles,
-                    p.error_message
-                );
-            }
+            self.say_partial(&r);
         }
         Ok(())
+    }
+
+    /// A receiver that took part of a request says why it refused the rest.
+    pub(super) fn say_partial(&self, r: &ExportProfilesServiceResponse) {
+        if let Some(p) = r
+            .partial_success
+            .as_ref()
+            .filter(|p| p.rejected_profiles > 0)
+        {
+            log::warn!(
+                "{} rejected {} profiles: {}",
+                self.url,
+                p.rejected_profiles,
+                p.error_message
+            );
+        }
     }
 
     /// Sends `body` now (`record`): up to `attempts` tries, 1 s apart and
@@ -168,15 +207,25 @@ mod tests {
         assert_eq!(e.url, "https://collector:4318/v1development/profiles");
         let e = Endpoint::new("http://gw/otlp/v1development/profiles", &[]).unwrap();
         assert_eq!(e.url, "http://gw/otlp/v1development/profiles");
+        assert_eq!(e.protocol, Protocol::Http);
     }
 
     #[test]
-    fn grpc_and_other_schemes_are_refused_with_the_fix() {
-        for url in ["grpc://collector:4317", "http://collector:4317"] {
-            let e = Endpoint::new(url, &[]).unwrap_err();
-            assert!(matches!(e, EndpointError::Grpc(_)), "{url}");
-            assert!(e.to_string().contains("4318"));
-        }
+    fn grpc_is_asked_for_by_the_scheme() {
+        let e = Endpoint::new("grpc://collector:4317/ignored", &[]).unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.protocol),
+            ("http://collector:4317", Protocol::Grpc)
+        );
+        let e = Endpoint::new("grpcs://collector:4317", &[]).unwrap();
+        assert_eq!(e.url, "https://collector:4317");
+        let e = Endpoint::new("http://collector:4317", &[]).unwrap_err();
+        assert!(matches!(e, EndpointError::Grpc(_)));
+        assert!(e.to_string().contains("grpc://HOST:4317"), "{e}");
+    }
+
+    #[test]
+    fn other_schemes_are_refused_with_the_fix() {
         assert!(matches!(
             Endpoint::new("collector:4318", &[]),
             Err(EndpointError::Scheme(_))
