@@ -11,6 +11,7 @@ use crate::engine::host::Procfs;
 use crate::engine::run::{self, Policy, Step};
 use crate::engine::{setup, Engine, Lifecycle, Options};
 use crate::kernel::{ebpf::Ebpf, Kernel};
+use crate::model::ended::EndedBy;
 use crate::model::lens::Lens;
 use crate::model::profile::FrameMode;
 
@@ -96,7 +97,7 @@ impl<K: Kernel, H: crate::engine::Host> Policy<K, H> for RecordPolicy {
     fn on_lifecycle(&mut self, engine: &mut Engine<K, H>, events: Vec<Lifecycle>) {
         for e in events {
             if let Lifecycle::OomKill(pid) = e {
-                let report = engine.report(Some(&[pid]), "oom_kill");
+                let report = engine.report(Some(&[pid]), EndedBy::OomKill);
                 let written = crate::render::report::write_oom_report(
                     &report,
                     pid,
@@ -117,10 +118,10 @@ impl<K: Kernel, H: crate::engine::Host> Policy<K, H> for RecordPolicy {
 
     fn on_tick(&mut self, engine: &mut Engine<K, H>, _exited: &[u32]) -> Step {
         if engine.live_pids().is_empty() {
-            return Step::Stop("every target exited".into());
+            return Step::Stop(EndedBy::EveryTargetExited);
         }
         if self.duration.is_some_and(|d| self.started.elapsed() >= d) {
-            return Step::Stop("duration".into());
+            return Step::Stop(EndedBy::Duration);
         }
         if self.last_progress.elapsed() >= Duration::from_secs(5) {
             self.last_progress = Instant::now();
@@ -205,8 +206,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
         oom: Vec::new(),
     };
     let mut ended_by = rt.block_on(run::drive(&mut engine, &mut policy))?;
-    if !policy.oom.is_empty() && ended_by == "every target exited" {
-        ended_by = "oom_kill".into();
+    if !policy.oom.is_empty() && ended_by == EndedBy::EveryTargetExited {
+        ended_by = EndedBy::OomKill;
     }
     engine.finish();
     engine.release_guardian();
@@ -220,7 +221,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
             engine.distinct_stacks()
         );
     }
-    let report = engine.report(None, &ended_by);
+    let report = engine.report(None, ended_by);
     if progress {
         eprint!(
             " {:.1} s\nmemtrace: rendering {} profiles...",

@@ -22,7 +22,7 @@
 //! engine.add(setup::running(1234)?)?;
 //! // ... engine.drain() and engine.tick() as events come, then:
 //! engine.finish();
-//! let report = engine.report(None, "duration");
+//! let report = engine.report(None, crate::model::ended::EndedBy::Duration);
 //! # Ok(()) }
 //! ```
 

@@ -11,6 +11,7 @@ use crate::binary::symbolize::Image;
 use crate::kernel::Kernel;
 use crate::lens;
 use crate::lens::cell::Cell;
+use crate::model::ended::EndedBy;
 use crate::model::extras::LensExtras;
 use crate::model::lens::Lens;
 use crate::model::profile::Profile;
@@ -39,7 +40,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     /// what was resident before tracing as one frame) instead of this
     /// window's growth: what holds the memory at an OOM kill or near a
     /// limit, however long it took to fill.
-    pub fn report_whole_trace(&mut self, pids: &[u32], ended_by: &str) -> Report {
+    pub fn report_whole_trace(&mut self, pids: &[u32], ended_by: EndedBy) -> Report {
         self.agg.rss_whole_trace = true;
         let r = self.report(Some(pids), ended_by);
         self.agg.rss_whole_trace = false;
@@ -68,7 +69,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
 
     /// The report of the current window for `pids` (every process when
     /// `None`); `ended_by` says what ended the window.
-    pub fn report(&mut self, pids: Option<&[u32]>, ended_by: &str) -> Report {
+    pub fn report(&mut self, pids: Option<&[u32]>, ended_by: EndedBy) -> Report {
         self.collect_fault_runs(&[]);
         let pids: Vec<u32> = match pids {
             Some(p) => p
@@ -163,7 +164,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             },
             duration_secs,
             counters: self.counters(),
-            ended_by: ended_by.to_string(),
+            ended_by,
             gc: lens::gc::summary(&gc, self.clock.window_ns),
             trigger: None,
             probe_costs: self.kernel.probe_costs(),

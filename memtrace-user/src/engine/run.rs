@@ -11,13 +11,14 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::{Engine, Host, Lifecycle};
 use crate::kernel::Kernel;
+use crate::model::ended::EndedBy;
 
 /// What a policy wants after a tick.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     Continue,
-    /// End the session, saying why (e.g. "duration").
-    Stop(String),
+    /// End the session, saying why.
+    Stop(EndedBy),
 }
 
 /// A way of using the engine: `record`, `agent`, `gate`, `top`.
@@ -54,7 +55,7 @@ impl StopSignals {
 
 /// Runs `policy` over `engine` until the policy or a signal stops it;
 /// returns what stopped it.
-pub async fn drive<K, H, P>(engine: &mut Engine<K, H>, policy: &mut P) -> std::io::Result<String>
+pub async fn drive<K, H, P>(engine: &mut Engine<K, H>, policy: &mut P) -> std::io::Result<EndedBy>
 where
     K: Kernel,
     H: Host,
@@ -68,7 +69,7 @@ pub async fn drive_until<K, H, P>(
     engine: &mut Engine<K, H>,
     policy: &mut P,
     mut stop: StopSignals,
-) -> std::io::Result<String>
+) -> std::io::Result<EndedBy>
 where
     K: Kernel,
     H: Host,
@@ -104,8 +105,8 @@ where
                     return Ok(why);
                 }
             }
-            _ = stop.int.recv() => return Ok("SIGINT".to_string()),
-            _ = stop.term.recv() => return Ok("SIGTERM".to_string()),
+            _ = stop.int.recv() => return Ok(EndedBy::SigInt),
+            _ = stop.term.recv() => return Ok(EndedBy::SigTerm),
         }
     }
 }

@@ -142,7 +142,7 @@ fn a_target_that_exits_is_noticed_retired_and_kept_for_the_report() {
     assert!(e.kernel.targets.is_empty(), "the kernel stops reporting it");
     assert_eq!(e.kernel.live_links(), 0, "its probes are detached");
     assert!(e.live_pids().is_empty());
-    let r = e.report(None, "every target exited");
+    let r = e.report(None, crate::model::ended::EndedBy::EveryTargetExited);
     assert_eq!(r.summary.lenses["rss"].total, 4096, "its data stays");
     assert_eq!(r.summary.targets[0].exit, Some(Exit::default()));
 }
@@ -167,7 +167,7 @@ fn runs_still_in_the_kernel_are_counted_at_the_report_and_dropped_with_their_tar
     };
     let so_far = Event::fault_run(EventKind::FaultRunSoFar, &run);
     e.kernel.runs.push((10, encode(&so_far, &[])));
-    let r = e.report(None, "duration");
+    let r = e.report(None, crate::model::ended::EndedBy::Duration);
     assert_eq!(
         r.summary.lenses["rss"].total,
         4 * 4096,
@@ -179,7 +179,7 @@ fn runs_still_in_the_kernel_are_counted_at_the_report_and_dropped_with_their_tar
         e.kernel.runs.is_empty(),
         "a retired target's runs leave the kernel"
     );
-    let r = e.report(None, "every target exited");
+    let r = e.report(None, crate::model::ended::EndedBy::EveryTargetExited);
     assert_eq!(
         r.summary.lenses["rss"].total,
         4 * 4096,
@@ -201,11 +201,11 @@ fn a_window_rotation_restarts_rss_and_keeps_live_goroutines() {
         e.kernel.records.push_back(r);
     }
     e.drain();
-    let first = e.report(Some(&[10]), "window");
+    let first = e.report(Some(&[10]), crate::model::ended::EndedBy::Window);
     assert_eq!(first.summary.lenses["rss"].total, 4096);
     assert_eq!(first.summary.lenses["goroutines"].total, 1);
     e.rotate();
-    let second = e.report(Some(&[10]), "window");
+    let second = e.report(Some(&[10]), crate::model::ended::EndedBy::Window);
     assert_eq!(second.summary.lenses["rss"].total, 0, "rss is per window");
     assert_eq!(
         second.summary.lenses["goroutines"].total, 1,
@@ -222,7 +222,7 @@ fn drops_and_undecodable_records_are_counted() {
     e.kernel.counters.stack_errors = 2;
     e.kernel.records.push_back(vec![1, 2, 3]);
     e.drain();
-    let r = e.report(None, "duration");
+    let r = e.report(None, crate::model::ended::EndedBy::Duration);
     assert_eq!(
         r.summary.dropped_events, 10,
         "the ring buffer's and the kernel's"

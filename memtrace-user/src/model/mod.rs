@@ -1,6 +1,7 @@
 //! The model every layer shares, and the bottom layer: it imports nothing
 //! else from the crate.
 
+pub mod ended;
 pub mod error;
 pub mod extras;
 pub mod labels;

@@ -262,7 +262,7 @@ pub struct Summary {
     pub dropped_events: u64,
     pub duration_secs: f64,
     pub counters: Counters,
-    pub ended_by: String,
+    pub ended_by: crate::model::ended::EndedBy,
     /// GC cycles and stop-the-world pauses (see `lens::gc::summary`).
     pub gc: serde_json::Value,
     /// What made the agent write this report (null for `record`).
@@ -409,7 +409,7 @@ mod tests {
             dropped_events: 0,
             duration_secs: 1.5,
             counters: Counters::default(),
-            ended_by: "duration".into(),
+            ended_by: crate::model::ended::EndedBy::Duration,
             gc: crate::lens::gc::summary(&Default::default(), 0),
             trigger: None,
             probe_costs: vec![],

@@ -300,7 +300,7 @@ pub fn render(page: &Page<'_>) -> Result<String, svg::SvgError> {
         "<p>{:.1} s, ended by {}. {} events; <b>{}</b> dropped (ring buffer full), {} stack errors, \
          {} unresolved frames ({} in Go code), {} stacks cut at junk frames, {} failed holds.</p>",
         s.duration_secs,
-        esc(&s.ended_by),
+        esc(s.ended_by.as_str()),
         s.counters.events,
         s.dropped_events,
         s.counters.stack_errors,

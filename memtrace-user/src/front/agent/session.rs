@@ -18,6 +18,7 @@ use crate::engine::{BinaryId, Engine, Host, Lifecycle};
 use crate::host::cgroup::{self, CgroupLabels};
 use crate::host::procfs;
 use crate::kernel::Kernel;
+use crate::model::ended::EndedBy;
 use crate::model::profile::FrameMode;
 use crate::model::report::Report;
 use crate::render::report::{human_bytes, write_report};
@@ -390,11 +391,11 @@ impl AgentPolicy {
         &self,
         engine: &mut Engine<K, H>,
         pid: u32,
-        ended_by: &str,
+        ended_by: EndedBy,
     ) -> Report {
         // What holds the memory at a kill or near a limit is the whole
         // trace's, not the window's growth.
-        let mut r = if matches!(ended_by, "oom_kill" | "limit") {
+        let mut r = if ended_by.wants_whole_trace() {
             engine.report_whole_trace(&[pid], ended_by)
         } else {
             engine.report(Some(&[pid]), ended_by)
@@ -439,7 +440,12 @@ impl AgentPolicy {
             let _ = std::fs::remove_dir_all(&self.last_window_dir);
         }
         for pid in engine.live_pids() {
-            let report = self.report_of(engine, pid, if last { "SIGTERM" } else { "window" });
+            let ended_by = if last {
+                EndedBy::SigTerm
+            } else {
+                EndedBy::Window
+            };
+            let report = self.report_of(engine, pid, ended_by);
             if last {
                 let dir = self.last_window_dir.join(pid.to_string());
                 if let Err(e) = std::fs::create_dir_all(&dir)

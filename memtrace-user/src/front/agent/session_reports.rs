@@ -9,6 +9,7 @@ use super::{unix_now, AgentPolicy};
 use crate::engine::Engine;
 use crate::engine::Host;
 use crate::kernel::Kernel;
+use crate::model::ended::EndedBy;
 use crate::model::profile::FrameMode;
 use crate::render::report::write_report;
 
@@ -25,7 +26,11 @@ impl AgentPolicy {
         let root = &self.snapshots.dir;
         let dir = root.join(format!("{pid}-{}", unix_now()));
         let kind = trigger["kind"].as_str().unwrap_or("growth").to_string();
-        let ended_by = if kind == "limit" { "limit" } else { "snapshot" };
+        let ended_by = if kind == "limit" {
+            EndedBy::Limit
+        } else {
+            EndedBy::Snapshot
+        };
         let mut report = self.report_of(engine, pid, ended_by);
         report.summary.trigger = Some(trigger);
         let written = std::fs::create_dir_all(&dir)
@@ -95,7 +100,7 @@ impl AgentPolicy {
                 .entry("oom_kill".into())
                 .or_default() += 1;
         }
-        let report = self.report_of(engine, pid, "oom_kill");
+        let report = self.report_of(engine, pid, EndedBy::OomKill);
         match crate::render::report::write_oom_report(
             &report,
             pid,

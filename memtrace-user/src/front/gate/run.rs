@@ -15,6 +15,7 @@ use crate::engine::setup::{self, SetupError};
 use crate::engine::{Engine, Host, Options};
 use crate::host::clock::monotonic_ns;
 use crate::kernel::Kernel;
+use crate::model::ended::EndedBy;
 use crate::model::lens::Lens;
 use crate::model::profile::{FrameMode, Profile};
 use crate::model::target::Exit;
@@ -174,7 +175,7 @@ impl Measure<'_> {
     }
 
     /// Starts the load once the service listens; says when the load ended.
-    fn drive_load(&mut self) -> Option<String> {
+    fn drive_load(&mut self) -> Option<EndedBy> {
         let cmd = self.load?;
         match self.load_child.as_mut() {
             None => {
@@ -183,7 +184,7 @@ impl Measure<'_> {
                         self.error = Some(RunError::NeverListened {
                             label: self.label.clone(),
                         });
-                        return Some("the service never listened".into());
+                        return Some(EndedBy::NeverListened);
                     }
                     return None;
                 }
@@ -203,20 +204,20 @@ impl Measure<'_> {
                             what: "starting the load command",
                             source: e,
                         });
-                        return Some("the load command did not start".into());
+                        return Some(EndedBy::LoadDidNotStart);
                     }
                 }
                 None
             }
             Some(child) => match child.try_wait() {
-                Ok(Some(status)) if status.success() => Some("the load finished".into()),
+                Ok(Some(status)) if status.success() => Some(EndedBy::LoadFinished),
                 Ok(Some(status)) => {
                     self.error = Some(RunError::Load {
                         label: self.label.clone(),
                         status,
                         log: self.load_log.clone(),
                     });
-                    Some("the load failed".into())
+                    Some(EndedBy::LoadFailed)
                 }
                 _ => None,
             },
@@ -235,13 +236,13 @@ impl<K: Kernel, H: Host> Policy<K, H> for Measure<'_> {
         self.sample_memory(engine, second);
         if exited.contains(&self.pid) {
             self.ended = engine.target(self.pid).and_then(|t| t.exit);
-            return Step::Stop("the program exited".into());
+            return Step::Stop(EndedBy::ProgramExited);
         }
         if let Some(why) = self.drive_load() {
             return Step::Stop(why);
         }
         if self.duration.is_some_and(|d| self.started.elapsed() >= d) {
-            return Step::Stop("duration".into());
+            return Step::Stop(EndedBy::Duration);
         }
         Step::Continue
     }
@@ -353,7 +354,7 @@ pub fn run(spec: &RunSpec<'_>) -> Result<RunOutcome, RunError> {
     engine.finish();
     engine.release_guardian();
     let secs = engine.window_secs();
-    let report = engine.report(None, &why);
+    let report = engine.report(None, why);
     let still_running = measure.ended.is_none();
     if still_running {
         stop(pid);

@@ -22,6 +22,7 @@ use crate::engine::run::{Policy, Step};
 use crate::engine::{setup, Engine, Options, TargetSpec};
 use crate::kernel::ebpf::Ebpf;
 use crate::kernel::Kernel as _;
+use crate::model::ended::EndedBy;
 use crate::model::lens::Lens;
 use crate::model::profile::FrameMode;
 
@@ -124,7 +125,7 @@ impl TopPolicy {
             let name = t.name();
             let allgs = t.bin.allgs.and_then(|a| t.runtime_addr(a));
             let bin = t.bin.clone();
-            let report = engine.report(Some(&[pid]), "top");
+            let report = engine.report(Some(&[pid]), EndedBy::Top);
             let row = self.rows.entry(pid).or_insert_with(|| Row {
                 pid,
                 name,
@@ -150,7 +151,7 @@ impl TopPolicy {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let dir = self.out.join(format!("top-{secs}"));
-        let report = engine.report(None, "top: saved");
+        let report = engine.report(None, EndedBy::TopSaved);
         self.status = match std::fs::create_dir_all(&dir)
             .map_err(|e| e.to_string())
             .and_then(|()| {
@@ -194,9 +195,9 @@ impl TopPolicy {
                 continue;
             }
             match k.code {
-                KeyCode::Char('q') | KeyCode::Esc => return Some(Step::Stop("q".into())),
+                KeyCode::Char('q') | KeyCode::Esc => return Some(Step::Stop(EndedBy::Quit)),
                 KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
-                    return Some(Step::Stop("Ctrl-C".into()))
+                    return Some(Step::Stop(EndedBy::CtrlC))
                 }
                 KeyCode::Char('s') => self.save(engine),
                 KeyCode::Char('l') => {
@@ -247,7 +248,7 @@ impl Policy<Ebpf, Procfs> for TopPolicy {
             self.refresh(engine);
             self.draw(engine);
             if self.tui.is_none() && engine.live_pids().is_empty() {
-                return Step::Stop("every target exited".into());
+                return Step::Stop(EndedBy::EveryTargetExited);
             }
         }
         Step::Continue
