@@ -4,14 +4,6 @@
 //! machine lacks (see ../shared/TOOLCHAIN.md) and skips what is already there.
 
 mod bench;
-mod bench_agent;
-mod bench_binaries;
-mod bench_gc_heavy;
-mod bench_labels;
-mod bench_lenses;
-mod bench_service;
-mod bench_variant;
-mod bench_versions;
 mod bootstrap;
 mod fixtures;
 mod fuzz;
@@ -160,19 +152,19 @@ fn main() -> anyhow::Result<()> {
             let out = root.join("target/bench-out");
             std::fs::create_dir_all(&out)?;
             if versions_only {
-                return bench_versions::alloc_exact_by_version(&memtrace, &built.root, &out);
+                return bench::versions::alloc_exact_by_version(&memtrace, &built.root, &out);
             }
             if service_only {
-                return bench_service::prometheus(&memtrace, &out);
+                return bench::service::prometheus(&memtrace, &out);
             }
             if labels_only {
-                return bench_labels::run(&memtrace, &built.dir, &out);
+                return bench::labels::run(&memtrace, &built.dir, &out);
             }
             if binaries_only {
-                return bench_binaries::run(&memtrace, &out, 20);
+                return bench::binaries::run(&memtrace, &out, 20);
             }
             if gc_heavy_only || lenses_only {
-                return bench_lenses::run(&memtrace, &built.dir, &out, gc_heavy_only);
+                return bench::lenses::run(&memtrace, &built.dir, &out, gc_heavy_only);
             }
             if gate_only {
                 return bench::gate(&memtrace, &built.dir, &out, gate_trials);
@@ -182,15 +174,15 @@ fn main() -> anyhow::Result<()> {
                 return bench::run_check(&memtrace, &built.dir, &out);
             }
             if agent_only {
-                for sc in bench_agent::agent_scenarios(agent_procs) {
-                    bench_agent::agent(&memtrace, &built.dir, &out, &sc)?;
+                for sc in bench::agent::agent_scenarios(agent_procs) {
+                    bench::agent::agent(&memtrace, &built.dir, &out, &sc)?;
                 }
                 return Ok(());
             }
-            bench_lenses::run(&memtrace, &built.dir, &out, false)?;
-            bench_labels::run(&memtrace, &built.dir, &out)?;
-            bench_versions::alloc_exact_by_version(&memtrace, &built.root, &out)?;
-            bench_service::prometheus(&memtrace, &out)?;
+            bench::lenses::run(&memtrace, &built.dir, &out, false)?;
+            bench::labels::run(&memtrace, &built.dir, &out)?;
+            bench::versions::alloc_exact_by_version(&memtrace, &built.root, &out)?;
+            bench::service::prometheus(&memtrace, &out)?;
             run(cargo().current_dir(&root).args([
                 "build",
                 "--release",
@@ -205,10 +197,10 @@ fn main() -> anyhow::Result<()> {
             )?;
             bench::stack_cache(&memtrace, &built.dir, &out)?;
             bench::run_check(&memtrace, &built.dir, &out)?;
-            for sc in bench_agent::agent_scenarios(agent_procs) {
-                bench_agent::agent(&memtrace, &built.dir, &out, &sc)?;
+            for sc in bench::agent::agent_scenarios(agent_procs) {
+                bench::agent::agent(&memtrace, &built.dir, &out, &sc)?;
             }
-            bench_binaries::run(&memtrace, &out, 20)?;
+            bench::binaries::run(&memtrace, &out, 20)?;
             bench::gate(&memtrace, &built.dir, &out, gate_trials)
         }
     }

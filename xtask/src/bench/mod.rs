@@ -1,7 +1,18 @@
 //! `cargo xtask bench`: the helpers every benchmark shares (a fixture's
 //! timed phase, medians, memtrace's own CPU and peak RSS), and the
 //! benchmarks of exactness, symbolization, the gate and the agent. The
-//! lens slowdown table is in `bench_lenses`.
+//! lens slowdown table is in `bench::lenses`.
+
+pub mod agent;
+pub mod binaries;
+pub mod gc_heavy;
+pub mod labels;
+pub mod lenses;
+pub mod service;
+pub mod variant;
+pub mod versions;
+
+pub(crate) use variant::{base, Runner, Shape, Variant};
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! ratios (each run against the untraced run of its own round).
 
 use crate::bench::median;
-use crate::bench_variant::{Runner, Shape, Variant};
+use crate::bench::{Runner, Shape, Variant};
 
 /// 64 KiB lists the GC-heavy shape builds and drops: ~0.3 s untraced,
 /// about 240 GC cycles, 640 k allocations.

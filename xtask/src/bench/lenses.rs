@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::bench::{alloc_ns, median, record_command, run_sampled, RUNS};
-use crate::bench_variant::{base, Runner, Shape, Variant};
+use crate::bench::{base, Runner, Shape, Variant};
 
 /// Rounds for the rss comparison (untraced, memtrace rss with and without
 /// its per-page frame read, memtrace and bpftrace with fault probes that
@@ -132,10 +132,10 @@ pub fn run(
     if gc_heavy_only {
         variants.clear();
     }
-    variants.extend(crate::bench_gc_heavy::variants(bpftrace_alloc));
+    variants.extend(crate::bench::gc_heavy::variants(bpftrace_alloc));
     rounds(&mut variants, memtrace, &allocs, &spawner, out)?;
     print_table(&variants);
-    crate::bench_gc_heavy::verdicts(&variants);
+    crate::bench::gc_heavy::verdicts(&variants);
     probe_costs(memtrace, &allocs, &spawner, out, &variants)
 }
 
