@@ -293,33 +293,13 @@ pub fn bpf_program_names() -> Vec<String> {
         .collect()
 }
 
-/// The names memtrace gives its programs.
-pub const MEMTRACE_PROGRAMS: &[&str] = &[
-    "go_alloc",
-    "fault_user",
-    "fault_kernel",
-    "mmap_enter",
-    "mmap_exit",
-    "munmap_enter",
-    "madvise_enter",
-    "mremap_enter",
-    "mremap_exit",
-    "brk_enter",
-    "brk_exit",
-    "go_newproc",
-    "go_newproc_ret",
-    "go_exit",
-    "go_gc_cycle",
-    "go_stw_stop",
-    "go_stw_start",
-    "proc_exec",
-    "proc_exit",
-    "fault_runs_exec",
-    "fault_runs_exit",
-    "go_hold",
-    "go_spawned",
-    "oom_victim",
-];
+/// The names memtrace gives its programs, read from the built eBPF
+/// object (so a new program cannot be left out).
+pub fn memtrace_programs() -> Vec<String> {
+    let names = memtrace_user::kernel::ebpf::program_names();
+    assert!(names.len() >= 20, "the eBPF object lists {names:?}");
+    names
+}
 
 /// Asserts that none of memtrace's BPF programs is loaded. The kernel frees
 /// a program after an RCU grace period once its last reference is gone, so
@@ -327,10 +307,9 @@ pub const MEMTRACE_PROGRAMS: &[&str] = &[
 pub fn assert_no_memtrace_programs() {
     let leftover = || -> Vec<String> {
         let names = bpf_program_names();
-        MEMTRACE_PROGRAMS
-            .iter()
-            .filter(|p| names.iter().any(|n| n == *p))
-            .map(|p| p.to_string())
+        memtrace_programs()
+            .into_iter()
+            .filter(|p| names.iter().any(|n| n == p))
             .collect()
     };
     let mut left = leftover();
@@ -447,10 +426,10 @@ pub fn assert_one_line_error(out: &Output, needle: &str) {
 
 #[cfg(test)]
 mod tests {
-    /// Every program the eBPF crate defines is in [`super::MEMTRACE_PROGRAMS`],
-    /// so no test can leave one loaded unnoticed.
+    /// Every program the eBPF crate's sources define is in the built
+    /// object [`super::memtrace_programs`] reads, and nothing else is.
     #[test]
-    fn the_program_list_is_every_program_of_the_ebpf_crate() {
+    fn the_object_holds_every_program_of_the_ebpf_crate() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../memtrace-ebpf/src");
         let mut defined = Vec::new();
         let mut files = vec![dir];
@@ -478,11 +457,7 @@ mod tests {
             }
         }
         defined.sort();
-        let mut listed: Vec<String> = super::MEMTRACE_PROGRAMS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        listed.sort();
+        let listed = super::memtrace_programs();
         assert!(defined.len() >= 24, "{defined:?}");
         assert_eq!(defined, listed);
     }

@@ -22,6 +22,16 @@ use crate::binary::goruntime::{GoBinary, ProbePoint};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
 
+/// The names of every program in the built eBPF object (what the kernel
+/// lists them as), read from the object itself.
+pub fn program_names() -> Vec<String> {
+    let mut names: Vec<String> = aya_obj::Object::parse(EBPF_OBJECT)
+        .map(|o| o.programs.into_keys().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Whether an attach error comes down to EACCES or EPERM from the kernel.
 fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
