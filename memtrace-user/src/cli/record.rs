@@ -128,8 +128,8 @@ impl<K: Kernel, H: crate::engine::Host> Policy<K, H> for RecordPolicy {
             eprintln!(
                 "memtrace: {:.0} s, {} events, {} dropped",
                 self.started.elapsed().as_secs_f64(),
-                engine.agg.events,
-                engine.kernel.counters().ringbuf_drops
+                engine.events(),
+                engine.kernel_counters().ringbuf_drops
             );
         }
         Step::Continue
@@ -339,10 +339,7 @@ fn announce(engine: &Engine<Ebpf, Procfs>, args: &RecordArgs) {
         );
     }
     if exact {
-        eprintln!(
-            "memtrace: {} allocation uprobes attached",
-            engine.kernel.uprobes
-        );
+        eprintln!("memtrace: {} allocation uprobes attached", engine.uprobes());
     }
     eprintln!(
         "memtrace: {}; Ctrl-C to stop",

@@ -31,6 +31,7 @@ mod holds;
 pub mod host;
 pub mod labels;
 pub mod probes;
+mod read;
 pub mod report;
 pub mod run;
 pub mod setup;
@@ -221,16 +222,16 @@ impl Clock {
 
 /// One tracing session; see the module docs.
 pub struct Engine<K: Kernel, H: Host> {
-    pub kernel: K,
-    pub host: H,
+    kernel: K,
+    host: H,
     opts: Options,
-    pub resolver: Resolver,
-    pub agg: Aggregator,
+    resolver: Resolver,
+    agg: Aggregator,
     /// The targets' pprof label sets.
-    pub labels: LabelReader,
+    labels: LabelReader,
     probes: probes::ProbeSets<K::Links>,
     targets: BTreeMap<u32, Target>,
-    pub sym: Symbolizer,
+    sym: Symbolizer,
     clock: Clock,
     /// Warnings already shown (each once).
     warned: HashSet<String>,
@@ -292,37 +293,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         if let Some(g) = self.guard.take() {
             g.done();
         }
-    }
-
-    pub fn options(&self) -> &Options {
-        &self.opts
-    }
-
-    pub fn target(&self, pid: u32) -> Option<&Target> {
-        self.targets.get(&pid)
-    }
-
-    pub fn targets(&self) -> impl Iterator<Item = &Target> {
-        self.targets.values()
-    }
-
-    /// Targets that have not exited.
-    /// Distinct stacks seen so far (what a report symbolizes).
-    pub fn distinct_stacks(&self) -> usize {
-        self.resolver.stacks.len()
-    }
-
-    pub fn live_pids(&self) -> Vec<u32> {
-        self.targets
-            .values()
-            .filter(|t| t.exit.is_none())
-            .map(|t| t.pid)
-            .collect()
-    }
-
-    /// Seconds since the current window started.
-    pub fn window_secs(&self) -> f64 {
-        self.clock.window.elapsed().as_secs_f64()
     }
 
     fn warn_once(&mut self, msg: String) {

@@ -348,6 +348,10 @@ impl Kernel for Ebpf {
         let _ = self.held.remove(&pid);
     }
 
+    fn uprobes(&self) -> usize {
+        self.uprobes
+    }
+
     fn counters(&self) -> KernelCounters {
         let mut slots = [0; COUNTER_COUNT as usize];
         for (i, slot) in slots.iter_mut().enumerate() {

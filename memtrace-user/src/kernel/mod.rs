@@ -207,6 +207,11 @@ pub trait Kernel {
 
     fn counters(&self) -> KernelCounters;
 
+    /// Uprobes attached now (0 where there are none to count).
+    fn uprobes(&self) -> usize {
+        0
+    }
+
     /// Hands every record waiting in the ring buffer to `sink`, in order.
     fn poll(&mut self, sink: &mut dyn FnMut(&[u8]));
 

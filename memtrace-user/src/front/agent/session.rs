@@ -338,7 +338,7 @@ impl AgentPolicy {
     fn every_second<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>) {
         let t = self.started.elapsed().as_secs_f64();
         for pid in engine.live_pids() {
-            let Some(st) = engine.host.status(pid) else {
+            let Some(st) = engine.status(pid) else {
                 continue;
             };
             let cgroup = engine.target(pid).and_then(|t| {
@@ -434,7 +434,7 @@ impl AgentPolicy {
                 self.snapshot(engine, pid, trigger, &why);
             }
         }
-        let drops = engine.kernel.counters();
+        let drops = engine.kernel_counters();
         if last {
             // One shutdown's windows: an earlier run's are replaced, not kept.
             let _ = std::fs::remove_dir_all(&self.last_window_dir);
@@ -464,7 +464,7 @@ impl AgentPolicy {
         shared.last_window_secs = began.elapsed().as_secs_f64();
         shared.ring_drops = drops.ringbuf_drops;
         shared.stack_errors = drops.stack_errors;
-        shared.capped_stacks = engine.resolver.stacks.capped;
+        shared.capped_stacks = engine.capped_stacks();
         drop(shared);
         reports::say_bus_faults();
         engine.rotate();

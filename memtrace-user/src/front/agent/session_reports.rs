@@ -60,7 +60,7 @@ impl AgentPolicy {
     pub(super) fn watch_limits<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>) {
         let t = self.started.elapsed().as_secs_f64();
         for pid in self.limits.watched() {
-            let Some(c) = engine.host.memory_cgroup(pid) else {
+            let Some(c) = engine.memory_cgroup(pid) else {
                 continue;
             };
             let Some(limit) = c.limit_bytes.filter(|&l| l > 0) else {

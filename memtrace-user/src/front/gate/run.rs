@@ -140,12 +140,12 @@ impl Measure<'_> {
         let t = self.t();
         match self.metric {
             Metric::Rss => {
-                if let Some(s) = engine.host.status(self.pid) {
+                if let Some(s) = engine.status(self.pid) {
                     self.samples.memory.push((t, s.vm_rss as f64));
                 }
             }
             Metric::Heap => {
-                let cycles = &engine.agg.gc.cycles;
+                let cycles = engine.gc_cycles();
                 // The live heap after each cycle, which the next cycle
                 // reads as "marked last time": placed at the cycle that
                 // marked it.

@@ -21,7 +21,6 @@ use crate::engine::host::Procfs;
 use crate::engine::run::{Policy, Step};
 use crate::engine::{setup, Engine, Options, TargetSpec};
 use crate::kernel::ebpf::Ebpf;
-use crate::kernel::Kernel as _;
 use crate::model::ended::EndedBy;
 use crate::model::lens::Lens;
 use crate::model::profile::FrameMode;
@@ -97,9 +96,9 @@ impl TopPolicy {
             elapsed: self.started.elapsed().as_secs_f64(),
             interval: self.interval.as_secs_f64(),
             rows: self.rows.values().cloned().collect(),
-            events: engine.agg.events,
+            events: engine.events(),
             drops: {
-                let k = engine.kernel.counters();
+                let k = engine.kernel_counters();
                 k.ringbuf_drops + k.kernel_misses
             },
             leaf_frames: self.leaf_frames,
