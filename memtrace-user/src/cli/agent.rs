@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 
-use crate::engine::host::Procfs;
-use crate::engine::{run, setup, Engine, Options};
+use crate::engine::session::{Session, Targets};
+use crate::engine::Options;
 use crate::front::agent::metrics::SelfUsage;
 use crate::front::agent::pods::PodSource;
 use crate::front::agent::session::{AgentPolicy, Filters, Snapshots};
@@ -17,7 +17,6 @@ use crate::front::agent::{self, Shared};
 use crate::front::push::pyroscope::{Auth, Store};
 use crate::front::push::{self, Destination, PushConfig, Pusher};
 use crate::host::procfs;
-use crate::kernel::ebpf::Ebpf;
 use crate::model::lens::Lens;
 
 #[derive(Debug, clap::Args)]
@@ -307,14 +306,7 @@ fn private_out(out: &std::path::Path) -> anyhow::Result<()> {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.window >= 1, "--window must be at least 1 second");
-    // Forked first, while the agent has one thread: it writes back what
-    // the agent wrote into targets and continues any it held, should the
-    // agent be SIGKILLed or OOM-killed.
-    let guardian =
-        crate::host::guard::Guardian::spawn().context("starting the guardian process")?;
     let opts = engine_options(&args);
-    setup::check_host(&opts)?;
-    let tracepoints = opts.tracepoints();
     private_out(&args.out)?;
     let token = match &args.auth_token_file {
         Some(f) => Some(read_secret("--auth-token-file", f)?),
@@ -326,31 +318,26 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.listen
     );
     let pods_source = pod_source(&args)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
-    // From here on, SIGTERM (while the pusher replays its spool, the probes
-    // load and every process is attached) stops the agent cleanly once it
-    // runs, instead of killing it by the default action.
-    let stop = {
-        let _rt = rt.enter();
-        run::StopSignals::new().context("catching SIGINT and SIGTERM")?
-    };
-    let pusher = push_config(&args)?
-        .map(Pusher::start)
-        .transpose()
-        .context("starting the Pyroscope pusher")?;
-    let otlp = otlp_config(&args)?
-        .map(Pusher::start)
-        .transpose()
-        .context("starting the OTLP exporter")?;
+    let (pyroscope, otlp) = (push_config(&args)?, otlp_config(&args)?);
     let listener = std::net::TcpListener::bind(args.listen).with_context(|| {
         format!(
             "cannot listen on {}: choose another address with --listen",
             args.listen
         )
     })?;
+    // The guardian (it writes back what the agent wrote into targets and
+    // continues any it held, should the agent be SIGKILLed or OOM-killed)
+    // is forked here, before any thread; SIGTERM from here on (while the
+    // pushers replay their spools and every process is attached) stops the
+    // agent cleanly once it runs.
+    let mut session = Session::start(opts, Targets::Discover)?;
+    let start = |c: Option<PushConfig>, what: &str| {
+        c.map(Pusher::start)
+            .transpose()
+            .with_context(|| format!("starting the {what}"))
+    };
+    let pusher = start(pyroscope, "Pyroscope pusher")?;
+    let otlp = start(otlp, "OTLP exporter")?;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let heartbeat = Arc::new(agent::Heartbeat::default());
     serve(
@@ -365,50 +352,45 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             stall: std::time::Duration::from_secs(args.stall_secs.max(1)),
         },
     )?;
-    rt.block_on(async move {
-        let kernel = Ebpf::load(&tracepoints, &crate::host::preflight::tracefs_dir())?;
-        let mut engine = Engine::new(kernel, Procfs, opts);
-        engine.set_guardian(guardian);
-        eprintln!(
-            "memtrace: agent: serving http://{}/metrics, /profiles; windows of {} s; snapshots under {}",
-            args.listen,
-            args.window,
-            args.out.join("snapshots").display()
-        );
-        let mut policy = AgentPolicy::new(
-            args.window,
-            Filters {
-                cgroup: args.cgroup.clone(),
-                exes: args.exes.clone(),
-            },
-            Snapshots {
-                dir: args.out.join("snapshots"),
-                period_secs: args.snapshot_period,
-                growth_bytes: args.snapshot_growth_mib << 20,
-                keep: args.max_snapshots,
-                limit_pct: args.snapshot_limit_pct,
-                oom_dir: args.out.join("oom"),
-            },
-            args.out.join("last-window"),
-            shared,
-            pods_source,
-        );
-        policy.pusher = pusher;
-        policy.otlp = otlp;
-        policy.heartbeat = heartbeat;
-        policy.node = node_name(&args);
-        policy.metric_label_keys = args.metric_label_keys.clone();
-        // Processes already running; later ones arrive through exec events.
-        policy.scan(&mut engine);
-        run::drive_until(&mut engine, &mut policy, stop).await?;
-        engine.drain();
-        policy.end_window(&mut engine, true);
-        let traced = policy.shared.lock().expect("agent state").discovered;
-        say_stopping(&args.out.join("last-window"), traced);
-        engine.finish();
-        engine.release_guardian();
-        Ok::<(), anyhow::Error>(())
-    })
+    eprintln!(
+        "memtrace: agent: serving http://{}/metrics, /profiles; windows of {} s; snapshots under {}",
+        args.listen,
+        args.window,
+        args.out.join("snapshots").display()
+    );
+    let mut policy = AgentPolicy::new(
+        args.window,
+        Filters {
+            cgroup: args.cgroup.clone(),
+            exes: args.exes.clone(),
+        },
+        Snapshots {
+            dir: args.out.join("snapshots"),
+            period_secs: args.snapshot_period,
+            growth_bytes: args.snapshot_growth_mib << 20,
+            keep: args.max_snapshots,
+            limit_pct: args.snapshot_limit_pct,
+            oom_dir: args.out.join("oom"),
+        },
+        args.out.join("last-window"),
+        shared,
+        pods_source,
+    );
+    policy.pusher = pusher;
+    policy.otlp = otlp;
+    policy.heartbeat = heartbeat;
+    policy.node = node_name(&args);
+    policy.metric_label_keys = args.metric_label_keys.clone();
+    // Processes already running; later ones arrive through exec events.
+    policy.scan(session.engine_mut());
+    session.run(&mut policy)?;
+    let engine = session.engine_mut();
+    engine.drain();
+    policy.end_window(engine, true);
+    let traced = policy.shared.lock().expect("agent state").discovered;
+    say_stopping(&args.out.join("last-window"), traced);
+    session.finish();
+    Ok(())
 }
 
 /// The agent's last line: where its last window went, if anywhere.

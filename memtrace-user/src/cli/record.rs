@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::engine::host::Procfs;
-use crate::engine::run::{self, Policy, Step};
-use crate::engine::{setup, Engine, Lifecycle, Options};
+use crate::engine::run::{Policy, Step};
+use crate::engine::session::{Session, Targets};
+use crate::engine::{Engine, Lifecycle, Options};
 use crate::kernel::{ebpf::Ebpf, Kernel};
 use crate::model::ended::EndedBy;
 use crate::model::lens::Lens;
@@ -162,41 +163,24 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
         eprintln!("memtrace: --fault-probe-floor: faults are not counted (a measurement mode)");
     }
     opts.holds = true;
-    setup::check_host(&opts)?;
-
+    let targets = if args.command.is_empty() {
+        Targets::Pids(args.pids.clone())
+    } else {
+        Targets::Launch {
+            argv: args.command.clone(),
+            stdout: None,
+        }
+    };
+    let prepared = Session::prepare(opts, targets)?;
     std::fs::create_dir_all(&args.out).with_context(|| {
         format!(
             "cannot create output directory {}: choose another with --out",
             args.out.display()
         )
     })?;
-    // Forked first, while memtrace has one thread: it undoes what memtrace
-    // writes into targets if memtrace is killed.
-    let guardian =
-        crate::host::guard::Guardian::spawn().context("starting the guardian process")?;
-    // Resolve and vet every target before touching the kernel.
-    let (specs, gate) = if args.command.is_empty() {
-        let specs = args
-            .pids
-            .iter()
-            .map(|&p| setup::running(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        (specs, None)
-    } else {
-        let (spec, gate) = setup::launch(&args.command, None)?;
-        (vec![spec], Some(gate))
-    };
-    let (mut engine, gate) = setup::start(&opts, &specs, gate, guardian)?;
-    announce(&engine, &args);
-    engine.begin();
+    let mut session = prepared.start()?;
+    announce(session.engine(), &args);
     let started = Instant::now();
-    if let Some(g) = gate {
-        g.release();
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
     let mut policy = RecordPolicy {
         started,
         duration: args.duration.map(Duration::from_secs_f64),
@@ -205,12 +189,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
         frames: args.frames,
         oom: Vec::new(),
     };
-    let mut ended_by = rt.block_on(run::drive(&mut engine, &mut policy))?;
+    let mut ended_by = session.run(&mut policy)?;
     if !policy.oom.is_empty() && ended_by == EndedBy::EveryTargetExited {
         ended_by = EndedBy::OomKill;
     }
-    engine.finish();
-    engine.release_guardian();
+    let mut engine = session.finish();
     // Symbolizing and rendering can take seconds on big profiles: say so
     // on a terminal.
     let progress = std::io::stderr().is_terminal();

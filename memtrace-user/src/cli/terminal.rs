@@ -258,30 +258,28 @@ fn print_net(extra: &crate::model::extras::RssExtras, grew: u64) {
     );
 }
 
-fn print_gc(gc: &serde_json::Value) {
-    let cycles = gc["cycles"].as_u64().unwrap_or(0);
-    let pauses = &gc["pauses"];
-    let count = pauses["count"].as_u64().unwrap_or(0);
-    if cycles == 0 && count == 0 {
+fn print_gc(gc: &crate::model::gc::GcSummary) {
+    let (cycles, p) = (gc.cycles, &gc.pauses);
+    if cycles == 0 && p.count == 0 {
         return;
     }
-    let us = |k: &str| format!("{:.0} µs", pauses[k].as_u64().unwrap_or(0) as f64 / 1e3);
-    let last = gc["cycle_detail"]
-        .as_array()
-        .and_then(|c| c.last())
-        .filter(|c| c["heap_goal"].as_u64().unwrap_or(0) > 0)
+    let us = |ns: u64| format!("{:.0} µs", ns as f64 / 1e3);
+    let last = gc
+        .last()
+        .filter(|c| c.heap_goal > 0)
         .map(|c| {
             format!(
                 "; last cycle: heap {}, goal {}",
-                human_bytes(c["heap_live"].as_u64().unwrap_or(0)),
-                human_bytes(c["heap_goal"].as_u64().unwrap_or(0))
+                human_bytes(c.heap_live),
+                human_bytes(c.heap_goal)
             )
         })
         .unwrap_or_default();
     println!(
-        "GC: {cycles} cycles; stop-the-world pauses p50 {}, p99 {}, max {} ({count} pauses){last}",
-        us("p50_ns"),
-        us("p99_ns"),
-        us("max_ns"),
+        "GC: {cycles} cycles; stop-the-world pauses p50 {}, p99 {}, max {} ({} pauses){last}",
+        us(p.p50_ns),
+        us(p.p99_ns),
+        us(p.max_ns),
+        p.count,
     );
 }

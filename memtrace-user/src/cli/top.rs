@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use crate::engine::run::{self};
-use crate::engine::{setup, Options};
+use crate::engine::session::{Session, Targets};
+use crate::engine::Options;
 use crate::front::top::policy::{self, TopPolicy, Tui};
 use crate::model::lens::Lens;
 
@@ -47,25 +47,17 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     lenses.dedup();
     let mut opts = Options::new(lenses.clone());
     opts.split_by_label = args.split_by_label.clone();
-    setup::check_host(&opts)?;
-    // Forked while memtrace has one thread: it undoes what memtrace writes
-    // into targets if memtrace is killed.
-    let guardian =
-        crate::host::guard::Guardian::spawn().context("starting the guardian process")?;
-    let specs = if args.pids.is_empty() {
-        let s = policy::scan(&opts);
-        if s.is_empty() {
-            bail!("no Go process to watch is running: start one, or give --pid PID");
-        }
-        s
+    let targets = if args.pids.is_empty() {
+        Targets::Scan(policy::scan)
     } else {
-        args.pids
-            .iter()
-            .map(|&p| setup::running(p))
-            .collect::<Result<Vec<_>, _>>()?
+        Targets::Pids(args.pids.clone())
     };
-    let (mut engine, _) = setup::start(&opts, &specs, None, guardian)?;
-    engine.begin();
+    let prepared = Session::prepare(opts, targets)?;
+    if prepared.targets().is_empty() {
+        bail!("no Go process to watch is running: start one, or give --pid PID");
+    }
+    let watching = prepared.targets().len();
+    let mut session = prepared.start()?;
     let tty = std::io::stdout().is_terminal();
     let mut policy = TopPolicy::new(
         lenses,
@@ -77,23 +69,14 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     } else {
         eprintln!(
             "memtrace: top: watching {} process(es); a block every {} s; Ctrl-C to stop",
-            specs.len(),
-            args.interval
+            watching, args.interval
         );
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
-    let ended = rt.block_on(run::drive(&mut engine, &mut policy));
+    let ended = session.run(&mut policy);
     // Restore the terminal before saying anything.
     drop(policy.tui.take());
-    engine.finish();
-    engine.release_guardian();
+    session.finish();
     let ended = ended?;
-    eprintln!(
-        "memtrace: top: stopped ({ended}); every probe detached from {} process(es)",
-        specs.len()
-    );
+    eprintln!("memtrace: top: stopped ({ended}); every probe detached from {watching} process(es)");
     Ok(())
 }

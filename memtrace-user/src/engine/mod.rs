@@ -34,6 +34,7 @@ pub mod probes;
 mod read;
 pub mod report;
 pub mod run;
+pub mod session;
 pub mod setup;
 pub mod target;
 #[cfg(test)]

@@ -53,18 +53,8 @@ impl StopSignals {
     }
 }
 
-/// Runs `policy` over `engine` until the policy or a signal stops it;
-/// returns what stopped it.
-pub async fn drive<K, H, P>(engine: &mut Engine<K, H>, policy: &mut P) -> std::io::Result<EndedBy>
-where
-    K: Kernel,
-    H: Host,
-    P: Policy<K, H>,
-{
-    drive_until(engine, policy, StopSignals::new()?).await
-}
-
-/// [`drive`], with signals caught since `stop` was made.
+/// Runs `policy` over `engine` until the policy or a signal (caught since
+/// `stop` was made) stops it; returns what stopped it.
 pub async fn drive_until<K, H, P>(
     engine: &mut Engine<K, H>,
     policy: &mut P,

@@ -1,6 +1,7 @@
 //! Setting a session up: finding and vetting the processes to trace, a
 //! command held before its first instruction, and an engine with the
-//! probes in place. `record` and `gate` start the same way.
+//! probes in place; [`super::session::Session`] puts them in order for
+//! every front end.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt as _;
@@ -27,6 +28,13 @@ pub enum SetupError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The guardian is forked, so memtrace must have one thread then.
+    #[error("internal error: the guardian must be forked while memtrace has one thread, and it has {0}; please report this")]
+    Threads(u64),
+    #[error("cannot start the guardian process: {0}")]
+    Guardian(std::io::Error),
+    #[error("cannot start the event loop: {0}")]
+    EventLoop(std::io::Error),
 }
 
 /// A running process, vetted.

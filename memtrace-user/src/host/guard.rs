@@ -65,6 +65,19 @@ pub struct Guardian {
     said: Undo,
 }
 
+/// In the guardian: closes every descriptor but stdio and `keep`, so it
+/// holds none of memtrace's (a launched program's output pipe would never
+/// see its end while the guardian lives).
+fn close_all_but(keep: std::os::fd::RawFd) {
+    let keep = keep as u32;
+    // SAFETY: close_range only closes this process's descriptors; an empty
+    // range is refused with EINVAL, which changes nothing.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, keep.saturating_sub(1), 0u32);
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+    }
+}
+
 impl Guardian {
     /// Forks the guardian. Call it while memtrace has a single thread.
     pub fn spawn() -> std::io::Result<Self> {
@@ -81,6 +94,7 @@ impl Guardian {
             -1 => Err(std::io::Error::last_os_error()),
             0 => {
                 drop(write);
+                close_all_but(std::os::fd::AsRawFd::as_raw_fd(&read));
                 guardian_main(read)
             }
             child => Ok(Self {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use hdrhistogram::Histogram;
 
 use crate::lens::cell::histogram;
+use crate::model::gc::{GcCycleDetail, GcPauses, GcSummary};
 
 /// One GC cycle as seen at mark termination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -63,7 +64,7 @@ impl GcAgg {
 
 /// The GC view for summary.json (`start_ns`: the window's start, on the
 /// clock of the cycles' timestamps).
-pub fn summary(gc: &GcAgg, start_ns: u64) -> serde_json::Value {
+pub fn summary(gc: &GcAgg, start_ns: u64) -> GcSummary {
     let h = &gc.pauses;
     let q = |x: f64| {
         if h.is_empty() {
@@ -72,17 +73,26 @@ pub fn summary(gc: &GcAgg, start_ns: u64) -> serde_json::Value {
             h.value_at_quantile(x)
         }
     };
-    serde_json::json!({
-        "cycles": gc.cycles.len(),
-        "pauses": {"count": h.len(), "p50_ns": q(0.5), "p99_ns": q(0.99), "max_ns": if h.is_empty() { 0 } else { h.max() }},
-        "cycle_detail": gc.cycles.iter().map(|c| serde_json::json!({
-            "pid": c.pid,
-            "t": c.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
-            "heap_live": c.heap_live,
-            "heap_goal": c.heap_goal,
-            "heap_marked": c.heap_marked,
-        })).collect::<Vec<_>>(),
-    })
+    GcSummary {
+        cycles: gc.cycles.len() as u64,
+        pauses: GcPauses {
+            count: h.len(),
+            p50_ns: q(0.5),
+            p99_ns: q(0.99),
+            max_ns: if h.is_empty() { 0 } else { h.max() },
+        },
+        cycle_detail: gc
+            .cycles
+            .iter()
+            .map(|c| GcCycleDetail {
+                pid: c.pid,
+                t: c.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
+                heap_live: c.heap_live,
+                heap_goal: c.heap_goal,
+                heap_marked: c.heap_marked,
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

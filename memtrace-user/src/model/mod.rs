@@ -4,6 +4,7 @@
 pub mod ended;
 pub mod error;
 pub mod extras;
+pub mod gc;
 pub mod labels;
 pub mod lens;
 pub mod profile;

@@ -264,7 +264,7 @@ pub struct Summary {
     pub counters: Counters,
     pub ended_by: crate::model::ended::EndedBy,
     /// GC cycles and stop-the-world pauses (see `lens::gc::summary`).
-    pub gc: serde_json::Value,
+    pub gc: crate::model::gc::GcSummary,
     /// What made the agent write this report (null for `record`).
     pub trigger: Option<serde_json::Value>,
     /// What each eBPF program cost while it ran, from the kernel's BPF

@@ -131,35 +131,32 @@ fn breakdown_table(out: &mut String, targets: &[TargetSummary]) {
     out.push_str("</table>");
 }
 
-fn gc_section(out: &mut String, gc: &serde_json::Value) {
-    let cycles = gc["cycles"].as_u64().unwrap_or(0);
-    if gc.is_null() {
-        return;
-    }
-    let ms = |k: &str| gc["pauses"][k].as_f64().unwrap_or(0.0) / 1e6;
+fn gc_section(out: &mut String, gc: &crate::model::gc::GcSummary) {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let p = &gc.pauses;
     let _ = write!(
         out,
-        "<h2 id=gc>GC</h2><p>{cycles} cycles; stop-the-world pauses: {} (p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms)</p>",
-        gc["pauses"]["count"].as_u64().unwrap_or(0),
-        ms("p50_ns"),
-        ms("p99_ns"),
-        ms("max_ns")
+        "<h2 id=gc>GC</h2><p>{} cycles; stop-the-world pauses: {} (p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms)</p>",
+        gc.cycles,
+        p.count,
+        ms(p.p50_ns),
+        ms(p.p99_ns),
+        ms(p.max_ns)
     );
-    let detail = gc["cycle_detail"].as_array().cloned().unwrap_or_default();
+    let detail = &gc.cycle_detail;
     if detail.is_empty() {
         return;
     }
     out.push_str("<details><summary>cycles</summary><table><tr><th>pid</th><th>t (s)</th><th>heap at mark termination</th><th>live after the previous cycle</th><th>goal</th></tr>");
-    let b = |v: &serde_json::Value| v.as_u64().map_or("-".into(), human_bytes);
     for c in detail.iter().take(200) {
         let _ = write!(
             out,
             "<tr><td class=n>{}</td><td class=n>{:.2}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
-            c["pid"],
-            c["t"].as_f64().unwrap_or(0.0),
-            b(&c["heap_live"]),
-            b(&c["heap_marked"]),
-            b(&c["heap_goal"])
+            c.pid,
+            c.t,
+            human_bytes(c.heap_live),
+            human_bytes(c.heap_marked),
+            human_bytes(c.heap_goal)
         );
     }
     if detail.len() > 200 {

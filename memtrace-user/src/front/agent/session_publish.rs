@@ -76,17 +76,14 @@ impl AgentPolicy {
                 .and_then(|s| Some(s.extra.as_ref()?.rss()?.net_growth))
                 .unwrap_or(0);
             // The last GC cycle of the window, if there was one.
-            if let Some(c) = report.summary.gc["cycle_detail"]
-                .as_array()
-                .and_then(|c| c.last())
-            {
-                let v = |k: &str| c[k].as_u64().filter(|v| *v > 0);
-                p.heap_marked = v("heap_marked").or(p.heap_marked);
-                p.heap_goal = v("heap_goal").or(p.heap_goal);
+            if let Some(c) = report.summary.gc.last() {
+                let v = |v: u64| Some(v).filter(|v| *v > 0);
+                p.heap_marked = v(c.heap_marked).or(p.heap_marked);
+                p.heap_goal = v(c.heap_goal).or(p.heap_goal);
             }
             p.top = top;
             p.goroutines = lens(Lens::Goroutines).map_or(0, |s| s.total);
-            p.gc_cycles += report.summary.gc["cycles"].as_u64().unwrap_or(0);
+            p.gc_cycles += report.summary.gc.cycles;
             p.window_end = Some(unix_now());
         }
     }

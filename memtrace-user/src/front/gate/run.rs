@@ -10,8 +10,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::series::{counter_value, Metric, Requests, Samples};
-use crate::engine::run::{self, Policy, Step};
-use crate::engine::setup::{self, SetupError};
+use crate::engine::run::{Policy, Step};
+use crate::engine::session::{Session, Targets};
+use crate::engine::setup::SetupError;
 use crate::engine::{Engine, Host, Options};
 use crate::host::clock::monotonic_ns;
 use crate::kernel::Kernel;
@@ -298,9 +299,13 @@ pub fn run(spec: &RunSpec<'_>) -> Result<RunOutcome, RunError> {
     let mut opts = Options::new(vec![lens]);
     opts.holds = true;
     opts.memprofile_rate = spec.memprofile_rate;
-    let guardian = crate::host::guard::Guardian::spawn().map_err(io("starting the guardian"))?;
     let (read, write) = output_pipe().map_err(io("a pipe for its output"))?;
-    let (target, gate) = setup::launch(spec.argv, Some(write)).map_err(SetupError::from)?;
+    let launch = Targets::Launch {
+        argv: spec.argv.to_vec(),
+        stdout: Some(write),
+    };
+    let prepared = Session::prepare(opts, launch)?;
+    let target = &prepared.targets()[0];
     let pid = target.pid;
     if spec.metric == Metric::Heap
         && target
@@ -309,12 +314,13 @@ pub fn run(spec: &RunSpec<'_>) -> Result<RunOutcome, RunError> {
             .as_ref()
             .map_or(true, |g| g.heap_marked.is_none())
     {
-        gate.abandon();
+        // Dropped before starting: the held program is killed.
+        drop(prepared);
         return Err(RunError::NoHeap {
             label: spec.label.clone(),
         });
     }
-    let (mut engine, gate) = setup::start(&opts, &[target], Some(gate), guardian)?;
+    let mut session = prepared.start()?;
     let mut measure = Measure {
         label: spec.label.clone(),
         pid,
@@ -335,24 +341,13 @@ pub fn run(spec: &RunSpec<'_>) -> Result<RunOutcome, RunError> {
         error: None,
         ended: None,
     };
-    engine.begin();
-    if let Some(g) = gate {
-        g.release();
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("starting the event loop"))?;
-    let why = rt
-        .block_on(run::drive(&mut engine, &mut measure))
-        .map_err(io("tracing"))?;
+    let why = session.run(&mut measure).map_err(io("tracing"))?;
     measure.read_output();
     if let Some(mut c) = measure.load_child.take() {
         let _ = c.kill();
         let _ = c.wait();
     }
-    engine.finish();
-    engine.release_guardian();
+    let mut engine = session.finish();
     let secs = engine.window_secs();
     let report = engine.report(None, why);
     let still_running = measure.ended.is_none();

@@ -89,7 +89,7 @@ impl Row {
     /// functions (stacks grouped by their innermost frame of the program's
     /// own code), or with `leaf_frames` its stacks by their leaf.
     pub fn update_from(&mut self, lens: Lens, summary: &Summary, top_n: usize, leaf_frames: bool) {
-        self.gc_cycles = summary.gc["cycles"].as_u64().unwrap_or(0);
+        self.gc_cycles = summary.gc.cycles;
         if let Some(c) = summary
             .targets
             .iter()
@@ -98,7 +98,7 @@ impl Row {
         {
             self.limit = Some(c.short(crate::model::profile::human_bytes));
         }
-        self.gc_p99_ns = summary.gc["pauses"]["p99_ns"].as_u64().unwrap_or(0);
+        self.gc_p99_ns = summary.gc.pauses.p99_ns;
         if let Some(g) = summary.lenses.get(Lens::Goroutines.name()) {
             self.goroutines = Some(g.total);
         }
