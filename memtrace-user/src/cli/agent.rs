@@ -21,11 +21,8 @@ use crate::model::lens::Lens;
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// pprof label keys (comma-separated) whose values split the flame
-    /// graphs and folded stacks: a `[KEY=value]` root frame each
-    /// (`[KEY=[no labels]]` for what had no such label).
-    #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = super::label_key)]
-    pub split_by_label: Vec<String>,
+    #[command(flatten)]
+    pub session: super::SessionArgs,
     /// pprof label keys whose values may appear on /metrics
     /// (`memtrace_process_label_growth_bytes`); none by default, as label
     /// values are tenants' data and may be secrets. Profiles and reports
@@ -283,9 +280,8 @@ fn engine_options(args: &AgentArgs) -> Options {
     if args.alloc {
         lenses.push(Lens::Alloc);
     }
-    let mut opts = Options::new(lenses);
+    let mut opts = args.session.options(lenses);
     opts.per_binary = true;
-    opts.split_by_label = args.split_by_label.clone();
     opts.discovery = true;
     opts.max_stacks_per_process = Some(args.max_stacks_per_process.max(1));
     opts

@@ -56,6 +56,26 @@ pub enum Commands {
     },
 }
 
+/// What every tracing subcommand (`record`, `top`, `agent`) takes for its
+/// session, turned into the engine's options in one place.
+#[derive(Debug, Default, clap::Args)]
+pub struct SessionArgs {
+    /// pprof label keys (comma-separated) whose values split the flame
+    /// graphs and folded stacks: a `[KEY=value]` root frame each
+    /// (`[KEY=[no labels]]` for what had no such label).
+    #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = label_key)]
+    pub split_by_label: Vec<String>,
+}
+
+impl SessionArgs {
+    /// The engine's options for `lenses` with these flags.
+    pub fn options(&self, lenses: Vec<crate::model::lens::Lens>) -> crate::engine::Options {
+        let mut opts = crate::engine::Options::new(lenses);
+        opts.split_by_label = self.split_by_label.clone();
+        opts
+    }
+}
+
 /// Where OTLP profiles go (`record` and `agent`).
 #[derive(Debug, Default, clap::Args)]
 pub struct OtlpArgs {

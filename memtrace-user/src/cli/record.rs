@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::engine::host::Procfs;
-use crate::engine::run::{Policy, Step};
 use crate::engine::session::{Session, Targets};
-use crate::engine::{Engine, Lifecycle, Options};
-use crate::kernel::{ebpf::Ebpf, Kernel};
+use crate::engine::Engine;
+use crate::front::record::RecordPolicy;
+use crate::kernel::ebpf::Ebpf;
 use crate::model::ended::EndedBy;
 use crate::model::lens::Lens;
 use crate::model::profile::FrameMode;
@@ -42,11 +42,8 @@ pub struct RecordArgs {
     /// pprof profiles and summary.json always carry both.
     #[arg(long, value_enum, default_value_t = FrameMode::Func)]
     pub frames: FrameMode,
-    /// pprof label keys (comma-separated) whose values split the flame
-    /// graphs and folded stacks: a `[KEY=value]` root frame each
-    /// (`[KEY=[no labels]]` for what had no such label).
-    #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = super::label_key)]
-    pub split_by_label: Vec<String>,
+    #[command(flatten)]
+    pub session: super::SessionArgs,
     /// Walk every event's stack instead of reusing a stack whose top (pc,
     /// frame pointer, six return addresses) matches one walked before:
     /// slower, and exact where stacks differ only deeper down.
@@ -78,64 +75,8 @@ pub struct RecordArgs {
     pub command: Vec<String>,
 }
 
-/// Ends the window after `duration` or when every target has exited.
-/// A target the OOM killer chooses gets its report at once, in
-/// `OUT/oom/PID-UNIXTIME/`.
-struct RecordPolicy {
-    started: Instant,
-    duration: Option<Duration>,
-    last_progress: Instant,
-    out: PathBuf,
-    frames: FrameMode,
-    /// Each OOM-killed target, and where its report went (or why not).
-    oom: Vec<(u32, Result<PathBuf, String>)>,
-}
-
 /// Exit status of `record` when the OOM killer killed a target.
 pub const OOM_EXIT: u8 = 3;
-
-impl<K: Kernel, H: crate::engine::Host> Policy<K, H> for RecordPolicy {
-    fn on_lifecycle(&mut self, engine: &mut Engine<K, H>, events: Vec<Lifecycle>) {
-        for e in events {
-            if let Lifecycle::OomKill(pid) = e {
-                let report = engine.report(Some(&[pid]), EndedBy::OomKill);
-                let written = crate::render::report::write_oom_report(
-                    &report,
-                    pid,
-                    &self.out.join("oom"),
-                    self.frames,
-                );
-                match &written {
-                    Ok(dir) => eprintln!(
-                        "memtrace: pid {pid} was killed by the OOM killer; its report is in {}",
-                        dir.display()
-                    ),
-                    Err(e) => eprintln!("memtrace: pid {pid} was killed by the OOM killer; {e}"),
-                }
-                self.oom.push((pid, written));
-            }
-        }
-    }
-
-    fn on_tick(&mut self, engine: &mut Engine<K, H>, _exited: &[u32]) -> Step {
-        if engine.live_pids().is_empty() {
-            return Step::Stop(EndedBy::EveryTargetExited);
-        }
-        if self.duration.is_some_and(|d| self.started.elapsed() >= d) {
-            return Step::Stop(EndedBy::Duration);
-        }
-        if self.last_progress.elapsed() >= Duration::from_secs(5) {
-            self.last_progress = Instant::now();
-            eprintln!(
-                "memtrace: {:.0} s, {} events, {} dropped",
-                self.started.elapsed().as_secs_f64(),
-                engine.events(),
-                engine.kernel_counters().ringbuf_drops
-            );
-        }
-        Step::Continue
-    }
-}
 
 pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     if args.pids.is_empty() == args.command.is_empty() {
@@ -151,9 +92,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     }
     // A bad endpoint fails now, not after the window.
     let otlp = args.otlp.endpoint()?;
-    let mut opts = Options::new(args.lens.clone());
+    let mut opts = args.session.options(args.lens.clone());
     opts.memprofile_rate = args.memprofile_rate;
-    opts.split_by_label = args.split_by_label.clone();
     opts.tuning.stack_cache = !args.no_stack_cache;
     opts.tuning.recheck_runs = !args.unchecked_fault_runs;
     opts.tuning.fault_floor = args.fault_probe_floor;

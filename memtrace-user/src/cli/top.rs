@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::engine::session::{Session, Targets};
-use crate::engine::Options;
 use crate::front::top::policy::{self, TopPolicy, Tui};
 use crate::model::lens::Lens;
 
@@ -29,11 +28,8 @@ pub struct TopArgs {
     /// Where `s` saves reports (a directory per save).
     #[arg(long, default_value = "./memtrace-out")]
     pub out: PathBuf,
-    /// pprof label keys (comma-separated) whose values split the flame
-    /// graphs and folded stacks: a `[KEY=value]` root frame each
-    /// (`[KEY=[no labels]]` for what had no such label).
-    #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = super::label_key)]
-    pub split_by_label: Vec<String>,
+    #[command(flatten)]
+    pub session: super::SessionArgs,
 }
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
@@ -45,8 +41,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     }
     let mut lenses = args.lens.clone();
     lenses.dedup();
-    let mut opts = Options::new(lenses.clone());
-    opts.split_by_label = args.split_by_label.clone();
+    let opts = args.session.options(lenses.clone());
     let targets = if args.pids.is_empty() {
         Targets::Scan(policy::scan)
     } else {
