@@ -120,15 +120,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     })?;
     let mut session = prepared.start()?;
     announce(session.engine(), &args);
-    let started = Instant::now();
-    let mut policy = RecordPolicy {
-        started,
-        duration: args.duration.map(Duration::from_secs_f64),
-        last_progress: started,
-        out: args.out.clone(),
-        frames: args.frames,
-        oom: Vec::new(),
-    };
+    let mut policy = RecordPolicy::new(
+        args.duration.map(Duration::from_secs_f64),
+        args.out.clone(),
+        args.frames,
+    );
     let mut ended_by = session.run(&mut policy)?;
     if !policy.oom.is_empty() && ended_by == EndedBy::EveryTargetExited {
         ended_by = EndedBy::OomKill;

@@ -5,24 +5,27 @@
 //! (refcounted by device and inode), and turns what it gathered into a
 //! [`Report`](crate::model::report::Report) for any set of its processes. `record`, `agent`, `gate` and
 //! `top` are policies over it: which processes to add, when a window ends,
-//! what to do with its report. [`run::drive`] is the loop they share.
+//! what to do with its report. [`session::Session`] starts each of them
+//! the same way, and [`run::drive_until`] is the loop they share.
 //!
 //! The kernel and the host's processes sit behind traits ([`Kernel`],
 //! [`Host`]), so the lifecycle here is unit-tested without either.
 //!
 //! ```no_run
 //! # fn demo() -> anyhow::Result<()> {
-//! use memtrace_user::engine::{Engine, Options, host::Procfs, setup};
-//! use memtrace_user::kernel::ebpf::Ebpf;
+//! use memtrace_user::engine::session::{Session, Targets};
+//! use memtrace_user::engine::Options;
+//! use memtrace_user::front::record::RecordPolicy;
 //! use memtrace_user::model::lens::Lens;
+//! use memtrace_user::model::profile::FrameMode;
 //!
 //! let opts = Options::new(vec![Lens::Rss]);
-//! let kernel = Ebpf::load(&opts.tracepoints(), std::path::Path::new("/sys/kernel/tracing"))?;
-//! let mut engine = Engine::new(kernel, Procfs, opts);
-//! engine.add(setup::running(1234)?)?;
-//! // ... engine.drain() and engine.tick() as events come, then:
-//! engine.finish();
-//! let report = engine.report(None, crate::model::ended::EndedBy::Duration);
+//! let mut session = Session::start(opts, Targets::Pids(vec![1234]))?;
+//! let secs = std::time::Duration::from_secs(10);
+//! let mut policy = RecordPolicy::new(Some(secs), "out".into(), FrameMode::Func);
+//! let ended_by = session.run(&mut policy)?;
+//! let mut engine = session.finish();
+//! let report = engine.report(None, ended_by);
 //! # Ok(()) }
 //! ```
 

@@ -23,6 +23,22 @@ pub struct RecordPolicy {
     pub oom: Vec<(u32, Result<PathBuf, String>)>,
 }
 
+impl RecordPolicy {
+    /// From now, for `duration` (or until every target exits), OOM reports
+    /// under `out/oom/`.
+    pub fn new(duration: Option<Duration>, out: PathBuf, frames: FrameMode) -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            duration,
+            last_progress: now,
+            out,
+            frames,
+            oom: Vec::new(),
+        }
+    }
+}
+
 impl<K: Kernel, H: Host> Policy<K, H> for RecordPolicy {
     fn on_lifecycle(&mut self, engine: &mut Engine<K, H>, events: Vec<Lifecycle>) {
         for e in events {
