@@ -197,3 +197,20 @@ pub fn top_leaf(folded: &str) -> String {
         .map(|(_, leaf)| leaf)
         .unwrap_or_default()
 }
+
+/// Asserts that 1 s windows, by their start (nanoseconds, in any order,
+/// repeats allowed), follow one another with none missing, and that there
+/// are at least `min` of them.
+pub fn assert_windows_follow(mut starts: Vec<i64>, min: usize) {
+    starts.sort_unstable();
+    starts.dedup();
+    assert!(starts.len() >= min, "{} windows: {starts:?}", starts.len());
+    let gaps: Vec<f64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e9)
+        .collect();
+    assert!(
+        gaps.iter().all(|g| *g < 1.9),
+        "a window is missing (gaps in seconds): {gaps:?}"
+    );
+}
