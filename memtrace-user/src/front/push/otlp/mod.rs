@@ -17,6 +17,9 @@ mod grpc;
 
 use super::{status_error, SendError};
 
+/// The most of a receiver's answer that is read (1 MiB).
+const MAX_ANSWER: u64 = 1 << 20;
+
 /// The signal's path, appended to a URL that has none.
 pub const PROFILES_PATH: &str = "/v1development/profiles";
 
@@ -125,7 +128,12 @@ impl Endpoint {
         }
         let resp = req.send_bytes(&gzipped).map_err(status_error)?;
         let mut answer = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut answer);
+        // The answer is a small status message; a receiver cannot make the
+        // agent hold more than this of it.
+        let _ = std::io::Read::read_to_end(
+            &mut std::io::Read::take(resp.into_reader(), MAX_ANSWER),
+            &mut answer,
+        );
         if let Ok(r) = ExportProfilesServiceResponse::decode(answer.as_slice()) {
             self.say_partial(&r);
         }
