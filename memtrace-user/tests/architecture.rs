@@ -20,6 +20,9 @@ const LAYERS: &[&str] = &[
     "model", "host", "binary", "kernel", "lens", "render", "engine", "front", "cli", "fuzzing",
 ];
 
+#[path = "architecture/lens_kind.rs"]
+mod lens_kind;
+
 const MAX_FILE_LINES: usize = 600;
 const MAX_FN_LINES: usize = 120;
 

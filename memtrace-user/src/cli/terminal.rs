@@ -3,7 +3,6 @@
 //! GC view.
 
 use crate::engine::Target;
-use crate::model::lens::Lens;
 use crate::model::profile::{FrameMode, Profile};
 use crate::model::report::Report;
 use crate::render::report::{human_bytes, is_plumbing, short_stack, WrittenReport};
@@ -60,10 +59,9 @@ pub fn print_record<'a>(
     }
     for (p, w) in report.profiles.iter().zip(&written.profiles) {
         print_lens(p);
-        if p.lens == Lens::Rss {
-            if let Some(r) = s.lenses["rss"].extra.as_ref().and_then(|e| e.rss()) {
-                print_net(r, p.total());
-            }
+        let extra = s.lenses.get(p.lens.name()).and_then(|l| l.extra.as_ref());
+        if let Some(r) = extra.and_then(|e| e.rss()) {
+            print_net(r, p.total());
         }
         println!(
             "  wrote {}, {}, {}",
@@ -71,7 +69,8 @@ pub fn print_record<'a>(
             w.folded.display(),
             w.pprof.display()
         );
-        if let (Lens::Rss, Some((svg, folded))) = (p.lens, &written.net) {
+        let net_of = report.net().map(|(grew, _)| grew.lens);
+        if let (true, Some((svg, folded))) = (net_of == Some(p.lens), &written.net) {
             println!("  wrote {}, {}", svg.display(), folded.display());
         }
     }

@@ -43,6 +43,7 @@ pub mod target;
 #[cfg(test)]
 mod tests;
 mod tick;
+mod window;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

@@ -6,33 +6,18 @@ use crate::model::extras::SampledSince;
 use crate::model::labels::LabelStats;
 use std::collections::{BTreeMap, HashMap};
 
+use super::window::{EngineWindow, Symbolize};
 use super::{Engine, Host};
 use crate::binary::symbolize::Image;
 use crate::kernel::Kernel;
 use crate::lens;
 use crate::lens::cell::Cell;
 use crate::model::ended::EndedBy;
-use crate::model::extras::LensExtras;
 use crate::model::lens::Lens;
 use crate::model::profile::Profile;
 use crate::model::report::{Report, Timeline};
 use crate::model::stack::StackKey;
 use crate::model::summary::{self, Counters, Summary};
-use crate::render::report::build_profile;
-
-/// The heap lens's caveat when sampling began at attach.
-fn heap_note(total: u64, live: u64) -> String {
-    let coverage = if live > 0 {
-        format!(
-            "; it accounts for {:.0}% of the Go heap's {} live bytes",
-            total as f64 / live as f64 * 100.0,
-            crate::render::report::human_bytes(live)
-        )
-    } else {
-        String::new()
-    };
-    format!("heap lens: the program had memory profiling off, so sampling began when memtrace attached and objects allocated before are not attributed{coverage}")
-}
 
 impl<K: Kernel, H: Host> Engine<K, H> {
     /// [`Engine::report`], with the rss lens showing the whole trace's
@@ -41,30 +26,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     /// window's growth: what holds the memory at an OOM kill or near a
     /// limit, however long it took to fill.
     pub fn report_whole_trace(&mut self, pids: &[u32], ended_by: EndedBy) -> Report {
-        self.agg.rss_whole_trace = true;
+        self.agg.whole_trace = true;
         let r = self.report(Some(pids), ended_by);
-        self.agg.rss_whole_trace = false;
+        self.agg.whole_trace = false;
         r
-    }
-
-    /// Adds each target's memory resident since before tracing, as one
-    /// `[resident before tracing]` stack.
-    fn add_resident_before_tracing(&mut self, pids: &[u32], cells: &mut HashMap<StackKey, Cell>) {
-        let Some(rss) = self.agg.rss.as_ref() else {
-            return;
-        };
-        for &pid in pids {
-            let bytes = rss.resident_before_tracing(pid);
-            if bytes > 0 {
-                let id = self
-                    .resolver
-                    .stacks
-                    .intern(pid, vec![crate::binary::symbolize::RESIDENT_BEFORE]);
-                let c = cells.entry((pid, id)).or_default();
-                c.bytes += bytes;
-                c.objects += 1;
-            }
-        }
     }
 
     /// The report of the current window for `pids` (every process when
@@ -104,44 +69,30 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         for lens in lenses {
             let mut cells = self
                 .agg
-                .cells(lens)
+                .cells(lens, &pids, &mut self.resolver.stacks)
                 .or_else(|| sampled.remove(&lens))
                 .unwrap_or_default();
             cells.retain(|k, _| pids.contains(&k.0));
-            if lens == Lens::Rss && self.agg.rss_whole_trace {
-                self.add_resident_before_tracing(&pids, &mut cells);
-            }
-            let mut extras: Option<LensExtras> = match lens {
-                Lens::Rss => Some(LensExtras::Rss(self.rss_extras(&pids))),
-                Lens::Mmap => Some(LensExtras::Mmap(lens::mmap::extras(
-                    self.agg.mmap.as_ref().expect("mmap on"),
-                ))),
-                Lens::AllocExact => Some(LensExtras::AllocExact(lens::alloc_exact::extras(
-                    self.agg.alloc_exact.as_ref().expect("on"),
-                ))),
-                Lens::Alloc => Some(LensExtras::Sampled(lens::sampled::extras(
-                    rate, since, None,
-                ))),
-                Lens::Heap => {
-                    let total = cells.values().map(|c| c.bytes).sum::<u64>();
-                    let live = pids
-                        .iter()
-                        .filter_map(|p| self.targets[p].final_state.as_ref()?.heap_live)
-                        .sum::<u64>();
-                    let e = lens::sampled::extras(rate, since, Some((total, live)));
-                    if since == SampledSince::Attach {
-                        warnings.push(heap_note(total, live));
-                    }
-                    Some(LensExtras::Sampled(e))
-                }
-                Lens::Goroutines => self
-                    .goroutine_extras(&pids, &images, duration_secs)
-                    .map(LensExtras::Goroutines),
+            let mut sym = Symbolize {
+                stacks: &self.resolver.stacks,
+                sets: &self.labels.sets,
+                sym: &mut self.sym,
+                images: &images,
+                secs: duration_secs,
             };
-            let p = self.profile(lens, &cells, &images, duration_secs, target_desc.clone());
-            if let Some(LensExtras::Goroutines(g)) = extras.as_mut() {
-                g.runtime_goroutines = lens::goroutines::runtime_owned(&p);
-            }
+            let p = sym.profile(lens, &cells, target_desc.clone());
+            let mut window = EngineWindow {
+                pids: &pids,
+                targets: &self.targets,
+                whole_trace: self.agg.whole_trace,
+                sampling: (rate, since),
+                sym,
+                warnings: &mut warnings,
+            };
+            let extras = self
+                .agg
+                .instance(lens)
+                .and_then(|i| i.extras(&p, &mut window));
             lens_summaries.insert(lens.name().to_string(), summary::lens_summary(&p, extras));
             profiles.push(p);
         }
@@ -179,20 +130,6 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             warnings,
             split_by: self.opts.split_by_label.clone(),
         }
-    }
-
-    /// The rss lens's figures beyond its profile: the targets' VmRSS at
-    /// the start and now, and what was released.
-    fn rss_extras(&self, pids: &[u32]) -> crate::model::extras::RssExtras {
-        let (start, end) = pids.iter().fold((0, 0), |(s, e), p| {
-            let t = &self.targets[p];
-            let now = t.timeline.last().map(|p| p.vm_rss);
-            (s + t.vmrss_start.unwrap_or(0), e + now.unwrap_or(0))
-        });
-        let r = self.agg.rss.as_ref().expect("rss on");
-        let mut e = lens::rss::extras(r, pids, start, end);
-        e.whole_trace = self.agg.rss_whole_trace;
-        e
     }
 
     /// What became of the label sets, if the targets set any.
@@ -339,79 +276,13 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         duration_secs: f64,
         target: String,
     ) -> Profile {
-        let (stacks, sets) = (&self.resolver.stacks, &self.labels.sets);
-        let stack_of = |s| {
-            let labels = stacks.label_set(s).map(|id| sets.get(id).to_vec());
-            (
-                stacks.frames(s).map(<[u64]>::to_vec),
-                labels.unwrap_or_default(),
-            )
-        };
-        let mut p = build_profile(
-            lens,
-            cells,
+        Symbolize {
+            stacks: &self.resolver.stacks,
+            sets: &self.labels.sets,
+            sym: &mut self.sym,
             images,
-            &stack_of,
-            &mut self.sym,
-            duration_secs,
-            target,
-        );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-        p.time_nanos = now - (duration_secs * 1e9) as i64;
-        p
-    }
-
-    /// The goroutines lens's extras: per creation site, goroutines created
-    /// and exited in the window and the stack bytes of the live ones; and
-    /// the live count every second.
-    fn goroutine_extras(
-        &mut self,
-        pids: &[u32],
-        images: &HashMap<u32, (String, Image)>,
-        secs: f64,
-    ) -> Option<crate::model::extras::GoroutineExtras> {
-        let gs = self.agg.goroutines.as_ref()?;
-        let mine = |m: &HashMap<StackKey, u64>| -> HashMap<StackKey, Cell> {
-            m.iter()
-                .filter(|(k, _)| pids.contains(&k.0))
-                .map(|(k, v)| {
-                    (
-                        *k,
-                        Cell {
-                            bytes: *v,
-                            ..Cell::default()
-                        },
-                    )
-                })
-                .collect()
-        };
-        let mut stack_bytes: HashMap<StackKey, u64> = HashMap::new();
-        for pid in pids {
-            let Some(f) = self.targets[pid].final_state.as_ref() else {
-                continue;
-            };
-            for (g, key) in gs.live_of(*pid) {
-                *stack_bytes.entry(key).or_default() +=
-                    f.goroutine_stacks.get(&g).copied().unwrap_or(0);
-            }
+            secs: duration_secs,
         }
-        let (created, exited) = (mine(&gs.created), mine(&gs.exited));
-        let unknown_exits = gs.unknown_exits;
-        let bytes = mine(&stack_bytes);
-        let by_site: Vec<Profile> = [created, exited, bytes]
-            .iter()
-            .map(|cells| self.profile(Lens::Goroutines, cells, images, secs, String::new()))
-            .collect();
-        let live_over_time = pids
-            .iter()
-            .map(|p| (*p, self.targets[p].live_goroutines.clone()))
-            .collect();
-        Some(lens::goroutines::extras(
-            &by_site,
-            unknown_exits,
-            live_over_time,
-        ))
+        .profile(lens, cells, target)
     }
 }

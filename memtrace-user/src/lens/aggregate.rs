@@ -1,33 +1,41 @@
 //! Resolved events into per-lens aggregates, keyed by (process, stack).
-//! Symbol names are attached later, once, per distinct stack. The lenses'
-//! own aggregators live in `lens::*`; this module routes events to them.
+//! Symbol names are attached later, once, per distinct stack. Each lens's
+//! aggregator is an [`Instance`] in its own module; this module holds one
+//! of each requested lens and routes events, forgetting and windows to
+//! them, and keeps the GC view that every session has.
 
 use std::collections::HashMap;
 
-use super::cell::{Cell, PAGE};
 use crate::kernel::decode::{Op, Resolved};
 use crate::lens::alloc_exact::AllocExactAgg;
+use crate::lens::cell::Cell;
 use crate::lens::gc::{GcAgg, GcCycle};
 use crate::lens::goroutines::GoroutineAgg;
+use crate::lens::instance::Instance;
 use crate::lens::mmap::MmapAgg;
 use crate::lens::rss::{RssAgg, Thp};
+use crate::lens::sampled::Sampled;
 use crate::model::lens::Lens;
-use crate::model::stack::StackKey;
+use crate::model::stack::{StackKey, StackTable};
 
-/// Every event-fed lens of one session; only the requested ones receive
-/// events. The GC view is always on.
+/// Every lens of one session; only the requested ones exist. The GC view
+/// is always on. The engine reaches the typed aggregators for what only
+/// one lens does (the rss lens's resident pages at attach, the goroutines
+/// lens's existing goroutines); everything else goes through [`Instance`].
 #[derive(Default)]
 pub struct Aggregator {
     pub alloc_exact: Option<AllocExactAgg>,
     pub mmap: Option<MmapAgg>,
     pub rss: Option<RssAgg>,
     pub goroutines: Option<GoroutineAgg>,
+    /// alloc and heap, which read the runtime's profile.
+    sampled: Vec<Sampled>,
     pub gc: GcAgg,
     /// Events applied.
     pub events: u64,
-    /// `cells(Rss)` gives the whole trace's resident memory instead of the
-    /// window's growth (set for an OOM report or a limit snapshot).
-    pub rss_whole_trace: bool,
+    /// [`Aggregator::cells`] gives the whole trace's cells instead of the
+    /// window's (set for an OOM report or a limit snapshot).
+    pub whole_trace: bool,
 }
 
 impl Aggregator {
@@ -38,84 +46,55 @@ impl Aggregator {
             mmap: has(Lens::Mmap).then(MmapAgg::default),
             rss: has(Lens::Rss).then(|| RssAgg::new(thp)),
             goroutines: has(Lens::Goroutines).then(GoroutineAgg::default),
+            sampled: [Lens::Alloc, Lens::Heap]
+                .into_iter()
+                .filter(|&l| has(l))
+                .map(Sampled)
+                .collect(),
             gc: GcAgg::default(),
             events: 0,
-            rss_whole_trace: false,
+            whole_trace: false,
         }
+    }
+
+    /// Calls `f` on every lens of the session.
+    fn each_mut(&mut self, mut f: impl FnMut(&mut dyn Instance)) {
+        if let Some(a) = self.alloc_exact.as_mut() {
+            f(a);
+        }
+        if let Some(m) = self.mmap.as_mut() {
+            f(m);
+        }
+        if let Some(r) = self.rss.as_mut() {
+            f(r);
+        }
+        if let Some(g) = self.goroutines.as_mut() {
+            f(g);
+        }
+        for s in &mut self.sampled {
+            f(s);
+        }
+    }
+
+    /// The lens `lens` of the session, if it was requested.
+    pub fn instance(&self, lens: Lens) -> Option<&dyn Instance> {
+        let typed: [Option<&dyn Instance>; 4] = [
+            self.alloc_exact.as_ref().map(|a| a as &dyn Instance),
+            self.mmap.as_ref().map(|m| m as &dyn Instance),
+            self.rss.as_ref().map(|r| r as &dyn Instance),
+            self.goroutines.as_ref().map(|g| g as &dyn Instance),
+        ];
+        typed
+            .into_iter()
+            .flatten()
+            .chain(self.sampled.iter().map(|s| s as &dyn Instance))
+            .find(|i| i.lens() == lens)
     }
 
     pub fn apply(&mut self, r: &Resolved) {
         self.events += 1;
-        let (key, pid) = (r.key, r.key.0);
-        if let Some(rss) = self.rss.as_mut() {
-            rss.now_ns = r.ts;
-        }
+        let pid = r.key.0;
         match r.op {
-            Op::Alloc { size, class } => {
-                if let Some(a) = self.alloc_exact.as_mut() {
-                    a.add(key, size, class);
-                }
-            }
-            Op::Mmap { addr, len, prot } => {
-                if let Some(m) = self.mmap.as_mut() {
-                    m.map(key, addr, len, prot);
-                }
-                if let Some(rss) = self.rss.as_mut() {
-                    rss.mmap(key, addr, len);
-                }
-            }
-            Op::Munmap { addr, len } => {
-                if let Some(m) = self.mmap.as_mut() {
-                    m.unmap(pid, addr, len);
-                }
-                if let Some(rss) = self.rss.as_mut() {
-                    rss.munmap(key, addr, len);
-                }
-            }
-            Op::Fault { addr, len } => {
-                if let Some(rss) = self.rss.as_mut() {
-                    let mut page = addr;
-                    while page < addr + len.max(1) {
-                        rss.fault(key, page);
-                        page += PAGE;
-                    }
-                }
-            }
-            Op::FaultRun(run) => {
-                if let Some(rss) = self.rss.as_mut() {
-                    rss.fault_run(key, run);
-                }
-            }
-            Op::Madvise { addr, len, advice } => {
-                if let Some(rss) = self.rss.as_mut() {
-                    rss.madvise(key, addr, len, advice);
-                }
-            }
-            Op::Mremap {
-                old,
-                old_len,
-                new,
-                new_len,
-            } => {
-                if let Some(rss) = self.rss.as_mut() {
-                    rss.mremap(key, old, old_len, new, new_len);
-                }
-            }
-            Op::Brk { result } => {
-                if let Some(rss) = self.rss.as_mut() {
-                    rss.brk(key, result);
-                }
-            }
-            Op::GoCreate { g, .. } => {
-                if let Some(gs) = self.goroutines.as_mut() {
-                    gs.create(key, g);
-                }
-            }
-            Op::GoExit { g } => {
-                if let Some(gs) = self.goroutines.as_mut() {
-                    gs.exit(pid, g);
-                }
-            }
             Op::GcCycle {
                 heap_live,
                 heap_goal,
@@ -129,54 +108,32 @@ impl Aggregator {
                 heap_marked,
             }),
             Op::Stw { stop, ts } => self.gc.stw(pid, stop, ts),
-            // Process lifecycle and holds are the engine's business.
-            Op::ProcExec | Op::ProcExit | Op::OomVictim { .. } | Op::Hold { .. } => {}
+            _ => self.each_mut(|i| i.apply(r)),
         }
     }
 
-    /// The cells of an event-fed lens (`None` for the sampled ones, which
-    /// read the runtime's profile instead).
-    pub fn cells(&self, lens: Lens) -> Option<HashMap<StackKey, Cell>> {
-        match lens {
-            Lens::AllocExact => self.alloc_exact.as_ref().map(|a| a.by_stack.clone()),
-            Lens::Mmap => self.mmap.as_ref().map(MmapAgg::by_stack),
-            Lens::Rss if self.rss_whole_trace => self.rss.as_ref().map(RssAgg::life_by_stack),
-            Lens::Rss => self.rss.as_ref().map(RssAgg::by_stack),
-            Lens::Goroutines => self.goroutines.as_ref().map(GoroutineAgg::by_stack),
-            Lens::Alloc | Lens::Heap => None,
-        }
+    /// The cells of `lens` for `pids` (see [`Instance::cells`]); `None`
+    /// for a lens not requested or one that reads the runtime's profile.
+    pub fn cells(
+        &self,
+        lens: Lens,
+        pids: &[u32],
+        stacks: &mut StackTable,
+    ) -> Option<HashMap<StackKey, Cell>> {
+        self.instance(lens)?.cells(pids, self.whole_trace, stacks)
     }
 
     /// Drops everything kept for `pid` (it exited, or execs another program).
     pub fn forget(&mut self, pid: u32) {
-        if let Some(rss) = self.rss.as_mut() {
-            rss.procs.remove(&pid);
-            rss.untracked.retain(|k, _| k.0 != pid);
-            rss.untracked_life.retain(|k, _| k.0 != pid);
-            rss.released_before.retain(|k, _| k.0 != pid);
-        }
-        if let Some(m) = self.mmap.as_mut() {
-            m.forget(pid);
-        }
-        if let Some(a) = self.alloc_exact.as_mut() {
-            a.by_stack.retain(|k, _| k.0 != pid);
-        }
-        if let Some(gs) = self.goroutines.as_mut() {
-            gs.live.retain(|k, _| k.0 != pid);
-            gs.created.retain(|k, _| k.0 != pid);
-            gs.exited.retain(|k, _| k.0 != pid);
-        }
+        self.each_mut(|i| i.forget(pid));
         self.gc.cycles.retain(|c| c.pid != pid);
         self.gc.stopped.remove(&pid);
     }
 
-    /// Starts a new window of the per-window lenses (rss, whose pages
-    /// resident now become the new window's "before"); live goroutines
-    /// carry over.
+    /// Starts a new window of every lens (rss, whose pages resident now
+    /// become the new window's "before"; live goroutines carry over).
     pub fn rotate(&mut self) {
-        if let Some(rss) = self.rss.as_mut() {
-            *rss = rss.rotate();
-        }
+        self.each_mut(|i| i.rotate());
         self.gc.cycles.clear();
     }
 }

@@ -10,8 +10,13 @@ use hdrhistogram::Histogram;
 use memtrace_common::AllocType;
 
 use super::sizeclass::Rules;
+use crate::kernel::decode::{Op, Resolved};
 use crate::lens::cell::{histogram, Cell};
-use crate::model::stack::StackKey;
+use crate::lens::instance::{of_pids, Instance, Window};
+use crate::model::extras::LensExtras;
+use crate::model::lens::Lens;
+use crate::model::profile::Profile;
+use crate::model::stack::{StackKey, StackTable};
 
 /// `alloc-exact`: every heap allocation, summed by stack.
 pub struct AllocExactAgg {
@@ -59,10 +64,34 @@ impl AllocExactAgg {
     }
 }
 
+impl Instance for AllocExactAgg {
+    fn lens(&self) -> Lens {
+        Lens::AllocExact
+    }
+
+    fn apply(&mut self, r: &Resolved) {
+        if let Op::Alloc { size, class } = r.op {
+            self.add(r.key, size, class);
+        }
+    }
+
+    fn cells(&self, pids: &[u32], _: bool, _: &mut StackTable) -> Option<HashMap<StackKey, Cell>> {
+        Some(of_pids(&self.by_stack, pids))
+    }
+
+    fn forget(&mut self, pid: u32) {
+        self.by_stack.retain(|k, _| k.0 != pid);
+    }
+
+    fn extras(&self, _: &Profile, _: &mut dyn Window) -> Option<LensExtras> {
+        Some(LensExtras::AllocExact(extras(self)))
+    }
+}
+
 /// The lens's extras in `summary.json`: the bytes requested (before the
 /// runtime's rounding, which `total` includes), allocations whose type
 /// could not be read, and requested-size percentiles.
-pub fn extras(a: &AllocExactAgg) -> AllocExactExtras {
+fn extras(a: &AllocExactAgg) -> AllocExactExtras {
     let h = &a.sizes;
     let size_percentiles = if h.is_empty() {
         SizePercentiles::default()

@@ -13,7 +13,11 @@ use crate::binary::goruntime::GoBinary;
 use crate::binary::gtypes::{G_DEAD, G_SCAN};
 use crate::binary::symbolize::EXISTING_GOROUTINE;
 use crate::host::remote::RemoteMemory;
+use crate::kernel::decode::{Op, Resolved};
 use crate::lens::cell::Cell;
+use crate::lens::instance::{of_pids, Instance, Window};
+use crate::model::extras::LensExtras;
+use crate::model::lens::Lens;
 use crate::model::profile::{FrameMode, Profile};
 use crate::model::stack::{StackKey, StackTable};
 
@@ -172,10 +176,71 @@ pub fn runtime_owned(live: &Profile) -> u64 {
         .sum()
 }
 
+impl Instance for GoroutineAgg {
+    fn lens(&self) -> Lens {
+        Lens::Goroutines
+    }
+
+    fn apply(&mut self, r: &Resolved) {
+        match r.op {
+            Op::GoCreate { g, .. } => self.create(r.key, g),
+            Op::GoExit { g } => self.exit(r.key.0, g),
+            _ => {}
+        }
+    }
+
+    fn cells(&self, pids: &[u32], _: bool, _: &mut StackTable) -> Option<HashMap<StackKey, Cell>> {
+        Some(of_pids(&self.by_stack(), pids))
+    }
+
+    fn forget(&mut self, pid: u32) {
+        self.live.retain(|k, _| k.0 != pid);
+        self.created.retain(|k, _| k.0 != pid);
+        self.exited.retain(|k, _| k.0 != pid);
+    }
+
+    /// Per creation site, goroutines created and exited in the window and
+    /// the stack bytes of the live ones; the live count every second; and
+    /// how many of the live ones the runtime owns.
+    fn extras(&self, live: &Profile, w: &mut dyn Window) -> Option<LensExtras> {
+        let pids = w.pids().to_vec();
+        let as_cells = |m: &HashMap<StackKey, u64>| -> HashMap<StackKey, Cell> {
+            of_pids(m, &pids)
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        Cell {
+                            bytes: v,
+                            ..Cell::default()
+                        },
+                    )
+                })
+                .collect()
+        };
+        let mut stack_bytes: HashMap<StackKey, u64> = HashMap::new();
+        for &pid in &pids {
+            for (g, key) in self.live_of(pid) {
+                if let Some(b) = w.goroutine_stack_bytes(pid, g) {
+                    *stack_bytes.entry(key).or_default() += b;
+                }
+            }
+        }
+        let by_site: Vec<Profile> = [&self.created, &self.exited, &stack_bytes]
+            .into_iter()
+            .map(|m| w.profile(Lens::Goroutines, &as_cells(m)))
+            .collect();
+        let live_over_time = pids.iter().map(|&p| (p, w.live_goroutines(p))).collect();
+        let mut e = extras(&by_site, self.unknown_exits, live_over_time);
+        e.runtime_goroutines = runtime_owned(live);
+        Some(LensExtras::Goroutines(e))
+    }
+}
+
 /// The lens's extras in `summary.json`: per creation site (`by_site`:
 /// profiles of goroutines created, exited, and the live ones' stack bytes),
 /// and each process's live count over time.
-pub fn extras(
+fn extras(
     by_site: &[Profile],
     unknown_exits: u64,
     live_over_time: Vec<(u32, Vec<(f64, usize)>)>,

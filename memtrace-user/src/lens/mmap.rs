@@ -1,13 +1,17 @@
 //! The `mmap` lens: which stacks mapped address space (mmap minus munmap)
 //! during the window.
 
-use crate::model::extras::MmapExtras;
+use crate::kernel::decode::{Op, Resolved};
+use crate::lens::instance::{of_pids, Instance, Window};
+use crate::model::extras::{LensExtras, MmapExtras};
+use crate::model::lens::Lens;
+use crate::model::profile::Profile;
 use std::collections::HashMap;
 
 use crate::kernel::Tracepoint;
 use crate::lens::cell::{page_round, sum_by_key, Cell, PROT_NONE};
 use crate::model::rangemap::RangeMap;
-use crate::model::stack::StackKey;
+use crate::model::stack::{StackKey, StackTable};
 
 /// mmap (enter and exit, paired for the address) and munmap.
 pub const TRACEPOINTS: &[Tracepoint] = &[
@@ -26,11 +30,6 @@ pub struct MmapAgg {
 }
 
 impl MmapAgg {
-    /// Forgets process `pid`.
-    pub fn forget(&mut self, pid: u32) {
-        self.regions.remove(&pid);
-    }
-
     pub fn map(&mut self, key: StackKey, addr: u64, len: u64, prot: u32) {
         let len = page_round(len);
         self.regions
@@ -66,10 +65,31 @@ impl MmapAgg {
     }
 }
 
-/// The lens's extras in `summary.json`.
-pub fn extras(m: &MmapAgg) -> MmapExtras {
-    MmapExtras {
-        unmapped_bytes: m.unmapped_bytes,
+impl Instance for MmapAgg {
+    fn lens(&self) -> Lens {
+        Lens::Mmap
+    }
+
+    fn apply(&mut self, r: &Resolved) {
+        match r.op {
+            Op::Mmap { addr, len, prot } => self.map(r.key, addr, len, prot),
+            Op::Munmap { addr, len } => self.unmap(r.key.0, addr, len),
+            _ => {}
+        }
+    }
+
+    fn cells(&self, pids: &[u32], _: bool, _: &mut StackTable) -> Option<HashMap<StackKey, Cell>> {
+        Some(of_pids(&self.by_stack(), pids))
+    }
+
+    fn forget(&mut self, pid: u32) {
+        self.regions.remove(&pid);
+    }
+
+    fn extras(&self, _: &Profile, _: &mut dyn Window) -> Option<LensExtras> {
+        Some(LensExtras::Mmap(MmapExtras {
+            unmapped_bytes: self.unmapped_bytes,
+        }))
     }
 }
 

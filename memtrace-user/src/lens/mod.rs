@@ -7,10 +7,12 @@ pub mod alloc_exact;
 pub mod cell;
 pub mod gc;
 pub mod goroutines;
+pub mod instance;
 pub mod mmap;
 pub mod rss;
 pub mod sampled;
 pub mod sizeclass;
+pub mod support;
 
 use crate::kernel::{Probes, Tracepoint};
 use crate::model::lens::Lens;
@@ -27,8 +29,14 @@ pub struct Spec {
     pub probes: Probes,
     /// Its samples count objects as well as bytes.
     pub has_objects: bool,
+    /// Its samples also count the bytes requested, before the runtime's
+    /// rounding (pprof's `requested_space`).
+    pub requested: bool,
     /// Its stacks end in the allocator, whose entry frames are trimmed.
     pub allocation_stacks: bool,
+    /// Its stacks are goroutine creation sites, whose `newproc` frames are
+    /// trimmed.
+    pub creation_stacks: bool,
 }
 
 // Each lens's cost: the one text `--help` prints and README.md's lens
@@ -81,7 +89,9 @@ impl Lens {
                 tracepoints: rss::TRACEPOINTS,
                 probes: NO_PROBES,
                 has_objects: false,
+                requested: false,
                 allocation_stacks: false,
+                creation_stacks: false,
             },
             Lens::Mmap => &Spec {
                 question: "which stacks mapped address space (mmap minus munmap)",
@@ -89,7 +99,9 @@ impl Lens {
                 tracepoints: mmap::TRACEPOINTS,
                 probes: NO_PROBES,
                 has_objects: false,
+                requested: false,
                 allocation_stacks: false,
+                creation_stacks: false,
             },
             Lens::Alloc => &Spec {
                 question: "which stacks allocate the most, sampled by the Go runtime",
@@ -97,7 +109,9 @@ impl Lens {
                 tracepoints: &[],
                 probes: NO_PROBES,
                 has_objects: true,
+                requested: false,
                 allocation_stacks: true,
+                creation_stacks: false,
             },
             Lens::AllocExact => &Spec {
                 question: "every Go heap allocation, exactly counted by stack",
@@ -108,7 +122,9 @@ impl Lens {
                     ..NO_PROBES
                 },
                 has_objects: true,
+                requested: true,
                 allocation_stacks: true,
+                creation_stacks: false,
             },
             Lens::Heap => &Spec {
                 question: "which stacks hold live Go heap (like pprof's inuse_space)",
@@ -116,7 +132,9 @@ impl Lens {
                 tracepoints: &[],
                 probes: NO_PROBES,
                 has_objects: false,
+                requested: false,
                 allocation_stacks: true,
+                creation_stacks: false,
             },
             Lens::Goroutines => &Spec {
                 question: "which creation sites hold live goroutines (leaks)",
@@ -127,7 +145,9 @@ impl Lens {
                     ..NO_PROBES
                 },
                 has_objects: false,
+                requested: false,
                 allocation_stacks: false,
+                creation_stacks: true,
             },
         }
     }

@@ -6,8 +6,9 @@
 //! goes. `alloc` is what was allocated between the first and the last
 //! snapshot; `heap` is what the last one says is live.
 
-use crate::model::extras::SampledExtras;
-use crate::model::extras::SampledSince;
+use crate::lens::instance::{Instance, Window};
+use crate::model::extras::{LensExtras, SampledExtras, SampledSince};
+use crate::model::profile::{human_bytes, Profile};
 use std::collections::HashMap;
 
 use crate::binary::goruntime::GoBinary;
@@ -159,7 +160,10 @@ impl RuntimeProfile {
         if let Some((rate_addr, orig)) = self.restore_point() {
             match mem.write_u64(rate_addr, orig) {
                 Ok(()) => {
-                    log::info!("pid {}: runtime.MemProfileRate restored to {orig}", self.pid);
+                    log::info!(
+                        "pid {}: runtime.MemProfileRate restored to {orig}",
+                        self.pid
+                    );
                     self.replaced = None;
                 }
                 Err(e) if alive => eprintln!(
@@ -209,10 +213,57 @@ impl RuntimeProfile {
     }
 }
 
+/// The alloc or heap lens: its cells come from each target's
+/// [`RuntimeProfile`], which the engine reads.
+pub struct Sampled(pub Lens);
+
+impl Instance for Sampled {
+    fn lens(&self) -> Lens {
+        self.0
+    }
+
+    fn cells(&self, _: &[u32], _: bool, _: &mut StackTable) -> Option<HashMap<StackKey, Cell>> {
+        None
+    }
+
+    /// The sampling rate and since when; for heap, how much of the Go
+    /// heap's live bytes the profile accounts for, and a caveat when
+    /// sampling began at attach.
+    fn extras(&self, p: &Profile, w: &mut dyn Window) -> Option<LensExtras> {
+        let (rate, since) = w.sampling();
+        if self.0 == Lens::Alloc {
+            return Some(LensExtras::Sampled(extras(rate, since, None)));
+        }
+        let (total, live) = (p.total(), w.heap_live());
+        if since == SampledSince::Attach {
+            w.warn(heap_note(total, live));
+        }
+        Some(LensExtras::Sampled(extras(
+            rate,
+            since,
+            Some((total, live)),
+        )))
+    }
+}
+
+/// The heap lens's caveat when sampling began at attach.
+fn heap_note(total: u64, live: u64) -> String {
+    let coverage = if live > 0 {
+        format!(
+            "; it accounts for {:.0}% of the Go heap's {} live bytes",
+            total as f64 / live as f64 * 100.0,
+            human_bytes(live)
+        )
+    } else {
+        String::new()
+    };
+    format!("heap lens: the program had memory profiling off, so sampling began when memtrace attached and objects allocated before are not attributed{coverage}")
+}
+
 /// The lenses' extras in `summary.json`. For `heap` with `heap_live`
 /// (the Go heap's live bytes at the end, from the GC controller): how much
 /// of it the lens accounts for.
-pub fn extras(rate: u64, since: SampledSince, heap: Option<(u64, u64)>) -> SampledExtras {
+fn extras(rate: u64, since: SampledSince, heap: Option<(u64, u64)>) -> SampledExtras {
     let heap = heap.filter(|(_, live)| *live > 0);
     SampledExtras {
         sample_rate_bytes: rate,

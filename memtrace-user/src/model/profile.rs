@@ -128,6 +128,8 @@ pub struct Profile {
     pub unit: &'static str,
     /// Whether `objects` is meaningful (allocation lenses).
     pub has_objects: bool,
+    /// Whether `requested` is meaningful (alloc-exact).
+    pub has_requested: bool,
     pub locations: Vec<Location>,
     pub mappings: Vec<Mapping>,
     /// Sorted by value, descending; identical stacks merged.
@@ -208,6 +210,7 @@ impl Profile {
             lens,
             unit: lens.unit(),
             has_objects: lens.spec().has_objects,
+            has_requested: lens.spec().requested,
             locations,
             mappings,
             samples,

@@ -26,3 +26,13 @@ pub struct Report {
     /// pprof label keys that split the flame graphs and folded stacks.
     pub split_by: Vec<String>,
 }
+
+impl Report {
+    /// The two halves of the net differential graph: the growth profile of
+    /// the lens that also measured a release, and that release.
+    pub fn net(&self) -> Option<(&Profile, &Profile)> {
+        let released = self.rss_released.as_ref()?;
+        let grew = self.profiles.iter().find(|p| p.lens == released.lens)?;
+        Some((grew, released))
+    }
+}

@@ -306,7 +306,7 @@ pub fn lens_summary(p: &Profile, extra: Option<crate::model::extras::LensExtras>
                 .collect();
             TopEntry {
                 objects: p.has_objects.then_some(s.objects),
-                requested: (p.lens == crate::model::lens::Lens::AllocExact).then_some(s.requested),
+                requested: p.has_requested.then_some(s.requested),
                 ..TopEntry::new(s.names, frames, s.value)
             }
         })

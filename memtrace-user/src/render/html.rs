@@ -15,8 +15,9 @@ pub struct Page<'a> {
     pub summary: &'a Summary,
     /// One per lens, in lens order.
     pub profiles: &'a [Profile],
-    /// The rss-net differential flame graph, when there is one.
-    pub net_svg: Option<&'a [u8]>,
+    /// The rss-net differential flame graph, when there is one, and the
+    /// lens whose section it follows.
+    pub net: Option<(Lens, &'a [u8])>,
     /// (title, SVG) of each RSS timeline.
     pub timelines: &'a [(String, String)],
     pub mode: FrameMode,
@@ -342,29 +343,25 @@ pub fn render(page: &Page<'_>) -> Result<String, svg::SvgError> {
         if let Some(o) = ls.objects {
             let _ = write!(out, ", {o} objects");
         }
-        if p.lens == Lens::Rss {
-            if let Some(net) = ls
-                .extra
-                .as_ref()
-                .and_then(|e| e.rss())
-                .map(|r| r.net_growth)
-            {
-                let _ = write!(
-                    out,
-                    "; net growth {}{} (what became resident and stayed, less what was resident before and was released)",
-                    if net >= 0 { "+" } else { "-" },
-                    human_bytes(net.unsigned_abs())
-                );
-            }
+        if let Some(net) = ls
+            .extra
+            .as_ref()
+            .and_then(|e| e.rss())
+            .map(|r| r.net_growth)
+        {
+            let _ = write!(
+                out,
+                "; net growth {}{} (what became resident and stayed, less what was resident before and was released)",
+                if net >= 0 { "+" } else { "-" },
+                human_bytes(net.unsigned_abs())
+            );
         }
         out.push_str("</p>");
         out.push_str(&inline_svg(&svg::render_static(p, page.mode)?));
         top_table(&mut out, ls);
-        if p.lens == Lens::Rss {
-            if let Some(net) = page.net_svg {
-                out.push_str("<h2 id=\"rss-net\">rss-net: growth (red) against release of earlier memory (blue)</h2>");
-                out.push_str(&inline_svg(net));
-            }
+        if let Some((_, net)) = page.net.filter(|(lens, _)| *lens == p.lens) {
+            out.push_str("<h2 id=\"rss-net\">rss-net: growth (red) against release of earlier memory (blue)</h2>");
+            out.push_str(&inline_svg(net));
         }
     }
     out.push_str("<h2 id=timeline>RSS timeline</h2>");

@@ -168,7 +168,7 @@ pub fn sample_types(p: &Profile) -> Vec<(&'static str, &'static str)> {
         v.push(("objects", "count"));
     }
     v.push((if p.unit == "bytes" { "space" } else { p.unit }, p.unit));
-    if p.lens == crate::model::lens::Lens::AllocExact {
+    if p.has_requested {
         v.push(("requested_space", p.unit));
     }
     v
@@ -186,7 +186,7 @@ pub fn sample_values(p: &Profile, s: &crate::model::profile::Sample) -> Vec<i64>
         v.push(s.objects as i64);
     }
     v.push(s.value as i64);
-    if p.lens == crate::model::lens::Lens::AllocExact {
+    if p.has_requested {
         v.push(s.requested as i64);
     }
     v

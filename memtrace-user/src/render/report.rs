@@ -42,7 +42,7 @@ pub fn build_profile(
             if lens.spec().allocation_stacks {
                 hide_allocator_leaf(&mut stack_locs);
             }
-            if lens == Lens::Goroutines {
+            if lens.spec().creation_stacks {
                 hide_newproc_frames(&mut stack_locs);
             }
             if multi {
@@ -235,10 +235,9 @@ pub fn write_report(
         .map(|p| write_profile(out, p, mode, &r.split_by))
         .collect::<Result<_, _>>()?;
     let summary = write_summary(out, &r.summary)?;
-    let grew = r.profiles.iter().find(|p| p.lens == Lens::Rss);
-    let net = match (grew, &r.rss_released) {
-        (Some(grew), Some(released)) => Some(write_net(out, grew, released, &r.summary, mode)?),
-        _ => None,
+    let net = match r.net() {
+        Some((grew, released)) => Some(write_net(out, grew, released, &r.summary, mode)?),
+        None => None,
     };
     let mut timelines = Vec::new();
     for t in &r.timelines {
@@ -276,7 +275,7 @@ fn net_parts(
     inline: bool,
 ) -> Result<(Vec<u8>, String), WriteError> {
     let deltas = render::diff::net(grew, released, mode);
-    let net = s.lenses["rss"]
+    let net = s.lenses[grew.lens.name()]
         .extra
         .as_ref()
         .and_then(|e| e.rss())
@@ -289,7 +288,7 @@ fn net_parts(
         human_bytes(net.unsigned_abs())
     );
     let svg = if deltas.is_empty() {
-        let empty = Profile::from_names(Lens::Rss, [], grew.duration_secs, title);
+        let empty = Profile::from_names(grew.lens, [], grew.duration_secs, title);
         render::svg::render(&empty, mode)?
     } else if inline {
         render::diff::render_static(&deltas, &title, "bytes")?
@@ -318,10 +317,12 @@ fn write_net(
 /// The whole report as one self-contained HTML page (`index.html`, and the
 /// agent's `/profiles/PID/index.html`).
 pub fn html_page(r: &crate::model::report::Report, mode: FrameMode) -> Result<String, WriteError> {
-    let grew = r.profiles.iter().find(|p| p.lens == Lens::Rss);
-    let net = match (grew, &r.rss_released) {
-        (Some(grew), Some(released)) => Some(net_parts(grew, released, &r.summary, mode, true)?.0),
-        _ => None,
+    let net = match r.net() {
+        Some((grew, released)) => Some((
+            grew.lens,
+            net_parts(grew, released, &r.summary, mode, true)?.0,
+        )),
+        None => None,
     };
     let timelines: Vec<(String, String)> = r
         .timelines
@@ -336,7 +337,7 @@ pub fn html_page(r: &crate::model::report::Report, mode: FrameMode) -> Result<St
     Ok(render::html::render(&render::html::Page {
         summary: &r.summary,
         profiles: &r.profiles,
-        net_svg: net.as_deref(),
+        net: net.as_ref().map(|(lens, svg)| (*lens, svg.as_slice())),
         timelines: &timelines,
         mode,
     })?)

@@ -48,7 +48,7 @@ fn a_run_read_in_progress_carries_into_the_next_window() {
     let mut r = RssAgg::new(Thp::Never);
     first_page(&mut r);
     r.fault_run(RUNNER, run(3, 100, false));
-    let mut next = r.rotate();
+    let mut next = r.next_window();
     next.fault_run(RUNNER, run(5, 100, true));
     // The window counts the two pages it saw fault, not the run's first four.
     assert_eq!(next.by_stack()[&RUNNER].bytes, 2 * PAGE);
@@ -206,7 +206,7 @@ fn a_new_window_starts_from_what_is_resident() {
     let mut r = RssAgg::new(Thp::Never);
     r.set_resident_before(1, &[(0x100000, 0x100000 + 2 * PAGE)]);
     r.fault((1, Stack::Id(1)), 0x900000);
-    let mut next = r.rotate();
+    let mut next = r.next_window();
     assert!(next.by_stack().is_empty());
     next.munmap(REL, 0, 1 << 40);
     assert_eq!(next.net_growth(&[1]), (0, 3 * PAGE));
@@ -326,7 +326,7 @@ fn the_whole_trace_keeps_every_windows_pages_until_released() {
     for i in 0..10 {
         r.fault(a, 0x200000 + i * PAGE);
     }
-    let mut r = r.rotate();
+    let mut r = r.next_window();
     for i in 0..5 {
         r.fault(b, 0x300000 + i * PAGE);
     }
@@ -341,7 +341,7 @@ fn the_whole_trace_keeps_every_windows_pages_until_released() {
     r.munmap(REL, 0x200000, 4 * PAGE);
     r.munmap(REL, 0x100000, PAGE);
     r.fault(b, 0x200000 + 9 * PAGE);
-    let mut r = r.rotate();
+    let mut r = r.next_window();
     r.fault(a, 0x100000 + PAGE);
     let life = r.life_by_stack();
     assert_eq!((life[&a].bytes, life[&b].bytes), (6 * PAGE, 6 * PAGE));

@@ -4,7 +4,6 @@
 //! that became resident in the window and still are.
 
 use crate::kernel::decode::Run;
-use crate::model::extras::RssExtras;
 use std::collections::{HashMap, VecDeque};
 
 use memtrace_common::FaultRun;
@@ -140,7 +139,7 @@ pub struct RssAgg {
     /// limit of the whole-trace view.
     pub untracked_life: HashMap<StackKey, Cell>,
     /// The time of the event being applied (monotonic ns; 0: unknown).
-    pub now_ns: u64,
+    pub(crate) now_ns: u64,
     /// Pages of merged runs that a later release had already taken back
     /// when the run arrived.
     pub run_pages_released: u64,
@@ -493,7 +492,7 @@ impl RssAgg {
 
     /// A new window: what is resident now is "before" for it, and stays
     /// attributed to its stacks in the whole trace's view.
-    pub fn rotate(&mut self) -> Self {
+    pub fn next_window(&mut self) -> Self {
         let mut next = RssAgg::new(self.thp);
         next.untracked_life = std::mem::take(&mut self.untracked_life);
         for (k, c) in self.untracked.drain() {
@@ -532,26 +531,7 @@ impl RssAgg {
     }
 }
 
-/// The lens's extras in `summary.json` for the processes `pids`.
-pub fn extras(r: &RssAgg, pids: &[u32], vmrss_start: u64, vmrss_end: u64) -> RssExtras {
-    let (grew, released) = r.net_growth(pids);
-    RssExtras {
-        net_growth: grew as i64 - released as i64,
-        released_before_bytes: released,
-        released_bytes: r.released_bytes,
-        release_requested_bytes: r.release_requested_bytes,
-        lazy_free_bytes: r.lazy_free_bytes,
-        repeat_faults: r.repeat_faults,
-        run_pages_released: r.run_pages_released,
-        untracked_bytes: r.untracked.values().map(|c| c.bytes).sum(),
-        thp: format!("{:?}", r.thp).to_lowercase(),
-        vmrss_start,
-        vmrss_end,
-        vmrss_growth: vmrss_end as i64 - vmrss_start as i64,
-        whole_trace: false,
-    }
-}
-
 #[cfg(test)]
-#[path = "rss_tests.rs"]
 mod tests;
+
+mod instance;
