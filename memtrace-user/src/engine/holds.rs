@@ -29,14 +29,16 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             return;
         };
         if stopped && !self.host.wait_stopped(pid) {
-            log::warn!("pid {pid}: did not stop at {point:?} in time");
+            self.opts
+                .reporter
+                .warn(&format!("pid {pid}: did not stop at {point:?} in time"));
         }
         match point {
             HoldPoint::Start => {
                 if let Err(e) = self.start_profile(&mut t, true) {
-                    eprintln!(
-                        "memtrace: warning: pid {pid}: cannot read its Go memory profile: {e}"
-                    );
+                    self.opts.reporter.warn(&format!(
+                        "pid {pid}: cannot read its Go memory profile: {e}"
+                    ));
                 }
             }
             HoldPoint::Exit | HoldPoint::Signal => {
@@ -77,10 +79,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             self.kernel.unhold(pid);
             if self.host.alive(pid) {
                 self.host.resume(pid);
-                eprintln!(
-                    "memtrace: warning: pid {pid} stayed stopped at a hold for {} s without its event; continued it",
+                self.opts.reporter.warn(&format!(
+                    "pid {pid} stayed stopped at a hold for {} s without its event; continued it",
                     now.saturating_sub(at) / 1_000_000_000
-                );
+                ));
                 continued.push(pid);
             }
         }

@@ -61,6 +61,7 @@ use crate::lens::rss::Thp;
 use crate::lens::sampled::RuntimeProfile;
 use crate::model::error::TargetError;
 use crate::model::lens::Lens;
+use crate::model::reporter::{Reporter, Stderr};
 use labels::LabelReader;
 
 pub use host::Host;
@@ -99,6 +100,8 @@ pub struct Options {
     /// pprof label keys whose values split the flame graphs and folded
     /// stacks (a `[KEY=value]` root frame each).
     pub split_by_label: Vec<String>,
+    /// Where progress and warnings go (default: stderr).
+    pub reporter: Arc<dyn Reporter>,
 }
 
 impl Options {
@@ -114,6 +117,7 @@ impl Options {
             tuning: ProbeTuning::default(),
             discovery: false,
             split_by_label: Vec::new(),
+            reporter: Arc::new(Stderr),
             thp: Thp::parse(
                 &std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
                     .unwrap_or_default(),
@@ -302,7 +306,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
 
     fn warn_once(&mut self, msg: String) {
         if self.warned.insert(msg.clone()) {
-            eprintln!("memtrace: warning: {msg}");
+            self.opts.reporter.warn(&msg);
         }
     }
 
@@ -341,6 +345,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 pid,
                 &spec.bin,
                 self.opts.memprofile_rate,
+                self.opts.reporter.clone(),
             )?)
         } else {
             None
@@ -430,7 +435,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 )
                 .map_err(|e| read("listing its goroutines", e))?;
                 if t.bin.g_layout.is_none() {
-                    eprintln!("memtrace: warning: pid {pid}: no DWARF for runtime.g; {n} existing goroutines are counted without their state");
+                    self.opts.reporter.warn(&format!("pid {pid}: no DWARF for runtime.g; {n} existing goroutines are counted without their state"));
                 }
             }
         }

@@ -85,7 +85,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             if t.launched && !(self.opts.holds && t.bin.holds.is_ok()) {
                 // Without a start hold, sampling starts once it runs its program.
                 if let Err(e) = self.start_profile(&mut t, false) {
-                    log::warn!("pid {pid}: {e}");
+                    self.opts.reporter.warn(&format!("pid {pid}: {e}"));
                 }
             }
             if let Some(p) = t.profile.as_mut() {

@@ -10,6 +10,7 @@ use crate::lens::instance::{Instance, Window};
 use crate::model::extras::{LensExtras, SampledExtras, SampledSince};
 use crate::model::profile::{human_bytes, Profile};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::binary::goruntime::GoBinary;
 use crate::binary::memprof::{self, Bucket};
@@ -18,6 +19,7 @@ use crate::host::remote::RemoteMemory;
 use crate::lens::cell::Cell;
 use crate::model::error::TargetError;
 use crate::model::lens::Lens;
+use crate::model::reporter::Reporter;
 use crate::model::stack::{StackKey, StackTable};
 
 pub struct RuntimeProfile {
@@ -34,11 +36,18 @@ pub struct RuntimeProfile {
     pub start: Option<Vec<Bucket>>,
     pub last: Option<Vec<Bucket>>,
     pub since: SampledSince,
+    /// Where it says that it wrote the rate, and whether it restored it.
+    reporter: Arc<dyn Reporter>,
 }
 
 impl RuntimeProfile {
     /// Checks that the binary exposes what the lenses need.
-    pub fn new(pid: u32, bin: &GoBinary, want_rate: u64) -> Result<Self, TargetError> {
+    pub fn new(
+        pid: u32,
+        bin: &GoBinary,
+        want_rate: u64,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Self, TargetError> {
         let missing = |symbol: &str| bin.missing(symbol, "alloc and heap lenses");
         Ok(Self {
             pid,
@@ -62,6 +71,7 @@ impl RuntimeProfile {
             start: None,
             last: None,
             since: SampledSince::Start,
+            reporter,
         })
     }
 
@@ -124,10 +134,10 @@ impl RuntimeProfile {
         if current == 0 && self.want_rate > 0 {
             mem.write_u64(rate_addr, self.want_rate)?;
             if self.replaced.is_none() {
-                eprintln!(
-                    "memtrace: pid {}: set runtime.MemProfileRate from 0 to {} for the alloc/heap lenses; it is restored when memtrace stops",
+                self.reporter.progress(&format!(
+                    "pid {}: set runtime.MemProfileRate from 0 to {} for the alloc/heap lenses; it is restored when memtrace stops",
                     self.pid, self.want_rate
-                );
+                ));
                 self.replaced = Some(0);
             }
             self.rate = self.want_rate;
@@ -166,10 +176,10 @@ impl RuntimeProfile {
                     );
                     self.replaced = None;
                 }
-                Err(e) if alive => eprintln!(
-                    "memtrace: warning: pid {}: could not restore runtime.MemProfileRate to {orig}: {e}",
+                Err(e) if alive => self.reporter.warn(&format!(
+                    "pid {}: could not restore runtime.MemProfileRate to {orig}: {e}",
                     self.pid
-                ),
+                )),
                 Err(_) => {}
             }
         }
@@ -285,6 +295,7 @@ mod tests {
         // MemProfileRate at 0x1000 (0: off), mbuckets at 0x2000 (empty list).
         mem.map_words(0x1000, &[0]);
         mem.map_words(0x2000, &[0]);
+        let said = Arc::new(crate::model::reporter::Collect::default());
         let mut p = RuntimeProfile {
             pid: 1,
             link_rate: 0x1000,
@@ -297,11 +308,20 @@ mod tests {
             start: None,
             last: None,
             since: SampledSince::Start,
+            reporter: said.clone(),
         };
         p.addrs = Some((0x1000, 0x2000));
         p.ensure_rate(&mem).unwrap();
         assert_eq!(mem.read_u64(0x1000).unwrap(), 4096);
         assert_eq!(p.restore_point(), Some((0x1000, 0)));
+        let told = said.messages();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(
+            told[0]
+                .1
+                .contains("set runtime.MemProfileRate from 0 to 4096"),
+            "the write is announced: {told:?}"
+        );
         // The runtime resets it during start-up: written again.
         mem.write_u64(0x1000, 0).unwrap();
         p.tick(&mem);

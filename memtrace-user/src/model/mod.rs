@@ -10,6 +10,7 @@ pub mod lens;
 pub mod profile;
 pub mod rangemap;
 pub mod report;
+pub mod reporter;
 pub mod stack;
 pub mod summary;
 pub mod target;
