@@ -23,6 +23,7 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
+use aya_log_ebpf::warn;
 use memtrace_common::{Counter, Event, HoldPoint};
 
 use super::{bump, go_abi, EVENTS, HELD, TARGETS};
@@ -41,7 +42,12 @@ pub fn go_hold(ctx: ProbeContext) -> u32 {
         return 0;
     }
     // SAFETY: helper without preconditions beyond a valid context.
-    let Some(point) = HoldPoint::from_u64(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) else {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Some(point) = HoldPoint::from_u64(cookie) else {
+        warn!(
+            &ctx,
+            "hold: pid {} hit a probe with unknown cookie {}", tgid, cookie
+        );
         return 0;
     };
     let code = match point {
@@ -60,6 +66,10 @@ pub fn go_hold(ctx: ProbeContext) -> u32 {
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
         bump(Counter::RingbufDrops);
         bump(Counter::HoldFailures);
+        warn!(
+            &ctx,
+            "hold: pid {} not held: the event ring buffer is full", tgid
+        );
         return 0;
     };
     // The signal is delivered when this thread returns to user mode, after
@@ -68,6 +78,10 @@ pub fn go_hold(ctx: ProbeContext) -> u32 {
     let stopped = unsafe { bpf_send_signal(SIGSTOP) } == 0;
     if !stopped {
         bump(Counter::HoldFailures);
+        warn!(
+            &ctx,
+            "hold: pid {} not held: SIGSTOP could not be sent", tgid
+        );
     }
     let mut ev = Event::hold(tgid, tid, point, code, stopped);
     // SAFETY: helper without preconditions.

@@ -24,6 +24,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
+use aya_log_ebpf::warn;
 use memtrace_common::{
     label_capture::{hmap, LabelSetRecordOf, CAPTURED, CAPTURE_LABELS},
     CapturedLabel, Counter, SetLayout,
@@ -109,6 +110,13 @@ fn epoch(tgid: u32) -> u64 {
     }
 }
 
+/// Logs a label set that could not be copied (`--ebpf-log`), in a BPF
+/// function of its own (see `log_walk_failure`).
+#[inline(never)]
+fn log_unreadable(tgid: u32, ptr: u64) {
+    warn!((), "label set unreadable: pid {} set at {:x}", tgid, ptr);
+}
+
 /// The generation of the set at `ptr` in `tgid`, which an event of
 /// `tid` runs under (so the set is alive): the one it was copied under in
 /// this GC cycle, or a new copy's (`layout` says how to read it). None:
@@ -142,6 +150,7 @@ pub fn generation(tgid: u32, tid: u32, ptr: u64, layout: u64) -> Option<u64> {
             let gen = memtrace_copy_set(tgid, tid, ptr, layout);
             if gen == 0 {
                 bump(Counter::LabelCaptureFailed);
+                log_unreadable(tgid, ptr);
                 let _ = LABEL_GENS.remove(key);
                 return None;
             }

@@ -21,9 +21,12 @@ pub mod hold;
 pub mod label_capture;
 pub mod labels;
 pub mod procs;
+mod switches;
 pub mod syscalls;
 
 pub use labels::{labels_known, labels_of, user_regs};
+pub use switches::{fault_floor, recheck_runs, tp_offsets};
+use switches::{injected_walk_errno, log_walk_failure, stack_cache_on};
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -36,59 +39,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use memtrace_common::{
-    verify_on_use, Counter, Event, LabelOffsets, StackField, TargetConfig, TracepointOffsets,
-    COUNTER_COUNT, EPHEMERAL_REF, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS, RINGBUF_BYTES,
-    RINGBUF_WAKE_BYTES,
+    verify_on_use, Counter, Event, LabelOffsets, StackField, TargetConfig, COUNTER_COUNT,
+    EPHEMERAL_REF, EVENT_SIZE, MAX_FRAMES, MAX_TARGETS, RINGBUF_BYTES, RINGBUF_WAKE_BYTES,
 };
-
-/// Tracepoint field offsets, set by user space at load from the kernel's
-/// format files (see [`TracepointOffsets`]).
-#[unsafe(no_mangle)]
-static TP_OFFSETS: TracepointOffsets = TracepointOffsets::DEFAULT;
-
-/// 0: walk every stack (no fingerprint cache), for measuring what the
-/// cache misattributes. Set by user space at load.
-#[unsafe(no_mangle)]
-static STACK_CACHE: u32 = 1;
-
-/// 1: every fault merged into a run reads its frame's caller again (the
-/// run key's last words), so that a function called again from another
-/// line at the same depth starts a run of its own. 0: only a run's first
-/// page reads it; inexact, for measuring what that read costs. Set by user
-/// space at load (read-only data: the verifier drops the branch not taken).
-#[unsafe(no_mangle)]
-static RECHECK_RUNS: u32 = 1;
-
-/// 1: the fault probes check their target and return, counting nothing:
-/// what observing every fault costs before any work, for the bench's
-/// floor. Set by user space at load, like `RECHECK_RUNS`.
-#[unsafe(no_mangle)]
-static FAULT_FLOOR: u32 = 0;
-
-/// Whether the fault probes stop after the target check (see
-/// `FAULT_FLOOR`).
-#[inline(always)]
-pub fn fault_floor() -> bool {
-    // SAFETY: a global user space may rewrite before load; read it as such.
-    let on = unsafe { core::ptr::read_volatile(&FAULT_FLOOR) };
-    on != 0
-}
-
-/// Whether merged faults read their frame's caller again (see
-/// `RECHECK_RUNS`).
-#[inline(always)]
-pub fn recheck_runs() -> bool {
-    // SAFETY: a global user space may rewrite before load; read it as such.
-    let on = unsafe { core::ptr::read_volatile(&RECHECK_RUNS) };
-    on != 0
-}
-
-/// The tracepoint offsets in effect.
-#[inline(always)]
-pub fn tp_offsets() -> TracepointOffsets {
-    // SAFETY: a global user space may rewrite before load; read it as such.
-    unsafe { core::ptr::read_volatile(&TP_OFFSETS) }
-}
 
 /// The current thread's (tgid, tid) and its process's `g.labels` offset
 /// (0: no labels), if its process is a target.
@@ -349,15 +302,6 @@ pub fn fingerprint_from(ip: u64, bp: u64, first_ra: u64) -> Option<Fingerprint> 
     Some(out)
 }
 
-/// Whether walked stacks are remembered (0 in `STACK_CACHE`: every stack
-/// is walked, for measuring what the cache misattributes).
-#[inline(always)]
-fn stack_cache_on() -> bool {
-    // SAFETY: a global user space may rewrite before load; read it as such.
-    let on = unsafe { core::ptr::read_volatile(&STACK_CACHE) };
-    on != 0
-}
-
 /// Fills `out[from..]` with the return addresses along the frame-pointer
 /// chain from `frame` (0 past its end).
 #[inline(always)]
@@ -475,13 +419,19 @@ fn emit_stack<C: EbpfContext>(
     // fault's walk never has it.
     let skip = usize::from(leaf_ra != 0);
     // SAFETY: the buffer is MAX_FRAMES u64s long; `skip` is 0 or 1.
-    let n = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            rec.ips.as_mut_ptr().add(skip).cast(),
-            ((MAX_FRAMES - skip) * 8) as u32,
-            BPF_F_USER_STACK as u64,
-        )
+    let injected = injected_walk_errno();
+    let n = if injected != 0 {
+        -i64::from(injected)
+    } else {
+        // SAFETY: as above.
+        unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                rec.ips.as_mut_ptr().add(skip).cast(),
+                ((MAX_FRAMES - skip) * 8) as u32,
+                BPF_F_USER_STACK as u64,
+            )
+        }
     };
     if n <= 0 {
         bump(Counter::StackErrors);
@@ -490,6 +440,7 @@ fn emit_stack<C: EbpfContext>(
         } else {
             61 /* ENODATA */
         };
+        log_walk_failure(ev.tgid, errno, ev.kind);
         ev.stack = StackField::Error(errno).encode();
         emit(ev);
         return 0;

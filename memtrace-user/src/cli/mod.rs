@@ -65,6 +65,16 @@ pub struct SessionArgs {
     /// (`[KEY=[no labels]]` for what had no such label).
     #[arg(long, value_delimiter = ',', value_name = "KEY", value_parser = label_key)]
     pub split_by_label: Vec<String>,
+    /// Log the eBPF programs' rare paths to stderr (`memtrace: ebpf: ...`):
+    /// why a stack walk failed, a hold not taken, an unreadable label set,
+    /// an unknown probe cookie. Also on when RUST_LOG mentions `ebpf`. Off,
+    /// the log costs nothing: the kernel's verifier drops it.
+    #[arg(long)]
+    pub ebpf_log: bool,
+    /// Make every stack walk fail with this errno (for tests of how a
+    /// failed walk is counted, shown and logged).
+    #[arg(long, hide = true, value_name = "ERRNO")]
+    pub inject_stack_errno: Option<u32>,
 }
 
 impl SessionArgs {
@@ -72,8 +82,17 @@ impl SessionArgs {
     pub fn options(&self, lenses: Vec<crate::model::lens::Lens>) -> crate::engine::Options {
         let mut opts = crate::engine::Options::new(lenses);
         opts.split_by_label = self.split_by_label.clone();
+        opts.tuning.ebpf_log =
+            self.ebpf_log || rust_log_asks_for_ebpf(std::env::var("RUST_LOG").ok());
+        opts.tuning.stack_walk_errno = self.inject_stack_errno.unwrap_or(0);
         opts
     }
+}
+
+/// Whether `RUST_LOG` asks for the eBPF programs' log (it names `ebpf`,
+/// e.g. `RUST_LOG=ebpf` or `RUST_LOG=warn,memtrace::ebpf=warn`).
+fn rust_log_asks_for_ebpf(rust_log: Option<String>) -> bool {
+    rust_log.is_some_and(|v| v.to_ascii_lowercase().contains("ebpf"))
 }
 
 /// Where OTLP profiles go (`record` and `agent`).
@@ -162,5 +181,34 @@ impl Cli {
             Commands::Gate(_) => 2,
             _ => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_turns_the_ebpf_log_on_only_when_it_names_it() {
+        assert!(rust_log_asks_for_ebpf(Some("ebpf".into())));
+        assert!(rust_log_asks_for_ebpf(Some(
+            "warn,memtrace::eBPF=debug".into()
+        )));
+        assert!(!rust_log_asks_for_ebpf(Some("debug".into())));
+        assert!(!rust_log_asks_for_ebpf(None));
+    }
+
+    #[test]
+    fn the_session_flags_reach_the_options() {
+        let args = SessionArgs {
+            ebpf_log: true,
+            inject_stack_errno: Some(14),
+            ..SessionArgs::default()
+        };
+        let opts = args.options(vec![crate::model::lens::Lens::Rss]);
+        assert!(opts.tuning.ebpf_log);
+        assert_eq!(opts.tuning.stack_walk_errno, 14);
+        let off = SessionArgs::default().options(vec![]);
+        assert_eq!(off.tuning.stack_walk_errno, 0);
     }
 }

@@ -121,6 +121,7 @@ pub fn start(
             &tracepoints,
             &crate::host::preflight::tracefs_dir(),
             opts.tuning,
+            opts.reporter.clone(),
         )?;
         let mut engine = Engine::new(kernel, Procfs, opts.clone());
         engine.set_guardian(guardian.take().expect("set once"));

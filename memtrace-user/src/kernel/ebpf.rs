@@ -5,6 +5,9 @@
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
+
+use aya_log::EbpfLogger;
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
@@ -19,6 +22,11 @@ use memtrace_common::{Event, EventKind, FaultRuns, TargetConfig, COUNTER_COUNT};
 use super::runs::{self, TargetTimes};
 use super::{format, Kernel, KernelCounters, KernelError, ProbeTuning, Probes, Scope, Tracepoint};
 use crate::binary::goruntime::{GoBinary, ProbePoint};
+use crate::model::reporter::{Kind, Reporter, Stderr};
+
+/// aya-log's level for warnings (`Level::Warn`): every record memtrace's
+/// programs write is one.
+const LOG_WARN: u8 = 2;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
 
@@ -77,6 +85,24 @@ pub struct Ebpf {
     times: TargetTimes,
     /// Uprobe attachments alive.
     pub uprobes: usize,
+    /// The programs' log, when asked for (`ProbeTuning::ebpf_log`).
+    log: Option<EbpfLogger<EbpfLog>>,
+}
+
+/// The eBPF programs' log records, as the session's reporter's messages.
+#[derive(Debug)]
+struct EbpfLog(Arc<dyn Reporter>);
+
+impl log::Log for EbpfLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.report(Kind::Ebpf, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
 }
 
 /// One binary's uprobe links.
@@ -86,26 +112,43 @@ impl Ebpf {
     /// Loads the object with this kernel's tracepoint layout (from the
     /// format files under `tracefs`) and attaches `tracepoints`.
     pub fn load(tracepoints: &[Tracepoint], tracefs: &Path) -> Result<Self, KernelError> {
-        Self::load_with(tracepoints, tracefs, ProbeTuning::default())
+        Self::load_with(
+            tracepoints,
+            tracefs,
+            ProbeTuning::default(),
+            Arc::new(Stderr),
+        )
     }
 
-    /// [`Ebpf::load`] with the probes' exactness switches (`tuning`).
+    /// [`Ebpf::load`] with the probes' switches (`tuning`); the programs'
+    /// log, if asked for, goes to `reporter`.
     pub fn load_with(
         tracepoints: &[Tracepoint],
         tracefs: &Path,
         tuning: ProbeTuning,
+        reporter: Arc<dyn Reporter>,
     ) -> Result<Self, KernelError> {
         let offsets = format::read_offsets(tracefs)?;
         let cache = u32::from(tuning.stack_cache);
         let recheck = u32::from(tuning.recheck_runs);
         let floor = u32::from(tuning.fault_floor);
+        let log_level = if tuning.ebpf_log { LOG_WARN } else { 0u8 };
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
             .override_global("STACK_CACHE", &cache, true)
             .override_global("RECHECK_RUNS", &recheck, true)
             .override_global("FAULT_FLOOR", &floor, true)
+            .override_global("STACK_WALK_ERRNO", &tuning.stack_walk_errno, true)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
+        let log = if tuning.ebpf_log {
+            let l = EbpfLogger::init_with_logger(&mut ebpf, EbpfLog(reporter))
+                .map_err(|e| KernelError::Log(Box::new(e)))?;
+            Some(l)
+        } else {
+            None
+        };
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(KernelError::Missing(name));
         let targets = BpfHashMap::try_from(take("TARGETS")?).map_err(map_err("TARGETS"))?;
         let held = BpfHashMap::try_from(take("HELD")?).map_err(map_err("HELD"))?;
@@ -126,6 +169,7 @@ impl Ebpf {
             epoch: 0,
             times: TargetTimes::default(),
             uprobes: 0,
+            log,
         };
         let mut tps = tracepoints.to_vec();
         tps.sort();
@@ -380,6 +424,9 @@ impl Kernel for Ebpf {
     fn poll(&mut self, sink: &mut dyn FnMut(&[u8])) {
         while let Some(item) = self.ring.next() {
             sink(&item);
+        }
+        if let Some(l) = self.log.as_mut() {
+            l.flush();
         }
     }
 

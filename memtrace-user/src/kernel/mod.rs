@@ -63,6 +63,13 @@ pub struct ProbeTuning {
     /// Read each event's pprof labels where the target can set them (off:
     /// for measuring what reading them costs).
     pub labels: bool,
+    /// The eBPF programs log their rare paths (why a stack walk failed, a
+    /// hold not taken, an unreadable label set, an unknown cookie). Off:
+    /// the log statements are dead code the verifier drops.
+    pub ebpf_log: bool,
+    /// Non-zero: every stack walk fails with this errno, for tests of how
+    /// a failed walk is counted, shown and logged.
+    pub stack_walk_errno: u32,
 }
 
 impl Default for ProbeTuning {
@@ -73,6 +80,8 @@ impl Default for ProbeTuning {
             fault_floor: false,
             gc_view: true,
             labels: true,
+            ebpf_log: false,
+            stack_walk_errno: 0,
         }
     }
 }
@@ -148,6 +157,9 @@ pub enum KernelError {
     /// A map or program the object must have is missing (build mismatch).
     #[error("the eBPF object has no {0}: rebuild memtrace")]
     Missing(&'static str),
+    /// The eBPF programs' log could not be read (`--ebpf-log`).
+    #[error("cannot read the eBPF programs' log: {0}")]
+    Log(#[source] Box<aya_log::Error>),
     /// Program load/attach failed.
     #[error("cannot attach {what}: {source}")]
     Program {
