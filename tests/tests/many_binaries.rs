@@ -102,7 +102,6 @@ fn the_agent_traces_twenty_distinct_50_mb_binaries_within_150_mib() {
 #[test]
 fn one_build_in_three_files_is_parsed_once_and_a_forged_id_is_not_trusted() {
     use memtrace_user::engine::discover::{Binaries, Found, Process};
-    use std::os::unix::fs::MetadataExt as _;
     let dir = out_dir("same-build");
     let orig = std::fs::read("/usr/bin/prometheus").expect("the bootstrap installs prometheus");
     let process = |name: &str, bytes: &[u8]| {
@@ -113,7 +112,7 @@ fn one_build_in_three_files_is_parsed_once_and_a_forged_id_is_not_trusted() {
             pid: 1,
             exe: path.clone(),
             via: path,
-            binary: (m.dev(), m.ino()),
+            binary: memtrace_user::engine::BinaryId::of(&m),
         }
     };
     let go = |found| match found {

@@ -134,19 +134,19 @@ mod tests {
             pid,
             exe: PathBuf::from(format!("/bin/p{ino}")),
             via: PathBuf::from(format!("/proc/{pid}/exe")),
-            binary: (1, ino),
+            binary: BinaryId { dev: 1, ino },
         }
     }
 
     /// Parses inode 1 forever (until released), every other file at once.
     fn parser(release: Arc<AtomicBool>) -> ParseFn {
         Arc::new(move |p: &Process| {
-            if p.binary.1 == 1 {
+            if p.binary.ino == 1 {
                 while !release.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            if p.binary.1 == 3 {
+            if p.binary.ino == 3 {
                 panic!("a parser bug on forged input");
             }
             Ok(GoBinary::for_tests(&p.exe.display().to_string()))
@@ -177,7 +177,7 @@ mod tests {
         assert!(t0.elapsed() >= Duration::from_millis(200));
         assert_eq!(done.len(), 2, "{done:?}");
         let first = &done[0];
-        assert_eq!(first.binary, (1, 1));
+        assert_eq!(first.binary, BinaryId { dev: 1, ino: 1 });
         let pids: Vec<u32> = first.waiting.iter().map(|p| p.pid).collect();
         assert_eq!(pids, [10, 11], "both processes of the file wait for it");
         let e = first.result.as_ref().unwrap_err().to_string();

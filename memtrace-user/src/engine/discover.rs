@@ -8,7 +8,6 @@
 //! What to do with a process found (filters, vetting) is the caller's.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +61,7 @@ impl Process {
             pid,
             exe,
             via,
-            binary: (meta.dev(), meta.ino()),
+            binary: BinaryId::of(&meta),
         })
     }
 

@@ -7,8 +7,24 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::kernel::Scope;
 
-/// A file, by (device, inode).
-pub type BinaryId = (u64, u64);
+/// A file, by device and inode: the same binary whatever path or mount
+/// namespace it was reached by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BinaryId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl BinaryId {
+    /// The file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
 
 /// One set of uprobes: a binary, in one process or in all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,7 +97,7 @@ mod tests {
     fn last_process_out_gets_the_links() {
         let mut s: ProbeSets<&str> = ProbeSets::default();
         let k = ProbeKey {
-            binary: (1, 2),
+            binary: BinaryId { dev: 1, ino: 2 },
             scope: Scope::AllProcesses,
         };
         assert!(!s.join(k, 10));

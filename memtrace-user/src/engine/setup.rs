@@ -4,13 +4,13 @@
 //! every front end.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
 
 use super::discover::Process;
 use super::host::Procfs;
 use super::{Engine, EngineError, Options, TargetSpec};
 use crate::binary::goruntime::GoBinary;
+use crate::engine::BinaryId;
 use crate::host::guard::Guardian;
 use crate::host::launch::{self, Gated};
 use crate::kernel::{ebpf::Ebpf, KernelError};
@@ -85,7 +85,7 @@ pub fn launch(
             pid: gate.pid,
             exe: path.clone(),
             attach_path: path,
-            binary: (meta.dev(), meta.ino()),
+            binary: BinaryId::of(&meta),
             bin: Arc::new(bin),
             launched: true,
         },

@@ -68,18 +68,19 @@ fn engine(lenses: &[Lens], per_binary: bool) -> Engine<FakeKernel, FakeHost> {
     Engine::new(FakeKernel::default(), FakeHost::default(), opts)
 }
 
-fn spec(pid: u32, binary: BinaryId, path: &str) -> TargetSpec {
+/// A target of the binary with device and inode `(dev, ino)`.
+fn spec(pid: u32, (dev, ino): (u64, u64), path: &str) -> TargetSpec {
     TargetSpec {
         pid,
         exe: path.into(),
         attach_path: path.into(),
-        binary,
+        binary: BinaryId { dev, ino },
         bin: Arc::new(GoBinary::for_tests(path)),
         launched: false,
     }
 }
 
-fn add(e: &mut Engine<FakeKernel, FakeHost>, pid: u32, binary: BinaryId, path: &str) {
+fn add(e: &mut Engine<FakeKernel, FakeHost>, pid: u32, binary: (u64, u64), path: &str) {
     e.host.alive.borrow_mut().insert(pid);
     e.add(spec(pid, binary, path)).unwrap();
 }
