@@ -65,3 +65,34 @@ fn the_ebpf_log_gives_the_reason_a_stack_walk_failed() {
     );
     assert_no_memtrace_programs();
 }
+
+/// Off, the log costs nothing: the log level is read-only data, so the
+/// verifier drops every log statement, and the fault program the kernel
+/// runs is smaller than the same program with the log on.
+#[test]
+fn the_log_off_is_dropped_by_the_verifier() {
+    use memtrace_user::kernel::ebpf::Ebpf;
+    use memtrace_user::kernel::ProbeTuning;
+    use memtrace_user::model::reporter::Collect;
+    let size = |ebpf_log: bool| {
+        let tuning = ProbeTuning {
+            ebpf_log,
+            ..ProbeTuning::default()
+        };
+        let k = Ebpf::load_with(
+            memtrace_user::lens::rss::TRACEPOINTS,
+            &memtrace_user::host::preflight::tracefs_dir(),
+            tuning,
+            std::sync::Arc::new(Collect::default()),
+        )
+        .expect("the rss probes load");
+        k.translated_bytes("fault_user")
+            .expect("fault_user is loaded")
+    };
+    let (off, on) = (size(false), size(true));
+    assert!(
+        off < on,
+        "fault_user is {off} bytes with the log off and {on} with it on: the log was not dropped"
+    );
+    assert_no_memtrace_programs();
+}

@@ -180,6 +180,13 @@ impl Ebpf {
         Ok(k)
     }
 
+    /// The size in bytes of `program` as the kernel runs it, after the
+    /// verifier dropped what can never run (a switch's branch not taken,
+    /// the log when it is off); `None` if it is not loaded.
+    pub fn translated_bytes(&self, program: &str) -> Option<u32> {
+        self.ebpf.program(program)?.info().ok()?.size_translated()
+    }
+
     /// Tells the probes that remember whether a thread is traced (per CPU)
     /// that `targets` changed.
     fn bump_epoch(&mut self) -> Result<(), KernelError> {
