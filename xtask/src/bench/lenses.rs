@@ -63,6 +63,13 @@ pub fn run(
     let mut variants = vec![
         rss(v("untraced", Runner::Untraced, BIG)),
         rss(v("memtrace rss", Runner::Memtrace("rss", &[]), BIG)),
+        // The eBPF log on: its statements are in the program but nothing
+        // rare happens, so it should cost what the default (off) does.
+        rss(v(
+            "memtrace rss, --ebpf-log",
+            Runner::Memtrace("rss", &["--ebpf-log"]),
+            BIG,
+        )),
         // What the rss lens would cost without reading each merged fault's
         // frame (inexact: see `run_check`).
         rss(v(
