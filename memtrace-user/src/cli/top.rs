@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -11,6 +12,7 @@ use anyhow::{bail, Context as _};
 use crate::engine::session::{Session, Targets};
 use crate::front::top::policy::{self, TopPolicy, Tui};
 use crate::model::lens::Lens;
+use crate::model::reporter::Collect;
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
@@ -41,7 +43,17 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     }
     let mut lenses = args.lens.clone();
     lenses.dedup();
-    let opts = args.session.options(lenses.clone());
+    let mut opts = args.session.options(lenses.clone());
+    // With the screen up, the session's warnings go to its status line
+    // (and to stderr once the terminal is restored), not across it.
+    let tty = std::io::stdout().is_terminal();
+    let said = tty.then(|| Arc::new(Collect::default()));
+    if let Some(s) = &said {
+        opts.reporter = s.clone();
+    }
+    // Dropped last, on every way out: the messages reach stderr after the
+    // terminal is restored, and are not lost to an early error.
+    let _print = PrintSaid(said.clone());
     let targets = if args.pids.is_empty() {
         Targets::Scan(policy::scan)
     } else {
@@ -53,12 +65,12 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     }
     let watching = prepared.targets().len();
     let mut session = prepared.start()?;
-    let tty = std::io::stdout().is_terminal();
     let mut policy = TopPolicy::new(
         lenses,
         Duration::from_secs_f64(args.interval),
         args.out.clone(),
     );
+    policy.said = said.clone();
     if tty {
         policy.tui = Some(Tui::start().context("cannot set up the terminal")?);
     } else {
@@ -74,4 +86,15 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     let ended = ended?;
     eprintln!("memtrace: top: stopped ({ended}); every probe detached from {watching} process(es)");
     Ok(())
+}
+
+/// Prints what the session said while the screen was up, when dropped.
+struct PrintSaid(Option<Arc<Collect>>);
+
+impl Drop for PrintSaid {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            policy::print_said(s);
+        }
+    }
 }

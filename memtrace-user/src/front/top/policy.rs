@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -24,6 +25,7 @@ use crate::kernel::ebpf::Ebpf;
 use crate::model::ended::EndedBy;
 use crate::model::lens::Lens;
 use crate::model::profile::FrameMode;
+use crate::model::reporter::{Collect, Kind, Reporter as _, Stderr};
 
 /// Stacks listed per process.
 const TOP_N: usize = 10;
@@ -70,6 +72,12 @@ pub struct TopPolicy {
     out: PathBuf,
     pub tui: Option<Tui>,
     status: String,
+    /// The session's messages while the screen is up (they would tear it
+    /// on stderr): the newest shows in the status line, and all are
+    /// printed once the terminal is restored.
+    pub said: Option<Arc<Collect>>,
+    /// How many of them the status line has shown.
+    shown: usize,
 }
 
 impl TopPolicy {
@@ -86,6 +94,8 @@ impl TopPolicy {
             out,
             tui: None,
             status: String::new(),
+            said: None,
+            shown: 0,
         }
     }
 
@@ -166,6 +176,13 @@ impl TopPolicy {
     }
 
     fn draw(&mut self, engine: &Engine<Ebpf, Procfs>) {
+        if let Some(said) = self.said.as_ref() {
+            let messages = said.messages();
+            if let Some((kind, text)) = messages.get(self.shown..).and_then(<[_]>::last) {
+                self.status = format!("{}{text}", kind_prefix(*kind));
+                self.shown = messages.len();
+            }
+        }
         let view = self.view(engine);
         let selected = self.selected;
         let status = self.status.clone();
@@ -281,4 +298,21 @@ pub fn scan(opts: &Options) -> Vec<TargetSpec> {
         }
     }
     specs
+}
+
+/// How a message of `kind` starts in the status line.
+fn kind_prefix(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Warning => "warning: ",
+        Kind::Progress => "",
+        Kind::Ebpf => "ebpf: ",
+    }
+}
+
+/// Prints what `said` collected while the screen was up, now that the
+/// terminal is restored.
+pub fn print_said(said: &Collect) {
+    for (kind, text) in said.messages() {
+        Stderr.report(kind, &text);
+    }
 }
