@@ -57,6 +57,18 @@ fn the_ebpf_log_gives_the_reason_a_stack_walk_failed() {
         "the log is off by default"
     );
     assert!(off.summary["counters"]["stack_errors"].as_u64().unwrap() > 0);
+    // The reason is in the summary and on the stop line without the log.
+    let why = &off.summary["counters"]["stack_error_reasons"][0];
+    assert_eq!(
+        (why["errno"].as_u64(), why["reason"].as_str()),
+        (Some(14), Some("user stack unreadable")),
+        "{why}"
+    );
+    assert!(
+        off.stderr.contains("(errno 14, user stack unreadable: "),
+        "{}",
+        off.stderr
+    );
     let top = off.top("alloc-exact");
     assert!(
         top[0].0.iter().any(|f| f.contains("user stack unreadable")),

@@ -43,8 +43,13 @@ pub fn print_record<'a>(
 ) {
     let s = &report.summary;
     eprintln!(
-        "memtrace: stopped ({}) after {:.1} s: {} events, {} dropped, {} stack errors",
-        s.ended_by, s.duration_secs, s.counters.events, s.dropped_events, s.counters.stack_errors
+        "memtrace: stopped ({}) after {:.1} s: {} events, {} dropped, {} stack errors{}",
+        s.ended_by,
+        s.duration_secs,
+        s.counters.events,
+        s.dropped_events,
+        s.counters.stack_errors,
+        stack_error_reasons(&s.counters)
     );
     if s.dropped_events > 0 {
         eprintln!("memtrace: warning: {}", drops(&s.counters));
@@ -281,4 +286,18 @@ fn print_gc(gc: &crate::model::gc::GcSummary) {
         us(p.max_ns),
         p.count,
     );
+}
+
+/// Why stack walks failed, for the stop line: ` (errno 14, user stack
+/// unreadable: 12 events; ...)`, or nothing when none did.
+fn stack_error_reasons(c: &crate::model::summary::Counters) -> String {
+    if c.stack_error_reasons.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = c
+        .stack_error_reasons
+        .iter()
+        .map(|r| format!("errno {}, {}: {} events", r.errno, r.reason, r.events))
+        .collect();
+    format!(" ({})", each.join("; "))
 }

@@ -265,6 +265,16 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             decode_errors: self.resolver.decode_errors,
             hold_failures: k.hold_failures,
             events: self.agg.events,
+            stack_error_reasons: self
+                .resolver
+                .stack_errors
+                .iter()
+                .map(|(&errno, &events)| summary::StackErrorReason {
+                    errno,
+                    reason: crate::model::stack::Stack::Failed(errno).reason(),
+                    events,
+                })
+                .collect(),
         }
     }
 

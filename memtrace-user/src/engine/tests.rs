@@ -355,3 +355,35 @@ fn a_target_left_stopped_at_a_hold_is_continued_by_the_watchdog() {
     assert!(e.kernel.held.is_empty());
     assert!(e.continue_stranded().is_empty());
 }
+
+#[test]
+fn failed_stack_walks_are_counted_by_errno_and_named_in_the_graph() {
+    let mut e = engine(&[Lens::Rss], false);
+    add(&mut e, 10, (1, 7), "/srv/app");
+    for (page, errno) in [(0x10000, 14), (0x11000, 14), (0x12000, 61)] {
+        let mut ev = Event::fault(10, 10, page, 4096);
+        ev.stack = StackField::Error(errno).encode();
+        e.kernel.records.push_back(encode(&ev, &[]));
+    }
+    e.drain();
+    let r = e.report(None, crate::model::ended::EndedBy::Duration);
+    let why: Vec<(u32, &str, u64)> = r
+        .summary
+        .counters
+        .stack_error_reasons
+        .iter()
+        .map(|s| (s.errno, s.reason, s.events))
+        .collect();
+    assert_eq!(
+        why,
+        vec![(14, "user stack unreadable", 2), (61, "no user frames", 1)]
+    );
+    let top = &r.summary.lenses["rss"].top[0];
+    assert!(
+        top.stack
+            .iter()
+            .any(|f| f.contains("user stack unreadable")),
+        "{:?}",
+        top.stack
+    );
+}

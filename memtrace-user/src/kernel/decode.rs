@@ -221,6 +221,8 @@ pub struct Resolver {
     pub lost_stacks: u64,
     /// Records that failed to decode.
     pub decode_errors: u64,
+    /// Events whose stack walk failed, by errno.
+    pub stack_errors: std::collections::BTreeMap<u32, u64>,
 }
 
 impl Resolver {
@@ -249,7 +251,10 @@ impl Resolver {
                 }
             },
             StackField::None => Stack::None,
-            StackField::Error(errno) => Stack::Failed(errno),
+            StackField::Error(errno) => {
+                *self.stack_errors.entry(errno).or_default() += 1;
+                Stack::Failed(errno)
+            }
         };
         (ev.tgid, stack)
     }

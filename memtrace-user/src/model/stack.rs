@@ -28,6 +28,7 @@ impl Stack {
             Stack::Id(_) => "stack evicted",
             Stack::Failed(14) => "user stack unreadable",
             Stack::Failed(12) => "out of memory",
+            Stack::Failed(61) => "no user frames",
             Stack::Failed(_) => "capture failed",
             Stack::Lost => "lost with a dropped event",
             Stack::Capped => "over the per-process stack cap",

@@ -253,6 +253,19 @@ pub struct Counters {
     pub hold_failures: u64,
     /// Events delivered to user space.
     pub events: u64,
+    /// Of the events received, those whose stack walk failed, by the
+    /// errno the kernel gave (absent when none did).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack_error_reasons: Vec<StackErrorReason>,
+}
+
+/// Events whose stack walk failed with one errno.
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct StackErrorReason {
+    pub errno: u32,
+    /// What the errno means for a stack walk (as the graphs name it).
+    pub reason: &'static str,
+    pub events: u64,
 }
 
 #[derive(Debug, Serialize)]
