@@ -30,6 +30,8 @@
 //! ```
 
 pub mod discover;
+#[cfg(test)]
+pub(crate) mod fake;
 mod holds;
 pub mod host;
 pub mod labels;

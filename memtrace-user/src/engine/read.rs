@@ -68,6 +68,11 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         self.host.status(pid)
     }
 
+    /// A process's memory, through the host (read only by front ends).
+    pub fn memory(&self, pid: u32) -> std::io::Result<Box<dyn crate::host::remote::RemoteMemory>> {
+        self.host.memory(pid)
+    }
+
     /// A process's memory cgroup, through the host.
     pub fn memory_cgroup(&self, pid: u32) -> Option<MemoryCgroup> {
         self.host.memory_cgroup(pid)

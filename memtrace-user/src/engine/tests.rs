@@ -1,89 +1,16 @@
 //! The engine's lifecycle against a fake kernel and fake processes.
 
 use crate::model::target::Exit;
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use memtrace_common::{Event, EventKind, HoldPoint, StackField};
 
-use super::host::Host;
 use super::*;
-use crate::host::procfs::{MapEntry, MemStatus};
-use crate::host::remote::{FakeMemory, RemoteMemory};
+use crate::host::procfs::MapEntry;
 use crate::kernel::decode::encode;
-use crate::kernel::fake::FakeKernel;
 
-/// Processes that exist only in the test.
-#[derive(Default)]
-struct FakeHost {
-    alive: RefCell<HashSet<u32>>,
-    maps: RefCell<HashMap<u32, (PathBuf, Vec<MapEntry>)>>,
-    rss: RefCell<HashMap<u32, u64>>,
-    resumed: RefCell<Vec<u32>>,
-}
-
-impl Host for FakeHost {
-    fn memory(&self, _pid: u32) -> std::io::Result<Box<dyn RemoteMemory>> {
-        Ok(Box::new(FakeMemory::default()))
-    }
-    fn alive(&self, pid: u32) -> bool {
-        self.alive.borrow().contains(&pid)
-    }
-    fn maps(&self, pid: u32) -> Option<Vec<MapEntry>> {
-        self.maps.borrow().get(&pid).map(|m| m.1.clone())
-    }
-    fn status(&self, pid: u32) -> Option<MemStatus> {
-        let vm_rss = *self.rss.borrow().get(&pid)?;
-        Some(MemStatus {
-            vm_rss,
-            ..Default::default()
-        })
-    }
-    fn smaps(&self, _pid: u32) -> Option<String> {
-        None
-    }
-    fn exe(&self, pid: u32) -> Option<PathBuf> {
-        self.maps.borrow().get(&pid).map(|m| m.0.clone())
-    }
-    fn resident_pages(&self, _pid: u32) -> std::io::Result<Vec<(u64, u64)>> {
-        Ok(vec![(0x7000_0000, 0x7000_0000 + (1 << 20))])
-    }
-    fn reap(&self, _pid: u32) -> Option<i32> {
-        None
-    }
-    fn wait_stopped(&self, pid: u32) -> bool {
-        self.alive(pid)
-    }
-    fn resume(&self, pid: u32) {
-        self.resumed.borrow_mut().push(pid);
-    }
-}
-
-fn engine(lenses: &[Lens], per_binary: bool) -> Engine<FakeKernel, FakeHost> {
-    let mut opts = Options::new(lenses.to_vec());
-    opts.per_binary = per_binary;
-    opts.holds = true;
-    Engine::new(FakeKernel::default(), FakeHost::default(), opts)
-}
-
-/// A target of the binary with device and inode `(dev, ino)`.
-fn spec(pid: u32, (dev, ino): (u64, u64), path: &str) -> TargetSpec {
-    TargetSpec {
-        pid,
-        exe: path.into(),
-        attach_path: path.into(),
-        binary: BinaryId { dev, ino },
-        bin: Arc::new(GoBinary::for_tests(path)),
-        launched: false,
-    }
-}
-
-fn add(e: &mut Engine<FakeKernel, FakeHost>, pid: u32, binary: (u64, u64), path: &str) {
-    e.host.alive.borrow_mut().insert(pid);
-    e.add(spec(pid, binary, path)).unwrap();
-}
+use super::fake::{add, engine, spec};
 
 fn record(ev: Event, frames: &[u64]) -> Vec<u8> {
     let mut ev = ev;

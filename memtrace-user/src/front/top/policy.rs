@@ -18,10 +18,11 @@ use ratatui::crossterm::terminal::{
 use super::{plain, screen, Row, View};
 use crate::binary::goruntime::GoBinary;
 use crate::engine::discover::{self, Binaries, Found, Process};
-use crate::engine::host::Procfs;
+use crate::engine::host::Host;
 use crate::engine::run::{Policy, Step};
 use crate::engine::{setup, Engine, Options, TargetSpec};
-use crate::kernel::ebpf::Ebpf;
+use crate::host::remote::RemoteMemory;
+use crate::kernel::Kernel;
 use crate::model::ended::EndedBy;
 use crate::model::lens::Lens;
 use crate::model::profile::FrameMode;
@@ -99,7 +100,7 @@ impl TopPolicy {
         }
     }
 
-    fn view(&self, engine: &Engine<Ebpf, Procfs>) -> View {
+    fn view<K: Kernel, H: Host>(&self, engine: &Engine<K, H>) -> View {
         View {
             lens: self.lenses[self.lens],
             lenses: self.lenses.clone(),
@@ -116,7 +117,7 @@ impl TopPolicy {
     }
 
     /// Samples VmRSS and takes each process's cumulative report.
-    fn refresh(&mut self, engine: &mut Engine<Ebpf, Procfs>) {
+    fn refresh<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>) {
         let secs = self.last_refresh.map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.last_refresh = Some(Instant::now());
         let lens = self.lenses[self.lens];
@@ -141,11 +142,14 @@ impl TopPolicy {
                 ..Row::default()
             });
             if alive {
-                if let Some(s) = crate::host::procfs::read_status(pid) {
+                if let Some(s) = engine.status(pid) {
                     row.sample(s.vm_rss, secs);
                 }
                 if !traced_goroutines {
-                    row.goroutines = allgs.and_then(|a| live_goroutines(&bin, pid, a));
+                    row.goroutines = allgs.and_then(|a| {
+                        let mem = engine.memory(pid).ok()?;
+                        live_goroutines(&bin, &*mem, a)
+                    });
                 }
             }
             row.exited = exited;
@@ -155,7 +159,7 @@ impl TopPolicy {
     }
 
     /// `s`: the report so far, as `record` writes it.
-    fn save(&mut self, engine: &mut Engine<Ebpf, Procfs>) {
+    fn save<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>) {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -175,7 +179,7 @@ impl TopPolicy {
         }
     }
 
-    fn draw(&mut self, engine: &Engine<Ebpf, Procfs>) {
+    fn draw<K: Kernel, H: Host>(&mut self, engine: &Engine<K, H>) {
         if let Some(said) = self.said.as_ref() {
             let messages = said.messages();
             if let Some((kind, text)) = messages.get(self.shown..).and_then(<[_]>::last) {
@@ -199,7 +203,7 @@ impl TopPolicy {
     }
 
     /// Handles waiting keys; `Some` ends the session.
-    fn keys(&mut self, engine: &mut Engine<Ebpf, Procfs>) -> Option<Step> {
+    fn keys<K: Kernel, H: Host>(&mut self, engine: &mut Engine<K, H>) -> Option<Step> {
         self.tui.as_ref()?;
         let mut redraw = false;
         while event::poll(Duration::ZERO).unwrap_or(false) {
@@ -245,15 +249,14 @@ impl TopPolicy {
 
 /// Live goroutines from `runtime.allgs`, when the binary says how to read
 /// their state.
-fn live_goroutines(bin: &GoBinary, pid: u32, allgs: u64) -> Option<u64> {
-    let mem = crate::host::remote::ProcessMemory::open(pid).ok()?;
-    crate::lens::goroutines::count_live(bin, &mem, allgs)
+fn live_goroutines(bin: &GoBinary, mem: &dyn RemoteMemory, allgs: u64) -> Option<u64> {
+    crate::lens::goroutines::count_live(bin, mem, allgs)
         .ok()
         .flatten()
 }
 
-impl Policy<Ebpf, Procfs> for TopPolicy {
-    fn on_tick(&mut self, engine: &mut Engine<Ebpf, Procfs>, _exited: &[u32]) -> Step {
+impl<K: Kernel, H: Host> Policy<K, H> for TopPolicy {
+    fn on_tick(&mut self, engine: &mut Engine<K, H>, _exited: &[u32]) -> Step {
         if let Some(stop) = self.keys(engine) {
             return stop;
         }
@@ -314,5 +317,46 @@ fn kind_prefix(kind: Kind) -> &'static str {
 pub fn print_said(said: &Collect) {
     for (kind, text) in said.messages() {
         Stderr.report(kind, &text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fake::{add, engine};
+    use crate::kernel::decode::encode;
+    use memtrace_common::{Event, StackField};
+
+    /// `top` over the fake kernel: a refresh shows each process's VmRSS
+    /// and its growth by stack, a warning reaches the status line, and
+    /// without a screen it stops once every process has exited.
+    #[test]
+    fn top_refreshes_from_the_engine_and_stops_when_everything_exited() {
+        let mut e = engine(&[Lens::Rss], true);
+        add(&mut e, 10, (1, 7), "/srv/app");
+        e.fake_host().rss.borrow_mut().insert(10, 5 << 20);
+        let mut ev = Event::fault(10, 10, 0x10000, 4096);
+        ev.stack = StackField::Frames(1).encode();
+        e.fake_kernel().records.push_back(encode(&ev, &[0x401000]));
+        e.drain();
+        let said = Arc::new(Collect::default());
+        let mut top = TopPolicy::new(
+            vec![Lens::Rss],
+            Duration::ZERO,
+            PathBuf::from("/nonexistent"),
+        );
+        top.said = Some(said.clone());
+        said.warn("pid 10: something to know");
+        assert!(matches!(top.on_tick(&mut e, &[]), Step::Continue));
+        let row = &top.rows[&10];
+        assert_eq!((row.rss(), row.total), (5 << 20, 4096));
+        assert_eq!(top.status, "warning: pid 10: something to know");
+        e.fake_host().alive.borrow_mut().remove(&10);
+        assert_eq!(e.tick(), vec![10]);
+        assert!(matches!(
+            top.on_tick(&mut e, &[10]),
+            Step::Stop(EndedBy::EveryTargetExited)
+        ));
+        assert!(top.rows[&10].exited.is_some(), "the row says it ended");
     }
 }
