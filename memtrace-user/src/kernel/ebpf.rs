@@ -22,7 +22,7 @@ use memtrace_common::{Event, EventKind, FaultRuns, TargetConfig, COUNTER_COUNT};
 use super::runs::{self, TargetTimes};
 use super::{format, Kernel, KernelCounters, KernelError, ProbeTuning, Probes, Scope, Tracepoint};
 use crate::binary::goruntime::{GoBinary, ProbePoint};
-use crate::model::reporter::{Kind, Reporter, Stderr};
+use crate::model::reporter::{Kind, Limited, Reporter, Stderr};
 
 /// aya-log's level for warnings (`Level::Warn`): every record memtrace's
 /// programs write is one.
@@ -89,9 +89,13 @@ pub struct Ebpf {
     log: Option<EbpfLogger<EbpfLog>>,
 }
 
-/// The eBPF programs' log records, as the session's reporter's messages.
+/// The eBPF programs' log records, as the session's reporter's messages,
+/// at most [`EBPF_LOG_PER_SECOND`] a second (the rest counted).
 #[derive(Debug)]
-struct EbpfLog(Arc<dyn Reporter>);
+struct EbpfLog(Limited<Arc<dyn Reporter>>);
+
+/// How many eBPF log lines a second reach the reporter.
+const EBPF_LOG_PER_SECOND: u32 = 50;
 
 impl log::Log for EbpfLog {
     fn enabled(&self, _: &log::Metadata<'_>) -> bool {
@@ -143,8 +147,11 @@ impl Ebpf {
             .load(EBPF_OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
         let log = if tuning.ebpf_log {
-            let l = EbpfLogger::init_with_logger(&mut ebpf, EbpfLog(reporter))
-                .map_err(|e| KernelError::Log(Box::new(e)))?;
+            let l = EbpfLogger::init_with_logger(
+                &mut ebpf,
+                EbpfLog(Limited::new(reporter, EBPF_LOG_PER_SECOND)),
+            )
+            .map_err(|e| KernelError::Log(Box::new(e)))?;
             Some(l)
         } else {
             None
