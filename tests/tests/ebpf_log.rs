@@ -102,6 +102,7 @@ fn the_log_off_is_dropped_by_the_verifier() {
             .expect("fault_user is loaded")
     };
     let (off, on) = (size(false), size(true));
+    eprintln!("fault_user as the kernel runs it: {off} bytes with the log off, {on} with it on");
     assert!(
         off < on,
         "fault_user is {off} bytes with the log off and {on} with it on: the log was not dropped"
