@@ -47,9 +47,17 @@ pub(super) fn injected_walk_errno() -> u32 {
 /// stack of a call chain is at most 512 bytes).
 #[inline(never)]
 pub(super) fn log_walk_failure(tgid: u32, errno: u32, kind: u32) {
+    // The event kinds' numbers (`memtrace_common::EventKind`), named.
+    let what = match kind {
+        1 => "an allocation",
+        5 => "a page fault",
+        2..=4 | 6..=10 => "a memory syscall",
+        11..=13 => "a goroutine",
+        _ => "an event",
+    };
     warn!(
         (),
-        "stack walk failed: pid {} errno {} event kind {}", tgid, errno, kind
+        "stack walk failed: pid {} errno {} at {} (event kind {})", tgid, errno, what, kind
     );
 }
 
